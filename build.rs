@@ -1,0 +1,166 @@
+//! Compiles every `kernels/*.cu` with nvcc into a fatbin in `OUT_DIR` and writes
+//! `OUT_DIR/kernels.rs`, which embeds them (`include_bytes!`) for `src/cuda/module.rs`.
+//!
+//! Environment:
+//! - `NVCC`: path of nvcc; else `CUDA_HOME`/`CUDA_PATH` + `/bin/nvcc`; else `nvcc` on `PATH`.
+//! - `EVENCLASS_CUDA_ARCHS`: comma-separated SM versions to build machine code for (default
+//!   `80,90`); PTX of the last one is embedded too, so newer chips JIT it.
+//! - `EVENCLASS_REQUIRE_NVCC=1`: a missing nvcc or a kernel that fails to compile fails the build
+//!   (CI sets it). Without it the build succeeds with a warning and the CUDA path reports at run
+//!   time that the kernels were not compiled.
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DEFAULT_ARCHS: &str = "80,90";
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let kernel_dir = manifest.join("kernels");
+
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=kernels");
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "EVENCLASS_CUDA_ARCHS", "EVENCLASS_REQUIRE_NVCC"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+
+    let strict = env::var("EVENCLASS_REQUIRE_NVCC").is_ok_and(|v| !v.is_empty() && v != "0");
+    let mut sources = Vec::new();
+    for entry in fs::read_dir(&kernel_dir).expect("kernels/ must exist") {
+        let path = entry.expect("readable kernels/ entry").path();
+        // Every file (headers too) is tracked, so any edit rebuilds.
+        println!("cargo:rerun-if-changed={}", path.display());
+        if path.extension().is_some_and(|e| e == "cu") {
+            sources.push(path);
+        }
+    }
+    sources.sort();
+
+    let archs = parse_archs(&env::var("EVENCLASS_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.into()));
+    let nvcc = find_nvcc();
+    // Exposed to the crate so the kernel-compile test can use the very same compiler.
+    println!(
+        "cargo:rustc-env=EVENCLASS_NVCC={}",
+        nvcc.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+    );
+    println!("cargo:rustc-env=EVENCLASS_KERNEL_DIR={}", kernel_dir.display());
+
+    let outcome: Result<Vec<(String, PathBuf)>, String> = match &nvcc {
+        None => Err("nvcc was not found (set NVCC or CUDA_HOME, or put nvcc on PATH)".into()),
+        Some(nvcc) => compile_all(nvcc, &sources, &kernel_dir, &out_dir, &archs),
+    };
+
+    let generated = match outcome {
+        Ok(modules) => {
+            let mut s = String::from("/// Set when build.rs compiled the kernels.\npub const NOT_COMPILED: Option<&str> = None;\n");
+            s.push_str("/// (module name, fatbin) for every `kernels/*.cu`.\npub static MODULES: &[(&str, &[u8])] = &[\n");
+            for (name, path) in &modules {
+                s.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
+            }
+            s.push_str("];\n");
+            s
+        }
+        Err(why) => {
+            if strict {
+                panic!("EVENCLASS_REQUIRE_NVCC is set and the CUDA kernels could not be built: {why}");
+            }
+            for line in why.lines().take(20) {
+                println!("cargo:warning=evenclass: CUDA kernels not compiled: {line}");
+            }
+            format!(
+                "/// Set when build.rs compiled the kernels.\npub const NOT_COMPILED: Option<&str> = Some({why:?});\n\
+                 /// (module name, fatbin) for every `kernels/*.cu`.\npub static MODULES: &[(&str, &[u8])] = &[];\n"
+            )
+        }
+    };
+    fs::write(out_dir.join("kernels.rs"), generated).expect("write kernels.rs");
+}
+
+fn parse_archs(spec: &str) -> Vec<String> {
+    let archs: Vec<String> = spec
+        .split(',')
+        .map(|s| s.trim().trim_start_matches("sm_").to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for a in &archs {
+        assert!(
+            a.chars().next().is_some_and(|c| c.is_ascii_digit()) && a.chars().all(|c| c.is_ascii_alphanumeric()),
+            "EVENCLASS_CUDA_ARCHS: {a:?} is not an SM version such as 80 or 90a"
+        );
+    }
+    assert!(!archs.is_empty(), "EVENCLASS_CUDA_ARCHS names no architecture");
+    archs
+}
+
+fn find_nvcc() -> Option<PathBuf> {
+    if let Ok(p) = env::var("NVCC") {
+        if !p.is_empty() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Ok(home) = env::var(var) {
+            let p = Path::new(&home).join("bin").join("nvcc");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|d| d.join("nvcc"))
+        .find(|p| p.is_file())
+        // A symlinked nvcc (e.g. /usr/bin/nvcc) must run from its real folder to find its tools.
+        .map(|p| fs::canonicalize(&p).unwrap_or(p))
+}
+
+fn compile_all(
+    nvcc: &Path,
+    sources: &[PathBuf],
+    kernel_dir: &Path,
+    out_dir: &Path,
+    archs: &[String],
+) -> Result<Vec<(String, PathBuf)>, String> {
+    // nvcc is single-threaded per file: compile the files in parallel.
+    let results: Vec<Result<(String, PathBuf), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|src| scope.spawn(move || compile_one(nvcc, src, kernel_dir, out_dir, archs)))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("compile thread")).collect()
+    });
+    let errors: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+    if errors.is_empty() {
+        Ok(results.into_iter().map(Result::unwrap).collect())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+fn compile_one(nvcc: &Path, src: &Path, kernel_dir: &Path, out_dir: &Path, archs: &[String]) -> Result<(String, PathBuf), String> {
+    let name = src.file_stem().unwrap().to_string_lossy().into_owned();
+    let out = out_dir.join(format!("{name}.fatbin"));
+    let mut cmd = Command::new(nvcc);
+    cmd.arg("--fatbin")
+        .args(["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"])
+        .arg("-I")
+        .arg(kernel_dir);
+    for a in archs {
+        cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
+    }
+    let last = archs.last().unwrap();
+    cmd.arg(format!("-gencode=arch=compute_{last},code=compute_{last}"));
+    cmd.arg("-o").arg(&out).arg(src);
+    let output = cmd.output().map_err(|e| format!("could not run {}: {e}", nvcc.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "nvcc failed on {}:\n{}{}",
+            src.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok((name, out))
+}

@@ -1,0 +1,71 @@
+// Shared device helpers: dtype conversion, warp/block reductions, the "first bad index" flag.
+// Every kernel family includes this; nothing here is a kernel entry point.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+// ---- dtype conversion: all arithmetic is f32, storage may be f16/bf16 --------------------------
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// ---- reductions ----------------------------------------------------------------------------------
+// fmaxf drops NaN; softmax must propagate it (PyTorch does), so max is NaN-sticky.
+__device__ __forceinline__ float nan_max(float a, float b) {
+    return (isnan(a) || a > b) ? a : b;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int off = 16; off > 0; off >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+// Block-wide reductions for blockDim.x a multiple of 32 (<= 1024). Every thread gets the result.
+// `scratch` is 32 floats of shared memory; the trailing barrier lets callers reuse it at once.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = (lane < nwarps) ? scratch[lane] : 0.0f;
+    v = warp_sum(v);
+    __syncthreads();
+    return v;
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = (lane < nwarps) ? scratch[lane] : -INFINITY;
+    v = warp_max(v);
+    __syncthreads();
+    return v;
+}
+
+// ---- input validation ----------------------------------------------------------------------------
+// Kernels never read or write through a bad index. They record the smallest offending sample index
+// in `*first_bad` (initialised to INT32_MAX by the host) and skip the sample; the host turns it into
+// an error naming that sample after the launch.
+__device__ __forceinline__ void flag_bad(int* first_bad, int64_t i) {
+    atomicMin(first_bad, (int)(i < INT32_MAX ? i : INT32_MAX - 1));
+}
+
+// extern "C" entry points per dtype, so launch names are predictable: NAME_f32, NAME_f16, NAME_bf16.
+#define EC_FOR_EACH_FLOAT(M) \
+    M(float, f32)            \
+    M(__half, f16)           \
+    M(__nv_bfloat16, bf16)

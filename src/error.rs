@@ -1,0 +1,58 @@
+//! The library's error type. Every fallible call returns [`Result`]; nothing panics on bad input.
+use cudarc::driver::DriverError;
+
+/// Errors from the kernels, their CPU references and the CUDA plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A shape, length or parameter does not fit the operation.
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+
+    /// A target (class index) is outside `[0, C)` and is not `ignore_index`.
+    #[error("{op}: target {value} of sample {index} is outside [0, {classes}) and is not ignore_index")]
+    InvalidTarget { op: &'static str, index: usize, value: i64, classes: usize },
+
+    /// A predicted label is outside `[0, C)`.
+    #[error("{op}: predicted label {value} of sample {index} is outside [0, {classes})")]
+    InvalidPrediction { op: &'static str, index: usize, value: i64, classes: usize },
+
+    /// A size exceeds what a kernel supports.
+    #[error("{op}: {msg}")]
+    TooLarge { op: &'static str, msg: String },
+
+    /// No usable CUDA driver or device.
+    #[error("CUDA is not available: {0}")]
+    NoCuda(String),
+
+    /// build.rs found no nvcc (or was told not to compile), so there is nothing to launch.
+    #[error("kernels were not compiled: install nvcc or set NVCC (build said: {0})")]
+    KernelsNotCompiled(String),
+
+    /// An error reported by the CUDA driver.
+    #[error("CUDA driver error in {op}: {source}")]
+    Driver {
+        op: &'static str,
+        #[source]
+        source: DriverError,
+    },
+}
+
+/// `Result` with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape { op, msg: msg.into() }
+    }
+}
+
+/// Attach the operation's name to a driver error.
+pub(crate) trait DriverContext<T> {
+    fn during(self, op: &'static str) -> Result<T>;
+}
+
+impl<T> DriverContext<T> for std::result::Result<T, DriverError> {
+    fn during(self, op: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Driver { op, source })
+    }
+}
