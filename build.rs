@@ -41,10 +41,7 @@ fn main() {
     let archs = parse_archs(&env::var("EVENCLASS_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.into()));
     let nvcc = find_nvcc();
     // Exposed to the crate so the kernel-compile test can use the very same compiler.
-    println!(
-        "cargo:rustc-env=EVENCLASS_NVCC={}",
-        nvcc.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
-    );
+    println!("cargo:rustc-env=EVENCLASS_NVCC={}", nvcc.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     println!("cargo:rustc-env=EVENCLASS_KERNEL_DIR={}", kernel_dir.display());
 
     let outcome: Result<Vec<(String, PathBuf)>, String> = match &nvcc {
@@ -54,8 +51,12 @@ fn main() {
 
     let generated = match outcome {
         Ok(modules) => {
-            let mut s = String::from("/// Set when build.rs compiled the kernels.\npub const NOT_COMPILED: Option<&str> = None;\n");
-            s.push_str("/// (module name, fatbin) for every `kernels/*.cu`.\npub static MODULES: &[(&str, &[u8])] = &[\n");
+            let mut s = String::from(
+                "/// Set when build.rs compiled the kernels.\npub const NOT_COMPILED: Option<&str> = None;\n",
+            );
+            s.push_str(
+                "/// (module name, fatbin) for every `kernels/*.cu`.\npub static MODULES: &[(&str, &[u8])] = &[\n",
+            );
             for (name, path) in &modules {
                 s.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
             }
@@ -79,11 +80,8 @@ fn main() {
 }
 
 fn parse_archs(spec: &str) -> Vec<String> {
-    let archs: Vec<String> = spec
-        .split(',')
-        .map(|s| s.trim().trim_start_matches("sm_").to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let archs: Vec<String> =
+        spec.split(',').map(|s| s.trim().trim_start_matches("sm_").to_string()).filter(|s| !s.is_empty()).collect();
     for a in &archs {
         assert!(
             a.chars().next().is_some_and(|c| c.is_ascii_digit()) && a.chars().all(|c| c.is_ascii_alphanumeric()),
@@ -125,10 +123,8 @@ fn compile_all(
 ) -> Result<Vec<(String, PathBuf)>, String> {
     // nvcc is single-threaded per file: compile the files in parallel.
     let results: Vec<Result<(String, PathBuf), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = sources
-            .iter()
-            .map(|src| scope.spawn(move || compile_one(nvcc, src, kernel_dir, out_dir, archs)))
-            .collect();
+        let handles: Vec<_> =
+            sources.iter().map(|src| scope.spawn(move || compile_one(nvcc, src, kernel_dir, out_dir, archs))).collect();
         handles.into_iter().map(|h| h.join().expect("compile thread")).collect()
     });
     let errors: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
@@ -139,14 +135,17 @@ fn compile_all(
     }
 }
 
-fn compile_one(nvcc: &Path, src: &Path, kernel_dir: &Path, out_dir: &Path, archs: &[String]) -> Result<(String, PathBuf), String> {
+fn compile_one(
+    nvcc: &Path,
+    src: &Path,
+    kernel_dir: &Path,
+    out_dir: &Path,
+    archs: &[String],
+) -> Result<(String, PathBuf), String> {
     let name = src.file_stem().unwrap().to_string_lossy().into_owned();
     let out = out_dir.join(format!("{name}.fatbin"));
     let mut cmd = Command::new(nvcc);
-    cmd.arg("--fatbin")
-        .args(["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"])
-        .arg("-I")
-        .arg(kernel_dir);
+    cmd.arg("--fatbin").args(["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]).arg("-I").arg(kernel_dir);
     for a in archs {
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }

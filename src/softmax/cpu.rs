@@ -34,10 +34,8 @@ pub fn forward_into(x: ArrayView2<'_, f32>, mut y: ArrayViewMut2<'_, f32>, kind:
 pub fn backward(y: ArrayView2<'_, f32>, dy: ArrayView2<'_, f32>, kind: Kind) -> Result<Array2<f32>> {
     same_shape("dy", dy.dim(), y.dim())?;
     let mut dx = Array2::zeros(y.raw_dim());
-    Zip::from(y.axis_iter(Axis(0)))
-        .and(dy.axis_iter(Axis(0)))
-        .and(dx.axis_iter_mut(Axis(0)))
-        .for_each(|yr, dyr, mut dxr| match kind {
+    Zip::from(y.axis_iter(Axis(0))).and(dy.axis_iter(Axis(0))).and(dx.axis_iter_mut(Axis(0))).for_each(
+        |yr, dyr, mut dxr| match kind {
             Kind::Softmax => {
                 let s: f32 = yr.iter().zip(dyr.iter()).map(|(a, b)| a * b).sum();
                 Zip::from(&mut dxr).and(&yr).and(&dyr).for_each(|o, &yc, &dyc| *o = yc * (dyc - s));
@@ -46,7 +44,8 @@ pub fn backward(y: ArrayView2<'_, f32>, dy: ArrayView2<'_, f32>, kind: Kind) -> 
                 let s: f32 = dyr.sum();
                 Zip::from(&mut dxr).and(&yr).and(&dyr).for_each(|o, &yc, &dyc| *o = dyc - yc.exp() * s);
             }
-        });
+        },
+    );
     Ok(dx)
 }
 
