@@ -1,0 +1,126 @@
+//! CPU reference of `kernels/cross_entropy.cu` (f64 accumulation within a row).
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
+
+use super::{Options, Reduction};
+use crate::error::{Error, Result};
+
+const OP: &str = "cross_entropy (cpu)";
+
+/// Per-sample losses (`reduction = None`) or the reduced loss (a single element).
+pub fn forward(
+    logits: ArrayView2<'_, f32>,
+    targets: ArrayView1<'_, i32>,
+    weight: Option<ArrayView1<'_, f32>>,
+    opts: &Options,
+) -> Result<Array1<f32>> {
+    Ok(run(logits, targets, weight, opts, None, false)?.0)
+}
+
+/// Gradient with respect to the logits. `grad_output` is the upstream gradient: one element per
+/// sample for `reduction = None`, a single element otherwise.
+pub fn backward(
+    logits: ArrayView2<'_, f32>,
+    targets: ArrayView1<'_, i32>,
+    weight: Option<ArrayView1<'_, f32>>,
+    opts: &Options,
+    grad_output: ArrayView1<'_, f32>,
+) -> Result<Array2<f32>> {
+    let want = opts.loss_len(logits.nrows());
+    if grad_output.len() != want {
+        return Err(Error::shape(OP, format!("grad_output has {} elements, expected {want}", grad_output.len())));
+    }
+    Ok(run(logits, targets, weight, opts, Some(grad_output), true)?.1.expect("grad requested"))
+}
+
+/// Loss and gradient in one pass, with upstream gradient 1 (what a training step needs).
+pub fn forward_backward(
+    logits: ArrayView2<'_, f32>,
+    targets: ArrayView1<'_, i32>,
+    weight: Option<ArrayView1<'_, f32>>,
+    opts: &Options,
+) -> Result<(Array1<f32>, Array2<f32>)> {
+    let (loss, grad) = run(logits, targets, weight, opts, None, true)?;
+    Ok((loss, grad.expect("grad requested")))
+}
+
+fn run(
+    logits: ArrayView2<'_, f32>,
+    targets: ArrayView1<'_, i32>,
+    weight: Option<ArrayView1<'_, f32>>,
+    opts: &Options,
+    grad_output: Option<ArrayView1<'_, f32>>,
+    want_grad: bool,
+) -> Result<(Array1<f32>, Option<Array2<f32>>)> {
+    opts.validate(OP)?;
+    let (n, c) = logits.dim();
+    if c == 0 {
+        return Err(Error::shape(OP, "logits need at least one class"));
+    }
+    if targets.len() != n {
+        return Err(Error::shape(OP, format!("targets has {} elements, expected {n} (rows of logits)", targets.len())));
+    }
+    if let Some(w) = &weight {
+        if w.len() != c {
+            return Err(Error::shape(OP, format!("weight has {} elements, expected {c} (classes)", w.len())));
+        }
+    }
+    if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| !opts.is_ignored(t) && !(0..c as i32).contains(&t))
+    {
+        return Err(Error::InvalidTarget { op: OP, index: i, value: t as i64, classes: c });
+    }
+    let w = |k: usize| weight.as_ref().map_or(1.0, |w| w[k] as f64);
+    let eps = opts.label_smoothing as f64;
+    let weight_sum: f64 = (0..c).map(w).sum();
+    let total_weight: f64 = targets.iter().filter(|&&t| !opts.is_ignored(t)).map(|&t| w(t as usize)).sum();
+
+    let mut row_loss = Array1::<f64>::zeros(n);
+    let mut grad = want_grad.then(|| Array2::<f32>::zeros((n, c)));
+    // Upstream gradient of each row's loss, before the mean's division.
+    let g_of = |i: usize| -> f64 {
+        let g = grad_output.as_ref().map_or(1.0, |g| if g.len() == 1 { g[0] as f64 } else { g[i] as f64 });
+        match opts.reduction {
+            Reduction::Mean if total_weight != 0.0 => g / total_weight,
+            Reduction::Mean => 0.0,
+            _ => g,
+        }
+    };
+    let body = |i: usize, x: ArrayView1<'_, f32>, loss: &mut f64, grow: Option<ndarray::ArrayViewMut1<'_, f32>>| {
+        let t = targets[i];
+        if opts.is_ignored(t) {
+            return; // loss 0, gradient row stays 0
+        }
+        let t = t as usize;
+        let m = x.iter().copied().fold(f32::NEG_INFINITY, crate::softmax::cpu::nan_max) as f64;
+        let s: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
+        let lse = m + s.ln();
+        let nll = -(x[t] as f64 - lse) * w(t);
+        let smooth: f64 = if eps > 0.0 { (0..c).map(|k| -(x[k] as f64 - lse) * w(k)).sum() } else { 0.0 };
+        *loss = (1.0 - eps) * nll + eps / c as f64 * smooth;
+        if let Some(mut grow) = grow {
+            let g = g_of(i);
+            for (k, o) in grow.iter_mut().enumerate() {
+                let p = (x[k] as f64 - lse).exp();
+                let onehot = if k == t { 1.0 } else { 0.0 };
+                let d = (1.0 - eps) * w(t) * (p - onehot) + eps / c as f64 * (weight_sum * p - w(k));
+                *o = (g * d) as f32;
+            }
+        }
+    };
+    match grad.as_mut() {
+        Some(gr) => Zip::indexed(logits.axis_iter(Axis(0)))
+            .and(&mut row_loss)
+            .and(gr.axis_iter_mut(Axis(0)))
+            .for_each(|i, x, l, grow| body(i, x, l, Some(grow))),
+        None => Zip::indexed(logits.axis_iter(Axis(0))).and(&mut row_loss).for_each(|i, x, l| body(i, x, l, None)),
+    }
+
+    let loss = match opts.reduction {
+        Reduction::None => row_loss.mapv(|v| v as f32),
+        Reduction::Sum => Array1::from_elem(1, row_loss.sum() as f32),
+        Reduction::Mean => {
+            let s = row_loss.sum();
+            Array1::from_elem(1, if total_weight != 0.0 { (s / total_weight) as f32 } else { 0.0 })
+        }
+    };
+    Ok((loss, grad))
+}

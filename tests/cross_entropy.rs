@@ -1,0 +1,348 @@
+//! Weighted cross-entropy: hand-worked PyTorch values, finite differences, bad input, GPU vs CPU.
+#![allow(clippy::excessive_precision)] // expected values are written as computed, in f64
+mod common;
+
+use common::{assert_close, gpu, labels, rng, uniform, POISON};
+use evenclass::cross_entropy::{cpu, cuda, weights_from_recall, Options, Reduction};
+use evenclass::Error;
+use ndarray::{arr1, arr2, Array1, Array2};
+
+// Worked from PyTorch's documented formula (LossNLL.cpp, cross_entropy_loss_label_smoothing):
+// l_i = (1-eps) w[t] (-logp_t) + eps/C sum_c w_c (-logp_c); mean divides by sum of w[t_i] over
+// non-ignored samples. Row 0: lse(1,2,3) = 3.4076059644, so -logp_2 = 0.4076059644.
+fn x4() -> Array2<f32> {
+    arr2(&[[1.0, 2.0, 3.0], [1.0, -1.0, 0.5], [0.0, 0.25, -2.0], [3.0, 3.0, -1.0]])
+}
+const W: [f32; 3] = [0.2, 0.7, 1.6];
+
+fn opts(ignore: Option<i32>, eps: f32, reduction: Reduction) -> Options {
+    Options { ignore_index: ignore, label_smoothing: eps, reduction }
+}
+
+fn rows013(x: &Array2<f32>) -> Array2<f32> {
+    x.select(ndarray::Axis(0), &[0, 1, 3])
+}
+
+#[test]
+fn plain_none_and_mean() {
+    let x = rows013(&x4());
+    let t = arr1(&[2, 0, 1]);
+    let none = cpu::forward(x.view(), t.view(), None, &opts(None, 0.0, Reduction::None)).unwrap();
+    assert_close("none", none.as_slice().unwrap(), &[0.40760596, 0.55495692, 0.70226332], 1e-6, 1e-6);
+    let mean = cpu::forward(x.view(), t.view(), None, &Options::default()).unwrap();
+    assert_close("mean", mean.as_slice().unwrap(), &[0.55494207], 1e-6, 1e-6);
+}
+
+#[test]
+fn class_weights_mean_divides_by_target_weight() {
+    let x = rows013(&x4());
+    let t = arr1(&[2, 0, 1]);
+    let w = arr1(&W);
+    let mean = cpu::forward(x.view(), t.view(), Some(w.view()), &opts(None, 0.0, Reduction::Mean)).unwrap();
+    assert_close("weighted mean", mean.as_slice().unwrap(), &[0.50189810], 1e-6, 1e-6);
+    let sum = cpu::forward(x.view(), t.view(), Some(w.view()), &opts(None, 0.0, Reduction::Sum)).unwrap();
+    assert_close("weighted sum", sum.as_slice().unwrap(), &[1.25474525], 1e-6, 1e-6);
+}
+
+#[test]
+fn ignore_index_drops_the_sample_from_loss_and_denominator() {
+    let w = arr1(&W);
+    let t = arr1(&[2, 0, -100, 1]);
+    let mean = cpu::forward(x4().view(), t.view(), Some(w.view()), &opts(Some(-100), 0.0, Reduction::Mean)).unwrap();
+    // Same as the three-sample case without the ignored row.
+    assert_close("ignored", mean.as_slice().unwrap(), &[0.50189810], 1e-6, 1e-6);
+}
+
+#[test]
+fn label_smoothing_alone() {
+    let x = rows013(&x4());
+    let t = arr1(&[2, 0, 1]);
+    let mean = cpu::forward(x.view(), t.view(), None, &opts(None, 0.1, Reduction::Mean)).unwrap();
+    assert_close("smoothing", mean.as_slice().unwrap(), &[0.66049762], 1e-6, 1e-6);
+}
+
+#[test]
+fn all_options_together() {
+    let w = arr1(&W);
+    let t = arr1(&[2, 0, -100, 1]);
+    let run = |r| cpu::forward(x4().view(), t.view(), Some(w.view()), &opts(Some(-100), 0.1, r)).unwrap();
+    assert_close(
+        "none",
+        run(Reduction::None).as_slice().unwrap(),
+        &[0.65758642, 0.21947199, 0.0, 0.71428117],
+        1e-6,
+        1e-6,
+    );
+    assert_close("sum", run(Reduction::Sum).as_slice().unwrap(), &[1.59133958], 1e-6, 1e-6);
+    assert_close("mean", run(Reduction::Mean).as_slice().unwrap(), &[0.63653583], 1e-6, 1e-6);
+}
+
+#[test]
+fn all_ignored_mean_is_zero_with_zero_gradient() {
+    // PyTorch gives 0/0 = NaN here; we define loss 0 and gradient 0 (see cross_entropy docs).
+    let t = arr1(&[-100, -100, -100, -100]);
+    let o = opts(Some(-100), 0.1, Reduction::Mean);
+    let (loss, grad) = cpu::forward_backward(x4().view(), t.view(), Some(arr1(&W).view()), &o).unwrap();
+    assert_eq!(loss[0], 0.0);
+    assert!(grad.iter().all(|&g| g == 0.0));
+}
+
+#[test]
+fn nan_logits_give_nan_loss() {
+    let mut x = x4();
+    x[[1, 2]] = f32::NAN;
+    let t = arr1(&[2, 0, 1, 1]);
+    let none = cpu::forward(x.view(), t.view(), None, &opts(None, 0.0, Reduction::None)).unwrap();
+    assert!(none[1].is_nan() && !none[0].is_nan());
+    let mean = cpu::forward(x.view(), t.view(), None, &Options::default()).unwrap();
+    assert!(mean[0].is_nan());
+    // An ignored row's NaN does not leak (PyTorch masks it too).
+    let t = arr1(&[2, -100, 1, 1]);
+    let mean = cpu::forward(x.view(), t.view(), None, &Options::default()).unwrap();
+    assert!(mean[0].is_finite());
+}
+
+/// Central differences of the scalar sum_i g_i * l_i (or the reduced loss) against `backward`.
+fn check_grad(o: Options, weighted: bool, seed: u64) {
+    let (n, c) = (6, 5);
+    let mut r = rng(seed);
+    let x = Array2::from_shape_vec((n, c), uniform(&mut r, n * c, -3.0, 3.0)).unwrap();
+    let mut t = Array1::from(labels(&mut r, n, c));
+    t[2] = -7; // ignored when o.ignore_index == Some(-7)
+    let w = Array1::from(uniform(&mut r, c, 0.1, 2.0));
+    let w = weighted.then_some(w.view());
+    let go = Array1::from(uniform(&mut r, o.loss_len(n), 0.5, 1.5));
+    let grad = cpu::backward(x.view(), t.view(), w, &o, go.view()).unwrap();
+    let f = |x: &Array2<f32>| -> f64 {
+        let l = cpu::forward(x.view(), t.view(), w, &o).unwrap();
+        l.iter().zip(go.iter()).map(|(&a, &b)| a as f64 * b as f64).sum()
+    };
+    let h = 1e-2f32;
+    for i in 0..n {
+        for k in 0..c {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[[i, k]] += h;
+            xm[[i, k]] -= h;
+            let fd = ((f(&xp) - f(&xm)) / (2.0 * h as f64)) as f32;
+            let g = grad[[i, k]];
+            assert!((g - fd).abs() <= 2e-3 + 1e-2 * fd.abs(), "{o:?} grad[{i},{k}] = {g}, finite difference {fd}");
+        }
+    }
+    // The fused pass gives the same gradient for upstream 1.
+    let (_, fused) = cpu::forward_backward(x.view(), t.view(), w, &o).unwrap();
+    let ones = Array1::from_elem(o.loss_len(n), 1.0f32);
+    let unit = cpu::backward(x.view(), t.view(), w, &o, ones.view()).unwrap();
+    assert_close("fused", fused.as_slice().unwrap(), unit.as_slice().unwrap(), 1e-7, 1e-6);
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    let mut seed = 10;
+    for reduction in [Reduction::None, Reduction::Sum, Reduction::Mean] {
+        for eps in [0.0, 0.2] {
+            for weighted in [false, true] {
+                seed += 1;
+                check_grad(opts(Some(-7), eps, reduction), weighted, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let x = x4();
+    let o = Options::default();
+    let e = cpu::forward(x.view(), arr1(&[0, 1, 3, 0]).view(), None, &o).unwrap_err();
+    assert!(matches!(e, Error::InvalidTarget { index: 2, value: 3, classes: 3, .. }), "{e}");
+    let e = cpu::forward(x.view(), arr1(&[0, -1, 0, 0]).view(), None, &o).unwrap_err();
+    assert!(matches!(e, Error::InvalidTarget { index: 1, value: -1, .. }), "{e}");
+    let e = cpu::forward(x.view(), arr1(&[0, 1, 2]).view(), None, &o).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let e = cpu::forward(x.view(), arr1(&[0, 1, 2, 0]).view(), Some(arr1(&[1.0, 2.0]).view()), &o).unwrap_err();
+    assert!(e.to_string().contains("weight has 2 elements, expected 3"), "{e}");
+    let bad = Options { label_smoothing: 1.5, ..o };
+    assert!(cpu::forward(x.view(), arr1(&[0, 1, 2, 0]).view(), None, &bad).is_err());
+    let go = arr1(&[1.0f32, 1.0]);
+    assert!(cpu::backward(x.view(), arr1(&[0, 1, 2, 0]).view(), None, &o, go.view()).is_err());
+}
+
+#[test]
+fn practitioner_weights() {
+    // The practitioner's example says p = 4, rates [0.956.., 0.736.., 0.780..] give weights
+    // [0.7436.., 1.2530.., 1.1150..]. Those weights are what p = 2 gives; p = 4 gives their
+    // squares. We reproduce both facts (see README, "The practitioner's numbers").
+    let r = [0.9560878243512974, 0.7365384615384616, 0.7807933194154488];
+    let want = [0.743631046434835, 1.2530321887900169, 1.1150155156144919];
+    let w2 = weights_from_recall(&r, 2.0, 1e-3).unwrap();
+    for (a, b) in w2.iter().zip(want) {
+        assert!((a - b).abs() < 1e-12, "{w2:?}");
+    }
+    let w = weights_from_recall(&r, 4.0, 1e-3).unwrap();
+    for (a, b) in w.iter().zip(want) {
+        assert!((a - b * b).abs() < 1e-12, "{w:?}");
+    }
+    // Same as the practitioner's own form (1 - (r - mean) / r)^p.
+    let mean = r.iter().sum::<f64>() / 3.0;
+    for (a, &rc) in w.iter().zip(&r) {
+        assert!((a - (1.0 - (rc - mean) / rc).powi(4)).abs() < 1e-12);
+    }
+    // Recall 0 is clamped, finite, and still the largest weight.
+    let w = weights_from_recall(&[0.9, 0.0, 0.6], 4.0, 0.001).unwrap();
+    assert!(w.iter().all(|v| v.is_finite()) && w[1] > w[2] && w[2] > w[0]);
+    assert!(weights_from_recall(&[0.9, 1.2], 4.0, 0.001).is_err());
+    assert!(weights_from_recall(&[0.9], 4.0, 0.0).is_err());
+}
+
+// ---- GPU against the CPU reference -----------------------------------------------------------
+
+fn gpu_case<T: evenclass::cuda::Dtype>(n: usize, c: usize, o: Options, weighted: bool, seed: u64, tol: f32) {
+    let s = gpu();
+    let mut r = rng(seed);
+    // Round the inputs through T so both sides see the same logits.
+    let xt: Vec<T> = uniform(&mut r, n * c, -6.0, 6.0).into_iter().map(T::from_f32).collect();
+    let x = Array2::from_shape_vec((n, c), xt.iter().map(|v| v.to_f32()).collect()).unwrap();
+    let mut t = labels(&mut r, n, c);
+    if n > 3 {
+        t[n / 2] = -100;
+    }
+    let w: Vec<f32> = uniform(&mut r, c, 0.2, 3.0);
+    let wa = Array1::from(w.clone());
+    let ta = Array1::from(t.clone());
+    let (want_loss, want_grad) = cpu::forward_backward(x.view(), ta.view(), weighted.then_some(wa.view()), &o).unwrap();
+
+    let dx = s.clone_htod(&xt).unwrap();
+    let dt = s.clone_htod(&t).unwrap();
+    let dw = s.clone_htod(&w).unwrap();
+    let mut loss = s.clone_htod(&vec![POISON; o.loss_len(n)]).unwrap();
+    let mut grad = s.clone_htod(&vec![T::from_f32(POISON); n * c]).unwrap();
+    let mut ws = cuda::Workspace::new(&s).unwrap();
+    let wv = dw.as_view();
+    cuda::forward_backward(
+        &s,
+        &mut ws,
+        &dx.as_view(),
+        &dt.as_view(),
+        weighted.then_some(&wv),
+        c,
+        &o,
+        &mut loss,
+        &mut grad,
+    )
+    .unwrap();
+    let got_loss = s.clone_dtoh(&loss).unwrap();
+    let got_grad: Vec<f32> = s.clone_dtoh(&grad).unwrap().into_iter().map(|v| v.to_f32()).collect();
+    let what = format!("{} n={n} c={c} {o:?} weighted={weighted}", T::SUFFIX);
+    assert_close(&format!("loss {what}"), &got_loss, want_loss.as_slice().unwrap(), tol, tol);
+    // Gradients are stored in T: allow its rounding.
+    assert_close(&format!("grad {what}"), &got_grad, want_grad.as_slice().unwrap(), tol * 1e-2, tol);
+
+    // Forward alone and backward alone agree with the fused pass.
+    let mut loss2 = s.clone_htod(&vec![POISON; o.loss_len(n)]).unwrap();
+    cuda::forward(&s, &mut ws, &dx.as_view(), &dt.as_view(), weighted.then_some(&wv), c, &o, &mut loss2).unwrap();
+    assert_close(&format!("forward {what}"), &s.clone_dtoh(&loss2).unwrap(), &got_loss, 1e-6, 1e-6);
+    let go = s.clone_htod(&vec![1.0f32; o.loss_len(n)]).unwrap();
+    let mut grad2 = s.clone_htod(&vec![T::from_f32(POISON); n * c]).unwrap();
+    cuda::backward(
+        &s,
+        &mut ws,
+        &dx.as_view(),
+        &dt.as_view(),
+        weighted.then_some(&wv),
+        c,
+        &o,
+        &go.as_view(),
+        &mut grad2,
+    )
+    .unwrap();
+    let g2: Vec<f32> = s.clone_dtoh(&grad2).unwrap().into_iter().map(|v| v.to_f32()).collect();
+    assert_close(&format!("backward {what}"), &g2, &got_grad, 1e-6, 1e-6);
+}
+
+const SIZES: [(usize, usize); 9] =
+    [(1, 2), (7, 3), (33, 10), (257, 10), (100, 37), (5, 1000), (9, 1025), (3, 4097), (2, 32768)];
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_matches_cpu_f32() {
+    let mut seed = 100;
+    for (n, c) in SIZES {
+        for o in [
+            Options::default(),
+            opts(Some(-100), 0.1, Reduction::Mean),
+            opts(Some(-100), 0.0, Reduction::Sum),
+            opts(Some(-100), 0.25, Reduction::None),
+        ] {
+            for weighted in [false, true] {
+                seed += 1;
+                gpu_case::<f32>(n, c, o, weighted, seed, 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_matches_cpu_f16_bf16() {
+    let mut seed = 500;
+    for (n, c) in SIZES {
+        let o = opts(Some(-100), 0.1, Reduction::Mean);
+        seed += 1;
+        gpu_case::<half::f16>(n, c, o, true, seed, 1e-2);
+        gpu_case::<half::bf16>(n, c, o, true, seed, 2e-2);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_all_ignored_and_nan() {
+    let s = gpu();
+    let (n, c) = (5, 4);
+    let mut r = rng(7);
+    let mut x = uniform(&mut r, n * c, -1.0, 1.0);
+    let dt = s.clone_htod(&vec![-100i32; n]).unwrap();
+    let mut ws = cuda::Workspace::new(&s).unwrap();
+    let dx = s.clone_htod(&x).unwrap();
+    let mut loss = s.clone_htod(&[POISON]).unwrap();
+    let mut grad = s.clone_htod(&vec![POISON; n * c]).unwrap();
+    let o = opts(Some(-100), 0.1, Reduction::Mean);
+    cuda::forward_backward(&s, &mut ws, &dx.as_view(), &dt.as_view(), None, c, &o, &mut loss, &mut grad).unwrap();
+    assert_eq!(s.clone_dtoh(&loss).unwrap(), vec![0.0]);
+    assert!(s.clone_dtoh(&grad).unwrap().iter().all(|&g| g == 0.0));
+
+    x[c + 1] = f32::NAN;
+    let dx = s.clone_htod(&x).unwrap();
+    let dt = s.clone_htod(&[0i32, 1, 2, 3, 0]).unwrap();
+    cuda::forward_backward(&s, &mut ws, &dx.as_view(), &dt.as_view(), None, c, &o, &mut loss, &mut grad).unwrap();
+    assert!(s.clone_dtoh(&loss).unwrap()[0].is_nan());
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_bad_targets_and_shapes_are_errors() {
+    let s = gpu();
+    let (n, c) = (300, 10);
+    let mut r = rng(8);
+    let dx = s.clone_htod(&uniform(&mut r, n * c, -1.0, 1.0)).unwrap();
+    let mut t = labels(&mut r, n, c);
+    t[201] = -3;
+    t[77] = c as i32;
+    let dt = s.clone_htod(&t).unwrap();
+    let mut ws = cuda::Workspace::new(&s).unwrap();
+    let mut loss = s.alloc_zeros::<f32>(1).unwrap();
+    let mut grad = s.alloc_zeros::<f32>(n * c).unwrap();
+    let o = Options::default();
+    let e = cuda::forward_backward(&s, &mut ws, &dx.as_view(), &dt.as_view(), None, c, &o, &mut loss, &mut grad)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidTarget { index: 77, value: 10, classes: 10, .. }), "{e}");
+    // The flag was cleared: a valid call afterwards succeeds.
+    let good = s.clone_htod(&labels(&mut r, n, c)).unwrap();
+    cuda::forward_backward(&s, &mut ws, &dx.as_view(), &good.as_view(), None, c, &o, &mut loss, &mut grad).unwrap();
+    // Wrong lengths are caught before any launch.
+    let short = s.alloc_zeros::<f32>(n * c - 1).unwrap();
+    let e = cuda::forward(&s, &mut ws, &short.as_view(), &good.as_view(), None, c, &o, &mut loss).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let w = s.alloc_zeros::<f32>(c + 1).unwrap();
+    let e =
+        cuda::forward(&s, &mut ws, &dx.as_view(), &good.as_view(), Some(&w.as_view()), c, &o, &mut loss).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
