@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs on the GPU host from a folder made by scripts/gpu-bundle.sh. Writes logs under OUT_DIR
+# (default $OUT, else ./gpu-out): every test binary with --include-ignored (the GPU tests run),
+# every benchmark briefly, and, when CIFAR10_DIR is set, a short GPU run of the experiment.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-${OUT:-$here/gpu-out}}"
+mkdir -p "$out"
+cd "$here"
+{
+    echo "commit: $(cat COMMIT 2>/dev/null)"; date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+} > "$out/device.txt" 2>&1
+status=0
+: > "$out/tests.log"
+for t in tests/*; do
+    echo "=== $t" >> "$out/tests.log"
+    "$t" --include-ignored --test-threads=1 >> "$out/tests.log" 2>&1 || status=1
+done
+grep -E "^=== |test result|FAILED|panicked" "$out/tests.log" > "$out/tests-summary.txt"
+: > "$out/benches.log"
+for b in benches/*; do
+    echo "=== $b" >> "$out/benches.log"
+    "$b" --bench --warm-up-time 1 --measurement-time 2 --noplot >> "$out/benches.log" 2>&1 || status=1
+done
+if [ -n "${CIFAR10_DIR:-}" ] && [ -x examples/cifar10 ]; then
+    examples/cifar10 --device cuda --out "$out/cifar10" ${EXPERIMENT_ARGS:-} > "$out/experiment.log" 2>&1 || status=1
+fi
+exit $status
