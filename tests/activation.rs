@@ -40,7 +40,8 @@ fn backward_hand_worked() {
 fn backward_matches_finite_differences() {
     let mut r = rng(3);
     // Values away from the kink, so the differences do not straddle it.
-    let x: Vec<f32> = uniform(&mut r, 50, -1.0, 1.0).into_iter().map(|v| if v.abs() < 0.1 { v + 0.3 } else { v }).collect();
+    let x: Vec<f32> =
+        uniform(&mut r, 50, -1.0, 1.0).into_iter().map(|v| if v.abs() < 0.1 { v + 0.3 } else { v }).collect();
     let w = uniform(&mut r, 50, -1.0, 1.0);
     let y = cpu::relu_forward(&x);
     let dx = cpu::relu_backward(&y, &w).unwrap();

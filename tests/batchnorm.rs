@@ -129,7 +129,7 @@ fn check_backward_fd(relu: bool) {
     assert_close("dgamma vs finite differences", &g.dgamma, &num_dg, 3e-4, 2e-3);
     assert_close("dbeta vs finite differences", &g.dbeta, &num_db, 3e-4, 2e-3);
     if relu {
-        assert!(out.y.iter().any(|&v| v == 0.0), "the relu case must have clamped outputs");
+        assert!(out.y.contains(&0.0), "the relu case must have clamped outputs");
     }
 }
 
@@ -286,8 +286,11 @@ fn gpu_bad_lengths_are_errors() {
     let x = s.clone_htod(&vec![1.0f32; shape.len() - 1]).unwrap();
     let g = s.clone_htod(&[1.0f32; 2]).unwrap();
     let (mut rm, mut rv) = (s.clone_htod(&[0.0f32; 2]).unwrap(), s.clone_htod(&[1.0f32; 2]).unwrap());
-    let (mut y, mut sm, mut si) =
-        (s.clone_htod(&vec![0.0f32; shape.len()]).unwrap(), s.clone_htod(&[0.0f32; 2]).unwrap(), s.clone_htod(&[0.0f32; 2]).unwrap());
+    let (mut y, mut sm, mut si) = (
+        s.clone_htod(&vec![0.0f32; shape.len()]).unwrap(),
+        s.clone_htod(&[0.0f32; 2]).unwrap(),
+        s.clone_htod(&[0.0f32; 2]).unwrap(),
+    );
     let r = cuda::forward_train(&s, &x, &g, &g, &mut rm, &mut rv, &mut y, &mut sm, &mut si, shape, CFG);
     assert!(matches!(r, Err(Error::Shape { .. })));
 }

@@ -102,7 +102,12 @@ fn bad_lengths_are_errors() {
     shape_err(cpu::forward_into(&X, &W, &B, &mut [0.0; 5], SHAPE));
     shape_err(cpu::backward_data_into(&W, &DY[1..], &mut [0.0; 6], SHAPE));
     shape_err(cpu::backward_params_into(&X, &DY, &mut [0.0; 6], &mut [0.0; 3], SHAPE));
-    shape_err(cpu::sgemm(&[0.0; 6], &[0.0; 6], &mut [0.0; 4], Gemm { m: 2, n: 2, k: 4, trans_a: false, trans_b: false }));
+    shape_err(cpu::sgemm(
+        &[0.0; 6],
+        &[0.0; 6],
+        &mut [0.0; 4],
+        Gemm { m: 2, n: 2, k: 4, trans_a: false, trans_b: false },
+    ));
     let huge = LinearShape { batch: usize::MAX, in_features: 2, out_features: 1 };
     assert!(matches!(cpu::forward(&X, &W, &B, huge), Err(Error::TooLarge { .. })));
 }

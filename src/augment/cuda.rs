@@ -125,7 +125,7 @@ fn report(
 fn params(spec: &AugmentSpec, data_len: usize, n: usize) -> Result<AugmentParams> {
     let count = spec.check(OP, data_len)?;
     let total = n.checked_mul(spec.image_len());
-    if !total.is_some_and(|t| t <= i32::MAX as usize) || count > i32::MAX as usize {
+    if total.is_none_or(|t| t > i32::MAX as usize) || count > i32::MAX as usize {
         return Err(Error::TooLarge {
             op: OP,
             msg: format!("{n} images of {} values (or a dataset of {count} images) exceed i32", spec.image_len()),

@@ -126,7 +126,7 @@ pub fn global_avg_pool_backward(
 
 /// Validates the shape (`h, w >= min_side`, at most i32::MAX elements) and builds the params.
 fn params(shape: PoolShape, min_side: usize) -> Result<PoolParams> {
-    if !shape.checked_len().is_some_and(|n| n <= i32::MAX as usize) {
+    if shape.checked_len().is_none_or(|n| n > i32::MAX as usize) {
         return Err(Error::TooLarge { op: OP, msg: format!("{shape:?} has more than i32::MAX elements") });
     }
     if shape.h < min_side || shape.w < min_side {
