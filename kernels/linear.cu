@@ -27,7 +27,7 @@ struct GemmParams {
 
 // grid: (ceil(n / 64), ceil(m / 64)), block: 256.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    sgemm_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
+    linear_sgemm_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
               const float* __restrict__ bias, GemmParams p) {
     __shared__ float As[GEMM_BK][GEMM_BM + 4];  // As[k][i]
     __shared__ float Bs[GEMM_BK][GEMM_BN + 4];  // Bs[k][j]
@@ -94,7 +94,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 
 // out[j] = sum_r x[r * cols + j] for j < cols: a thread per column, rows in order (deterministic;
 // consecutive threads read consecutive addresses).
-extern "C" __global__ void col_sum_f32(const float* __restrict__ x, float* __restrict__ out, int32_t rows,
+extern "C" __global__ void linear_col_sum_f32(const float* __restrict__ x, float* __restrict__ out, int32_t rows,
                                        int32_t cols) {
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += (int64_t)gridDim.x * blockDim.x) {
         float s = 0.0f;

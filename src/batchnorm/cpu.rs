@@ -401,7 +401,7 @@ fn bwd(
         match y {
             Some(y) => {
                 for (((o, &xv), &g), &yv) in dxp.iter_mut().zip(xp).zip(dyp).zip(&y[off..off + hw]) {
-                    let g = if yv <= 0.0 { 0.0 } else { g };
+                    let g = relu_mask(g, yv);
                     *o = (g - mean_g - (xv - mu) * proj) * k;
                 }
             }
@@ -422,14 +422,14 @@ fn grad_sums<const MASK: bool>(x: &[f32], y: &[f32], dy: &[f32], mu: f32) -> (f3
     let (xr, yr, dr) = (xc.remainder(), yc.remainder(), dc.remainder());
     for ((xs, ys), ds) in xc.zip(yc).zip(dc) {
         for k in 0..8 {
-            let g = if MASK && ys[k] <= 0.0 { 0.0 } else { ds[k] };
+            let g = if MASK { relu_mask(ds[k], ys[k]) } else { ds[k] };
             a[k] += g;
             b[k] += g * (xs[k] - mu);
         }
     }
     let (mut sa, mut sb) = (fold8(a), fold8(b));
     for ((&xv, &yv), &g) in xr.iter().zip(yr).zip(dr) {
-        let g = if MASK && yv <= 0.0 { 0.0 } else { g };
+        let g = if MASK { relu_mask(g, yv) } else { g };
         sa += g;
         sb += g * (xv - mu);
     }
@@ -468,6 +468,14 @@ fn relu(v: f32) -> f32 {
     } else {
         v
     }
+}
+
+/// `g` where the ReLU output `y` is positive (or NaN), else 0: PyTorch's `y <= 0 ? 0 : g`, as a
+/// bit mask rather than a branch, which the compiler vectorizes (random signs defeat prediction).
+#[inline(always)]
+fn relu_mask(g: f32, y: f32) -> f32 {
+    let drop = (y <= 0.0) as u32; // 1 -> mask 0, 0 -> mask all ones
+    f32::from_bits(g.to_bits() & drop.wrapping_sub(1))
 }
 
 /// The `n` planes (each `hw` contiguous values) of channel `ch`.

@@ -116,7 +116,7 @@ pub fn backward_params(
     if shape.out_features == 0 {
         return Ok(());
     }
-    let f = function(stream, MODULE, "col_sum_f32")?;
+    let f = function(stream, MODULE, "linear_col_sum_f32")?;
     let (rows, cols) = (p.k, p.m); // batch, out
     let mut b = stream.launch_builder(&f);
     b.arg(&dyp).arg(&dbp).arg(&rows).arg(&cols);
@@ -146,7 +146,7 @@ pub fn sgemm(
     unsafe { launch_gemm(stream, ap, bp, cp, 0, p, g) }
 }
 
-/// Launches `sgemm_f32`; nothing when C is empty.
+/// Launches `linear_sgemm_f32`; nothing when C is empty.
 ///
 /// # Safety
 /// `a`, `b`, `c` must point to live device buffers of at least `m*k`, `k*n`, `m*n` f32 for `g`
@@ -165,7 +165,7 @@ unsafe fn launch_gemm(
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
-    let f = function(stream, MODULE, "sgemm_f32")?;
+    let f = function(stream, MODULE, "linear_sgemm_f32")?;
     let launch = LaunchConfig {
         grid_dim: (g.n.div_ceil(TILE) as u32, g.m.div_ceil(TILE) as u32, 1),
         block_dim: (256, 1, 1),

@@ -1,8 +1,8 @@
 //! Fully connected layer `y = x W^T + b` (PyTorch's `nn.Linear`), forward and backward, f32, and
 //! the general SGEMM it is built on.
 //!
-//! - kernel: `kernels/linear.cu` (`sgemm_f32`: tiled, shared-memory panels and 4x4 register
-//!   micro-tiles, transposes as strides; `col_sum_f32` for the bias gradient)
+//! - kernel: `kernels/linear.cu` (`linear_sgemm_f32`: tiled, shared-memory panels and 4x4 register
+//!   micro-tiles, transposes as strides; `linear_col_sum_f32` for the bias gradient)
 //! - CUDA wrapper: [`cuda`]; CPU version (also the trainer's CPU path, on `matrixmultiply::sgemm`):
 //!   [`cpu`]; tests: `tests/linear.rs`
 //!

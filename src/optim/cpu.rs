@@ -16,20 +16,41 @@ pub fn sgd_step(params: &mut [f32], grads: &[f32], buf: &mut [f32], cfg: &SgdCon
     check_len(OP, "grads", grads.len(), params.len())?;
     check_len(OP, "buf", buf.len(), params.len())?;
     let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
-    params.par_chunks_mut(CHUNK).zip(grads.par_chunks(CHUNK)).zip(buf.par_chunks_mut(CHUNK)).for_each(
-        |((ps, gs), bs)| {
-            for ((p, &g), b) in ps.iter_mut().zip(gs).zip(bs) {
-                let mut d = g;
-                if weight_decay != 0.0 {
-                    d += weight_decay * *p;
-                }
-                if momentum != 0.0 {
-                    *b = momentum * *b + d;
-                    d = if nesterov { d + momentum * *b } else { *b };
-                }
-                *p -= lr * d;
-            }
-        },
-    );
+    // The settings are fixed for the call: pick a loop without per-element branches.
+    let step = match (weight_decay != 0.0, momentum != 0.0, nesterov) {
+        (false, false, _) => step_chunk::<false, false, false>,
+        (true, false, _) => step_chunk::<true, false, false>,
+        (false, true, false) => step_chunk::<false, true, false>,
+        (true, true, false) => step_chunk::<true, true, false>,
+        (false, true, true) => step_chunk::<false, true, true>,
+        (true, true, true) => step_chunk::<true, true, true>,
+    };
+    params
+        .par_chunks_mut(CHUNK)
+        .zip(grads.par_chunks(CHUNK))
+        .zip(buf.par_chunks_mut(CHUNK))
+        .for_each(|((ps, gs), bs)| step(ps, gs, bs, momentum, weight_decay, lr));
     Ok(())
+}
+
+/// The kernel's arithmetic, each product and sum rounded separately (Rust never fuses them).
+fn step_chunk<const WD: bool, const MOM: bool, const NEST: bool>(
+    ps: &mut [f32],
+    gs: &[f32],
+    bs: &mut [f32],
+    momentum: f32,
+    weight_decay: f32,
+    lr: f32,
+) {
+    for ((p, &g), b) in ps.iter_mut().zip(gs).zip(bs) {
+        let mut d = g;
+        if WD {
+            d += weight_decay * *p;
+        }
+        if MOM {
+            *b = momentum * *b + d;
+            d = if NEST { d + momentum * *b } else { *b };
+        }
+        *p -= lr * d;
+    }
 }

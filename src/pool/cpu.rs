@@ -76,19 +76,23 @@ pub fn max_pool_backward_into(dy: &[f32], argmax: &[u8], dx: &mut [f32], shape: 
         .zip(dy.par_chunks(opl).zip(argmax.par_chunks(opl)))
         .with_min_len(MIN_TASK.div_ceil(shape.h * w))
         .for_each(|(dxp, (dyp, ap))| {
-            dxp.fill(0.0);
-            for ((gr, ar), rows) in dyp.chunks_exact(ow).zip(ap.chunks_exact(ow)).zip(dxp.chunks_exact_mut(2 * w)) {
-                for (ox, (&g, &a)) in gr.iter().zip(ar).enumerate() {
-                    let at = match a {
-                        0 => 2 * ox,
-                        1 => 2 * ox + 1,
-                        2 => w + 2 * ox,
-                        3 => w + 2 * ox + 1,
-                        _ => continue,
-                    };
-                    rows[at] = g;
+            // Every window writes its four inputs (the gradient at its argmax, zeros elsewhere), so
+            // the writes are sequential and branch-free; a dropped odd row/column is zeroed.
+            let mut pairs = dxp.chunks_exact_mut(2 * w);
+            for ((gr, ar), rows) in dyp.chunks_exact(ow).zip(ap.chunks_exact(ow)).zip(&mut pairs) {
+                let (r0, r1) = rows.split_at_mut(w);
+                let (r0, r0_rest) = r0.split_at_mut(2 * ow);
+                let (r1, r1_rest) = r1.split_at_mut(2 * ow);
+                for (row, base) in [(r0, 0u8), (r1, 2u8)] {
+                    for ((o, &g), &a) in row.chunks_exact_mut(2).zip(gr).zip(ar) {
+                        o[0] = if a == base { g } else { 0.0 };
+                        o[1] = if a == base + 1 { g } else { 0.0 };
+                    }
                 }
+                r0_rest.fill(0.0);
+                r1_rest.fill(0.0);
             }
+            pairs.into_remainder().fill(0.0);
         });
     Ok(())
 }
