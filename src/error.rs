@@ -16,6 +16,10 @@ pub enum Error {
     #[error("{op}: predicted label {value} of sample {index} is outside [0, {classes})")]
     InvalidPrediction { op: &'static str, index: usize, value: i64, classes: usize },
 
+    /// A sample (dataset image) index is outside `[0, count)`.
+    #[error("{op}: sample index {value} at batch position {index} is outside the dataset's [0, {count})")]
+    InvalidSample { op: &'static str, index: usize, value: i64, count: usize },
+
     /// A size exceeds what a kernel supports.
     #[error("{op}: {msg}")]
     TooLarge { op: &'static str, msg: String },

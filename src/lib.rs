@@ -8,14 +8,26 @@
 //! | softmax | `kernels/softmax.cu` | [`softmax::cuda`] / [`softmax::cpu`] |
 //! | weighted cross-entropy | `kernels/cross_entropy.cu` | [`cross_entropy::cuda`] / [`cross_entropy::cpu`] |
 //! | confusion counting | `kernels/confusion.cu` | [`confusion::cuda`] / [`confusion::cpu`] |
+//! | batchnorm (+ fused ReLU) | `kernels/batchnorm.cu` | [`batchnorm::cuda`] / [`batchnorm::cpu`] |
+//! | ReLU | `kernels/activation.cu` | [`activation::cuda`] / [`activation::cpu`] |
+//! | max-pool 2x2, global average pool | `kernels/pool.cu` | [`pool::cuda`] / [`pool::cpu`] |
+//! | linear layer, SGEMM | `kernels/linear.cu` | [`linear::cuda`] / [`linear::cpu`] |
+//! | SGD (momentum, Nesterov, weight decay) | `kernels/optim.cu` | [`optim::cuda`] / [`optim::cpu`] |
+//! | batch augmentation (crop, flip, normalize) | `kernels/augment.cu` | [`augment::cuda`] / [`augment::cpu`] |
 //!
 //! The CUDA side launches on the caller's `cudarc` stream and device buffers; the CPU side takes
 //! `ndarray` views. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod activation;
+pub mod augment;
+pub mod batchnorm;
 pub mod cross_entropy;
 pub mod cuda;
 pub mod error;
+pub mod linear;
+pub mod optim;
+pub mod pool;
 pub mod softmax;
 
 pub use error::{Error, Result};

@@ -106,7 +106,7 @@ type ModuleKey = (usize, &'static str);
 #[derive(Default)]
 struct Cache {
     modules: HashMap<ModuleKey, Arc<CudaModule>>,
-    functions: HashMap<(usize, String), CudaFunction>,
+    functions: HashMap<(usize, &'static str, String), CudaFunction>,
 }
 
 fn cache() -> &'static Mutex<Cache> {
@@ -120,7 +120,7 @@ pub(crate) fn function(stream: &Arc<CudaStream>, module: &'static str, name: &st
     let ctx = stream.context();
     let ctx_key = ctx.cu_ctx() as usize;
     let mut cache = cache().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(f) = cache.functions.get(&(ctx_key, name.to_string())) {
+    if let Some(f) = cache.functions.get(&(ctx_key, module, name.to_string())) {
         return Ok(f.clone());
     }
     let m = match cache.modules.get(&(ctx_key, module)) {
@@ -140,7 +140,7 @@ pub(crate) fn function(stream: &Arc<CudaStream>, module: &'static str, name: &st
         }
     };
     let f = m.load_function(name).during("looking up kernel")?;
-    cache.functions.insert((ctx_key, name.to_string()), f.clone());
+    cache.functions.insert((ctx_key, module, name.to_string()), f.clone());
     Ok(f)
 }
 
