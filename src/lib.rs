@@ -13,6 +13,7 @@
 //! `ndarray` views. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod confusion;
 pub mod cuda;
 pub mod error;
 pub mod softmax;
