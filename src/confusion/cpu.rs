@@ -35,7 +35,10 @@ pub fn count_logits<T: Dtype>(
 ) -> Result<()> {
     let (n, classes) = logits.dim();
     if classes != counts.classes() {
-        return Err(Error::shape(OP, format!("logits have {classes} columns, the matrix {} classes", counts.classes())));
+        return Err(Error::shape(
+            OP,
+            format!("logits have {classes} columns, the matrix {} classes", counts.classes()),
+        ));
     }
     if targets.len() != n {
         return Err(Error::shape(OP, format!("{} targets for {n} rows of logits", targets.len())));

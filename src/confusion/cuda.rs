@@ -169,7 +169,12 @@ fn too_large(n: usize, classes: usize) -> Error {
     Error::TooLarge { op: OP, msg: format!("{n} x {classes} logits are too many") }
 }
 
-fn bad_target_error(stream: &Arc<CudaStream>, targets: &CudaView<'_, i32>, index: usize, classes: usize) -> Result<Error> {
+fn bad_target_error(
+    stream: &Arc<CudaStream>,
+    targets: &CudaView<'_, i32>,
+    index: usize,
+    classes: usize,
+) -> Result<Error> {
     let value = read_one(stream, targets, index)? as i64;
     Ok(Error::InvalidTarget { op: OP, index, value, classes })
 }

@@ -256,7 +256,8 @@ fn f1(tp: u64, support: u64, predicted: u64) -> f64 {
 }
 
 fn balanced(recall: &[f64], support: &[u64]) -> f64 {
-    let (sum, n) = recall.iter().zip(support).filter(|(_, &s)| s > 0).fold((0.0, 0u64), |(a, n), (r, _)| (a + r, n + 1));
+    let (sum, n) =
+        recall.iter().zip(support).filter(|(_, &s)| s > 0).fold((0.0, 0u64), |(a, n), (r, _)| (a + r, n + 1));
     if n == 0 {
         0.0
     } else {
