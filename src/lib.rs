@@ -22,6 +22,7 @@
 pub mod activation;
 pub mod augment;
 pub mod batchnorm;
+pub mod confusion;
 pub mod cross_entropy;
 pub mod cuda;
 pub mod error;
