@@ -10,12 +10,15 @@
 //! | confusion counting | `kernels/confusion.cu` | [`confusion::cuda`] / [`confusion::cpu`] |
 //!
 //! The CUDA side launches on the caller's `cudarc` stream and device buffers; the CPU side takes
-//! `ndarray` views. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
+//! `ndarray` views. With the `trainer` feature (default), [`report`] writes an experiment's results
+//! (JSON, CSV, recall bar chart) and prints them as a table. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cross_entropy;
 pub mod cuda;
 pub mod error;
+#[cfg(feature = "trainer")]
+pub mod report;
 pub mod softmax;
 
 pub use error::{Error, Result};
