@@ -16,7 +16,8 @@
 //! | batch augmentation (crop, flip, normalize) | `kernels/augment.cu` | [`augment::cuda`] / [`augment::cpu`] |
 //!
 //! The CUDA side launches on the caller's `cudarc` stream and device buffers; the CPU side takes
-//! `ndarray` views. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
+//! `ndarray` views. With the `trainer` feature (default), [`report`] writes an experiment's results
+//! (JSON, CSV, recall bar chart) and prints them as a table. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod activation;
@@ -29,6 +30,8 @@ pub mod error;
 pub mod linear;
 pub mod optim;
 pub mod pool;
+#[cfg(feature = "trainer")]
+pub mod report;
 pub mod softmax;
 
 pub use error::{Error, Result};

@@ -1,0 +1,408 @@
+//! The output side of a multi-stage training experiment (feature `trainer`).
+//!
+//! A run trains one model per *stage* (e.g. stage 1 with uniform class weights, stage 2 with
+//! weights derived from stage 1's per-class recall) and records, per stage, the class weights, the
+//! epoch log and the metrics on the test and train splits. [`write_all`] turns a [`Report`] into
+//!
+//! - `report.json`: the whole report, pretty-printed (read back with [`read_report`]);
+//! - `per_class.csv`: one row per stage × split × class;
+//! - `recall.svg` / `recall.png`: grouped bar chart of test-set recall per class, one bar per
+//!   stage (stage 1 blue, stage 2 orange, then the other matplotlib "tab10" colours);
+//!
+//! and [`terminal_table`] renders the same numbers as plain text. Every file is written to a
+//! temporary file in the output directory and renamed into place, so a crash never leaves a
+//! truncated file behind. Text is rendered with DejaVu Sans embedded in the binary, so charts
+//! need no system fonts.
+
+mod chart;
+mod table;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use chart::{CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
+pub use table::terminal_table;
+
+/// Errors while validating, writing or reading a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The report is inconsistent (lengths that do not match the number of classes, no stages...).
+    #[error("invalid report: {0}")]
+    Invalid(String),
+
+    /// A file system operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// `report.json` could not be encoded or parsed.
+    #[error("JSON error in {}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The CSV writer failed.
+    #[error("CSV error: {0}")]
+    Csv(#[from] csv::Error),
+
+    /// Drawing the chart failed.
+    #[error("chart error: {0}")]
+    Chart(String),
+
+    /// Encoding the PNG failed.
+    #[error("PNG encoding error: {0}")]
+    Png(#[from] png::EncodingError),
+}
+
+impl ReportError {
+    fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        ReportError::Io { action, path: path.to_path_buf(), source }
+    }
+}
+
+/// Metrics of one model on one split (test or train), per class and overall.
+///
+/// All per-class vectors have one entry per class; `confusion[t][p]` counts samples of true class
+/// `t` predicted as `p`. Ratios are in `[0, 1]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitMetrics {
+    #[serde(deserialize_with = "de::f64_or_nan")]
+    pub accuracy: f64,
+    /// Mean of the per-class recalls (over classes that occur in the split).
+    #[serde(deserialize_with = "de::f64_or_nan")]
+    pub balanced_accuracy: f64,
+    /// True-positive rate per class: `confusion[c][c] / support[c]`.
+    #[serde(deserialize_with = "de::vec_f64_or_nan")]
+    pub recall: Vec<f64>,
+    /// `confusion[c][c] / (column sum c)`.
+    #[serde(deserialize_with = "de::vec_f64_or_nan")]
+    pub precision: Vec<f64>,
+    #[serde(deserialize_with = "de::vec_f64_or_nan")]
+    pub f1: Vec<f64>,
+    /// Samples per true class (row sums of `confusion`).
+    pub support: Vec<u64>,
+    /// `C × C`, row = true class, column = predicted class.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl SplitMetrics {
+    /// Derive every metric from a `C × C` confusion matrix (row = true class, column = predicted).
+    ///
+    /// Divisions by zero give 0 (a class that never occurs has recall 0, a class never predicted
+    /// has precision 0, like scikit-learn's `zero_division=0`); the balanced accuracy averages
+    /// the recall over the classes that occur (scikit-learn's `balanced_accuracy_score`).
+    pub fn from_confusion(confusion: Vec<Vec<u64>>) -> Result<Self, ReportError> {
+        let c = confusion.len();
+        if c == 0 {
+            return Err(ReportError::Invalid("confusion matrix has no classes".into()));
+        }
+        if let Some((t, row)) = confusion.iter().enumerate().find(|(_, row)| row.len() != c) {
+            return Err(ReportError::Invalid(format!(
+                "confusion matrix is not square: row {t} has {} entries, expected {c}",
+                row.len()
+            )));
+        }
+        let ratio = |num: u64, den: u64| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+        let support: Vec<u64> = confusion.iter().map(|row| row.iter().sum()).collect();
+        let predicted: Vec<u64> = (0..c).map(|p| confusion.iter().map(|row| row[p]).sum()).collect();
+        let correct: Vec<u64> = (0..c).map(|k| confusion[k][k]).collect();
+        let total: u64 = support.iter().sum();
+        let recall: Vec<f64> = (0..c).map(|k| ratio(correct[k], support[k])).collect();
+        let precision: Vec<f64> = (0..c).map(|k| ratio(correct[k], predicted[k])).collect();
+        let f1 = recall
+            .iter()
+            .zip(&precision)
+            .map(|(&r, &p)| if r + p > 0.0 { 2.0 * r * p / (r + p) } else { 0.0 })
+            .collect();
+        let present: Vec<f64> = (0..c).filter(|&k| support[k] > 0).map(|k| recall[k]).collect();
+        let balanced_accuracy =
+            if present.is_empty() { 0.0 } else { present.iter().sum::<f64>() / present.len() as f64 };
+        Ok(SplitMetrics {
+            accuracy: ratio(correct.iter().sum(), total),
+            balanced_accuracy,
+            recall,
+            precision,
+            f1,
+            support,
+            confusion,
+        })
+    }
+
+    /// Number of classes (length of the per-class vectors).
+    pub fn classes(&self) -> usize {
+        self.recall.len()
+    }
+
+    /// The lowest per-class recall (NaN entries ignored; NaN if there is none).
+    pub fn worst_recall(&self) -> f64 {
+        self.worst_class().map_or(f64::NAN, |k| self.recall[k])
+    }
+
+    /// The class with the lowest recall (first one on ties; NaN entries ignored).
+    pub fn worst_class(&self) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (k, &r) in self.recall.iter().enumerate() {
+            if !r.is_nan() && best.is_none_or(|b| r < self.recall[b]) {
+                best = Some(k);
+            }
+        }
+        best
+    }
+
+    /// Highest minus lowest per-class recall (NaN entries ignored; NaN if there is none).
+    pub fn recall_spread(&self) -> f64 {
+        let finite = self.recall.iter().copied().filter(|r| !r.is_nan());
+        let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| (lo.min(r), hi.max(r)));
+        if lo <= hi {
+            hi - lo
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// Unweighted mean of the per-class recalls (NaN entries ignored; NaN if there is none).
+    pub fn mean_recall(&self) -> f64 {
+        mean_ignoring_nan(&self.recall)
+    }
+
+    fn check(&self, classes: usize, what: &str) -> Result<(), ReportError> {
+        let lens = [
+            ("recall", self.recall.len()),
+            ("precision", self.precision.len()),
+            ("f1", self.f1.len()),
+            ("support", self.support.len()),
+            ("confusion", self.confusion.len()),
+        ];
+        for (name, len) in lens {
+            if len != classes {
+                return Err(ReportError::Invalid(format!("{what}.{name} has {len} entries, expected {classes}")));
+            }
+        }
+        if let Some((t, row)) = self.confusion.iter().enumerate().find(|(_, row)| row.len() != classes) {
+            return Err(ReportError::Invalid(format!(
+                "{what}.confusion row {t} has {} entries, expected {classes}",
+                row.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One training epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 0-based or 1-based, as the trainer counts; written as given.
+    pub epoch: usize,
+    #[serde(deserialize_with = "de::f64_or_nan")]
+    pub lr: f64,
+    /// May be NaN if training diverged (written as `null`, read back as NaN).
+    #[serde(deserialize_with = "de::f64_or_nan")]
+    pub train_loss: f64,
+    #[serde(deserialize_with = "de::f64_or_nan")]
+    pub train_accuracy: f64,
+    #[serde(deserialize_with = "de::f64_or_nan")]
+    pub seconds: f64,
+    #[serde(deserialize_with = "de::f64_or_nan")]
+    pub images_per_second: f64,
+    /// Present on epochs where the test set was evaluated.
+    pub test_accuracy: Option<f64>,
+}
+
+/// One trained model: its class weights, epoch log and final metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Shown in the chart legend and the table, e.g. `"stage 1: uniform"`.
+    pub name: String,
+    /// The loss weight of each class used in this stage.
+    #[serde(deserialize_with = "de::vec_f64_or_nan")]
+    pub class_weights: Vec<f64>,
+    /// Wall-clock training time of the stage.
+    #[serde(deserialize_with = "de::f64_or_nan")]
+    pub seconds: f64,
+    pub epochs: Vec<EpochLog>,
+    pub test: SplitMetrics,
+    pub train: SplitMetrics,
+}
+
+/// The whole experiment. `report.json` is this struct serialised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// E.g. `"cifar10"`.
+    pub dataset: String,
+    /// E.g. `"NVIDIA H200 (CUDA 13.0, bf16)"`.
+    pub device: String,
+    /// The trainer's configuration (hyper-parameters, seeds, exponent `p`...), free-form.
+    pub config: serde_json::Value,
+    pub class_names: Vec<String>,
+    pub stages: Vec<StageReport>,
+    /// The command line that produced the report.
+    pub command: String,
+    /// Creation time, RFC 3339 in UTC (see [`utc_now_rfc3339`]).
+    pub created_utc: String,
+}
+
+impl Report {
+    /// Check that the report has at least one class and one stage and that every per-class
+    /// vector has one entry per class name (and every confusion matrix is `C × C`).
+    pub fn validate(&self) -> Result<(), ReportError> {
+        let c = self.class_names.len();
+        if c == 0 {
+            return Err(ReportError::Invalid("no class names".into()));
+        }
+        if self.stages.is_empty() {
+            return Err(ReportError::Invalid("no stages".into()));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            let what = format!("stage {i} ({:?})", stage.name);
+            if stage.class_weights.len() != c {
+                return Err(ReportError::Invalid(format!(
+                    "{what}: class_weights has {} entries, expected {c}",
+                    stage.class_weights.len()
+                )));
+            }
+            stage.test.check(c, &format!("{what}: test"))?;
+            stage.train.check(c, &format!("{what}: train"))?;
+        }
+        Ok(())
+    }
+
+    /// The stage with this name, if any.
+    pub fn stage(&self, name: &str) -> Option<&StageReport> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+/// The current time as RFC 3339 in UTC with whole seconds, e.g. `2025-01-31T12:00:00Z`.
+pub fn utc_now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The files written by [`write_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenFiles {
+    pub json: PathBuf,
+    pub csv: PathBuf,
+    pub svg: PathBuf,
+    pub png: PathBuf,
+}
+
+/// Validate `report`, create `out_dir` (and its parents) and write `report.json`,
+/// `per_class.csv`, `recall.svg` and `recall.png` into it, each atomically (temporary file in
+/// `out_dir`, flushed to disk, then renamed over the target). The files are written in that
+/// order, so if the chart fails the JSON and CSV are already in place.
+pub fn write_all(report: &Report, out_dir: &Path) -> Result<WrittenFiles, ReportError> {
+    report.validate()?;
+    fs::create_dir_all(out_dir).map_err(|e| ReportError::io("create directory", out_dir, e))?;
+    let files = WrittenFiles {
+        json: out_dir.join("report.json"),
+        csv: out_dir.join("per_class.csv"),
+        svg: out_dir.join("recall.svg"),
+        png: out_dir.join("recall.png"),
+    };
+
+    let mut json =
+        serde_json::to_vec_pretty(report).map_err(|source| ReportError::Json { path: files.json.clone(), source })?;
+    json.push(b'\n');
+    write_atomic(&files.json, &json)?;
+
+    write_atomic(&files.csv, &per_class_csv(report)?)?;
+    write_atomic(&files.svg, chart::render_svg(report)?.as_bytes())?;
+    write_atomic(&files.png, &chart::render_png(report)?)?;
+    Ok(files)
+}
+
+/// Read a `report.json` written by [`write_all`] and validate it.
+pub fn read_report(path: impl AsRef<Path>) -> Result<Report, ReportError> {
+    let path = path.as_ref();
+    let bytes = fs::read(path).map_err(|e| ReportError::io("read", path, e))?;
+    let report: Report =
+        serde_json::from_slice(&bytes).map_err(|source| ReportError::Json { path: path.to_path_buf(), source })?;
+    report.validate()?;
+    Ok(report)
+}
+
+/// The CSV text of `per_class.csv`: header, then one row per stage × split (test, train) × class.
+fn per_class_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        stage: &'a str,
+        split: &'a str,
+        class_index: usize,
+        class_name: &'a str,
+        support: u64,
+        recall: f64,
+        precision: f64,
+        f1: f64,
+        class_weight: f64,
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for stage in &report.stages {
+        for (split, m) in [("test", &stage.test), ("train", &stage.train)] {
+            for (k, class_name) in report.class_names.iter().enumerate() {
+                w.serialize(Row {
+                    stage: &stage.name,
+                    split,
+                    class_index: k,
+                    class_name,
+                    support: m.support[k],
+                    recall: m.recall[k],
+                    precision: m.precision[k],
+                    f1: m.f1[k],
+                    class_weight: stage.class_weights[k],
+                })?;
+            }
+        }
+    }
+    w.into_inner().map_err(|e| ReportError::Csv(e.into_error().into()))
+}
+
+/// Write `bytes` to a temporary file next to `path`, flush it to disk and rename it to `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // Temporary files are created 0600; a report is an ordinary file (umask still applies).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir).map_err(|e| ReportError::io("create a temporary file in", dir, e))?;
+    tmp.write_all(bytes).map_err(|e| ReportError::io("write", tmp.path(), e))?;
+    tmp.as_file().sync_all().map_err(|e| ReportError::io("flush", tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| ReportError::io("rename a temporary file to", path, e.error))?;
+    Ok(())
+}
+
+fn mean_ignoring_nan(values: &[f64]) -> f64 {
+    let (sum, n) = values.iter().filter(|v| !v.is_nan()).fold((0.0, 0usize), |(s, n), &v| (s + v, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
+}
+
+/// serde_json writes non-finite floats as `null`; read `null` back as NaN instead of failing.
+mod de {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    pub fn vec_f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(Vec::<Option<f64>>::deserialize(d)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+    }
+}
