@@ -17,6 +17,7 @@
 mod chart;
 mod table;
 
+use crate::confusion::ConfusionMatrix;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -95,46 +96,34 @@ pub struct SplitMetrics {
 }
 
 impl SplitMetrics {
-    /// Derive every metric from a `C × C` confusion matrix (row = true class, column = predicted).
-    ///
-    /// Divisions by zero give 0 (a class that never occurs has recall 0, a class never predicted
-    /// has precision 0, like scikit-learn's `zero_division=0`); the balanced accuracy averages
-    /// the recall over the classes that occur (scikit-learn's `balanced_accuracy_score`).
+    /// Derive every metric from a `C × C` confusion matrix (row = true class, column = predicted),
+    /// with [`ConfusionMatrix::metrics`]: divisions by zero give 0 (scikit-learn's
+    /// `zero_division=0`), balanced accuracy averages recall over the classes that occur.
     pub fn from_confusion(confusion: Vec<Vec<u64>>) -> Result<Self, ReportError> {
         let c = confusion.len();
-        if c == 0 {
-            return Err(ReportError::Invalid("confusion matrix has no classes".into()));
-        }
         if let Some((t, row)) = confusion.iter().enumerate().find(|(_, row)| row.len() != c) {
             return Err(ReportError::Invalid(format!(
                 "confusion matrix is not square: row {t} has {} entries, expected {c}",
                 row.len()
             )));
         }
-        let ratio = |num: u64, den: u64| if den == 0 { 0.0 } else { num as f64 / den as f64 };
-        let support: Vec<u64> = confusion.iter().map(|row| row.iter().sum()).collect();
-        let predicted: Vec<u64> = (0..c).map(|p| confusion.iter().map(|row| row[p]).sum()).collect();
-        let correct: Vec<u64> = (0..c).map(|k| confusion[k][k]).collect();
-        let total: u64 = support.iter().sum();
-        let recall: Vec<f64> = (0..c).map(|k| ratio(correct[k], support[k])).collect();
-        let precision: Vec<f64> = (0..c).map(|k| ratio(correct[k], predicted[k])).collect();
-        let f1 = recall
-            .iter()
-            .zip(&precision)
-            .map(|(&r, &p)| if r + p > 0.0 { 2.0 * r * p / (r + p) } else { 0.0 })
-            .collect();
-        let present: Vec<f64> = (0..c).filter(|&k| support[k] > 0).map(|k| recall[k]).collect();
-        let balanced_accuracy =
-            if present.is_empty() { 0.0 } else { present.iter().sum::<f64>() / present.len() as f64 };
-        Ok(SplitMetrics {
-            accuracy: ratio(correct.iter().sum(), total),
-            balanced_accuracy,
-            recall,
-            precision,
-            f1,
-            support,
-            confusion,
-        })
+        let m = ConfusionMatrix::from_counts(c, confusion.concat())
+            .map_err(|e| ReportError::Invalid(format!("confusion matrix: {e}")))?;
+        Ok(Self::from_matrix(&m))
+    }
+
+    /// Every metric of a [`ConfusionMatrix`].
+    pub fn from_matrix(m: &ConfusionMatrix) -> Self {
+        let metrics = m.metrics();
+        SplitMetrics {
+            accuracy: metrics.accuracy,
+            balanced_accuracy: metrics.balanced_accuracy,
+            recall: metrics.recall,
+            precision: metrics.precision,
+            f1: metrics.f1,
+            support: metrics.support,
+            confusion: m.counts().chunks(m.classes()).map(<[u64]>::to_vec).collect(),
+        }
     }
 
     /// Number of classes (length of the per-class vectors).
