@@ -14,6 +14,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cuda;
+#[cfg(feature = "trainer")]
+pub mod data;
 pub mod error;
 pub mod softmax;
 
