@@ -57,7 +57,7 @@ fn loads_generated_files() {
     assert_eq!(train.name, "CIFAR-10 train");
     assert_eq!(test.name, "CIFAR-10 test");
     // Record 3 of data_batch_2 is training image 7 + 3.
-    assert_eq!(train.labels[10], ((1 + 3) % 10) as u8);
+    assert_eq!(train.labels[10], 4); // (1 + 3) % 10
     let img = train.image(10);
     assert!(img.iter().enumerate().all(|(j, &b)| b == pixel(1, 3, j)));
     assert!(test.image(6).iter().enumerate().all(|(j, &b)| b == pixel(5, 6, j)));
@@ -200,10 +200,7 @@ fn data_dir_resolution_order() {
     );
     assert_eq!(resolve_data_dir_from(None, env), (PathBuf::from("/from/env"), DirSource::Env));
     assert_eq!(resolve_data_dir_from(None, Some("".into())).1, DirSource::Default);
-    assert_eq!(
-        resolve_data_dir_from(None, None),
-        (PathBuf::from("data/cifar-10-batches-bin"), DirSource::Default)
-    );
+    assert_eq!(resolve_data_dir_from(None, None), (PathBuf::from("data/cifar-10-batches-bin"), DirSource::Default));
 }
 
 // ---------------------------------------------------------------------------------------------

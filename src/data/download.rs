@@ -101,7 +101,7 @@ pub fn download_cifar10(target: &Path, spec: &DownloadSpec) -> Result<()> {
         .tempdir_in(&parent)
         .map_err(|e| DataError::io(&parent, e))?;
     archive.as_file_mut().seek(SeekFrom::Start(0)).map_err(|e| DataError::io(&archive_path, e))?;
-    extract(archive.as_file(), &archive_path, staging.path(), spec)?;
+    extract(archive.as_file(), &spec.url, staging.path(), spec)?;
     verify_extracted(staging.path(), spec)?;
     drop(archive);
 
@@ -134,6 +134,7 @@ fn fetch(spec: &DownloadSpec, out: &mut File, out_path: &Path) -> Result<()> {
     let url = &spec.url;
     let http_err = |e: ureq::Error| DataError::Http { url: url.clone(), source: Box::new(e) };
     let config = ureq::Agent::config_builder()
+        .timeout_resolve(Some(Duration::from_secs(30)))
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .timeout_per_read(Some(Duration::from_secs(60)))
@@ -152,9 +153,9 @@ fn fetch(spec: &DownloadSpec, out: &mut File, out_path: &Path) -> Result<()> {
             Some(n) => indicatif::ProgressBar::new(n),
             None => indicatif::ProgressBar::new_spinner(),
         };
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message("CIFAR-10");
@@ -177,7 +178,10 @@ fn fetch(spec: &DownloadSpec, out: &mut File, out_path: &Path) -> Result<()> {
                 return Err(DataError::Http { url: url.clone(), source: Box::new(ureq::Error::Io(e)) });
             }
         };
-        out.write_all(&buf[..n]).map_err(|e| DataError::io(out_path, e))?;
+        if let Err(e) = out.write_all(&buf[..n]) {
+            bar.abandon_with_message("download failed");
+            return Err(DataError::io(out_path, e));
+        }
         hasher.update(&buf[..n]);
         got += n as u64;
         bar.inc(n as u64);
@@ -206,10 +210,11 @@ fn expected_size(name: &str, spec: &DownloadSpec) -> (u64, bool) {
 }
 
 /// Writes the expected files of the archive read from `src` into `dir` (see the module doc).
-fn extract(src: &File, archive_path: &Path, dir: &Path, spec: &DownloadSpec) -> Result<()> {
-    let arch_err = |source: std::io::Error| DataError::Archive { archive: archive_path.to_path_buf(), source };
+/// `url` only names the archive in errors.
+fn extract(src: &File, url: &str, dir: &Path, spec: &DownloadSpec) -> Result<()> {
+    let arch_err = |source: std::io::Error| DataError::Archive { archive: url.to_string(), source };
     let reject = |entry: &str, reason: &str| DataError::UnsafeEntry {
-        archive: archive_path.to_path_buf(),
+        archive: url.to_string(),
         entry: entry.to_string(),
         reason: reason.to_string(),
     };
@@ -222,7 +227,8 @@ fn extract(src: &File, archive_path: &Path, dir: &Path, spec: &DownloadSpec) -> 
         if raw.starts_with(b"/") || raw.starts_with(b"\\") {
             return Err(reject(&shown, "absolute path"));
         }
-        let parts: Vec<&[u8]> = raw.split(|&b| b == b'/' || b == b'\\').filter(|c| !c.is_empty() && *c != b".").collect();
+        let parts: Vec<&[u8]> =
+            raw.split(|&b| b == b'/' || b == b'\\').filter(|c| !c.is_empty() && *c != b".").collect();
         if parts.iter().any(|c| *c == b"..") {
             return Err(reject(&shown, "path contains .."));
         }
@@ -245,7 +251,10 @@ fn extract(src: &File, archive_path: &Path, dir: &Path, spec: &DownloadSpec) -> 
         let (limit, exact) = expected_size(name, spec);
         let size = entry.header().size().map_err(arch_err)?;
         if size > limit || (exact && size != limit) {
-            return Err(reject(&shown, &format!("{size} bytes, expected {}{limit}", if exact { "" } else { "at most " })));
+            return Err(reject(
+                &shown,
+                &format!("{size} bytes, expected {}{limit}", if exact { "" } else { "at most " }),
+            ));
         }
         let path = dir.join(name);
         let mut out = File::create_new(&path).map_err(|e| DataError::io(&path, e))?;

@@ -112,13 +112,13 @@ pub enum DataError {
 
     /// The archive holds an entry that could write outside the target or is not a plain file
     /// (absolute path, `..`, link, device), or an expected file twice or too large.
-    #[error("archive {}: entry {entry:?} rejected: {reason}", archive.display())]
-    UnsafeEntry { archive: PathBuf, entry: String, reason: String },
+    #[error("archive {archive}: entry {entry:?} rejected: {reason}")]
+    UnsafeEntry { archive: String, entry: String, reason: String },
 
     /// The archive could not be decompressed or parsed.
-    #[error("archive {}: {source}", archive.display())]
+    #[error("archive {archive}: {source}")]
     Archive {
-        archive: PathBuf,
+        archive: String,
         #[source]
         source: std::io::Error,
     },
@@ -146,7 +146,7 @@ impl DataError {
 }
 
 /// Labelled images held in memory, in the CIFAR-10 byte layout.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Dataset {
     /// `len() * IMAGE_BYTES` bytes: per image the R, G and B planes, each 32 x 32 row-major.
     pub images: Vec<u8>,
@@ -259,6 +259,19 @@ impl Dataset {
             }
         }
         counts
+    }
+}
+
+/// A summary (name, size, classes), not the bytes.
+impl fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataset")
+            .field("name", &self.name)
+            .field("len", &self.len())
+            .field("image_bytes", &self.images.len())
+            .field("class_names", &self.class_names)
+            .field("class_counts", &self.class_counts())
+            .finish()
     }
 }
 
@@ -384,19 +397,15 @@ pub fn resolve(
         return Err(DataError::Incomplete { missing: missing_files(&dir), dir });
     }
     if !allow_download {
-        return Ok(make_synthetic(format!(
-            "no CIFAR-10 at {} (from {from}) and download not allowed",
-            dir.display()
-        )));
+        return Ok(make_synthetic(format!("no CIFAR-10 at {} (from {from}) and download not allowed", dir.display())));
     }
     match download_cifar10(&dir, &DownloadSpec::default()) {
         Ok(()) => {
             let (train, test) = load_cifar10_with(&dir, &opts)?;
             Ok(LoadedData { train, test, source: DataSource::Cifar10 { dir, downloaded: true } })
         }
-        Err(e) => Ok(make_synthetic(format!(
-            "no CIFAR-10 at {} (from {from}) and the download failed: {e}",
-            dir.display()
-        ))),
+        Err(e) => {
+            Ok(make_synthetic(format!("no CIFAR-10 at {} (from {from}) and the download failed: {e}", dir.display())))
+        }
     }
 }
