@@ -3,7 +3,7 @@
 //!
 //! - [`cifar`]: loads `data_batch_{1..5}.bin` / `test_batch.bin` (and `batches.meta.txt`).
 //! - [`download`]: fetches and checks `cifar-10-binary.tar.gz`, extracting it atomically.
-//! - [`synthetic`]: ten learnable, balanced classes of shapes and textures in the same shape.
+//! - [`synthetic`](mod@synthetic): ten learnable, balanced classes of shapes and textures in the same shape.
 //! - [`resolve`]: what the trainer calls: the data directory, else a download, else synthetic.
 //!
 //! Images are kept as bytes exactly as in the CIFAR-10 files: per image 3 planes (R, G, B) of
