@@ -26,6 +26,8 @@ pub mod batchnorm;
 pub mod confusion;
 pub mod cross_entropy;
 pub mod cuda;
+#[cfg(feature = "trainer")]
+pub mod data;
 pub mod error;
 pub mod linear;
 pub mod optim;
