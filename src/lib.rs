@@ -5,6 +5,7 @@
 //!
 //! | family | kernels | Rust (CUDA / CPU) |
 //! |---|---|---|
+//! | 2-D convolution (fwd, bwd-data, bwd-weight, bias) | `kernels/conv.cu` | [`conv::cuda`] / [`conv::cpu`] |
 //! | softmax | `kernels/softmax.cu` | [`softmax::cuda`] / [`softmax::cpu`] |
 //! | weighted cross-entropy | `kernels/cross_entropy.cu` | [`cross_entropy::cuda`] / [`cross_entropy::cpu`] |
 //! | confusion counting | `kernels/confusion.cu` | [`confusion::cuda`] / [`confusion::cpu`] |
@@ -13,6 +14,7 @@
 //! `ndarray` views. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod conv;
 pub mod cuda;
 pub mod error;
 pub mod softmax;
