@@ -309,9 +309,9 @@ fn backward_passes_match_finite_differences() {
             let want = fd(&sh, vals, &d.dy, 1, i);
             assert!((dw[i] - want).abs() <= 1e-4 + 1e-4 * want.abs(), "dw[{i}] {case:?}: {} vs fd {want}", dw[i]);
         }
-        for i in 0..db.len() {
+        for (i, &got) in db.iter().enumerate() {
             let want = fd(&sh, vals, &d.dy, 2, i);
-            assert!((db[i] - want).abs() <= 1e-4 + 1e-4 * want.abs(), "db[{i}] {case:?}: {} vs fd {want}", db[i]);
+            assert!((got - want).abs() <= 1e-4 + 1e-4 * want.abs(), "db[{i}] {case:?}: {got} vs fd {want}");
         }
     }
 }
