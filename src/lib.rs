@@ -5,6 +5,7 @@
 //!
 //! | family | kernels | Rust (CUDA / CPU) |
 //! |---|---|---|
+//! | 2-D convolution (fwd, bwd-data, bwd-weight, bias) | `kernels/conv.cu` | [`conv::cuda`] / [`conv::cpu`] |
 //! | softmax | `kernels/softmax.cu` | [`softmax::cuda`] / [`softmax::cpu`] |
 //! | weighted cross-entropy | `kernels/cross_entropy.cu` | [`cross_entropy::cuda`] / [`cross_entropy::cpu`] |
 //! | confusion counting | `kernels/confusion.cu` | [`confusion::cuda`] / [`confusion::cpu`] |
@@ -24,6 +25,7 @@ pub mod activation;
 pub mod augment;
 pub mod batchnorm;
 pub mod confusion;
+pub mod conv;
 pub mod cross_entropy;
 pub mod cuda;
 #[cfg(feature = "trainer")]

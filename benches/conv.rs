@@ -1,0 +1,116 @@
+//! Convolution throughput on CIFAR-10 CNN layer shapes: the CPU path (im2col + GEMM on all cores)
+//! and, when a CUDA device is present, the implicit-GEMM kernels. Throughput is reported in
+//! elements/s where one element is one floating-point operation, so `Gelem/s` reads as GFLOP/s.
+//!
+//! `cargo bench --bench conv -- cpu` or `-- gpu` picks one side.
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use evenclass::conv::{cpu, cuda as conv_cuda, Conv2dOpts, Conv2dShape};
+
+/// (name, input channels, output channels, input size, filter size, stride, pad)
+const LAYERS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("3to64_32x32", 3, 64, 32, 3, 1, 1),
+    ("64to64_32x32", 64, 64, 32, 3, 1, 1),
+    ("128to128_16x16", 128, 128, 16, 3, 1, 1),
+    ("128to256_16x16_s2", 128, 256, 16, 3, 2, 1),
+    ("256to256_8x8", 256, 256, 8, 3, 1, 1),
+    ("512to512_4x4", 512, 512, 4, 3, 1, 1),
+    ("1x1_64to128_32x32_s2", 64, 128, 32, 1, 2, 0),
+];
+
+fn shape(batch: usize, layer: (&str, usize, usize, usize, usize, usize, usize)) -> Conv2dShape {
+    let (_, c, k, hw, f, stride, pad) = layer;
+    Conv2dShape::new([batch, c, hw, hw], [k, c, f, f], Conv2dOpts::square(stride, pad)).expect("valid layer")
+}
+
+/// Deterministic values in [-1, 1) without pulling an rng into the bench.
+fn values(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+const CPU_BATCH: usize = 16;
+const GPU_BATCH: usize = 128;
+
+fn bench_cpu(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu");
+    g.sample_size(10);
+    eprintln!("cpu: batch {CPU_BATCH}, {} rayon threads", rayon::current_num_threads());
+    for &layer in LAYERS {
+        let sh = shape(CPU_BATCH, layer);
+        let (x, w, b, dy) =
+            (values(sh.input_len(), 1), values(sh.filter_len(), 2), values(sh.k(), 3), values(sh.output_len(), 4));
+        let mut y = vec![0.0; sh.output_len()];
+        let mut dx = vec![0.0; sh.input_len()];
+        let mut dw = vec![0.0; sh.filter_len()];
+        g.throughput(Throughput::Elements(sh.flops() as u64));
+        g.bench_function(BenchmarkId::new("forward", layer.0), |bn| {
+            bn.iter(|| cpu::forward_into(&sh, &x, &w, Some(&b), &mut y).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("backward_data", layer.0), |bn| {
+            bn.iter(|| cpu::backward_data_into(&sh, &dy, &w, &mut dx).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("backward_weight", layer.0), |bn| {
+            bn.iter(|| cpu::backward_weight_into(&sh, &x, &dy, &mut dw, 0.0).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn bench_gpu(c: &mut Criterion) {
+    if !evenclass::cuda::is_available() {
+        eprintln!("gpu: no CUDA device, skipping the GPU benchmarks");
+        return;
+    }
+    let stream = match evenclass::cuda::open(0) {
+        Ok(ctx) => ctx.default_stream(),
+        Err(e) => {
+            eprintln!("gpu: cannot open device 0 ({e}), skipping the GPU benchmarks");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("gpu");
+    eprintln!("gpu: batch {GPU_BATCH}");
+    for &layer in LAYERS {
+        let sh = shape(GPU_BATCH, layer);
+        let up = |v: Vec<f32>| stream.clone_htod(&v).expect("upload");
+        let (x, w, b, dy) = (
+            up(values(sh.input_len(), 1)),
+            up(values(sh.filter_len(), 2)),
+            up(values(sh.k(), 3)),
+            up(values(sh.output_len(), 4)),
+        );
+        let mut y = stream.alloc_zeros::<f32>(sh.output_len()).expect("alloc");
+        let mut dx = stream.alloc_zeros::<f32>(sh.input_len()).expect("alloc");
+        let mut dw = stream.alloc_zeros::<f32>(sh.filter_len()).expect("alloc");
+        g.throughput(Throughput::Elements(sh.flops() as u64));
+        g.bench_function(BenchmarkId::new("forward", layer.0), |bn| {
+            bn.iter(|| {
+                conv_cuda::forward(&stream, &sh, &x, &w, Some(&b), &mut y).unwrap();
+                stream.synchronize().unwrap();
+            })
+        });
+        g.bench_function(BenchmarkId::new("backward_data", layer.0), |bn| {
+            bn.iter(|| {
+                conv_cuda::backward_data(&stream, &sh, &dy, &w, &mut dx).unwrap();
+                stream.synchronize().unwrap();
+            })
+        });
+        g.bench_function(BenchmarkId::new("backward_weight", layer.0), |bn| {
+            bn.iter(|| {
+                conv_cuda::backward_weight(&stream, &sh, &x, &dy, &mut dw, 0.0).unwrap();
+                stream.synchronize().unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_cpu, bench_gpu);
+criterion_main!(benches);

@@ -1,0 +1,390 @@
+// 2-D convolution, NCHW activations, KCRS filters, f32 storage and accumulation.
+//
+// Two variants of each pass sit side by side and are checked against the same CPU reference:
+//   - `*_naive_f32`: one thread per output element, direct loops. Simple and slow.
+//   - the tiled ones: implicit GEMM (no im2col buffer), 64x64 output tiles, reduction tiles of 16,
+//     256 threads each computing a 4x4 micro-tile, double-buffered shared memory with the next
+//     tile's global loads in flight during the current tile's FMAs.
+//
+// The three GEMMs (the reduction index is ordered (r, s, then channel), so the filter tap is fixed
+// within a tile and the gather needs no division per element):
+//   forward      y[k][npq]  = sum_{rs,c} w[k][c][rs] * x[n][c][ih(p,r)][iw(q,s)]       (+ bias[k])
+//   bwd-data     dx[c][nhw] = sum_{rs,k} w[k][c][rs] * dy[n][k][p][q]  (p, q: the outputs that
+//                read (h, w) through tap (r, s); zero where the stride skips it)
+//   bwd-weight   dw[k][c][rs] = sum_{npq} dy[n][k][pq] * x[n][c][ih(p,r)][iw(q,s)]  (a block per
+//                (k tile, c tile, tap, split of npq); splits go to a workspace summed in a fixed
+//                order by conv2d_sum_splits_f32, so the result is deterministic)
+//
+// Indexing is 32-bit: the host guarantees every tensor (and the split workspace) has < 2^31
+// elements. Elements outside the image read as zero; nothing is read or written out of bounds.
+#include "common.cuh"
+
+// Mirrors `Conv2dParams` in src/conv/cuda.rs.
+struct Conv2dParams {
+    int32_t n, c, h, w;
+    int32_t k, r, s;
+    int32_t stride_h, stride_w;
+    int32_t pad_h, pad_w;
+    int32_t dil_h, dil_w;
+    int32_t oh, ow;
+};
+
+namespace conv {
+constexpr int BM = 64;        // tile rows (the GEMM's M: filters, or channels for bwd-data)
+constexpr int BN = 64;        // tile columns
+constexpr int BK = 16;        // reduction depth per tile
+constexpr int THREADS = 256;  // 16 x 16 threads, 4 x 4 outputs each
+constexpr int LDS = BM + 4;   // padded shared row: fewer bank conflicts on the transposing stores
+
+// Shared tiles, [buffer][reduction row][column], the column padded to LDS (16-byte aligned rows).
+struct Tiles {
+    float a[2][BK][LDS];
+    float b[2][BK][LDS];
+};
+
+// acc[i][j] += sum_kk a[kk][ty*4 + i] * b[kk][tx + 16*j]
+__device__ __forceinline__ void mma_tile(const float (*a)[LDS], const float (*b)[LDS], float acc[4][4], int tx,
+                                         int ty) {
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+        const float4 av = *reinterpret_cast<const float4*>(&a[kk][ty * 4]);
+        float bv[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) bv[j] = b[kk][tx + 16 * j];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            acc[0][j] = fmaf(av.x, bv[j], acc[0][j]);
+            acc[1][j] = fmaf(av.y, bv[j], acc[1][j]);
+            acc[2][j] = fmaf(av.z, bv[j], acc[2][j]);
+            acc[3][j] = fmaf(av.w, bv[j], acc[3][j]);
+        }
+    }
+}
+
+// The shared pipeline: `load(t, ra, rb)` fetches tile t into registers (4 + 4 values per thread),
+// `store(buf, ra, rb)` writes them into shared buffer `buf`. One barrier per tile: a buffer is
+// rewritten two tiles later, after every thread has passed the barrier that follows its last read.
+template <class Load, class Store>
+__device__ __forceinline__ void run_tiles(int ntiles, Tiles& sm, float acc[4][4], Load load, Store store) {
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    float ra[4], rb[4];
+    if (ntiles > 0) load(0, ra, rb);
+    for (int t = 0; t < ntiles; ++t) {
+        const int buf = t & 1;
+        store(sm.a[buf], sm.b[buf], ra, rb);
+        __syncthreads();
+        if (t + 1 < ntiles) load(t + 1, ra, rb);
+        mma_tile(sm.a[buf], sm.b[buf], acc, tx, ty);
+    }
+}
+}  // namespace conv
+
+using namespace conv;
+
+// ---- forward: y = conv(x, w) + bias ---------------------------------------------------------------
+// Grid (ceil(N*OH*OW / 64), ceil(K / 64)). `bias` may be null.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                   float* __restrict__ y, Conv2dParams p) {
+    __shared__ __align__(16) Tiles sm;
+    const int tid = threadIdx.x;
+    const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+
+    // B (gathered input): this thread always loads column bj, rows bk + 4i.
+    const int bj = tid & 63, bk = tid >> 6;
+    const int col = n0 + bj;
+    const bool col_ok = col < NPQ;
+    int xbase = 0, ih0 = 0, iw0 = 0;
+    if (col_ok) {
+        const int img = col / PQ, pq = col - img * PQ, op = pq / p.ow, oq = pq - op * p.ow;
+        xbase = img * p.c * HW;
+        ih0 = op * p.stride_h - p.pad_h;
+        iw0 = oq * p.stride_w - p.pad_w;
+    }
+    // A (filters): this thread loads reduction column ak of rows am + 16i.
+    const int ak = tid & 15, am = tid >> 4;
+    const int ctiles = (p.c + BK - 1) / BK;
+
+    auto load = [&](int t, float ra[4], float rb[4]) {
+        const int rs = t / ctiles, c0 = (t - rs * ctiles) * BK;
+        const int fr = rs / p.s, fs = rs - fr * p.s;
+        const int ih = ih0 + fr * p.dil_h, iw = iw0 + fs * p.dil_w;
+        const bool ok = col_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w;
+        const int off = ok ? xbase + ih * p.w + iw : 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int c = c0 + bk + 4 * i;
+            rb[i] = (ok && c < p.c) ? x[off + c * HW] : 0.0f;
+        }
+        const int c = c0 + ak;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + am + 16 * i;
+            ra[i] = (m < p.k && c < p.c) ? w[m * CRS + c * RS + rs] : 0.0f;
+        }
+    };
+    auto store = [&](float (*a)[LDS], float (*b)[LDS], const float ra[4], const float rb[4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            b[bk + 4 * i][bj] = rb[i];
+            a[ak][am + 16 * i] = ra[i];
+        }
+    };
+
+    float acc[4][4] = {};
+    run_tiles(RS * ctiles, sm, acc, load, store);
+
+    const int tx = tid & 15, ty = tid >> 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int cj = n0 + tx + 16 * j;
+        if (cj >= NPQ) continue;
+        const int img = cj / PQ, pq = cj - img * PQ;
+        float* yb = y + img * p.k * PQ + pq;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + ty * 4 + i;
+            if (m < p.k) yb[m * PQ] = acc[i][j] + (bias != nullptr ? bias[m] : 0.0f);
+        }
+    }
+}
+
+// ---- backward-data: dx = conv^T(dy, w) --------------------------------------------------------------
+// Grid (ceil(N*H*W / 64), ceil(C / 64)). Gather form: each input pixel collects, per tap, the one
+// output (if any) that read it. With stride > 1 most taps hit nothing and load zeros.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_bwd_data_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                        Conv2dParams p) {
+    __shared__ __align__(16) Tiles sm;
+    const int tid = threadIdx.x;
+    const int PQ = p.oh * p.ow, HW = p.h * p.w, NHW = p.n * HW, RS = p.r * p.s, CRS = p.c * RS;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+
+    // B (gathered output gradient): column bj, rows bk + 4i.
+    const int bj = tid & 63, bk = tid >> 6;
+    const int col = n0 + bj;
+    const bool col_ok = col < NHW;
+    int dybase = 0, th0 = 0, tw0 = 0;
+    if (col_ok) {
+        const int img = col / HW, hw = col - img * HW, ih = hw / p.w, iw = hw - ih * p.w;
+        dybase = img * p.k * PQ;
+        th0 = ih + p.pad_h;
+        tw0 = iw + p.pad_w;
+    }
+    // A (filters, transposed): row am (a channel), reduction rows ak + 4i (filters).
+    const int am = tid & 63, ak = tid >> 6;
+    const int ktiles = (p.k + BK - 1) / BK;
+
+    auto load = [&](int t, float ra[4], float rb[4]) {
+        const int rs = t / ktiles, k0 = (t - rs * ktiles) * BK;
+        const int fr = rs / p.s, fs = rs - fr * p.s;
+        // Output (op, oq) reads this pixel through tap (fr, fs) iff op*sh = th and oq*sw = tw.
+        const int th = th0 - fr * p.dil_h, tw = tw0 - fs * p.dil_w;
+        bool ok = col_ok && th >= 0 && tw >= 0;
+        int op = 0, oq = 0;
+        if (ok) {
+            op = th / p.stride_h;
+            oq = tw / p.stride_w;
+            ok = op * p.stride_h == th && oq * p.stride_w == tw && op < p.oh && oq < p.ow;
+        }
+        const int off = ok ? dybase + op * p.ow + oq : 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int k = k0 + bk + 4 * i;
+            rb[i] = (ok && k < p.k) ? dy[off + k * PQ] : 0.0f;
+        }
+        const int c = m0 + am;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int k = k0 + ak + 4 * i;
+            ra[i] = (c < p.c && k < p.k) ? w[k * CRS + c * RS + rs] : 0.0f;
+        }
+    };
+    auto store = [&](float (*a)[LDS], float (*b)[LDS], const float ra[4], const float rb[4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            b[bk + 4 * i][bj] = rb[i];
+            a[ak + 4 * i][am] = ra[i];
+        }
+    };
+
+    float acc[4][4] = {};
+    run_tiles(RS * ktiles, sm, acc, load, store);
+
+    const int tx = tid & 15, ty = tid >> 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int cj = n0 + tx + 16 * j;
+        if (cj >= NHW) continue;
+        const int img = cj / HW, hw = cj - img * HW;
+        float* xb = dx + img * p.c * HW + hw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int c = m0 + ty * 4 + i;
+            if (c < p.c) xb[c * HW] = acc[i][j];
+        }
+    }
+}
+
+// ---- backward-weight: dw = beta * dw + sum_npq dy (x) x -------------------------------------------
+// Grid (ceil(C / 64), ceil(K / 64), R*S * splits). Block z = split * RS + tap reduces npq in
+// [split * chunk, min((split + 1) * chunk, N*OH*OW)) (chunk a multiple of 16) into
+// out + split * split_stride. The host passes either (out = dw, split_stride = 0, beta) when there is
+// one split, or (out = workspace, split_stride = K*C*R*S, beta = 0). beta == 0 never reads out.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    conv2d_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
+                          Conv2dParams p, int chunk, int split_stride, float beta) {
+    __shared__ __align__(16) Tiles sm;
+    const int tid = threadIdx.x;
+    const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+    const int rs = blockIdx.z % RS, split = blockIdx.z / RS;
+    const int fr = rs / p.s, fs = rs - fr * p.s;
+    const int begin = split * chunk;
+    const int end = (int)min((int64_t)begin + chunk, (int64_t)NPQ);  // begin < NPQ: no split is empty
+    const int ntiles = (end - begin + BK - 1) / BK;
+
+    // Both loaders: reduction row lk (one npq per tile), tile rows/columns lr + 16i.
+    const int lk = tid & 15, lr = tid >> 4;
+
+    auto load = [&](int t, float ra[4], float rb[4]) {
+        const int npq = begin + t * BK + lk;
+        bool row_ok = npq < end, x_ok = false;
+        int dyoff = 0, xoff = 0;
+        if (row_ok) {
+            const int img = npq / PQ, pq = npq - img * PQ, op = pq / p.ow, oq = pq - op * p.ow;
+            const int ih = op * p.stride_h - p.pad_h + fr * p.dil_h;
+            const int iw = oq * p.stride_w - p.pad_w + fs * p.dil_w;
+            dyoff = img * p.k * PQ + pq;
+            x_ok = ih >= 0 && ih < p.h && iw >= 0 && iw < p.w;
+            xoff = x_ok ? img * p.c * HW + ih * p.w + iw : 0;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + lr + 16 * i;
+            ra[i] = (row_ok && m < p.k) ? dy[dyoff + m * PQ] : 0.0f;
+            const int c = n0 + lr + 16 * i;
+            rb[i] = (x_ok && c < p.c) ? x[xoff + c * HW] : 0.0f;
+        }
+    };
+    auto store = [&](float (*a)[LDS], float (*b)[LDS], const float ra[4], const float rb[4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            a[lk][lr + 16 * i] = ra[i];
+            b[lk][lr + 16 * i] = rb[i];
+        }
+    };
+
+    float acc[4][4] = {};
+    run_tiles(ntiles, sm, acc, load, store);
+
+    const int tx = tid & 15, ty = tid >> 4;
+    float* o = out + split * split_stride;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int c = n0 + tx + 16 * j;
+        if (c >= p.c) continue;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + ty * 4 + i;
+            if (m >= p.k) continue;
+            const int idx = m * CRS + c * RS + rs;
+            o[idx] = beta != 0.0f ? fmaf(beta, o[idx], acc[i][j]) : acc[i][j];
+        }
+    }
+}
+
+// out[i] = sum_{s < splits} ws[s * len + i] (in order) + beta * out[i]; beta == 0 never reads out.
+extern "C" __global__ void conv2d_sum_splits_f32(const float* __restrict__ ws, float* __restrict__ out, int len,
+                                                 int splits, float beta) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += (int64_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int sp = 0; sp < splits; ++sp) s += ws[(int64_t)sp * len + i];
+        out[i] = beta != 0.0f ? fmaf(beta, out[i], s) : s;
+    }
+}
+
+// ---- bias gradient: db[k] = beta * db[k] + sum_{n,p,q} dy[n][k][p][q] -----------------------------
+// A block per filter (grid-stride over k), blockDim a multiple of 32; fixed-order, deterministic.
+extern "C" __global__ void conv2d_bias_grad_f32(const float* __restrict__ dy, float* __restrict__ db, Conv2dParams p,
+                                                float beta) {
+    __shared__ float scratch[32];
+    const int PQ = p.oh * p.ow, NPQ = p.n * PQ;
+    for (int k = blockIdx.x; k < p.k; k += gridDim.x) {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < NPQ; i += blockDim.x) {
+            const int img = i / PQ, pq = i - img * PQ;
+            s += dy[(img * p.k + k) * PQ + pq];
+        }
+        s = block_sum(s, scratch);
+        if (threadIdx.x == 0) db[k] = beta != 0.0f ? fmaf(beta, db[k], s) : s;
+    }
+}
+
+// ---- naive direct kernels: one thread per output element ----------------------------------------
+extern "C" __global__ void conv2d_fwd_naive_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                                const float* __restrict__ bias, float* __restrict__ y,
+                                                Conv2dParams p) {
+    const int64_t total = (int64_t)p.n * p.k * p.oh * p.ow;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int oq = (int)(i % p.ow), op = (int)(i / p.ow % p.oh), k = (int)(i / ((int64_t)p.ow * p.oh) % p.k);
+        const int img = (int)(i / ((int64_t)p.ow * p.oh * p.k));
+        float acc = bias != nullptr ? bias[k] : 0.0f;
+        for (int c = 0; c < p.c; ++c)
+            for (int r = 0; r < p.r; ++r) {
+                const int ih = op * p.stride_h - p.pad_h + r * p.dil_h;
+                if (ih < 0 || ih >= p.h) continue;
+                for (int s = 0; s < p.s; ++s) {
+                    const int iw = oq * p.stride_w - p.pad_w + s * p.dil_w;
+                    if (iw < 0 || iw >= p.w) continue;
+                    acc = fmaf(x[((img * p.c + c) * p.h + ih) * p.w + iw], w[((k * p.c + c) * p.r + r) * p.s + s], acc);
+                }
+            }
+        y[i] = acc;
+    }
+}
+
+extern "C" __global__ void conv2d_bwd_data_naive_f32(const float* __restrict__ dy, const float* __restrict__ w,
+                                                     float* __restrict__ dx, Conv2dParams p) {
+    const int64_t total = (int64_t)p.n * p.c * p.h * p.w;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int iw = (int)(i % p.w), ih = (int)(i / p.w % p.h), c = (int)(i / ((int64_t)p.w * p.h) % p.c);
+        const int img = (int)(i / ((int64_t)p.w * p.h * p.c));
+        float acc = 0.0f;
+        for (int k = 0; k < p.k; ++k)
+            for (int r = 0; r < p.r; ++r) {
+                const int th = ih + p.pad_h - r * p.dil_h;
+                if (th < 0 || th % p.stride_h != 0 || th / p.stride_h >= p.oh) continue;
+                for (int s = 0; s < p.s; ++s) {
+                    const int tw = iw + p.pad_w - s * p.dil_w;
+                    if (tw < 0 || tw % p.stride_w != 0 || tw / p.stride_w >= p.ow) continue;
+                    acc = fmaf(dy[((img * p.k + k) * p.oh + th / p.stride_h) * p.ow + tw / p.stride_w],
+                               w[((k * p.c + c) * p.r + r) * p.s + s], acc);
+                }
+            }
+        dx[i] = acc;
+    }
+}
+
+extern "C" __global__ void conv2d_bwd_weight_naive_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                                       float* __restrict__ dw, Conv2dParams p, float beta) {
+    const int64_t total = (int64_t)p.k * p.c * p.r * p.s;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int s = (int)(i % p.s), r = (int)(i / p.s % p.r), c = (int)(i / ((int64_t)p.s * p.r) % p.c);
+        const int k = (int)(i / ((int64_t)p.s * p.r * p.c));
+        float acc = 0.0f;
+        for (int img = 0; img < p.n; ++img)
+            for (int op = 0; op < p.oh; ++op) {
+                const int ih = op * p.stride_h - p.pad_h + r * p.dil_h;
+                if (ih < 0 || ih >= p.h) continue;
+                for (int oq = 0; oq < p.ow; ++oq) {
+                    const int iw = oq * p.stride_w - p.pad_w + s * p.dil_w;
+                    if (iw < 0 || iw >= p.w) continue;
+                    acc = fmaf(dy[((img * p.k + k) * p.oh + op) * p.ow + oq],
+                               x[((img * p.c + c) * p.h + ih) * p.w + iw], acc);
+                }
+            }
+        dw[i] = beta != 0.0f ? fmaf(beta, dw[i], acc) : acc;
+    }
+}

@@ -1,0 +1,343 @@
+//! CUDA launches of `kernels/conv.cu` on the caller's stream and device buffers (f32).
+//!
+//! Every function checks every buffer length against the [`Conv2dShape`] before launching. The
+//! kernels index with 32-bit integers, so tensors of 2^31 elements or more are refused
+//! ([`Error::TooLarge`]).
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::Conv2dShape;
+use crate::cuda::{blocks_for, cfg, check_len, function};
+use crate::error::{DriverContext, Error, Result};
+
+const OP: &str = "conv2d (cuda)";
+const MODULE: &str = "conv";
+/// Tile sizes of the implicit-GEMM kernels (BM = BN, BK) and their block size.
+const TILE: usize = 64;
+const TILE_K: usize = 16;
+const TILE_THREADS: u32 = 256;
+/// The weight gradient splits its reduction until about this many blocks are launched...
+const TARGET_BLOCKS: usize = 512;
+/// ...but gives each split at least this many output pixels (N*OH*OW) to reduce.
+const MIN_SPLIT_ROWS: usize = 512;
+
+/// Pass as `bias` for a convolution without one.
+pub const NO_BIAS: Option<&CudaSlice<f32>> = None;
+
+/// Which kernel variant runs a pass; all compute the same thing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algo {
+    /// Shared-memory tiled implicit GEMM (64x64 tiles, 4x4 per thread). The default.
+    #[default]
+    ImplicitGemm,
+    /// One thread per output element with direct loops: slow, for cross-checking.
+    Naive,
+}
+
+/// Mirrors `Conv2dParams` in `kernels/conv.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Conv2dParams {
+    n: i32,
+    c: i32,
+    h: i32,
+    w: i32,
+    k: i32,
+    r: i32,
+    s: i32,
+    stride_h: i32,
+    stride_w: i32,
+    pad_h: i32,
+    pad_w: i32,
+    dil_h: i32,
+    dil_w: i32,
+    oh: i32,
+    ow: i32,
+}
+// SAFETY: plain-old-data with the same layout as the C struct (15 x i32, no padding).
+unsafe impl cudarc::driver::DeviceRepr for Conv2dParams {}
+
+impl Conv2dParams {
+    /// The kernels' parameters, or [`Error::TooLarge`] when a tensor does not fit 32-bit indexing.
+    fn new(sh: &Conv2dShape) -> Result<Self> {
+        let max = i32::MAX as usize;
+        for (what, len) in [("input", sh.input_len()), ("filter", sh.filter_len()), ("output", sh.output_len())] {
+            if len > max {
+                return Err(Error::TooLarge {
+                    op: OP,
+                    msg: format!("{what} has {len} elements; the kernels take < 2^31"),
+                });
+            }
+        }
+        let o = sh.opts();
+        let i = |what: &str, v: Option<usize>| -> Result<i32> {
+            v.and_then(|v| i32::try_from(v).ok()).ok_or_else(|| too_large(what))
+        };
+        // The padded sizes bound every coordinate the kernels form (ih, iw, ih + pad, op * stride,
+        // r * dilation), so they must fit.
+        i("padded height", o.pad[0].checked_mul(2).and_then(|v| v.checked_add(sh.h())))?;
+        i("padded width", o.pad[1].checked_mul(2).and_then(|v| v.checked_add(sh.w())))?;
+        // A stride or dilation only ever multiplied by 0 (one output row, one filter row) is
+        // passed as 1, so an arbitrary one is accepted there too.
+        let one_if = |unused: bool, v: usize| Some(if unused { 1 } else { v });
+        Ok(Self {
+            n: i("n", Some(sh.n()))?,
+            c: i("c", Some(sh.c()))?,
+            h: i("h", Some(sh.h()))?,
+            w: i("w", Some(sh.w()))?,
+            k: i("k", Some(sh.k()))?,
+            r: i("r", Some(sh.r()))?,
+            s: i("s", Some(sh.s()))?,
+            stride_h: i("stride", one_if(sh.oh() == 1, o.stride[0]))?,
+            stride_w: i("stride", one_if(sh.ow() == 1, o.stride[1]))?,
+            pad_h: i("pad", Some(o.pad[0]))?,
+            pad_w: i("pad", Some(o.pad[1]))?,
+            dil_h: i("dilation", one_if(sh.r() == 1, o.dilation[0]))?,
+            dil_w: i("dilation", one_if(sh.s() == 1, o.dilation[1]))?,
+            oh: i("oh", Some(sh.oh()))?,
+            ow: i("ow", Some(sh.ow()))?,
+        })
+    }
+}
+
+fn too_large(what: &str) -> Error {
+    Error::TooLarge { op: OP, msg: format!("{what} does not fit the kernels' 32-bit indexing") }
+}
+
+/// Grid of a tiled kernel: `cols` GEMM columns by `rows` GEMM rows (by `z`).
+fn tiled_cfg(cols: usize, rows: usize, z: usize) -> Result<LaunchConfig> {
+    let gx = cols.div_ceil(TILE);
+    let gy = rows.div_ceil(TILE);
+    if gx > i32::MAX as usize || gy > 65_535 || z > 65_535 {
+        return Err(Error::TooLarge { op: OP, msg: format!("grid {gx} x {gy} x {z} exceeds the CUDA limits") });
+    }
+    Ok(LaunchConfig {
+        grid_dim: (gx as u32, gy as u32, z as u32),
+        block_dim: (TILE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Grid-stride launch over `total` elements, 256 threads a block.
+fn flat_cfg(total: usize) -> LaunchConfig {
+    cfg(blocks_for(total, 256).min(1 << 20), 256, 0)
+}
+
+/// `y = conv(x, w) + bias` with the default [`Algo`]: `x` NCHW, `w` KCRS, `bias` (k) or
+/// [`NO_BIAS`], `y` N x K x OH x OW.
+pub fn forward<B: DevicePtr<f32>>(
+    stream: &Arc<CudaStream>,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    bias: Option<&B>,
+    y: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    forward_with(stream, Algo::default(), shape, x, w, bias, y)
+}
+
+/// [`forward`] with a chosen kernel variant.
+pub fn forward_with<B: DevicePtr<f32>>(
+    stream: &Arc<CudaStream>,
+    algo: Algo,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    bias: Option<&B>,
+    y: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    let p = Conv2dParams::new(shape)?;
+    check_len(OP, "x", x.len(), shape.input_len())?;
+    check_len(OP, "w", w.len(), shape.filter_len())?;
+    if let Some(b) = bias {
+        check_len(OP, "bias", b.len(), shape.k())?;
+    }
+    check_len(OP, "y", y.len(), shape.output_len())?;
+    let (name, launch) = match algo {
+        Algo::ImplicitGemm => ("conv2d_fwd_f32", tiled_cfg(shape.n() * shape.oh() * shape.ow(), shape.k(), 1)?),
+        Algo::Naive => ("conv2d_fwd_naive_f32", flat_cfg(shape.output_len())),
+    };
+    let f = function(stream, MODULE, name)?;
+    let (xp, _gx) = x.device_ptr(stream);
+    let (wp, _gw) = w.device_ptr(stream);
+    let bias_guard = bias.map(|b| b.device_ptr(stream));
+    // A null pointer tells the kernel there is no bias.
+    let bp: u64 = bias_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
+    let (yp, _gy) = y.device_ptr_mut(stream);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(&p);
+    // SAFETY: x, w, bias and y hold exactly input_len, filter_len, k and output_len f32s (checked
+    // above) and the kernels only index inside those, by the shape in `p` (all < 2^31, checked by
+    // Conv2dParams::new); bias is either such a buffer or null, which the kernels test before use;
+    // the argument list matches `(const float*, const float*, const float*, float*, Conv2dParams)`.
+    unsafe { b.launch(launch) }.during(OP)?;
+    Ok(())
+}
+
+/// `dx` (NCHW, overwritten) = gradient of the input from `dy` (N x K x OH x OW) and `w` (KCRS),
+/// with the default [`Algo`].
+pub fn backward_data(
+    stream: &Arc<CudaStream>,
+    shape: &Conv2dShape,
+    dy: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    dx: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    backward_data_with(stream, Algo::default(), shape, dy, w, dx)
+}
+
+/// [`backward_data`] with a chosen kernel variant.
+pub fn backward_data_with(
+    stream: &Arc<CudaStream>,
+    algo: Algo,
+    shape: &Conv2dShape,
+    dy: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    dx: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    let p = Conv2dParams::new(shape)?;
+    check_len(OP, "dy", dy.len(), shape.output_len())?;
+    check_len(OP, "w", w.len(), shape.filter_len())?;
+    check_len(OP, "dx", dx.len(), shape.input_len())?;
+    let (name, launch) = match algo {
+        Algo::ImplicitGemm => ("conv2d_bwd_data_f32", tiled_cfg(shape.n() * shape.h() * shape.w(), shape.c(), 1)?),
+        Algo::Naive => ("conv2d_bwd_data_naive_f32", flat_cfg(shape.input_len())),
+    };
+    let f = function(stream, MODULE, name)?;
+    let (dyp, _gdy) = dy.device_ptr(stream);
+    let (wp, _gw) = w.device_ptr(stream);
+    let (dxp, _gdx) = dx.device_ptr_mut(stream);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&dyp).arg(&wp).arg(&dxp).arg(&p);
+    // SAFETY: dy, w and dx hold exactly output_len, filter_len and input_len f32s (checked above);
+    // the kernels index only inside those by the shape in `p` (< 2^31 elements each); the argument
+    // list matches `(const float*, const float*, float*, Conv2dParams)`.
+    unsafe { b.launch(launch) }.during(OP)?;
+    Ok(())
+}
+
+/// `dw = beta * dw + grad` (KCRS), the gradient of the filters from `x` (NCHW) and `dy`, with the
+/// default [`Algo`]. With `beta == 0` the old `dw` is never read. May allocate a workspace on
+/// `stream` (the reduction over N*OH*OW is split over blocks, then summed in a fixed order, so the
+/// result is deterministic).
+pub fn backward_weight(
+    stream: &Arc<CudaStream>,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    dw: &mut impl DevicePtrMut<f32>,
+    beta: f32,
+) -> Result<()> {
+    backward_weight_with(stream, Algo::default(), shape, x, dy, dw, beta)
+}
+
+/// [`backward_weight`] with a chosen kernel variant.
+pub fn backward_weight_with(
+    stream: &Arc<CudaStream>,
+    algo: Algo,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    dw: &mut impl DevicePtrMut<f32>,
+    beta: f32,
+) -> Result<()> {
+    let p = Conv2dParams::new(shape)?;
+    check_len(OP, "x", x.len(), shape.input_len())?;
+    check_len(OP, "dy", dy.len(), shape.output_len())?;
+    check_len(OP, "dw", dw.len(), shape.filter_len())?;
+    if algo == Algo::Naive {
+        let f = function(stream, MODULE, "conv2d_bwd_weight_naive_f32")?;
+        let (xp, _gx) = x.device_ptr(stream);
+        let (dyp, _gdy) = dy.device_ptr(stream);
+        let (dwp, _gdw) = dw.device_ptr_mut(stream);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&xp).arg(&dyp).arg(&dwp).arg(&p).arg(&beta);
+        // SAFETY: x, dy and dw hold input_len, output_len and filter_len f32s (checked above); the
+        // kernel indexes only inside those by `p`; the arguments match
+        // `(const float*, const float*, float*, Conv2dParams, float)`.
+        unsafe { b.launch(flat_cfg(shape.filter_len())) }.during(OP)?;
+        return Ok(());
+    }
+
+    let rs = shape.r() * shape.s();
+    let kcrs = shape.filter_len();
+    let (splits, chunk) = weight_splits(shape);
+    let launch = tiled_cfg(shape.c(), shape.k(), rs * splits)?;
+    let f = function(stream, MODULE, "conv2d_bwd_weight_f32")?;
+    let (xp, _gx) = x.device_ptr(stream);
+    let (dyp, _gdy) = dy.device_ptr(stream);
+    let chunk_i = i32::try_from(chunk).map_err(|_| too_large("N*OH*OW"))?;
+    if splits == 1 {
+        let (dwp, _gdw) = dw.device_ptr_mut(stream);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&xp).arg(&dyp).arg(&dwp).arg(&p).arg(&chunk_i).arg(&0i32).arg(&beta);
+        // SAFETY: x, dy and dw hold input_len, output_len and filter_len f32s (checked above); with
+        // one split (split_stride 0) the kernel writes dw[m*CRS + c*RS + rs] for m < K, c < C,
+        // rs < R*S only, and reads x and dy inside their shapes; the arguments match
+        // `(const float*, const float*, float*, Conv2dParams, int, int, float)`.
+        unsafe { b.launch(launch) }.during(OP)?;
+        return Ok(());
+    }
+    let mut ws = stream.alloc_zeros::<f32>(splits * kcrs).during("allocating the weight-gradient workspace")?;
+    {
+        let (wsp, _gws) = ws.device_ptr_mut(stream);
+        let stride = kcrs as i32; // splits * kcrs < 2^31 (weight_splits)
+        let mut b = stream.launch_builder(&f);
+        b.arg(&xp).arg(&dyp).arg(&wsp).arg(&p).arg(&chunk_i).arg(&stride).arg(&0.0f32);
+        // SAFETY: as above, but the block of split z writes ws[z*kcrs + i] for i < kcrs, with
+        // z < splits and ws holding splits*kcrs f32s (< 2^31); beta 0 never reads ws.
+        unsafe { b.launch(launch) }.during(OP)?;
+    }
+    let sum = function(stream, MODULE, "conv2d_sum_splits_f32")?;
+    let (wsp, _gws) = ws.device_ptr(stream);
+    let (dwp, _gdw) = dw.device_ptr_mut(stream);
+    let (len, nsplit) = (kcrs as i32, splits as i32);
+    let mut b = stream.launch_builder(&sum);
+    b.arg(&wsp).arg(&dwp).arg(&len).arg(&nsplit).arg(&beta);
+    // SAFETY: ws holds splits*len and dw len f32s; the kernel reads ws[s*len + i] and reads/writes
+    // dw[i] for s < splits, i < len only; the arguments match
+    // `(const float*, float*, int, int, float)`. `ws` lives until after the launch is queued and its
+    // stream-ordered free runs after the kernel.
+    unsafe { b.launch(flat_cfg(kcrs)) }.during(OP)?;
+    Ok(())
+}
+
+/// `(splits, chunk)`: the weight gradient's reduction over N*OH*OW is cut into `splits` ranges of
+/// `chunk` (a multiple of the tile depth when there are several), none empty, with the workspace
+/// under 2^31 elements and `chunk <= N*OH*OW < 2^31`.
+fn weight_splits(shape: &Conv2dShape) -> (usize, usize) {
+    let rs = shape.r() * shape.s();
+    let npq = shape.n() * shape.oh() * shape.ow();
+    let tiles = shape.c().div_ceil(TILE) * shape.k().div_ceil(TILE) * rs;
+    let mut splits = TARGET_BLOCKS.div_ceil(tiles).min(npq.div_ceil(MIN_SPLIT_ROWS));
+    splits = splits.min(65_535 / rs.max(1)).min(i32::MAX as usize / shape.filter_len()).max(1);
+    if splits == 1 {
+        return (1, npq);
+    }
+    let chunk = npq.div_ceil(splits).next_multiple_of(TILE_K);
+    (npq.div_ceil(chunk), chunk)
+}
+
+/// `db = beta * db + sum over n, oh, ow of dy` (k). With `beta == 0` the old `db` is never read.
+pub fn bias_grad(
+    stream: &Arc<CudaStream>,
+    shape: &Conv2dShape,
+    dy: &impl DevicePtr<f32>,
+    db: &mut impl DevicePtrMut<f32>,
+    beta: f32,
+) -> Result<()> {
+    let p = Conv2dParams::new(shape)?;
+    check_len(OP, "dy", dy.len(), shape.output_len())?;
+    check_len(OP, "db", db.len(), shape.k())?;
+    let f = function(stream, MODULE, "conv2d_bias_grad_f32")?;
+    let (dyp, _gdy) = dy.device_ptr(stream);
+    let (dbp, _gdb) = db.device_ptr_mut(stream);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&dyp).arg(&dbp).arg(&p).arg(&beta);
+    // SAFETY: dy holds output_len and db k f32s (checked above); the kernel reads
+    // dy[(n*K + k)*OH*OW + pq] and writes db[k] for in-range n, k, pq only; 256 threads (a multiple
+    // of 32, as block_sum needs); the arguments match `(const float*, float*, Conv2dParams, float)`.
+    unsafe { b.launch(cfg(blocks_for(shape.k(), 1).min(65_535), 256, 0)) }.during(OP)?;
+    Ok(())
+}

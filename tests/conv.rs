@@ -1,0 +1,430 @@
+//! 2-D convolution: shape validation, the im2col + GEMM CPU path against direct loops, both
+//! backward passes (and the bias gradient) against finite differences of an f64 loss, and the CUDA
+//! kernels (both variants) against the CPU path.
+mod common;
+
+use common::{assert_close, rng, uniform, POISON};
+use evenclass::conv::{cpu, Conv2dOpts, Conv2dShape};
+use evenclass::Error;
+use ndarray::{Array1, Array4, ShapeBuilder};
+
+/// `[n, c, h, w]`, `[k, c, r, s]` (the filter's c taken from the input), stride, pad, dilation.
+type Case = ([usize; 4], [usize; 3], [usize; 2], [usize; 2], [usize; 2]);
+
+fn shape_of(case: Case) -> Conv2dShape {
+    let ([n, c, h, w], [k, r, s], stride, pad, dilation) = case;
+    Conv2dShape::new([n, c, h, w], [k, c, r, s], Conv2dOpts { stride, pad, dilation }).unwrap()
+}
+
+/// Odd sizes, stride 2 on odd inputs, 1x1 filters (pointwise and strided), padding 0 and 1 (and
+/// more than the filter), rectangular filters, strides and pads, dilation, tiny feature maps (which
+/// the CPU path batches several images per GEMM for).
+const GRID: &[Case] = &[
+    ([2, 3, 7, 7], [4, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([2, 3, 7, 7], [4, 3, 3], [2, 2], [1, 1], [1, 1]),
+    ([3, 5, 9, 6], [6, 3, 3], [2, 2], [0, 0], [1, 1]),
+    ([2, 4, 5, 5], [3, 1, 1], [1, 1], [0, 0], [1, 1]),
+    ([2, 4, 7, 6], [8, 1, 1], [2, 2], [0, 0], [1, 1]),
+    ([2, 3, 6, 9], [5, 3, 5], [2, 1], [1, 2], [1, 1]),
+    ([1, 2, 8, 8], [3, 3, 3], [1, 1], [2, 2], [2, 2]),
+    ([3, 2, 4, 5], [2, 2, 3], [1, 2], [0, 1], [1, 1]),
+    ([5, 6, 2, 2], [7, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([9, 5, 3, 3], [4, 3, 3], [2, 2], [1, 1], [1, 1]),
+    ([1, 2, 3, 3], [2, 2, 2], [1, 1], [3, 3], [1, 1]),
+    ([1, 1, 1, 1], [1, 1, 1], [1, 1], [0, 0], [1, 1]),
+];
+
+struct Data {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+fn data(sh: &Conv2dShape, seed: u64) -> Data {
+    let mut r = rng(seed);
+    Data {
+        x: uniform(&mut r, sh.input_len(), -1.0, 1.0),
+        w: uniform(&mut r, sh.filter_len(), -1.0, 1.0),
+        b: uniform(&mut r, sh.k(), -1.0, 1.0),
+        dy: uniform(&mut r, sh.output_len(), -1.0, 1.0),
+    }
+}
+
+/// Tolerance for sums of `terms` products of values in [-1, 1].
+fn atol(terms: usize) -> f32 {
+    2e-5 * (terms as f32).sqrt() + 1e-6
+}
+
+// ---- shapes --------------------------------------------------------------------------------------
+
+#[test]
+fn output_dims_are_hand_worked() {
+    let out = |input, filter, opts| Conv2dShape::new(input, filter, opts).unwrap().output_dims();
+    assert_eq!(out([8, 3, 32, 32], [64, 3, 3, 3], Conv2dOpts::square(1, 1)), [8, 64, 32, 32]);
+    assert_eq!(out([8, 128, 16, 16], [256, 128, 3, 3], Conv2dOpts::square(2, 1)), [8, 256, 8, 8]);
+    assert_eq!(out([1, 64, 32, 32], [128, 64, 1, 1], Conv2dOpts::square(2, 0)), [1, 128, 16, 16]);
+    assert_eq!(out([1, 1, 7, 7], [1, 1, 3, 3], Conv2dOpts::square(2, 0)), [1, 1, 3, 3]);
+    // (6 + 2 - 3) / 2 + 1 = 3, (9 + 4 - 5) / 1 + 1 = 9
+    let rect = Conv2dOpts { stride: [2, 1], pad: [1, 2], dilation: [1, 1] };
+    assert_eq!(out([2, 3, 6, 9], [4, 3, 3, 5], rect), [2, 4, 3, 9]);
+    // dilation 2: extent 5, (7 - 5) + 1 = 3
+    assert_eq!(out([1, 1, 7, 7], [1, 1, 3, 3], Conv2dOpts::default().with_dilation(2)), [1, 1, 3, 3]);
+    let sh = Conv2dShape::new([2, 3, 6, 9], [4, 3, 3, 5], rect).unwrap();
+    assert_eq!((sh.input_len(), sh.filter_len(), sh.output_len()), (324, 180, 216));
+    assert_eq!(sh.flops(), 2.0 * 216.0 * 45.0);
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let bad = |input, filter, opts| match Conv2dShape::new(input, filter, opts) {
+        Err(Error::Shape { msg, .. }) => msg,
+        other => panic!("{input:?} {filter:?} {opts:?}: expected a shape error, got {other:?}"),
+    };
+    let d = Conv2dOpts::default();
+    assert!(bad([2, 3, 8, 8], [4, 5, 3, 3], d).contains("channels"));
+    // 2x2 input, 3x3 filter, no padding: output would be 0.
+    assert!(bad([2, 3, 2, 2], [4, 3, 3, 3], d).contains("output height"));
+    assert!(bad([2, 3, 8, 2], [4, 3, 3, 3], d).contains("output width"));
+    // dilation 4 on a 3x3 filter: extent 9 > 8.
+    bad([1, 1, 8, 8], [1, 1, 3, 3], d.with_dilation(4));
+    bad([1, 1, 8, 8], [1, 1, 3, 3], Conv2dOpts::square(0, 1));
+    bad([1, 1, 8, 8], [1, 1, 3, 3], d.with_dilation(0));
+    bad([0, 1, 8, 8], [1, 1, 3, 3], d);
+    bad([1, 1, 8, 0], [1, 1, 1, 1], d);
+    bad([1, 1, 8, 8], [0, 1, 3, 3], d);
+    bad([1, 1, 8, 8], [1, 1, 0, 3], d);
+    let huge = usize::MAX / 4;
+    assert!(bad([huge, 4, 8, 8], [1, 4, 1, 1], d).contains("too many"));
+    bad([1, 1, 8, 8], [1, 1, 3, 3], Conv2dOpts::square(1, usize::MAX / 2 + 1));
+    bad([1, 1, 8, 8], [1, 1, 3, 3], d.with_dilation(usize::MAX));
+}
+
+#[test]
+fn wrong_buffer_lengths_are_errors() {
+    let sh = shape_of(GRID[1]);
+    let d = data(&sh, 1);
+    let mut y = vec![0.0; sh.output_len()];
+    let mut dx = vec![0.0; sh.input_len()];
+    let mut dw = vec![0.0; sh.filter_len()];
+    let mut db = vec![0.0; sh.k()];
+    let short = |v: &[f32]| v[..v.len() - 1].to_vec();
+    let is_shape = |r: evenclass::Result<()>| assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+    is_shape(cpu::forward_into(&sh, &short(&d.x), &d.w, None, &mut y));
+    is_shape(cpu::forward_into(&sh, &d.x, &short(&d.w), None, &mut y));
+    is_shape(cpu::forward_into(&sh, &d.x, &d.w, Some(&short(&d.b)), &mut y));
+    is_shape(cpu::forward_into(&sh, &d.x, &d.w, None, &mut y[1..]));
+    is_shape(cpu::backward_data_into(&sh, &short(&d.dy), &d.w, &mut dx));
+    is_shape(cpu::backward_data_into(&sh, &d.dy, &d.w, &mut dx[1..]));
+    is_shape(cpu::backward_weight_into(&sh, &d.x, &short(&d.dy), &mut dw, 0.0));
+    is_shape(cpu::backward_weight_into(&sh, &d.x, &d.dy, &mut dw[1..], 0.0));
+    is_shape(cpu::bias_grad_into(&sh, &d.dy, &mut db[1..], 0.0));
+    // The view API checks dimensions, not just lengths.
+    let dy = Array4::from_shape_vec(sh.output_dims(), d.dy.clone()).unwrap();
+    let w_wrong = Array4::from_shape_vec([sh.c(), sh.k(), sh.r(), sh.s()], d.w.clone()).unwrap();
+    assert!(matches!(cpu::backward_data(&sh, dy.view(), w_wrong.view()), Err(Error::Shape { .. })));
+    let x = Array4::from_shape_vec(sh.input_dims(), d.x.clone()).unwrap();
+    assert!(matches!(cpu::backward_weight(&sh, dy.view(), dy.view()), Err(Error::Shape { .. })));
+    assert!(matches!(cpu::forward(x.view(), w_wrong.view(), None, sh.opts()), Err(Error::Shape { .. })));
+    // Nothing was written.
+    assert!(y.iter().chain(&dx).chain(&dw).chain(&db).all(|&v| v == 0.0));
+}
+
+// ---- CPU: hand-worked values and the im2col path against direct loops ----------------------------
+
+#[test]
+fn forward_hand_worked() {
+    let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    // y = x[i][j] - x[i+1][j+1] = -4 everywhere, plus the bias.
+    let sh = Conv2dShape::new([1, 1, 3, 3], [1, 1, 2, 2], Conv2dOpts::default()).unwrap();
+    let mut y = vec![POISON; 4];
+    cpu::forward_into(&sh, &x, &[1.0, 0.0, 0.0, -1.0], Some(&[0.5]), &mut y).unwrap();
+    assert_eq!(y, [-3.5; 4]);
+    // All-ones 3x3, pad 1, stride 2: the sums of the 2x2 corners of the 3x3 input.
+    let sh = Conv2dShape::new([1, 1, 3, 3], [1, 1, 3, 3], Conv2dOpts::square(2, 1)).unwrap();
+    let mut y = vec![POISON; 4];
+    cpu::forward_into(&sh, &x, &[1.0; 9], None, &mut y).unwrap();
+    assert_eq!(y, [12.0, 16.0, 24.0, 28.0]);
+    // Its input gradient for dy = 1: how many outputs read each input pixel.
+    let mut dx = vec![POISON; 9];
+    cpu::backward_data_into(&sh, &[1.0; 4], &[1.0; 9], &mut dx).unwrap();
+    assert_eq!(dx, [1.0, 2.0, 1.0, 2.0, 4.0, 2.0, 1.0, 2.0, 1.0]);
+    // Its filter gradient for dy = 1: tap (r, s) sums the pixels it reads over the 4 outputs.
+    let mut dw = vec![POISON; 9];
+    cpu::backward_weight_into(&sh, &x, &[1.0; 4], &mut dw, 0.0).unwrap();
+    // tap (r, s) reads x[2p + r - 1][2q + s - 1]: rows {1}, {0, 2}, {1} for r = 0, 1, 2 (same for s).
+    assert_eq!(dw, [5.0, 10.0, 5.0, 10.0, 20.0, 10.0, 5.0, 10.0, 5.0]);
+    let mut db = vec![POISON];
+    cpu::bias_grad_into(&sh, &[1.0, 2.0, 3.0, 4.5], &mut db, 0.0).unwrap();
+    assert_eq!(db, [10.5]);
+}
+
+/// The fast path against the direct loops, for every pass, in pools of several sizes (the work
+/// split depends on the thread count).
+#[test]
+fn im2col_path_matches_direct_loops() {
+    for threads in [1, 3, 8] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for (i, &case) in GRID.iter().enumerate() {
+                let sh = shape_of(case);
+                let d = data(&sh, 100 + i as u64);
+                let what = |pass: &str| format!("{pass} {case:?} on {threads} threads");
+                let crs = sh.c() * sh.r() * sh.s();
+                let npq = sh.n() * sh.oh() * sh.ow();
+
+                for bias in [None, Some(d.b.as_slice())] {
+                    let mut y = vec![POISON; sh.output_len()];
+                    cpu::forward_into(&sh, &d.x, &d.w, bias, &mut y).unwrap();
+                    let want = cpu::naive::forward(&sh, &d.x, &d.w, bias).unwrap();
+                    assert_close(&what("forward"), &y, &want, atol(crs), 1e-5);
+                }
+
+                let mut dx = vec![POISON; sh.input_len()];
+                cpu::backward_data_into(&sh, &d.dy, &d.w, &mut dx).unwrap();
+                let want = cpu::naive::backward_data(&sh, &d.dy, &d.w).unwrap();
+                assert_close(&what("backward_data"), &dx, &want, atol(sh.k() * sh.r() * sh.s()), 1e-5);
+
+                let want = cpu::naive::backward_weight(&sh, &d.x, &d.dy).unwrap();
+                let mut dw = vec![f32::NAN; sh.filter_len()];
+                cpu::backward_weight_into(&sh, &d.x, &d.dy, &mut dw, 0.0).unwrap();
+                assert_close(&what("backward_weight"), &dw, &want, atol(npq), 1e-5);
+                // Accumulating: dw = 0.5 * old + grad.
+                let old = uniform(&mut rng(7), sh.filter_len(), -1.0, 1.0);
+                let mut dw = old.clone();
+                cpu::backward_weight_into(&sh, &d.x, &d.dy, &mut dw, 0.5).unwrap();
+                let want_acc: Vec<f32> = want.iter().zip(&old).map(|(g, o)| g + 0.5 * o).collect();
+                assert_close(&what("backward_weight beta"), &dw, &want_acc, atol(npq), 1e-5);
+
+                let want = cpu::naive::bias_grad(&sh, &d.dy).unwrap();
+                let mut db = vec![f32::NAN; sh.k()];
+                cpu::bias_grad_into(&sh, &d.dy, &mut db, 0.0).unwrap();
+                assert_close(&what("bias_grad"), &db, &want, atol(npq), 1e-5);
+                let mut db2 = vec![2.0; sh.k()];
+                cpu::bias_grad_into(&sh, &d.dy, &mut db2, -1.0).unwrap();
+                let want2: Vec<f32> = want.iter().map(|g| g - 2.0).collect();
+                assert_close(&what("bias_grad beta"), &db2, &want2, atol(npq), 1e-5);
+            }
+        });
+    }
+}
+
+#[test]
+fn view_api_matches_slice_api_and_takes_any_layout() {
+    let sh = shape_of(GRID[5]);
+    let d = data(&sh, 5);
+    // x in Fortran order: same logical array, different memory layout.
+    let x = Array4::from_shape_vec(sh.input_dims(), d.x.clone()).unwrap();
+    let mut xf = Array4::zeros(sh.input_dims().f());
+    xf.assign(&x);
+    let w = Array4::from_shape_vec(sh.filter_dims(), d.w.clone()).unwrap();
+    let b = Array1::from_vec(d.b.clone());
+    let y = cpu::forward(xf.view(), w.view(), Some(b.view()), sh.opts()).unwrap();
+    let mut want = vec![0.0; sh.output_len()];
+    cpu::forward_into(&sh, &d.x, &d.w, Some(&d.b), &mut want).unwrap();
+    assert_eq!(y.as_slice().unwrap(), &want[..]);
+
+    let dy = Array4::from_shape_vec(sh.output_dims(), d.dy.clone()).unwrap();
+    let dx = cpu::backward_data(&sh, dy.view(), w.view()).unwrap();
+    let mut want = vec![0.0; sh.input_len()];
+    cpu::backward_data_into(&sh, &d.dy, &d.w, &mut want).unwrap();
+    assert_eq!(dx.as_slice().unwrap(), &want[..]);
+
+    let dw = cpu::backward_weight(&sh, xf.view(), dy.view()).unwrap();
+    let mut want = vec![0.0; sh.filter_len()];
+    cpu::backward_weight_into(&sh, &d.x, &d.dy, &mut want, 0.0).unwrap();
+    assert_eq!(dw.as_slice().unwrap(), &want[..]);
+
+    let db = cpu::bias_grad(dy.view());
+    let want = cpu::naive::bias_grad(&sh, &d.dy).unwrap();
+    assert_close("bias_grad view", db.as_slice().unwrap(), &want, 1e-5, 1e-6);
+}
+
+// ---- CPU: finite differences -------------------------------------------------------------------
+
+/// `L = sum(dy * conv(x, w) + bias)` in f64, by direct loops.
+fn loss(sh: &Conv2dShape, x: &[f64], w: &[f64], b: &[f64], dy: &[f32]) -> f64 {
+    let o = sh.opts();
+    let (c, h, wd, k, r, s, oh, ow) = (sh.c(), sh.h(), sh.w(), sh.k(), sh.r(), sh.s(), sh.oh(), sh.ow());
+    let mut total = 0.0;
+    for n in 0..sh.n() {
+        for kk in 0..k {
+            for p in 0..oh {
+                for q in 0..ow {
+                    let mut y = b[kk];
+                    for cc in 0..c {
+                        for rr in 0..r {
+                            for ss in 0..s {
+                                let ih = (p * o.stride[0] + rr * o.dilation[0]) as isize - o.pad[0] as isize;
+                                let iw = (q * o.stride[1] + ss * o.dilation[1]) as isize - o.pad[1] as isize;
+                                if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd {
+                                    let xi = ((n * c + cc) * h + ih as usize) * wd + iw as usize;
+                                    y += x[xi] * w[((kk * c + cc) * r + rr) * s + ss];
+                                }
+                            }
+                        }
+                    }
+                    total += y * f64::from(dy[((n * k + kk) * oh + p) * ow + q]);
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Central difference of `loss` with respect to element `i` of whichever of x / w / b `pick` selects.
+fn fd(sh: &Conv2dShape, vals: (&[f64], &[f64], &[f64]), dy: &[f32], pick: usize, i: usize) -> f32 {
+    let eps = 0.25; // the loss is linear in each argument: no truncation error, only rounding
+    let mut args = [vals.0.to_vec(), vals.1.to_vec(), vals.2.to_vec()];
+    args[pick][i] += eps;
+    let plus = loss(sh, &args[0], &args[1], &args[2], dy);
+    args[pick][i] -= 2.0 * eps;
+    let minus = loss(sh, &args[0], &args[1], &args[2], dy);
+    ((plus - minus) / (2.0 * eps)) as f32
+}
+
+#[test]
+fn backward_passes_match_finite_differences() {
+    for (ci, &case) in GRID.iter().enumerate() {
+        let sh = shape_of(case);
+        let d = data(&sh, 200 + ci as u64);
+        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
+        let (x, w, b) = (f64s(&d.x), f64s(&d.w), f64s(&d.b));
+        let vals = (x.as_slice(), w.as_slice(), b.as_slice());
+
+        let mut dx = vec![POISON; sh.input_len()];
+        cpu::backward_data_into(&sh, &d.dy, &d.w, &mut dx).unwrap();
+        let mut dw = vec![POISON; sh.filter_len()];
+        cpu::backward_weight_into(&sh, &d.x, &d.dy, &mut dw, 0.0).unwrap();
+        let mut db = vec![POISON; sh.k()];
+        cpu::bias_grad_into(&sh, &d.dy, &mut db, 0.0).unwrap();
+
+        // Every element on these small shapes, but at most ~60 per tensor to stay quick.
+        let sample = |len: usize| (0..len).step_by(len.div_ceil(60).max(1));
+        for i in sample(dx.len()) {
+            let want = fd(&sh, vals, &d.dy, 0, i);
+            assert!((dx[i] - want).abs() <= 1e-4 + 1e-4 * want.abs(), "dx[{i}] {case:?}: {} vs fd {want}", dx[i]);
+        }
+        for i in sample(dw.len()) {
+            let want = fd(&sh, vals, &d.dy, 1, i);
+            assert!((dw[i] - want).abs() <= 1e-4 + 1e-4 * want.abs(), "dw[{i}] {case:?}: {} vs fd {want}", dw[i]);
+        }
+        for (i, &got) in db.iter().enumerate() {
+            let want = fd(&sh, vals, &d.dy, 2, i);
+            assert!((got - want).abs() <= 1e-4 + 1e-4 * want.abs(), "db[{i}] {case:?}: {got} vs fd {want}");
+        }
+    }
+}
+
+// ---- GPU against the CPU path ----------------------------------------------------------------------
+
+mod gpu {
+    use super::*;
+    use evenclass::conv::cuda::{self, Algo, NO_BIAS};
+
+    /// CIFAR-10 CNN layers at small batches, and sizes that are no multiple of the tiles.
+    const CIFAR: &[Case] = &[
+        ([7, 3, 32, 32], [64, 3, 3], [1, 1], [1, 1], [1, 1]),
+        ([3, 64, 32, 32], [64, 3, 3], [1, 1], [1, 1], [1, 1]),
+        ([5, 128, 16, 16], [256, 3, 3], [2, 2], [1, 1], [1, 1]),
+        ([3, 512, 4, 4], [512, 3, 3], [1, 1], [1, 1], [1, 1]),
+        ([4, 512, 2, 2], [512, 3, 3], [1, 1], [1, 1], [1, 1]),
+        ([6, 64, 32, 32], [128, 1, 1], [2, 2], [0, 0], [1, 1]),
+        ([2, 256, 8, 8], [512, 1, 1], [1, 1], [0, 0], [1, 1]),
+        ([3, 37, 13, 11], [70, 3, 3], [1, 1], [1, 1], [1, 1]),
+        ([2, 19, 15, 17], [33, 5, 3], [2, 1], [2, 1], [1, 2]),
+    ];
+
+    fn check_case(case: Case, seed: u64) {
+        let stream = common::gpu();
+        let sh = shape_of(case);
+        let d = data(&sh, seed);
+        let crs = sh.c() * sh.r() * sh.s();
+        let krs = sh.k() * sh.r() * sh.s();
+        let npq = sh.n() * sh.oh() * sh.ow();
+
+        let mut y_ref = vec![0.0; sh.output_len()];
+        cpu::forward_into(&sh, &d.x, &d.w, Some(&d.b), &mut y_ref).unwrap();
+        let mut y_nob = vec![0.0; sh.output_len()];
+        cpu::forward_into(&sh, &d.x, &d.w, None, &mut y_nob).unwrap();
+        let mut dx_ref = vec![0.0; sh.input_len()];
+        cpu::backward_data_into(&sh, &d.dy, &d.w, &mut dx_ref).unwrap();
+        let mut dw_ref = vec![0.0; sh.filter_len()];
+        cpu::backward_weight_into(&sh, &d.x, &d.dy, &mut dw_ref, 0.0).unwrap();
+        let old = uniform(&mut rng(seed + 1), sh.filter_len(), -1.0, 1.0);
+        let dw_acc: Vec<f32> = dw_ref.iter().zip(&old).map(|(g, o)| g + 0.75 * o).collect();
+        let mut db_ref = vec![0.0; sh.k()];
+        cpu::bias_grad_into(&sh, &d.dy, &mut db_ref, 0.0).unwrap();
+
+        let x = stream.clone_htod(&d.x).unwrap();
+        let w = stream.clone_htod(&d.w).unwrap();
+        let b = stream.clone_htod(&d.b).unwrap();
+        let dy = stream.clone_htod(&d.dy).unwrap();
+        for algo in [Algo::ImplicitGemm, Algo::Naive] {
+            let what = |pass: &str| format!("{pass} {algo:?} {case:?}");
+            let mut y = stream.clone_htod(&vec![POISON; sh.output_len()]).unwrap();
+            cuda::forward_with(&stream, algo, &sh, &x, &w, Some(&b), &mut y).unwrap();
+            assert_close(&what("forward"), &stream.clone_dtoh(&y).unwrap(), &y_ref, atol(crs), 1e-4);
+            let mut y = stream.clone_htod(&vec![POISON; sh.output_len()]).unwrap();
+            cuda::forward_with(&stream, algo, &sh, &x, &w, NO_BIAS, &mut y).unwrap();
+            assert_close(&what("forward no bias"), &stream.clone_dtoh(&y).unwrap(), &y_nob, atol(crs), 1e-4);
+
+            let mut dx = stream.clone_htod(&vec![POISON; sh.input_len()]).unwrap();
+            cuda::backward_data_with(&stream, algo, &sh, &dy, &w, &mut dx).unwrap();
+            assert_close(&what("backward_data"), &stream.clone_dtoh(&dx).unwrap(), &dx_ref, atol(krs), 1e-4);
+
+            let mut dw = stream.clone_htod(&vec![f32::NAN; sh.filter_len()]).unwrap();
+            cuda::backward_weight_with(&stream, algo, &sh, &x, &dy, &mut dw, 0.0).unwrap();
+            assert_close(&what("backward_weight"), &stream.clone_dtoh(&dw).unwrap(), &dw_ref, atol(npq), 1e-4);
+            let mut dw = stream.clone_htod(&old).unwrap();
+            cuda::backward_weight_with(&stream, algo, &sh, &x, &dy, &mut dw, 0.75).unwrap();
+            assert_close(&what("backward_weight beta"), &stream.clone_dtoh(&dw).unwrap(), &dw_acc, atol(npq), 1e-4);
+        }
+        let mut db = stream.clone_htod(&vec![f32::NAN; sh.k()]).unwrap();
+        cuda::bias_grad(&stream, &sh, &dy, &mut db, 0.0).unwrap();
+        assert_close(&format!("bias_grad {case:?}"), &stream.clone_dtoh(&db).unwrap(), &db_ref, atol(npq), 1e-4);
+        let mut db = stream.clone_htod(&vec![1.0; sh.k()]).unwrap();
+        cuda::bias_grad(&stream, &sh, &dy, &mut db, 2.0).unwrap();
+        let want: Vec<f32> = db_ref.iter().map(|g| g + 2.0).collect();
+        assert_close(&format!("bias_grad beta {case:?}"), &stream.clone_dtoh(&db).unwrap(), &want, atol(npq), 1e-4);
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn kernels_match_cpu_on_the_grid() {
+        for (i, &case) in GRID.iter().enumerate() {
+            check_case(case, 300 + i as u64);
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn kernels_match_cpu_on_cifar_layers() {
+        for (i, &case) in CIFAR.iter().enumerate() {
+            check_case(case, 400 + i as u64);
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn wrong_device_buffer_lengths_are_errors() {
+        let stream = common::gpu();
+        let sh = shape_of(GRID[1]);
+        let x = stream.alloc_zeros::<f32>(sh.input_len()).unwrap();
+        let w = stream.alloc_zeros::<f32>(sh.filter_len()).unwrap();
+        let dy = stream.alloc_zeros::<f32>(sh.output_len()).unwrap();
+        let short = stream.alloc_zeros::<f32>(sh.input_len() - 1).unwrap();
+        let mut y = stream.alloc_zeros::<f32>(sh.output_len() + 1).unwrap();
+        let mut dx = stream.alloc_zeros::<f32>(sh.input_len()).unwrap();
+        let mut dw = stream.alloc_zeros::<f32>(sh.filter_len()).unwrap();
+        let mut db = stream.alloc_zeros::<f32>(sh.k() + 1).unwrap();
+        let is_shape = |r: evenclass::Result<()>| assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+        is_shape(cuda::forward(&stream, &sh, &x, &w, NO_BIAS, &mut y));
+        is_shape(cuda::forward(&stream, &sh, &x, &w, Some(&dy), &mut dx));
+        is_shape(cuda::backward_data(&stream, &sh, &dy, &w, &mut dw));
+        is_shape(cuda::backward_data(&stream, &sh, &x, &w, &mut dx));
+        is_shape(cuda::backward_weight(&stream, &sh, &short, &dy, &mut dw, 0.0));
+        is_shape(cuda::backward_weight(&stream, &sh, &x, &dy, &mut dx, 0.0));
+        is_shape(cuda::bias_grad(&stream, &sh, &dy, &mut db, 0.0));
+    }
+}
