@@ -37,5 +37,7 @@ pub mod pool;
 #[cfg(feature = "trainer")]
 pub mod report;
 pub mod softmax;
+#[cfg(feature = "trainer")]
+pub mod train;
 
 pub use error::{Error, Result};

@@ -74,7 +74,7 @@ impl AugmentSpec {
         }
         let image = self.c.checked_mul(self.h).and_then(|v| v.checked_mul(self.w));
         let image = image.ok_or_else(|| Error::TooLarge { op, msg: format!("{self:?} overflows usize") })?;
-        if data_len % image != 0 {
+        if !data_len.is_multiple_of(image) {
             return Err(Error::shape(
                 op,
                 format!("dataset of {data_len} bytes is not a whole number of {image}-byte images"),

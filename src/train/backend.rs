@@ -1,0 +1,233 @@
+//! The operations a training step needs, implemented once per device: [`super::cpu_backend`] on
+//! the CPU references, [`super::cuda_backend`] on the kernels. The model and the training loop are
+//! written once against this trait.
+//!
+//! Buffers are allocated for the largest batch; calls take the batch size `n` and use the prefix
+//! of each buffer that `n` needs.
+use crate::confusion::ConfusionMatrix;
+use crate::conv::Conv2dShape;
+use crate::Result;
+
+/// Where a batch's images come from and how each is augmented (chosen on the host from the seeded
+/// RNG, so both devices build the same batch).
+#[derive(Clone, Debug, Default)]
+pub struct BatchPlan {
+    /// Dataset index of each image.
+    pub indices: Vec<i32>,
+    /// Crop offsets `(dy, dx)` in `[0, 2 * pad]` into the zero-padded image; `(pad, pad)` = no crop.
+    pub offsets: Vec<(u8, u8)>,
+    /// Horizontal flip per image.
+    pub flips: Vec<bool>,
+}
+
+impl BatchPlan {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// Per-channel normalization of the u8 images: `(v / 255 - mean) / std`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalize {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// Geometry of a feature map: channels, height, width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chw {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Chw {
+    pub fn len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// SGD hyper-parameters of one step (PyTorch's `torch.optim.SGD`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+pub trait Backend {
+    /// f32 buffer.
+    type Buf;
+    /// i32 labels of a batch.
+    type Labels;
+    /// The dataset's u8 images, resident where the batches are built.
+    type Images;
+    /// Per-output argmax of a max-pool window (u8).
+    type Argmax;
+
+    /// "cpu (2 threads)" or "cuda: NVIDIA H200 (sm_90)".
+    fn describe(&self) -> String;
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    fn to_host(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;
+    fn labels(&self, data: &[i32]) -> Result<Self::Labels>;
+    fn images(&self, data: &[u8], count: usize) -> Result<Self::Images>;
+    fn argmax_buf(&self, len: usize) -> Result<Self::Argmax>;
+
+    /// Gathers, crops (zero padding `pad`), flips and normalizes the planned images into `out`
+    /// (n x 3 x 32 x 32).
+    fn build_batch(
+        &self,
+        images: &Self::Images,
+        plan: &BatchPlan,
+        pad: usize,
+        norm: &Normalize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    fn conv_forward(&self, p: &Conv2dShape, x: &Self::Buf, w: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// Gradients of the filters (overwritten) and, when `dx` is given, of the input (overwritten).
+    fn conv_backward(
+        &self,
+        p: &Conv2dShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// 2x2 max pooling, stride 2, of an `n x g` input; records each window's argmax.
+    fn max_pool_forward(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        argmax: &mut Self::Argmax,
+    ) -> Result<()>;
+    /// Routes each output gradient to its window's argmax (`dx` overwritten).
+    fn max_pool_backward(
+        &self,
+        n: usize,
+        g: Chw,
+        argmax: &Self::Argmax,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Training-mode batch norm followed by ReLU; saves the batch statistics for backward and
+    /// updates the running statistics.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_forward_train(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &Self::Buf,
+        bn: &mut BnState<Self::Buf>,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    fn bn_relu_forward_eval(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &Self::Buf,
+        bn: &BnState<Self::Buf>,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `dx` overwritten; `bn.dgamma`, `bn.dbeta` overwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_backward(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        bn: &mut BnState<Self::Buf>,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+
+    fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+
+    /// `y = x W^T + b`, x: n x inp, W: out x inp.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_forward(
+        &self,
+        n: usize,
+        inp: usize,
+        out: usize,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        n: usize,
+        inp: usize,
+        out: usize,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Mean class-weighted cross-entropy of the batch and its gradient (one fused pass); returns
+    /// the loss value.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Self::Buf,
+        labels: &Self::Labels,
+        weight: &Self::Buf,
+        label_smoothing: f32,
+        grad: &mut Self::Buf,
+    ) -> Result<f32>;
+
+    /// In-place SGD update of a flat parameter buffer.
+    fn sgd(
+        &self,
+        step: &SgdStep,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        momentum: &mut Self::Buf,
+        len: usize,
+    ) -> Result<()>;
+
+    /// Adds the batch's (true, predicted) counts to `counts`.
+    fn confusion(
+        &self,
+        n: usize,
+        logits: &Self::Buf,
+        labels: &Self::Labels,
+        counts: &mut ConfusionMatrix,
+    ) -> Result<()>;
+}
+
+/// Parameters, running statistics and saved batch statistics of a batch-norm layer.
+pub struct BnState<B> {
+    pub gamma: B,
+    pub beta: B,
+    pub dgamma: B,
+    pub dbeta: B,
+    pub running_mean: B,
+    pub running_var: B,
+    pub save_mean: B,
+    pub save_invstd: B,
+    pub momentum: f32,
+    pub eps: f32,
+}

@@ -1,0 +1,299 @@
+//! [`Backend`] on the CPU references (rayon-parallel where it pays).
+use ndarray::{ArrayView1, ArrayView2};
+
+use super::backend::{Backend, BatchPlan, BnState, Chw, Normalize, SgdStep};
+use crate::augment::{self, AugmentSpec};
+use crate::batchnorm::{self, BnConfig, BnShape};
+use crate::confusion::{self, ConfusionMatrix};
+use crate::conv::{self, Conv2dShape};
+use crate::cross_entropy::{self, Options, Reduction};
+use crate::linear::{self, LinearShape};
+use crate::optim::{self, SgdConfig};
+use crate::pool::{self, PoolShape};
+use crate::{Error, Result};
+
+/// The CPU: buffers are `Vec`s, every op is the crate's CPU reference.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+fn prefix<'a>(op: &'static str, v: &'a [f32], len: usize) -> Result<&'a [f32]> {
+    v.get(..len).ok_or_else(|| Error::shape(op, format!("buffer of {} values, need {len}", v.len())))
+}
+
+fn prefix_mut<'a>(op: &'static str, v: &'a mut [f32], len: usize) -> Result<&'a mut [f32]> {
+    let have = v.len();
+    v.get_mut(..len).ok_or_else(|| Error::shape(op, format!("buffer of {have} values, need {len}")))
+}
+
+pub(crate) fn augment_spec(pad: usize, norm: &Normalize) -> AugmentSpec {
+    AugmentSpec {
+        c: 3,
+        h: 32,
+        w: 32,
+        pad,
+        mean: [norm.mean[0], norm.mean[1], norm.mean[2], 0.0],
+        std: [norm.std[0], norm.std[1], norm.std[2], 1.0],
+    }
+}
+
+pub(crate) fn plan_bytes(plan: &BatchPlan) -> (Vec<u8>, Vec<u8>) {
+    let crops = plan.offsets.iter().flat_map(|&(dy, dx)| [dy, dx]).collect();
+    let flips = plan.flips.iter().map(|&f| f as u8).collect();
+    (crops, flips)
+}
+
+pub(crate) fn bn_parts(n: usize, g: Chw, bn: &BnState<impl Sized>) -> (BnShape, BnConfig) {
+    (BnShape { n, c: g.c, hw: g.h * g.w }, BnConfig { eps: bn.eps, momentum: bn.momentum })
+}
+
+pub(crate) fn sgd_config(step: &SgdStep) -> SgdConfig {
+    SgdConfig { momentum: step.momentum, weight_decay: step.weight_decay, nesterov: step.nesterov }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Labels = Vec<i32>;
+    type Images = Vec<u8>;
+    type Argmax = Vec<u8>;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+    fn to_host(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+        Ok(prefix("to_host", buf, len)?.to_vec())
+    }
+    fn labels(&self, data: &[i32]) -> Result<Vec<i32>> {
+        Ok(data.to_vec())
+    }
+    fn images(&self, data: &[u8], _count: usize) -> Result<Vec<u8>> {
+        Ok(data.to_vec())
+    }
+    fn argmax_buf(&self, len: usize) -> Result<Vec<u8>> {
+        Ok(vec![0; len])
+    }
+
+    fn build_batch(
+        &self,
+        images: &Vec<u8>,
+        plan: &BatchPlan,
+        pad: usize,
+        norm: &Normalize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (crops, flips) = plan_bytes(plan);
+        let out = prefix_mut("build_batch", out, plan.len() * 3 * 32 * 32)?;
+        augment::cpu::train_batch_into(images, &plan.indices, &crops, &flips, out, &augment_spec(pad, norm))
+    }
+
+    fn conv_forward(&self, p: &Conv2dShape, x: &Vec<f32>, w: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        let x = prefix("conv", x, p.input_len())?;
+        conv::cpu::forward_into(p, x, w, None, prefix_mut("conv", y, p.output_len())?)
+    }
+
+    fn conv_backward(
+        &self,
+        p: &Conv2dShape,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: Option<&mut Vec<f32>>,
+        dw: &mut Vec<f32>,
+    ) -> Result<()> {
+        let dy = prefix("conv", dy, p.output_len())?;
+        conv::cpu::backward_weight_into(p, prefix("conv", x, p.input_len())?, dy, dw, 0.0)?;
+        if let Some(dx) = dx {
+            conv::cpu::backward_data_into(p, dy, w, prefix_mut("conv", dx, p.input_len())?)?;
+        }
+        Ok(())
+    }
+
+    fn max_pool_forward(&self, n: usize, g: Chw, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u8>) -> Result<()> {
+        let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
+        let out = s.pooled_len();
+        let am = argmax.get_mut(..out).ok_or_else(|| Error::shape("max_pool", "argmax buffer too small"))?;
+        pool::cpu::max_pool_forward_into(prefix("max_pool", x, s.len())?, prefix_mut("max_pool", y, out)?, am, s)
+    }
+
+    fn max_pool_backward(&self, n: usize, g: Chw, argmax: &Vec<u8>, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
+        let out = s.pooled_len();
+        let am = argmax.get(..out).ok_or_else(|| Error::shape("max_pool", "argmax buffer too small"))?;
+        pool::cpu::max_pool_backward_into(prefix("max_pool", dy, out)?, am, prefix_mut("max_pool", dx, s.len())?, s)
+    }
+
+    fn bn_relu_forward_train(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &Vec<f32>,
+        bn: &mut BnState<Vec<f32>>,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (shape, cfg) = bn_parts(n, g, bn);
+        let len = n * g.len();
+        batchnorm::cpu::relu_forward_train_into(
+            prefix("batchnorm", x, len)?,
+            &bn.gamma,
+            &bn.beta,
+            &mut bn.running_mean,
+            &mut bn.running_var,
+            prefix_mut("batchnorm", y, len)?,
+            &mut bn.save_mean,
+            &mut bn.save_invstd,
+            shape,
+            cfg,
+        )
+    }
+
+    fn bn_relu_forward_eval(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &Vec<f32>,
+        bn: &BnState<Vec<f32>>,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (shape, cfg) = bn_parts(n, g, bn);
+        let len = n * g.len();
+        batchnorm::cpu::relu_forward_eval_into(
+            prefix("batchnorm", x, len)?,
+            &bn.gamma,
+            &bn.beta,
+            &bn.running_mean,
+            &bn.running_var,
+            prefix_mut("batchnorm", y, len)?,
+            shape,
+            cfg,
+        )
+    }
+
+    fn bn_relu_backward(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        bn: &mut BnState<Vec<f32>>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (shape, _) = bn_parts(n, g, bn);
+        let len = n * g.len();
+        batchnorm::cpu::relu_backward_into(
+            prefix("batchnorm", x, len)?,
+            prefix("batchnorm", y, len)?,
+            prefix("batchnorm", dy, len)?,
+            &bn.gamma,
+            &bn.save_mean,
+            &bn.save_invstd,
+            prefix_mut("batchnorm", dx, len)?,
+            &mut bn.dgamma,
+            &mut bn.dbeta,
+            shape,
+        )
+    }
+
+    fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
+        pool::cpu::global_avg_pool_forward_into(prefix("gap", x, s.len())?, prefix_mut("gap", y, n * g.c)?, s)
+    }
+
+    fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
+        pool::cpu::global_avg_pool_backward_into(prefix("gap", dy, n * g.c)?, prefix_mut("gap", dx, s.len())?, s)
+    }
+
+    fn linear_forward(
+        &self,
+        n: usize,
+        inp: usize,
+        out: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
+        let s = LinearShape { batch: n, in_features: inp, out_features: out };
+        linear::cpu::forward_into(prefix("linear", x, n * inp)?, w, b, prefix_mut("linear", y, n * out)?, s)
+    }
+
+    fn linear_backward(
+        &self,
+        n: usize,
+        inp: usize,
+        out: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        dw: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+    ) -> Result<()> {
+        let s = LinearShape { batch: n, in_features: inp, out_features: out };
+        linear::cpu::backward_into(
+            prefix("linear", x, n * inp)?,
+            w,
+            prefix("linear", dy, n * out)?,
+            prefix_mut("linear", dx, n * inp)?,
+            dw,
+            db,
+            s,
+        )
+    }
+
+    fn cross_entropy(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        weight: &Vec<f32>,
+        label_smoothing: f32,
+        grad: &mut Vec<f32>,
+    ) -> Result<f32> {
+        let x = ArrayView2::from_shape((n, classes), prefix("cross_entropy", logits, n * classes)?)
+            .map_err(|e| Error::shape("cross_entropy", e.to_string()))?;
+        let opts = Options { ignore_index: None, label_smoothing, reduction: Reduction::Mean };
+        let (loss, g) =
+            cross_entropy::cpu::forward_backward(x, ArrayView1::from(labels), Some(ArrayView1::from(weight)), &opts)?;
+        let out = prefix_mut("cross_entropy", grad, n * classes)?;
+        out.copy_from_slice(g.as_slice().expect("standard layout"));
+        Ok(loss[0])
+    }
+
+    fn sgd(
+        &self,
+        step: &SgdStep,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        momentum: &mut Vec<f32>,
+        len: usize,
+    ) -> Result<()> {
+        optim::cpu::sgd_step(
+            prefix_mut("sgd", param, len)?,
+            prefix("sgd", grad, len)?,
+            prefix_mut("sgd", momentum, len)?,
+            &sgd_config(step),
+            step.lr,
+        )
+    }
+
+    fn confusion(&self, n: usize, logits: &Vec<f32>, labels: &Vec<i32>, counts: &mut ConfusionMatrix) -> Result<()> {
+        let c = counts.classes();
+        let x = ArrayView2::from_shape((n, c), prefix("confusion", logits, n * c)?)
+            .map_err(|e| Error::shape("confusion", e.to_string()))?;
+        confusion::cpu::count_logits(x, &labels[..n.min(labels.len())], counts, None)
+    }
+}

@@ -1,0 +1,381 @@
+//! [`Backend`] on the crate's CUDA kernels, on one stream. Buffers stay on the device; per step
+//! only the batch plan and labels go up and the loss value and confusion counts come back.
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
+
+use super::backend::{Backend, BatchPlan, BnState, Chw, Normalize, SgdStep};
+use super::cpu_backend::{augment_spec, bn_parts, plan_bytes, sgd_config};
+use crate::confusion::ConfusionMatrix;
+use crate::conv::Conv2dShape;
+use crate::cross_entropy::{self, Options, Reduction};
+use crate::error::DriverContext;
+use crate::linear::LinearShape;
+use crate::pool::PoolShape;
+use crate::{augment, batchnorm, confusion, conv, linear, optim, pool, Error, Result};
+
+/// A CUDA device and a stream of its own; every op is one of the crate's kernels.
+pub struct CudaBackend {
+    stream: Arc<CudaStream>,
+    name: String,
+    ws: RefCell<cross_entropy::cuda::Workspace>,
+    loss: RefCell<CudaSlice<f32>>,
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` (an error, never a panic, without a driver or device) and checks
+    /// that the kernels were compiled into this build.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if let Some(why) = crate::cuda::kernels_not_compiled() {
+            return Err(Error::KernelsNotCompiled(why.to_string()));
+        }
+        let ctx = crate::cuda::open(ordinal)?;
+        let stream = ctx.new_stream().during("creating a stream")?;
+        let (major, minor) = ctx.compute_capability().during("reading the compute capability")?;
+        let name = format!("cuda: {} (sm_{major}{minor})", ctx.name().during("reading the device name")?);
+        let ws = cross_entropy::cuda::Workspace::new(&stream)?;
+        let loss = stream.alloc_zeros::<f32>(1).during("allocating")?;
+        Ok(CudaBackend { stream, name, ws: RefCell::new(ws), loss: RefCell::new(loss) })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // cudarc refuses zero-byte allocations; a 1-element buffer is never read past `len`.
+        self.stream.alloc_zeros::<T>(len.max(1)).during("allocating")
+    }
+}
+
+fn view<'a, T>(op: &'static str, b: &'a CudaSlice<T>, len: usize) -> Result<CudaView<'a, T>> {
+    b.try_slice(..len).ok_or_else(|| Error::shape(op, format!("buffer of {} values, need {len}", b.len())))
+}
+
+fn view_mut<'a, T>(op: &'static str, b: &'a mut CudaSlice<T>, len: usize) -> Result<CudaViewMut<'a, T>> {
+    let have = b.len();
+    b.try_slice_mut(..len).ok_or_else(|| Error::shape(op, format!("buffer of {have} values, need {len}")))
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaSlice<f32>;
+    type Labels = CudaSlice<i32>;
+    type Images = CudaSlice<u8>;
+    type Argmax = CudaSlice<u8>;
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.alloc(len)
+    }
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
+        self.stream.clone_htod(data).during("uploading")
+    }
+    fn to_host(&self, buf: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.stream.clone_dtoh(&view("to_host", buf, len)?).during("downloading")
+    }
+    fn labels(&self, data: &[i32]) -> Result<CudaSlice<i32>> {
+        self.stream.clone_htod(data).during("uploading labels")
+    }
+    fn images(&self, data: &[u8], _count: usize) -> Result<CudaSlice<u8>> {
+        self.stream.clone_htod(data).during("uploading images")
+    }
+    fn argmax_buf(&self, len: usize) -> Result<CudaSlice<u8>> {
+        self.alloc(len)
+    }
+
+    fn build_batch(
+        &self,
+        images: &CudaSlice<u8>,
+        plan: &BatchPlan,
+        pad: usize,
+        norm: &Normalize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let s = &self.stream;
+        let (crops, flips) = plan_bytes(plan);
+        let idx = s.clone_htod(&plan.indices).during("uploading the batch plan")?;
+        let crops = s.clone_htod(&crops).during("uploading the batch plan")?;
+        let flips = s.clone_htod(&flips).during("uploading the batch plan")?;
+        let mut o = view_mut("build_batch", out, plan.len() * 3 * 32 * 32)?;
+        augment::cuda::train_batch(s, images, &idx, &crops, &flips, &mut o, &augment_spec(pad, norm))
+    }
+
+    fn conv_forward(
+        &self,
+        p: &Conv2dShape,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let x = view("conv", x, p.input_len())?;
+        let mut y = view_mut("conv", y, p.output_len())?;
+        conv::cuda::forward::<CudaSlice<f32>>(&self.stream, p, &x, w, None, &mut y)
+    }
+
+    fn conv_backward(
+        &self,
+        p: &Conv2dShape,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: Option<&mut CudaSlice<f32>>,
+        dw: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let dyv = view("conv", dy, p.output_len())?;
+        conv::cuda::backward_weight(&self.stream, p, &view("conv", x, p.input_len())?, &dyv, dw, 0.0)?;
+        if let Some(dx) = dx {
+            conv::cuda::backward_data(&self.stream, p, &dyv, w, &mut view_mut("conv", dx, p.input_len())?)?;
+        }
+        Ok(())
+    }
+
+    fn max_pool_forward(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        argmax: &mut CudaSlice<u8>,
+    ) -> Result<()> {
+        let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
+        let out = s.pooled_len();
+        pool::cuda::max_pool_forward(
+            &self.stream,
+            &view("max_pool", x, s.len())?,
+            &mut view_mut("max_pool", y, out)?,
+            &mut view_mut("max_pool", argmax, out)?,
+            s,
+        )
+    }
+
+    fn max_pool_backward(
+        &self,
+        n: usize,
+        g: Chw,
+        argmax: &CudaSlice<u8>,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
+        let out = s.pooled_len();
+        pool::cuda::max_pool_backward(
+            &self.stream,
+            &view("max_pool", dy, out)?,
+            &view("max_pool", argmax, out)?,
+            &mut view_mut("max_pool", dx, s.len())?,
+            s,
+        )
+    }
+
+    fn bn_relu_forward_train(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &CudaSlice<f32>,
+        bn: &mut BnState<CudaSlice<f32>>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (shape, cfg) = bn_parts(n, g, bn);
+        let len = n * g.len();
+        batchnorm::cuda::relu_forward_train(
+            &self.stream,
+            &view("batchnorm", x, len)?,
+            &bn.gamma,
+            &bn.beta,
+            &mut bn.running_mean,
+            &mut bn.running_var,
+            &mut view_mut("batchnorm", y, len)?,
+            &mut bn.save_mean,
+            &mut bn.save_invstd,
+            shape,
+            cfg,
+        )
+    }
+
+    fn bn_relu_forward_eval(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &CudaSlice<f32>,
+        bn: &BnState<CudaSlice<f32>>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (shape, cfg) = bn_parts(n, g, bn);
+        let len = n * g.len();
+        batchnorm::cuda::relu_forward_eval(
+            &self.stream,
+            &view("batchnorm", x, len)?,
+            &bn.gamma,
+            &bn.beta,
+            &bn.running_mean,
+            &bn.running_var,
+            &mut view_mut("batchnorm", y, len)?,
+            shape,
+            cfg,
+        )
+    }
+
+    fn bn_relu_backward(
+        &self,
+        n: usize,
+        g: Chw,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        bn: &mut BnState<CudaSlice<f32>>,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (shape, _) = bn_parts(n, g, bn);
+        let len = n * g.len();
+        batchnorm::cuda::relu_backward(
+            &self.stream,
+            &view("batchnorm", x, len)?,
+            &view("batchnorm", y, len)?,
+            &view("batchnorm", dy, len)?,
+            &bn.gamma,
+            &bn.save_mean,
+            &bn.save_invstd,
+            &mut view_mut("batchnorm", dx, len)?,
+            &mut bn.dgamma,
+            &mut bn.dbeta,
+            shape,
+        )
+    }
+
+    fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>) -> Result<()> {
+        let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
+        pool::cuda::global_avg_pool_forward(
+            &self.stream,
+            &view("gap", x, s.len())?,
+            &mut view_mut("gap", y, n * g.c)?,
+            s,
+        )
+    }
+
+    fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &CudaSlice<f32>, dx: &mut CudaSlice<f32>) -> Result<()> {
+        let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
+        pool::cuda::global_avg_pool_backward(
+            &self.stream,
+            &view("gap", dy, n * g.c)?,
+            &mut view_mut("gap", dx, s.len())?,
+            s,
+        )
+    }
+
+    fn linear_forward(
+        &self,
+        n: usize,
+        inp: usize,
+        out: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let s = LinearShape { batch: n, in_features: inp, out_features: out };
+        linear::cuda::forward(&self.stream, &view("linear", x, n * inp)?, w, b, &mut view_mut("linear", y, n * out)?, s)
+    }
+
+    fn linear_backward(
+        &self,
+        n: usize,
+        inp: usize,
+        out: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        db: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let s = LinearShape { batch: n, in_features: inp, out_features: out };
+        linear::cuda::backward(
+            &self.stream,
+            &view("linear", x, n * inp)?,
+            w,
+            &view("linear", dy, n * out)?,
+            &mut view_mut("linear", dx, n * inp)?,
+            dw,
+            db,
+            s,
+        )
+    }
+
+    fn cross_entropy(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<i32>,
+        weight: &CudaSlice<f32>,
+        label_smoothing: f32,
+        grad: &mut CudaSlice<f32>,
+    ) -> Result<f32> {
+        let opts = Options { ignore_index: None, label_smoothing, reduction: Reduction::Mean };
+        let mut loss = self.loss.borrow_mut();
+        let wv = weight.as_view();
+        cross_entropy::cuda::forward_backward(
+            &self.stream,
+            &mut self.ws.borrow_mut(),
+            &view("cross_entropy", logits, n * classes)?,
+            &view("cross_entropy", labels, n)?,
+            Some(&wv),
+            classes,
+            &opts,
+            &mut *loss,
+            &mut view_mut("cross_entropy", grad, n * classes)?,
+        )?;
+        Ok(self.stream.clone_dtoh(&*loss).during("reading the loss")?[0])
+    }
+
+    fn sgd(
+        &self,
+        step: &SgdStep,
+        param: &mut CudaSlice<f32>,
+        grad: &CudaSlice<f32>,
+        momentum: &mut CudaSlice<f32>,
+        len: usize,
+    ) -> Result<()> {
+        optim::cuda::sgd_step(
+            &self.stream,
+            &mut view_mut("sgd", param, len)?,
+            &view("sgd", grad, len)?,
+            &mut view_mut("sgd", momentum, len)?,
+            &sgd_config(step),
+            step.lr,
+        )
+    }
+
+    fn confusion(
+        &self,
+        n: usize,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<i32>,
+        counts: &mut ConfusionMatrix,
+    ) -> Result<()> {
+        let c = counts.classes();
+        let mut d = self.alloc::<u64>(c * c)?;
+        confusion::cuda::count_logits(
+            &self.stream,
+            &view("confusion", logits, n * c)?,
+            &view("confusion", labels, n)?,
+            &mut view_mut("confusion", &mut d, c * c)?,
+            c,
+            None,
+        )?;
+        let batch = self.stream.clone_dtoh(&d).during("reading confusion counts")?;
+        for (a, b) in counts.counts_mut().iter_mut().zip(batch) {
+            *a += b;
+        }
+        Ok(())
+    }
+}

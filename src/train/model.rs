@@ -1,0 +1,381 @@
+//! The CNN, defined once for every [`Backend`]: conv / max-pool / batch-norm+ReLU blocks, global
+//! average pooling and a linear head.
+//!
+//! ```text
+//! stem   conv3x3(3 -> w) @32x32, BN+ReLU
+//! stage  conv3x3(c -> 2c) @HxW, max-pool 2x2, BN+ReLU     (x3: 32 -> 16 -> 8 -> 4, c = w, 2w, 4w)
+//!        then (depth - 1) x [conv3x3(2c -> 2c), BN+ReLU] at the pooled size
+//! head   global average pool (8w) -> linear(8w -> classes)
+//! ```
+//! Pooling before batch norm (as in fast CIFAR-10 trainers) makes the normalization 4x cheaper.
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal, Uniform};
+use rand_pcg::Pcg64;
+
+use super::backend::{Backend, BnState, Chw, SgdStep};
+use crate::conv::{Conv2dOpts, Conv2dShape};
+use crate::{Error, Result};
+
+/// Width (channels of the stem; stages double it three times), depth (convolutions per stage) and
+/// number of classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    pub width: usize,
+    pub depth: usize,
+    pub classes: usize,
+}
+
+/// Input geometry: CIFAR-10 images.
+pub const INPUT: Chw = Chw { c: 3, h: 32, w: 32 };
+
+/// A trainable tensor with its gradient and SGD momentum.
+pub struct Param<B: Backend> {
+    pub value: B::Buf,
+    pub grad: B::Buf,
+    pub momentum: B::Buf,
+    pub len: usize,
+    /// Weight decay applies to conv and linear weights, not to biases and batch-norm parameters.
+    pub decay: bool,
+}
+
+enum Op<B: Backend> {
+    /// 3x3 (pad 1, stride 1) convolution without bias (a batch norm follows).
+    Conv {
+        cin: usize,
+        cout: usize,
+        h: usize,
+        w: usize,
+        weight: Param<B>,
+    },
+    MaxPool {
+        g: Chw,
+        idx: B::Argmax,
+    },
+    BnRelu {
+        g: Chw,
+        bn: BnState<B::Buf>,
+        gamma_m: B::Buf,
+        beta_m: B::Buf,
+    },
+    Gap {
+        g: Chw,
+    },
+    Linear {
+        inp: usize,
+        out: usize,
+        weight: Param<B>,
+        bias: Param<B>,
+    },
+}
+
+/// The network, its parameters and its activation buffers for batches of up to `max_batch`.
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    ops: Vec<Op<B>>,
+    /// acts[0] is the input batch, acts[i + 1] the output of ops[i].
+    acts: Vec<B::Buf>,
+    sizes: Vec<usize>,
+    grad_a: B::Buf,
+    grad_b: B::Buf,
+    max_batch: usize,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the network with seeded initialization: Kaiming-normal convolutions (fan-in, ReLU
+    /// gain), PyTorch's default uniform linear layer, batch-norm gamma 1 and beta 0.
+    pub fn new(be: &B, config: ModelConfig, max_batch: usize, seed: u64) -> Result<Self> {
+        if config.width == 0 || config.depth == 0 || config.classes < 2 || max_batch == 0 {
+            return Err(Error::shape("model", format!("invalid config {config:?}, max_batch {max_batch}")));
+        }
+        let mut rng = Pcg64::seed_from_u64(seed);
+        let mut ops = Vec::new();
+        let mut sizes = vec![INPUT.len()];
+        let conv = |be: &B, rng: &mut Pcg64, cin: usize, cout: usize, h: usize, w: usize| -> Result<Op<B>> {
+            let fan_in = (cin * 9) as f64;
+            let normal = Normal::new(0.0, (2.0 / fan_in).sqrt()).expect("positive std");
+            let init: Vec<f32> = (0..cout * cin * 9).map(|_| normal.sample(rng) as f32).collect();
+            Ok(Op::Conv { cin, cout, h, w, weight: param(be, &init, true)? })
+        };
+        let bn = |be: &B, g: Chw| -> Result<Op<B>> {
+            Ok(Op::BnRelu {
+                g,
+                bn: BnState {
+                    gamma: be.upload(&vec![1.0; g.c])?,
+                    beta: be.zeros(g.c)?,
+                    dgamma: be.zeros(g.c)?,
+                    dbeta: be.zeros(g.c)?,
+                    running_mean: be.zeros(g.c)?,
+                    running_var: be.upload(&vec![1.0; g.c])?,
+                    save_mean: be.zeros(g.c)?,
+                    save_invstd: be.zeros(g.c)?,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+                gamma_m: be.zeros(g.c)?,
+                beta_m: be.zeros(g.c)?,
+            })
+        };
+        let w0 = config.width;
+        ops.push(conv(be, &mut rng, 3, w0, 32, 32)?);
+        sizes.push(w0 * 32 * 32);
+        ops.push(bn(be, Chw { c: w0, h: 32, w: 32 })?);
+        sizes.push(w0 * 32 * 32);
+        let (mut c, mut hw) = (w0, 32);
+        for _stage in 0..3 {
+            let cout = 2 * c;
+            ops.push(conv(be, &mut rng, c, cout, hw, hw)?);
+            sizes.push(cout * hw * hw);
+            let g = Chw { c: cout, h: hw, w: hw };
+            ops.push(Op::MaxPool { g, idx: be.argmax_buf(max_batch * cout * (hw / 2) * (hw / 2))? });
+            hw /= 2;
+            sizes.push(cout * hw * hw);
+            ops.push(bn(be, Chw { c: cout, h: hw, w: hw })?);
+            sizes.push(cout * hw * hw);
+            for _ in 1..config.depth {
+                ops.push(conv(be, &mut rng, cout, cout, hw, hw)?);
+                sizes.push(cout * hw * hw);
+                ops.push(bn(be, Chw { c: cout, h: hw, w: hw })?);
+                sizes.push(cout * hw * hw);
+            }
+            c = cout;
+        }
+        ops.push(Op::Gap { g: Chw { c, h: hw, w: hw } });
+        sizes.push(c);
+        let bound = 1.0 / (c as f64).sqrt();
+        let uni = Uniform::new(-bound, bound).expect("valid range");
+        let wl: Vec<f32> = (0..config.classes * c).map(|_| uni.sample(&mut rng) as f32).collect();
+        let bl: Vec<f32> = (0..config.classes).map(|_| uni.sample(&mut rng) as f32).collect();
+        ops.push(Op::Linear {
+            inp: c,
+            out: config.classes,
+            weight: param(be, &wl, true)?,
+            bias: param(be, &bl, false)?,
+        });
+        sizes.push(config.classes);
+
+        let acts = sizes.iter().map(|&s| be.zeros(s * max_batch)).collect::<Result<Vec<_>>>()?;
+        let max_act = sizes.iter().copied().max().unwrap_or(1) * max_batch;
+        Ok(Model { config, ops, acts, sizes, grad_a: be.zeros(max_act)?, grad_b: be.zeros(max_act)?, max_batch })
+    }
+
+    /// Number of trainable scalars.
+    pub fn parameter_count(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Conv { weight, .. } => weight.len,
+                Op::BnRelu { g, .. } => 2 * g.c,
+                Op::Linear { weight, bias, .. } => weight.len + bias.len,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Multiply-accumulates of one image's forward pass through the convolutions and the head.
+    pub fn forward_macs(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Conv { cin, cout, h, w, .. } => cin * 9 * cout * h * w,
+                Op::Linear { inp, out, .. } => inp * out,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The input buffer of the next forward pass (n x 3 x 32 x 32).
+    pub fn input_mut(&mut self) -> &mut B::Buf {
+        &mut self.acts[0]
+    }
+
+    /// The logits of the last forward pass (n x classes).
+    pub fn logits(&self) -> &B::Buf {
+        self.acts.last().expect("model has layers")
+    }
+
+    /// Forward pass of `n` images already in [`Model::input_mut`]; `train` selects batch
+    /// statistics (and updates the running ones) instead of the running statistics.
+    pub fn forward(&mut self, be: &B, n: usize, train: bool) -> Result<()> {
+        self.check_batch(n)?;
+        for (i, op) in self.ops.iter_mut().enumerate() {
+            let (before, after) = self.acts.split_at_mut(i + 1);
+            let (x, y) = (&before[i], &mut after[0]);
+            match op {
+                Op::Conv { cin, cout, h, w, weight } => {
+                    be.conv_forward(&conv_params(n, *cin, *cout, *h, *w)?, x, &weight.value, y)?
+                }
+                Op::MaxPool { g, idx } => be.max_pool_forward(n, *g, x, y, idx)?,
+                Op::BnRelu { g, bn, .. } => {
+                    if train {
+                        be.bn_relu_forward_train(n, *g, x, bn, y)?
+                    } else {
+                        be.bn_relu_forward_eval(n, *g, x, bn, y)?
+                    }
+                }
+                Op::Gap { g } => be.global_avg_pool_forward(n, *g, x, y)?,
+                Op::Linear { inp, out, weight, bias } => {
+                    be.linear_forward(n, *inp, *out, x, &weight.value, &bias.value, y)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward pass after a training forward of `n` images, from the logits' gradient in
+    /// `dlogits`; leaves every parameter's gradient in place.
+    pub fn backward(&mut self, be: &B, n: usize, dlogits: &B::Buf) -> Result<()> {
+        self.check_batch(n)?;
+        let last = self.ops.len() - 1;
+        for i in (0..self.ops.len()).rev() {
+            // Gradient of acts[i + 1] is in `dy`; write that of acts[i] into `dx` (not needed for
+            // the input, i == 0).
+            let dy: &B::Buf = if i == last { dlogits } else { &self.grad_a };
+            let dx = &mut self.grad_b;
+            let x = &self.acts[i];
+            let y = &self.acts[i + 1];
+            match &mut self.ops[i] {
+                Op::Conv { cin, cout, h, w, weight } => {
+                    let p = conv_params(n, *cin, *cout, *h, *w)?;
+                    be.conv_backward(&p, x, &weight.value, dy, (i > 0).then_some(dx), &mut weight.grad)?
+                }
+                Op::MaxPool { g, idx } => be.max_pool_backward(n, *g, idx, dy, dx)?,
+                Op::BnRelu { g, bn, .. } => be.bn_relu_backward(n, *g, x, y, bn, dy, dx)?,
+                Op::Gap { g } => be.global_avg_pool_backward(n, *g, dy, dx)?,
+                Op::Linear { inp, out, weight, bias } => {
+                    be.linear_backward(n, *inp, *out, x, &weight.value, dy, dx, &mut weight.grad, &mut bias.grad)?
+                }
+            }
+            std::mem::swap(&mut self.grad_a, &mut self.grad_b);
+        }
+        Ok(())
+    }
+
+    /// One SGD step on every parameter (weight decay only where [`Param::decay`]).
+    pub fn sgd_step(&mut self, be: &B, step: &SgdStep) -> Result<()> {
+        let no_decay = SgdStep { weight_decay: 0.0, ..*step };
+        for op in &mut self.ops {
+            match op {
+                Op::Conv { weight, .. } => update(be, step, weight)?,
+                Op::Linear { weight, bias, .. } => {
+                    update(be, step, weight)?;
+                    update(be, &no_decay, bias)?;
+                }
+                Op::BnRelu { g, bn, gamma_m, beta_m } => {
+                    be.sgd(&no_decay, &mut bn.gamma, &bn.dgamma, gamma_m, g.c)?;
+                    be.sgd(&no_decay, &mut bn.beta, &bn.dbeta, beta_m, g.c)?;
+                }
+                Op::MaxPool { .. } | Op::Gap { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every trainable and running value, in layer order, copied to the host (for saving and for
+    /// comparing devices).
+    pub fn state(&self, be: &B) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::new();
+        for op in &self.ops {
+            match op {
+                Op::Conv { weight, .. } => out.push(be.to_host(&weight.value, weight.len)?),
+                Op::Linear { weight, bias, .. } => {
+                    out.push(be.to_host(&weight.value, weight.len)?);
+                    out.push(be.to_host(&bias.value, bias.len)?);
+                }
+                Op::BnRelu { g, bn, .. } => {
+                    for b in [&bn.gamma, &bn.beta, &bn.running_mean, &bn.running_var] {
+                        out.push(be.to_host(b, g.c)?);
+                    }
+                }
+                Op::MaxPool { .. } | Op::Gap { .. } => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads what [`Model::state`] returned (same config).
+    pub fn load_state(&mut self, be: &B, state: &[Vec<f32>]) -> Result<()> {
+        let mut it = state.iter();
+        let mut next = |len: usize| -> Result<B::Buf> {
+            let v = it.next().ok_or_else(|| Error::shape("load_state", "state has too few tensors"))?;
+            if v.len() != len {
+                return Err(Error::shape("load_state", format!("tensor of {} values, expected {len}", v.len())));
+            }
+            be.upload(v)
+        };
+        for op in &mut self.ops {
+            match op {
+                Op::Conv { weight, .. } => weight.value = next(weight.len)?,
+                Op::Linear { weight, bias, .. } => {
+                    weight.value = next(weight.len)?;
+                    bias.value = next(bias.len)?;
+                }
+                Op::BnRelu { g, bn, .. } => {
+                    bn.gamma = next(g.c)?;
+                    bn.beta = next(g.c)?;
+                    bn.running_mean = next(g.c)?;
+                    bn.running_var = next(g.c)?;
+                }
+                Op::MaxPool { .. } | Op::Gap { .. } => {}
+            }
+        }
+        if it.next().is_some() {
+            return Err(Error::shape("load_state", "state has too many tensors"));
+        }
+        Ok(())
+    }
+
+    /// Gradients of every parameter, in the order of [`Model::state`]'s trainable tensors
+    /// (conv/linear weights, biases, gamma, beta), for gradient checks.
+    pub fn gradients(&self, be: &B) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::new();
+        for op in &self.ops {
+            match op {
+                Op::Conv { weight, .. } => out.push(be.to_host(&weight.grad, weight.len)?),
+                Op::Linear { weight, bias, .. } => {
+                    out.push(be.to_host(&weight.grad, weight.len)?);
+                    out.push(be.to_host(&bias.grad, bias.len)?);
+                }
+                Op::BnRelu { g, bn, .. } => {
+                    out.push(be.to_host(&bn.dgamma, g.c)?);
+                    out.push(be.to_host(&bn.dbeta, g.c)?);
+                }
+                Op::MaxPool { .. } | Op::Gap { .. } => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_batch(&self, n: usize) -> Result<()> {
+        if n == 0 || n > self.max_batch {
+            return Err(Error::shape(
+                "model",
+                format!("batch of {n}, the model holds buffers for 1..={}", self.max_batch),
+            ));
+        }
+        let _ = &self.sizes;
+        Ok(())
+    }
+}
+
+fn param<B: Backend>(be: &B, init: &[f32], decay: bool) -> Result<Param<B>> {
+    Ok(Param {
+        value: be.upload(init)?,
+        grad: be.zeros(init.len())?,
+        momentum: be.zeros(init.len())?,
+        len: init.len(),
+        decay,
+    })
+}
+
+fn update<B: Backend>(be: &B, step: &SgdStep, p: &mut Param<B>) -> Result<()> {
+    let s = if p.decay { *step } else { SgdStep { weight_decay: 0.0, ..*step } };
+    be.sgd(&s, &mut p.value, &p.grad, &mut p.momentum, p.len)
+}
+
+fn conv_params(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> Result<Conv2dShape> {
+    Conv2dShape::new([n, cin, h, w], [cout, cin, 3, 3], Conv2dOpts::square(1, 1))
+}
