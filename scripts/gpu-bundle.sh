@@ -38,6 +38,14 @@ for line in sys.stdin:
 echo "tests:";    cargo test --release --no-run --message-format=json 2>/dev/null | collect
 echo "benches:";  cargo bench --no-run --message-format=json 2>/dev/null | collect
 echo "examples:"; cargo build --release --examples --message-format=json 2>/dev/null | collect
+# Debug info is most of a test binary's size; the device transfer limit is 64 MiB.
+find "$dest" -type f -perm -u+x -exec strip --strip-debug {} + 2>/dev/null || true
 cp scripts/run-gpu.sh "$dest/run-gpu.sh"
+# The compact CIFAR-10 copy (55 MB) and its unpacker, when ../shared has them: run-gpu.sh unpacks.
+packs=../shared/datasets/cifar-10-jpeg
+if [ -z "${NO_DATA:-}" ] && [ -f "$packs/unpack.py" ]; then
+    mkdir -p "$dest/data"
+    cp "$packs"/unpack.py "$packs"/*.cjpk "$dest/data/"
+fi
 git rev-parse HEAD > "$dest/COMMIT" 2>/dev/null || true
 du -sh "$dest"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU host from a folder made by scripts/gpu-bundle.sh. Writes logs under OUT_DIR
 # (default $OUT, else ./gpu-out): every test binary with --include-ignored (the GPU tests run),
-# every benchmark briefly, and, when CIFAR10_DIR is set, a short GPU run of the experiment.
+# every benchmark briefly, and a GPU run of the experiment (EXPERIMENT_ARGS, e.g. "--epochs 5") on
+# CIFAR10_DIR, or on the data unpacked from data/*.cjpk when the bundle carries them.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${OUT:-$here/gpu-out}}"
@@ -22,6 +23,9 @@ for b in benches/*; do
     echo "=== $b" >> "$out/benches.log"
     "$b" --bench --warm-up-time 1 --measurement-time 2 --noplot >> "$out/benches.log" 2>&1 || status=1
 done
+if [ -z "${CIFAR10_DIR:-}" ] && [ -f data/unpack.py ]; then
+    python3 data/unpack.py /tmp/cifar-10-batches-bin > "$out/unpack.log" 2>&1 && export CIFAR10_DIR=/tmp/cifar-10-batches-bin
+fi
 if [ -n "${CIFAR10_DIR:-}" ] && [ -x examples/cifar10 ]; then
     examples/cifar10 --device cuda --out "$out/cifar10" ${EXPERIMENT_ARGS:-} > "$out/experiment.log" 2>&1 || status=1
 fi
