@@ -1,0 +1,80 @@
+//! Helpers shared by the kernel benchmarks: seeded inputs, the GPU stream (or a note and `None`
+//! without a device), and timing of kernel launches with CUDA events.
+#![allow(dead_code)]
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::Bencher;
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaStream;
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64;
+
+pub fn rng(seed: u64) -> Pcg64 {
+    Pcg64::seed_from_u64(seed)
+}
+
+/// `n` values uniform in `[lo, hi)`.
+pub fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut r = rng(seed);
+    (0..n).map(|_| r.random_range(lo..hi)).collect()
+}
+
+/// `n` class indices in `[0, classes)`.
+pub fn labels(seed: u64, n: usize, classes: usize) -> Vec<i32> {
+    let mut r = rng(seed);
+    (0..n).map(|_| r.random_range(0..classes as i32)).collect()
+}
+
+/// `n` random bytes (uint8 images).
+pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut r = rng(seed);
+    (0..n).map(|_| r.random::<u8>()).collect()
+}
+
+/// The default stream of device 0, or `None` (after a one-line note naming `what`) when there is no
+/// usable device or the kernels were not compiled into this build: benchmarks never fail for lack
+/// of a GPU.
+pub fn gpu_stream(what: &str) -> Option<Arc<CudaStream>> {
+    if let Some(why) = evenclass::cuda::kernels_not_compiled() {
+        println!("{what}: kernels not compiled ({why}), skipping the GPU benchmarks");
+        return None;
+    }
+    if !evenclass::cuda::is_available() {
+        println!("{what}: no CUDA device, skipping the GPU benchmarks");
+        return None;
+    }
+    match evenclass::cuda::open(0) {
+        Ok(ctx) => Some(ctx.default_stream()),
+        Err(e) => {
+            println!("{what}: cannot open device 0 ({e}), skipping the GPU benchmarks");
+            None
+        }
+    }
+}
+
+/// Times `launch` (which only enqueues work on `stream`) with CUDA events: the inputs are already
+/// on the device, `iters` launches go back to back between a start and an end event, and the time
+/// is the GPU time between the two. No host copy and no per-launch synchronization is counted; a
+/// launch the host cannot enqueue as fast as the GPU runs it shows up as the gap it leaves.
+pub fn gpu_iter(b: &mut Bencher<'_, WallTime>, stream: &Arc<CudaStream>, mut launch: impl FnMut()) {
+    let ctx = stream.context();
+    let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("creating a timing event");
+    let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("creating a timing event");
+    b.iter_custom(|iters| {
+        start.record(stream).expect("recording the start event");
+        for _ in 0..iters {
+            launch();
+        }
+        end.record(stream).expect("recording the end event");
+        end.synchronize().expect("waiting for the end event");
+        let ms = start.elapsed_ms(&end).expect("reading the event timer");
+        Duration::from_secs_f64(f64::from(ms) * 1e-3)
+    });
+}
+
+/// `BenchmarkId` parameter for an `n x c` matrix.
+pub fn nxc(n: usize, c: usize) -> String {
+    format!("{n}x{c}")
+}
