@@ -42,20 +42,34 @@ pub fn save_model<B: Backend>(path: &Path, model: &Model<B>, be: &B) -> Result<(
         .map_err(|e| Error::shape("save_model", format!("{}: {e}", path.display())))
 }
 
-/// Loads what [`save_model`] wrote into a model of the same config.
+/// Loads what [`save_model`] wrote into a model of the same config. A missing or corrupt file, or
+/// one saved from another config, is an error and leaves the model unchanged.
 pub fn load_model<B: Backend>(path: &Path, model: &mut Model<B>, be: &B) -> Result<()> {
     let op = "load_model";
     let data = std::fs::read(path).map_err(|e| Error::shape(op, format!("{}: {e}", path.display())))?;
-    let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| Error::shape(op, e.to_string()))?;
-    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-    names.sort();
-    let mut state = Vec::with_capacity(names.len());
-    for name in names {
-        let t = st.tensor(&name).map_err(|e| Error::shape(op, e.to_string()))?;
-        if t.dtype() != safetensors::Dtype::F32 {
-            return Err(Error::shape(op, format!("{name} is not f32")));
+    let what = |e: &dyn std::fmt::Display| Error::shape(op, format!("{}: {e}", path.display()));
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| what(&e))?;
+    if let Some(saved) = meta.metadata().as_ref().and_then(|m| m.get("config")) {
+        let saved: ModelConfig = serde_json::from_str(saved).map_err(|e| what(&format!("config metadata: {e}")))?;
+        if saved != model.config {
+            return Err(what(&format!("saved from a model of {saved:?}, loading into {:?}", model.config)));
         }
-        state.push(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
     }
+    let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| what(&e))?;
+    // Tensors are named t000, t001, ... (more digits past 999): order them by number.
+    let mut state: Vec<Option<Vec<f32>>> = vec![None; st.len()];
+    for (name, t) in st.iter() {
+        let i = name
+            .strip_prefix('t')
+            .and_then(|d| d.parse::<usize>().ok())
+            .filter(|&i| i < state.len() && format!("t{i:03}") == name)
+            .ok_or_else(|| what(&format!("unexpected tensor name {name:?}")))?;
+        if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 1 {
+            return Err(what(&format!("{name} is not a 1-D f32 tensor")));
+        }
+        state[i] = Some(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+    }
+    // Names are distinct and in range, so every slot is filled.
+    let state: Vec<Vec<f32>> = state.into_iter().flatten().collect();
     model.load_state(be, &state)
 }

@@ -296,34 +296,54 @@ impl<B: Backend> Model<B> {
         Ok(out)
     }
 
-    /// Loads what [`Model::state`] returned (same config).
-    pub fn load_state(&mut self, be: &B, state: &[Vec<f32>]) -> Result<()> {
-        let mut it = state.iter();
-        let mut next = |len: usize| -> Result<B::Buf> {
-            let v = it.next().ok_or_else(|| Error::shape("load_state", "state has too few tensors"))?;
-            if v.len() != len {
-                return Err(Error::shape("load_state", format!("tensor of {} values, expected {len}", v.len())));
-            }
-            be.upload(v)
-        };
-        for op in &mut self.ops {
+    /// Lengths of the tensors of [`Model::state`], in its order.
+    pub fn state_lens(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for op in &self.ops {
             match op {
-                Op::Conv { weight, .. } => weight.value = next(weight.len)?,
-                Op::Linear { weight, bias, .. } => {
-                    weight.value = next(weight.len)?;
-                    bias.value = next(bias.len)?;
-                }
-                Op::BnRelu { g, bn, .. } => {
-                    bn.gamma = next(g.c)?;
-                    bn.beta = next(g.c)?;
-                    bn.running_mean = next(g.c)?;
-                    bn.running_var = next(g.c)?;
-                }
+                Op::Conv { weight, .. } => out.push(weight.len),
+                Op::Linear { weight, bias, .. } => out.extend([weight.len, bias.len]),
+                Op::BnRelu { g, .. } => out.extend([g.c; 4]),
                 Op::MaxPool { .. } | Op::Gap { .. } => {}
             }
         }
-        if it.next().is_some() {
-            return Err(Error::shape("load_state", "state has too many tensors"));
+        out
+    }
+
+    /// Loads what [`Model::state`] returned (same config). Every length is checked and every
+    /// tensor uploaded before the first is replaced, so on an error the model is unchanged.
+    pub fn load_state(&mut self, be: &B, state: &[Vec<f32>]) -> Result<()> {
+        let lens = self.state_lens();
+        if state.len() != lens.len() {
+            return Err(Error::shape(
+                "load_state",
+                format!("state has {} tensors, the model {} ({:?})", state.len(), lens.len(), self.config),
+            ));
+        }
+        if let Some((i, (v, len))) = state.iter().zip(&lens).enumerate().find(|(_, (v, &len))| v.len() != len) {
+            return Err(Error::shape(
+                "load_state",
+                format!("tensor {i} has {} values, the model's {len} ({:?})", v.len(), self.config),
+            ));
+        }
+        let bufs = state.iter().map(|v| be.upload(v)).collect::<Result<Vec<_>>>()?;
+        let mut it = bufs.into_iter();
+        let mut next = || it.next().expect("one buffer per state tensor, counted above");
+        for op in &mut self.ops {
+            match op {
+                Op::Conv { weight, .. } => weight.value = next(),
+                Op::Linear { weight, bias, .. } => {
+                    weight.value = next();
+                    bias.value = next();
+                }
+                Op::BnRelu { bn, .. } => {
+                    bn.gamma = next();
+                    bn.beta = next();
+                    bn.running_mean = next();
+                    bn.running_var = next();
+                }
+                Op::MaxPool { .. } | Op::Gap { .. } => {}
+            }
         }
         Ok(())
     }
