@@ -166,6 +166,7 @@ fn run<B: Backend>(args: &Args, be: &B, gpu: bool) -> Result<()> {
 
     // ---- stage 1 ----
     let stage1_path = args.out.join("stage1.json");
+    let config_path = args.out.join("stage1.config.json");
     let stage1 = if args.stage2_only {
         let s: StageReport = serde_json::from_slice(
             &std::fs::read(&stage1_path).with_context(|| format!("--stage2-only needs {}", stage1_path.display()))?,
@@ -173,6 +174,20 @@ fn run<B: Backend>(args: &Args, be: &B, gpu: bool) -> Result<()> {
         .with_context(|| format!("reading {}", stage1_path.display()))?;
         if s.class_weights.len() != classes {
             bail!("{} has {} classes, the data {classes}", stage1_path.display(), s.class_weights.len());
+        }
+        let saved: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&config_path)
+                .with_context(|| format!("--stage2-only needs {} (written with stage 1)", config_path.display()))?,
+        )?;
+        // The exponent only shapes stage 2: rerunning stage 2 with another p is the point.
+        let stage1_keys =
+            |v: &serde_json::Value| ["model", "train", "train_images", "test_images"].map(|k| v.get(k).cloned());
+        if stage1_keys(&saved) != stage1_keys(&config) {
+            bail!(
+                "stage 1 in {} was run with another configuration:\n  saved: {saved}\n  now:   {config}\n\
+                 use the same flags (or run both stages)",
+                args.out.display()
+            );
         }
         println!("stage 1: reusing {}", stage1_path.display());
         s
@@ -188,6 +203,7 @@ fn run<B: Backend>(args: &Args, be: &B, gpu: bool) -> Result<()> {
             &args.out.join("stage1.safetensors"),
         )?;
         write_json(&stage1_path, &s)?;
+        write_json(&config_path, &config)?;
         s
     };
 

@@ -78,6 +78,9 @@ pub struct Model<B: Backend> {
     grad_a: B::Buf,
     grad_b: B::Buf,
     max_batch: usize,
+    /// Batch size of the last training-mode forward, which `backward` needs (its activations and
+    /// batch statistics); `None` after an eval-mode forward.
+    trained_batch: Option<usize>,
 }
 
 impl<B: Backend> Model<B> {
@@ -155,7 +158,16 @@ impl<B: Backend> Model<B> {
 
         let acts = sizes.iter().map(|&s| be.zeros(s * max_batch)).collect::<Result<Vec<_>>>()?;
         let max_act = sizes.iter().copied().max().unwrap_or(1) * max_batch;
-        Ok(Model { config, ops, acts, sizes, grad_a: be.zeros(max_act)?, grad_b: be.zeros(max_act)?, max_batch })
+        Ok(Model {
+            config,
+            ops,
+            acts,
+            sizes,
+            grad_a: be.zeros(max_act)?,
+            grad_b: be.zeros(max_act)?,
+            max_batch,
+            trained_batch: None,
+        })
     }
 
     /// Number of trainable scalars.
@@ -201,6 +213,7 @@ impl<B: Backend> Model<B> {
     /// statistics (and updates the running ones) instead of the running statistics.
     pub fn forward(&mut self, be: &B, n: usize, train: bool) -> Result<()> {
         self.check_batch(n)?;
+        self.trained_batch = None;
         for (i, op) in self.ops.iter_mut().enumerate() {
             let (before, after) = self.acts.split_at_mut(i + 1);
             let (x, y) = (&before[i], &mut after[0]);
@@ -222,6 +235,9 @@ impl<B: Backend> Model<B> {
                 }
             }
         }
+        if train {
+            self.trained_batch = Some(n);
+        }
         Ok(())
     }
 
@@ -229,6 +245,12 @@ impl<B: Backend> Model<B> {
     /// `dlogits`; leaves every parameter's gradient in place.
     pub fn backward(&mut self, be: &B, n: usize, dlogits: &B::Buf) -> Result<()> {
         self.check_batch(n)?;
+        if self.trained_batch != Some(n) {
+            return Err(Error::shape(
+                "model",
+                format!("backward of a batch of {n} needs a training-mode forward of that batch first"),
+            ));
+        }
         let last = self.ops.len() - 1;
         for i in (0..self.ops.len()).rev() {
             // Gradient of acts[i + 1] is in `dy`; write that of acts[i] into `dx` (not needed for
