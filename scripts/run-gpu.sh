@@ -8,6 +8,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${OUT:-$here/gpu-out}}"
 mkdir -p "$out"
 cd "$here"
+if [ -f bin.tar.xz ] && [ ! -d tests ]; then
+    tar -xJf bin.tar.xz
+fi
 {
     echo "commit: $(cat COMMIT 2>/dev/null)"; date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 } > "$out/device.txt" 2>&1
@@ -21,10 +24,14 @@ grep -E "^=== |test result|FAILED|panicked" "$out/tests.log" > "$out/tests-summa
 : > "$out/benches.log"
 for b in benches/*; do
     echo "=== $b" >> "$out/benches.log"
-    "$b" --bench --warm-up-time 1 --measurement-time 2 --noplot >> "$out/benches.log" 2>&1 || status=1
+    # Brief by default: only the GPU groups, short measurements (BENCH_FILTER='' runs all).
+    "$b" --bench --warm-up-time 0.5 --measurement-time 1 --sample-size 10 --noplot ${BENCH_FILTER-gpu} \
+        >> "$out/benches.log" 2>&1 || status=1
 done
 if [ -z "${CIFAR10_DIR:-}" ] && [ -f data/unpack.py ]; then
-    python3 data/unpack.py /tmp/cifar-10-batches-bin > "$out/unpack.log" 2>&1 && export CIFAR10_DIR=/tmp/cifar-10-batches-bin
+    n=$(python3 -c 'import struct;print(struct.unpack_from("<I", open("data/train.cjpk","rb").read(8), 4)[0])')
+    python3 data/unpack.py /tmp/cifar-10-batches-bin --train-limit "$n" > "$out/unpack.log" 2>&1 &&
+        export CIFAR10_DIR=/tmp/cifar-10-batches-bin
 fi
 if [ -n "${CIFAR10_DIR:-}" ] && [ -x examples/cifar10 ]; then
     examples/cifar10 --device cuda --out "$out/cifar10" ${EXPERIMENT_ARGS:-} > "$out/experiment.log" 2>&1 || status=1

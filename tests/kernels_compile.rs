@@ -15,9 +15,10 @@ fn required() -> bool {
 
 #[test]
 fn every_kernel_compiles_to_loadable_ptx() {
-    if NVCC.is_empty() {
-        assert!(!required(), "EVENCLASS_REQUIRE_NVCC is set but build.rs found no nvcc");
-        eprintln!("no nvcc at build time: kernel compilation not checked");
+    if NVCC.is_empty() || !Path::new(NVCC).exists() || !Path::new(KERNEL_DIR).is_dir() {
+        // Also the case of a test binary copied to another machine (the GPU bundle).
+        assert!(!required(), "EVENCLASS_REQUIRE_NVCC is set but there is no nvcc ({NVCC:?}) or no {KERNEL_DIR}");
+        eprintln!("no nvcc or kernel sources here: kernel compilation not checked");
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -60,6 +61,6 @@ fn embedded_modules_are_fatbins() {
     for (name, bytes) in modules {
         // Fatbin magic 0xBA55ED50, little-endian.
         assert!(bytes.len() > 16 && bytes[..4] == [0x50, 0xED, 0x55, 0xBA], "{name} is not a fatbin");
-        assert!(Path::new(KERNEL_DIR).join(format!("{name}.cu")).exists());
+        assert!(!Path::new(KERNEL_DIR).is_dir() || Path::new(KERNEL_DIR).join(format!("{name}.cu")).exists());
     }
 }
