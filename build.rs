@@ -37,6 +37,7 @@ fn main() {
         }
     }
     sources.sort();
+    write_param_layout(&kernel_dir, &sources, &out_dir);
 
     let archs = parse_archs(&env::var("EVENCLASS_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.into()));
     let nvcc = find_nvcc();
@@ -77,6 +78,42 @@ fn main() {
         }
     };
     fs::write(out_dir.join("kernels.rs"), generated).expect("write kernels.rs");
+}
+
+/// Turns `kernels/params.def` into `OUT_DIR/param_layout.rs`: one `(size, align)` constant per
+/// kernel parameter struct, which `check_params_layout!` compares with the Rust twin. Also checks
+/// that every listed struct is `EC_CHECK_PARAMS`-ed by some kernel source, so neither side can
+/// drift from the list unnoticed.
+fn write_param_layout(kernel_dir: &Path, sources: &[PathBuf], out_dir: &Path) {
+    let def = kernel_dir.join("params.def");
+    let text = fs::read_to_string(&def).unwrap_or_else(|e| panic!("reading {}: {e}", def.display()));
+    let all_sources: String = sources.iter().map(|p| fs::read_to_string(p).expect("readable kernel source")).collect();
+    let mut out = String::from(
+        "/// `(size, align)` in bytes of each kernel parameter struct, from `kernels/params.def`.\n\
+         #[allow(non_upper_case_globals)]\npub(crate) mod param_layout {\n",
+    );
+    for (lineno, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("EC_PARAMS(") else {
+            assert!(line.is_empty() || line.starts_with("//"), "params.def:{}: unexpected line {line:?}", lineno + 1);
+            continue;
+        };
+        let fields: Vec<&str> = rest.trim_end_matches(')').split(',').map(str::trim).collect();
+        let parsed = match fields.as_slice() {
+            [name, size, align] => size.parse::<usize>().ok().zip(align.parse::<usize>().ok()).map(|sa| (*name, sa)),
+            _ => None,
+        };
+        let Some((name, (size, align))) = parsed else {
+            panic!("params.def:{}: expected EC_PARAMS(Name, size, align), got {line:?}", lineno + 1)
+        };
+        assert!(
+            all_sources.contains(&format!("EC_CHECK_PARAMS({name});")),
+            "params.def lists {name}, but no kernels/*.cu has `EC_CHECK_PARAMS({name});` after its struct"
+        );
+        out.push_str(&format!("    pub(crate) const {name}: (usize, usize) = ({size}, {align});\n"));
+    }
+    out.push_str("}\n");
+    fs::write(out_dir.join("param_layout.rs"), out).expect("write param_layout.rs");
 }
 
 fn parse_archs(spec: &str) -> Vec<String> {

@@ -27,6 +27,7 @@ struct AugmentParams {
     float mean[AUG_MAX_CHANNELS];
     float std[AUG_MAX_CHANNELS];
 };
+EC_CHECK_PARAMS(AugmentParams);
 
 template <bool TRAIN>
 __device__ void augment_batch(const uint8_t* __restrict__ data, const int32_t* __restrict__ index,

@@ -23,6 +23,7 @@ struct BnParams {
     int32_t relu;      // fused ReLU: forward clamps the output, backward masks dy by y > 0
     int32_t from_var;  // apply: `stat` holds a variance (eval) rather than an inverse std (train)
 };
+EC_CHECK_PARAMS(BnParams);
 
 // Index in x of the j-th element (j < n * hw) of channel ch.
 __device__ __forceinline__ int chan_index(int j, int ch, const BnParams& p) {

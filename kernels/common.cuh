@@ -64,6 +64,18 @@ __device__ __forceinline__ void flag_bad(int* first_bad, int64_t i) {
     atomicMin(first_bad, (int)(i < INT32_MAX ? i : INT32_MAX - 1));
 }
 
+// ---- parameter structs: layout checked against kernels/params.def (and so the Rust twins) -----------
+#define EC_PARAMS(name, size, align)                 \
+    namespace ec_layout {                            \
+    constexpr unsigned long name##_size = (size);    \
+    constexpr unsigned long name##_align = (align);  \
+    }
+#include "params.def"
+#undef EC_PARAMS
+#define EC_CHECK_PARAMS(name)                                                                   \
+    static_assert(sizeof(name) == ec_layout::name##_size && alignof(name) == ec_layout::name##_align, \
+                  #name " does not match kernels/params.def (and so its Rust twin in src/)")
+
 // extern "C" entry points per dtype, so launch names are predictable: NAME_f32, NAME_f16, NAME_bf16.
 #define EC_FOR_EACH_FLOAT(M) \
     M(float, f32)            \

@@ -29,6 +29,7 @@ struct ConfusionParams {
     int32_t ignore_index;  // compared only when has_ignore
     int32_t privatized;    // 1: shared-memory u32 histogram of C*C (see above), 0: global atomics
 };
+EC_CHECK_PARAMS(ConfusionParams);
 
 extern __shared__ unsigned int confusion_hist[];
 

@@ -28,6 +28,7 @@ struct Conv2dParams {
     int32_t dil_h, dil_w;
     int32_t oh, ow;
 };
+EC_CHECK_PARAMS(Conv2dParams);
 
 namespace conv {
 constexpr int BM = 64;        // tile rows (the GEMM's M: filters, or channels for bwd-data)

@@ -36,6 +36,7 @@ struct CeParams {
     float label_smoothing;    // eps in [0, 1]
     int32_t grad_output_len;  // 0: upstream gradient 1; 1: a scalar; rows: one per sample
 };
+EC_CHECK_PARAMS(CeParams);
 
 enum { RED_NONE = 0, RED_SUM = 1, RED_MEAN = 2 };
 

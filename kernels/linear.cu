@@ -24,6 +24,7 @@ struct GemmParams {
     int32_t ldc;
     int32_t has_bias;  // bias (length n) is read only when set
 };
+EC_CHECK_PARAMS(GemmParams);
 
 // grid: (ceil(n / 64), ceil(m / 64)), block: 256.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)

@@ -20,6 +20,7 @@ struct SgdParams {
     float weight_decay;
     int32_t nesterov;
 };
+EC_CHECK_PARAMS(SgdParams);
 
 extern "C" __global__ void sgd_step_f32(float* __restrict__ param, const float* __restrict__ grad,
                                         float* __restrict__ buf, SgdParams q) {

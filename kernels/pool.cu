@@ -13,6 +13,7 @@ struct PoolParams {
     int32_t planes;  // n * c
     int32_t h, w;
 };
+EC_CHECK_PARAMS(PoolParams);
 
 extern "C" __global__ void max_pool_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
                                             uint8_t* __restrict__ argmax, PoolParams p) {

@@ -17,6 +17,7 @@ struct SoftmaxParams {
     int32_t cols;
     int32_t warp_per_row;  // 1: a warp per row, 0: a block per row
 };
+EC_CHECK_PARAMS(SoftmaxParams);
 
 template <typename T, bool LOG, bool WARP>
 __device__ void softmax_fwd_rows(const T* __restrict__ x, T* __restrict__ y, SoftmaxParams p) {

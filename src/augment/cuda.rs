@@ -29,6 +29,7 @@ struct AugmentParams {
 // SAFETY: plain-old-data with the same layout as the C struct (six i32, then two arrays of four
 // f32: 56 bytes, 4-aligned, no padding).
 unsafe impl cudarc::driver::DeviceRepr for AugmentParams {}
+crate::cuda::check_params_layout!(AugmentParams);
 
 /// Training batch into `out` (`n x c x h x w` f32, `n = indices.len()`): gather `data`
 /// (`count x c x h x w` bytes), crop at `crops` (`(dy, dx)` per image, `2 n` bytes), mirror where

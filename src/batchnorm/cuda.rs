@@ -25,6 +25,7 @@ struct BnParams {
 }
 // SAFETY: plain-old-data with the same layout as the C struct (seven 4-byte fields; no padding).
 unsafe impl cudarc::driver::DeviceRepr for BnParams {}
+crate::cuda::check_params_layout!(BnParams);
 
 /// Training forward: `y = bn(x)` with batch statistics; writes `save_mean`, `save_invstd` and
 /// updates `running_mean`, `running_var` in place.

@@ -34,6 +34,7 @@ struct ConfusionParams {
 }
 // SAFETY: plain-old-data with the same layout as the C struct (i64, then four i32; no padding).
 unsafe impl cudarc::driver::DeviceRepr for ConfusionParams {}
+crate::cuda::check_params_layout!(ConfusionParams);
 
 /// Adds the confusion counts of `logits` (`targets.len()` x `classes`, row-major; predicted class
 /// = row argmax, fused) against `targets` to `counts` (`classes * classes`, row-major, row = true

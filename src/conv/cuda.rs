@@ -57,6 +57,7 @@ struct Conv2dParams {
 }
 // SAFETY: plain-old-data with the same layout as the C struct (15 x i32, no padding).
 unsafe impl cudarc::driver::DeviceRepr for Conv2dParams {}
+crate::cuda::check_params_layout!(Conv2dParams);
 
 impl Conv2dParams {
     /// The kernels' parameters, or [`Error::TooLarge`] when a tensor does not fit 32-bit indexing.

@@ -31,6 +31,7 @@ struct CeParams {
 // SAFETY: plain-old-data laid out exactly as the C struct (i64 then eight 4-byte fields: 40 bytes,
 // 8-byte aligned on both sides, no padding).
 unsafe impl cudarc::driver::DeviceRepr for CeParams {}
+crate::cuda::check_params_layout!(CeParams);
 
 /// Scratch buffers reused across calls: per-row losses, the two statistics and the target flag.
 pub struct Workspace {

@@ -15,6 +15,22 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
+include!(concat!(env!("OUT_DIR"), "/param_layout.rs"));
+
+/// Compile-time check of a kernel parameter struct against `kernels/params.def`, the one list that
+/// the C side `static_assert`s too (`EC_CHECK_PARAMS`): a field changed on one side only fails to
+/// compile.
+macro_rules! check_params_layout {
+    ($t:ident) => {
+        const _: () = assert!(
+            std::mem::size_of::<$t>() == $crate::cuda::param_layout::$t.0
+                && std::mem::align_of::<$t>() == $crate::cuda::param_layout::$t.1,
+            concat!(stringify!($t), " does not match kernels/params.def (and so its C twin in kernels/)")
+        );
+    };
+}
+pub(crate) use check_params_layout;
+
 pub use cudarc;
 
 /// Why the kernels are missing from this build, or `None` when build.rs compiled them.

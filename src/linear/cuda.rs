@@ -29,6 +29,7 @@ struct GemmParams {
 }
 // SAFETY: plain-old-data with the same layout as the C struct (nine i32; no padding).
 unsafe impl cudarc::driver::DeviceRepr for GemmParams {}
+crate::cuda::check_params_layout!(GemmParams);
 
 /// `y = x W^T + b`: `x` is `batch x in`, `w` is `out x in`, `b` is `out`, `y` is `batch x out`.
 pub fn forward(

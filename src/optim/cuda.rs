@@ -22,6 +22,7 @@ struct SgdParams {
 // SAFETY: plain-old-data with the same layout as the C struct (i64 then four 4-byte fields: 24
 // bytes, 8-aligned, no padding).
 unsafe impl cudarc::driver::DeviceRepr for SgdParams {}
+crate::cuda::check_params_layout!(SgdParams);
 
 /// One SGD step in place over `params`, with the same-length `grads` and momentum `buf`
 /// (zero-filled before the first step; untouched when `momentum == 0`).

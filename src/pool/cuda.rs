@@ -20,6 +20,7 @@ struct PoolParams {
 }
 // SAFETY: plain-old-data with the same layout as the C struct (three i32; no padding).
 unsafe impl cudarc::driver::DeviceRepr for PoolParams {}
+crate::cuda::check_params_layout!(PoolParams);
 
 /// 2x2 stride-2 max-pool: `y` and `argmax` hold `shape.pooled_len()` elements.
 pub fn max_pool_forward(

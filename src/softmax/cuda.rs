@@ -21,6 +21,7 @@ struct SoftmaxParams {
 }
 // SAFETY: plain-old-data with the same layout as the C struct (i64, i32, i32; no padding).
 unsafe impl cudarc::driver::DeviceRepr for SoftmaxParams {}
+crate::cuda::check_params_layout!(SoftmaxParams);
 
 /// Softmax or log-softmax of each row of the `rows x cols` matrix `x` into `y` (both row-major).
 pub fn forward<T: Dtype>(
