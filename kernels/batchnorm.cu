@@ -25,6 +25,9 @@ struct BnParams {
 };
 EC_CHECK_PARAMS(BnParams);
 
+// The per-channel reductions run 256 or 512 threads a block (src/batchnorm/cuda.rs).
+#define BN_MAX_BLOCK 512
+
 // Index in x of the j-th element (j < n * hw) of channel ch.
 __device__ __forceinline__ int chan_index(int j, int ch, const BnParams& p) {
     const int img = j / p.hw;
@@ -35,7 +38,8 @@ __device__ __forceinline__ int chan_index(int j, int ch, const BnParams& p) {
 __device__ __forceinline__ float relu(float v) { return v <= 0.0f ? 0.0f : v; }
 
 // Batch statistics of every channel: save_mean, save_invstd, and the running statistics update.
-extern "C" __global__ void batchnorm_stats_f32(const float* __restrict__ x, float* __restrict__ running_mean,
+extern "C" __global__ void __launch_bounds__(BN_MAX_BLOCK)
+    batchnorm_stats_f32(const float* __restrict__ x, float* __restrict__ running_mean,
                                                float* __restrict__ running_var, float* __restrict__ save_mean,
                                                float* __restrict__ save_invstd, BnParams p) {
     __shared__ float scratch[32];
@@ -79,7 +83,8 @@ extern "C" __global__ void batchnorm_apply_f32(const float* __restrict__ x, cons
 
 // dbeta = sum g, dgamma = invstd * sum g * (x - mean) per channel (written, not accumulated).
 // `y` (the saved forward output) is read only when p.relu is set.
-extern "C" __global__ void batchnorm_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ y,
+extern "C" __global__ void __launch_bounds__(BN_MAX_BLOCK)
+    batchnorm_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ y,
                                                     const float* __restrict__ dy, const float* __restrict__ mean,
                                                     const float* __restrict__ invstd, float* __restrict__ dgamma,
                                                     float* __restrict__ dbeta, BnParams p) {

@@ -64,6 +64,15 @@ __device__ __forceinline__ void flag_bad(int* first_bad, int64_t i) {
     atomicMin(first_bad, (int)(i < INT32_MAX ? i : INT32_MAX - 1));
 }
 
+// ---- launch bounds -------------------------------------------------------------------------------
+// Kernels the host may launch with up to 1024 threads per block say so (EC_BOUNDS_MAX_BLOCK), which
+// caps them at 64 registers per thread: 1024 x 64 is a block's whole register file on sm_80/sm_90,
+// so such a launch cannot fail for lack of registers. The explicit minimum of one block per SM
+// matters: with `__launch_bounds__(1024)` alone ptxas aims at two blocks per SM, caps registers at
+// 32 and spills (the cross-entropy kernel: 32 bytes of spill stores; `-Xptxas -v` shows it).
+#define EC_MAX_BLOCK 1024
+#define EC_BOUNDS_MAX_BLOCK __launch_bounds__(EC_MAX_BLOCK, 1)
+
 // ---- parameter structs: layout checked against kernels/params.def (and so the Rust twins) -----------
 #define EC_PARAMS(name, size, align)                 \
     namespace ec_layout {                            \

@@ -43,8 +43,9 @@ enum { RED_NONE = 0, RED_SUM = 1, RED_MEAN = 2 };
 __device__ __forceinline__ bool is_ignored(int t, const CeParams& p) { return p.has_ignore && t == p.ignore_index; }
 __device__ __forceinline__ float class_weight(const float* w, int c, const CeParams& p) { return p.has_weight ? w[c] : 1.0f; }
 
-extern "C" __global__ void cross_entropy_prepare(const int32_t* __restrict__ targets, const float* __restrict__ weight,
-                                                 CeParams p, int* first_bad, float* stats) {
+extern "C" __global__ void EC_BOUNDS_MAX_BLOCK
+    cross_entropy_prepare(const int32_t* __restrict__ targets, const float* __restrict__ weight, CeParams p,
+                          int* first_bad, float* stats) {
     __shared__ float scratch[32];
     float tw = 0.0f;
     for (int64_t i = threadIdx.x; i < p.rows; i += blockDim.x) {
@@ -120,19 +121,20 @@ __device__ void ce_rows(const T* __restrict__ logits, const int32_t* __restrict_
     }
 }
 
-#define CE_ENTRY(T, SUF)                                                                                       \
-    extern "C" __global__ void cross_entropy_fwd_bwd_##SUF(const T* logits, const int32_t* targets,             \
-                                                           const float* weight, const float* stats,            \
-                                                           const float* grad_output, float* row_loss, T* grad, \
-                                                           CeParams p) {                                       \
-        if (p.warp_per_row) ce_rows<T, true>(logits, targets, weight, stats, grad_output, row_loss, grad, p);  \
-        else ce_rows<T, false>(logits, targets, weight, stats, grad_output, row_loss, grad, p);                \
+#define CE_ENTRY(T, SUF)                                                                                      \
+    extern "C" __global__ void EC_BOUNDS_MAX_BLOCK                                                            \
+        cross_entropy_fwd_bwd_##SUF(const T* logits, const int32_t* targets, const float* weight,             \
+                                    const float* stats, const float* grad_output, float* row_loss, T* grad,   \
+                                    CeParams p) {                                                             \
+        if (p.warp_per_row) ce_rows<T, true>(logits, targets, weight, stats, grad_output, row_loss, grad, p); \
+        else ce_rows<T, false>(logits, targets, weight, stats, grad_output, row_loss, grad, p);               \
     }
 
 EC_FOR_EACH_FLOAT(CE_ENTRY)
 
-extern "C" __global__ void cross_entropy_reduce(const float* __restrict__ row_loss, const float* __restrict__ stats,
-                                                float* out, CeParams p) {
+extern "C" __global__ void EC_BOUNDS_MAX_BLOCK
+    cross_entropy_reduce(const float* __restrict__ row_loss, const float* __restrict__ stats, float* out,
+                         CeParams p) {
     __shared__ float scratch[32];
     float s = 0.0f;
     for (int64_t i = threadIdx.x; i < p.rows; i += blockDim.x) s += row_loss[i];

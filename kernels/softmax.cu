@@ -60,22 +60,25 @@ __device__ void softmax_bwd_rows(const T* __restrict__ y, const T* __restrict__ 
     }
 }
 
-#define SOFTMAX_ENTRY(T, SUF)                                                                          \
-    extern "C" __global__ void softmax_fwd_##SUF(const T* x, T* y, SoftmaxParams p) {                  \
-        if (p.warp_per_row) softmax_fwd_rows<T, false, true>(x, y, p);                                 \
-        else softmax_fwd_rows<T, false, false>(x, y, p);                                               \
-    }                                                                                                  \
-    extern "C" __global__ void log_softmax_fwd_##SUF(const T* x, T* y, SoftmaxParams p) {              \
-        if (p.warp_per_row) softmax_fwd_rows<T, true, true>(x, y, p);                                  \
-        else softmax_fwd_rows<T, true, false>(x, y, p);                                                \
-    }                                                                                                  \
-    extern "C" __global__ void softmax_bwd_##SUF(const T* y, const T* dy, T* dx, SoftmaxParams p) {    \
-        if (p.warp_per_row) softmax_bwd_rows<T, false, true>(y, dy, dx, p);                            \
-        else softmax_bwd_rows<T, false, false>(y, dy, dx, p);                                          \
-    }                                                                                                  \
-    extern "C" __global__ void log_softmax_bwd_##SUF(const T* y, const T* dy, T* dx, SoftmaxParams p) { \
-        if (p.warp_per_row) softmax_bwd_rows<T, true, true>(y, dy, dx, p);                             \
-        else softmax_bwd_rows<T, true, false>(y, dy, dx, p);                                           \
+// Launched with up to 1024 threads a block (a block per row): EC_BOUNDS_MAX_BLOCK.
+#define SOFTMAX_ENTRY(T, SUF)                                                                                 \
+    extern "C" __global__ void EC_BOUNDS_MAX_BLOCK softmax_fwd_##SUF(const T* x, T* y, SoftmaxParams p) {     \
+        if (p.warp_per_row) softmax_fwd_rows<T, false, true>(x, y, p);                                        \
+        else softmax_fwd_rows<T, false, false>(x, y, p);                                                      \
+    }                                                                                                         \
+    extern "C" __global__ void EC_BOUNDS_MAX_BLOCK log_softmax_fwd_##SUF(const T* x, T* y, SoftmaxParams p) { \
+        if (p.warp_per_row) softmax_fwd_rows<T, true, true>(x, y, p);                                         \
+        else softmax_fwd_rows<T, true, false>(x, y, p);                                                       \
+    }                                                                                                         \
+    extern "C" __global__ void EC_BOUNDS_MAX_BLOCK softmax_bwd_##SUF(const T* y, const T* dy, T* dx,          \
+                                                                     SoftmaxParams p) {                       \
+        if (p.warp_per_row) softmax_bwd_rows<T, false, true>(y, dy, dx, p);                                   \
+        else softmax_bwd_rows<T, false, false>(y, dy, dx, p);                                                 \
+    }                                                                                                         \
+    extern "C" __global__ void EC_BOUNDS_MAX_BLOCK log_softmax_bwd_##SUF(const T* y, const T* dy, T* dx,      \
+                                                                         SoftmaxParams p) {                   \
+        if (p.warp_per_row) softmax_bwd_rows<T, true, true>(y, dy, dx, p);                                    \
+        else softmax_bwd_rows<T, true, false>(y, dy, dx, p);                                                  \
     }
 
 EC_FOR_EACH_FLOAT(SOFTMAX_ENTRY)
