@@ -15,8 +15,9 @@
 //                (k tile, c tile, tap, split of npq); splits go to a workspace summed in a fixed
 //                order by conv2d_sum_splits_f32, so the result is deterministic)
 //
-// Indexing is 32-bit: the host guarantees every tensor (and the split workspace) has < 2^31
-// elements. Elements outside the image read as zero; nothing is read or written out of bounds.
+// Indexing is 32-bit: the host guarantees every tensor, GEMM dimension and the split workspace
+// stays at most 2^31 - 1025 (MAX_INDEX in src/cuda), so indices formed up to a tile (64) or a block
+// stride (256) past the end cannot overflow. Elements outside the image read as zero; nothing is read or written out of bounds.
 #include "common.cuh"
 
 // Mirrors `Conv2dParams` in src/conv/cuda.rs.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::{AugmentSpec, MAX_CHANNELS};
-use crate::cuda::{blocks_for, cfg, check_len, function, BadIndexFlag};
+use crate::cuda::{blocks_for, cfg, check_len, function, BadIndexFlag, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "augment (cuda)";
@@ -126,10 +126,10 @@ fn report(
 fn params(spec: &AugmentSpec, data_len: usize, n: usize) -> Result<AugmentParams> {
     let count = spec.check(OP, data_len)?;
     let total = n.checked_mul(spec.image_len());
-    if total.is_none_or(|t| t > i32::MAX as usize) || count > i32::MAX as usize {
+    if total.is_none_or(|t| t > MAX_INDEX) || count > MAX_INDEX {
         return Err(Error::TooLarge {
             op: OP,
-            msg: format!("{n} images of {} values (or a dataset of {count} images) exceed i32", spec.image_len()),
+            msg: format!("{n} images of {} values (or a dataset of {count} images) exceed the kernels' 32-bit indexing (at most {MAX_INDEX})", spec.image_len()),
         });
     }
     // c <= 4, pad <= 127, and h, w are at most the image length, which fits i32 when n >= 1 (n = 0

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{BnConfig, BnShape};
-use crate::cuda::{blocks_for, cfg, check_len, function};
+use crate::cuda::{blocks_for, cfg, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "batchnorm (cuda)";
@@ -295,10 +295,12 @@ fn bwd(
 }
 
 fn params(shape: BnShape, config: BnConfig, relu: bool, from_var: bool) -> Result<BnParams> {
-    let fits =
-        shape.n.checked_mul(shape.c).and_then(|v| v.checked_mul(shape.hw)).is_some_and(|v| v <= i32::MAX as usize);
+    let fits = shape.n.checked_mul(shape.c).and_then(|v| v.checked_mul(shape.hw)).is_some_and(|v| v <= MAX_INDEX);
     if !fits {
-        return Err(Error::TooLarge { op: OP, msg: format!("{shape:?} has more than i32::MAX elements") });
+        return Err(Error::TooLarge {
+            op: OP,
+            msg: format!("{shape:?} has more than {MAX_INDEX} elements (32-bit indexing)"),
+        });
     }
     // n, c and hw are each at most the product (or the product is 0 and the kernels do not run).
     let small = |v: usize| v.min(i32::MAX as usize) as i32;

@@ -1,14 +1,14 @@
 //! CUDA launches of `kernels/conv.cu` on the caller's stream and device buffers (f32).
 //!
 //! Every function checks every buffer length against the [`Conv2dShape`] before launching. The
-//! kernels index with 32-bit integers, so tensors of 2^31 elements or more are refused
+//! kernels index with 32-bit integers, so tensors (and GEMM dimensions) above [`MAX_INDEX`] are refused
 //! ([`Error::TooLarge`]).
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::Conv2dShape;
-use crate::cuda::{blocks_for, cfg, check_len, function};
+use crate::cuda::{blocks_for, cfg, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "conv2d (cuda)";
@@ -62,12 +62,22 @@ crate::cuda::check_params_layout!(Conv2dParams);
 impl Conv2dParams {
     /// The kernels' parameters, or [`Error::TooLarge`] when a tensor does not fit 32-bit indexing.
     fn new(sh: &Conv2dShape) -> Result<Self> {
-        let max = i32::MAX as usize;
-        for (what, len) in [("input", sh.input_len()), ("filter", sh.filter_len()), ("output", sh.output_len())] {
-            if len > max {
+        // Besides the tensors, the implicit GEMMs' dimensions: the kernels form column indices up
+        // to a 64-wide tile past N*OH*OW (forward, weight gradient) and N*H*W (data gradient), and
+        // the bias gradient strides 256 past N*OH*OW, all in i32.
+        let npq = sh.n() * sh.oh() * sh.ow();
+        let nhw = sh.n() * sh.h() * sh.w();
+        for (what, len) in [
+            ("input", sh.input_len()),
+            ("filter", sh.filter_len()),
+            ("output", sh.output_len()),
+            ("N*OH*OW", npq),
+            ("N*H*W", nhw),
+        ] {
+            if len > MAX_INDEX {
                 return Err(Error::TooLarge {
                     op: OP,
-                    msg: format!("{what} has {len} elements; the kernels take < 2^31"),
+                    msg: format!("{what} is {len}; the kernels index with 32 bits and take at most {MAX_INDEX}"),
                 });
             }
         }
@@ -341,4 +351,32 @@ pub fn bias_grad(
     // of 32, as block_sum needs); the arguments match `(const float*, float*, Conv2dParams, float)`.
     unsafe { b.launch(cfg(blocks_for(shape.k(), 1).min(65_535), 256, 0)) }.during(OP)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::Conv2dOpts;
+
+    fn shape(input: [usize; 4], filter: [usize; 4]) -> Conv2dShape {
+        Conv2dShape::new(input, filter, Conv2dOpts::default()).expect("valid shape")
+    }
+
+    #[test]
+    fn sizes_within_a_tile_of_2_pow_31_are_refused_before_launch() {
+        // 1x1 convolutions over one very wide row: N*OH*OW = N*H*W = the input length.
+        for len in [i32::MAX as usize - 10, i32::MAX as usize - 63, MAX_INDEX + 1] {
+            let err = Conv2dParams::new(&shape([1, 1, 1, len], [1, 1, 1, 1])).unwrap_err();
+            assert!(matches!(err, Error::TooLarge { .. }), "{len}: {err}");
+        }
+        // Many images of one pixel: the GEMM column count is N, the tensors are small per image.
+        let err = Conv2dParams::new(&shape([i32::MAX as usize - 5, 1, 1, 1], [1, 1, 1, 1])).unwrap_err();
+        assert!(err.to_string().contains("N*OH*OW") || err.to_string().contains("input"), "{err}");
+        // Filters: K within a tile of 2^31.
+        let err = Conv2dParams::new(&shape([1, 1, 1, 1], [i32::MAX as usize - 3, 1, 1, 1])).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        // The largest accepted size still builds parameters.
+        let p = Conv2dParams::new(&shape([1, 1, 1, MAX_INDEX], [1, 1, 1, 1])).expect("MAX_INDEX fits");
+        assert_eq!(p.w as usize, MAX_INDEX);
+    }
 }

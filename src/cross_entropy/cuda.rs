@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::{Options, Reduction};
-use crate::cuda::{blocks_for, cfg, check_len, function, read_one, BadIndexFlag, Dtype};
+use crate::cuda::{blocks_for, cfg, check_len, function, read_one, BadIndexFlag, Dtype, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "cross_entropy (cuda)";
@@ -155,8 +155,8 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
     if classes == 0 {
         return Err(Error::shape(OP, "logits need at least one class"));
     }
-    if classes > i32::MAX as usize {
-        return Err(Error::TooLarge { op: OP, msg: format!("{classes} classes") });
+    if classes > MAX_INDEX {
+        return Err(Error::TooLarge { op: OP, msg: format!("{classes} classes, at most {MAX_INDEX}") });
     }
     let rows = targets.len();
     if rows > i32::MAX as usize - 1 || rows.checked_mul(classes).is_none_or(|n| n > i64::MAX as usize) {

@@ -77,6 +77,12 @@ fn check_driver_library() -> Result<()> {
     }
 }
 
+/// Largest size or element count that a kernel indexes with 32-bit integers: `2^31 - 1 - 1024`.
+/// The kernels form indices up to one tile (64) or one block-wide stride (at most 1024 threads) past
+/// the last element before they compare it with the size, and that index must not overflow `i32`.
+/// Every wrapper refuses larger sizes with [`Error::TooLarge`] before launching.
+pub const MAX_INDEX: usize = i32::MAX as usize - 1024;
+
 /// Storage types the kernels are instantiated for; arithmetic is always f32.
 pub trait Dtype: DeviceRepr + Copy + Default + Send + Sync + 'static {
     /// Suffix of the `extern "C"` entry points: `softmax_fwd_f32`, `..._f16`, `..._bf16`.

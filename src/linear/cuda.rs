@@ -5,7 +5,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{Gemm, LinearShape};
-use crate::cuda::{blocks_for, cfg, check_len, function};
+use crate::cuda::{blocks_for, cfg, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "linear (cuda)";
@@ -184,11 +184,12 @@ unsafe fn launch_gemm(
 
 /// Kernel params for `g`, after checking that every size fits the kernel (i32, grid limits).
 fn gemm_params(g: Gemm, has_bias: bool) -> Result<GemmParams> {
-    let big = |v: usize| v > i32::MAX as usize;
+    // The kernel forms row, column and depth indices up to a tile past the end (MAX_INDEX).
+    let big = |v: usize| v > MAX_INDEX;
     if big(g.m) || big(g.n) || big(g.k) || g.m.div_ceil(TILE) > 65_535 {
         return Err(Error::TooLarge {
             op: OP,
-            msg: format!("{g:?} exceeds the kernel's limits (i32 sizes, m <= 4194240)"),
+            msg: format!("{g:?} exceeds the kernel's limits (sizes <= {MAX_INDEX}, m <= 4194240)"),
         });
     }
     let (a_rs, a_cs) = g.a_strides();
@@ -208,4 +209,23 @@ fn gemm_params(g: Gemm, has_bias: bool) -> Result<GemmParams> {
 
 fn lens(shape: LinearShape) -> Result<(usize, usize, usize)> {
     shape.lens().ok_or_else(|| Error::TooLarge { op: OP, msg: format!("{shape:?} overflows usize") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_within_a_tile_of_2_pow_31_are_refused_before_launch() {
+        let near = i32::MAX as usize - 40;
+        for g in [
+            Gemm { m: 1, n: near, k: 1, trans_a: false, trans_b: false },
+            Gemm { m: 1, n: 1, k: near, trans_a: false, trans_b: true },
+            Gemm { m: 4_000_000, n: 1, k: MAX_INDEX + 1, trans_a: true, trans_b: false },
+        ] {
+            assert!(matches!(gemm_params(g, false), Err(Error::TooLarge { .. })), "{g:?}");
+        }
+        let ok = Gemm { m: 1, n: MAX_INDEX, k: MAX_INDEX, trans_a: false, trans_b: false };
+        assert_eq!(gemm_params(ok, true).expect("fits").n as usize, MAX_INDEX);
+    }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::PoolShape;
-use crate::cuda::{blocks_for, cfg, check_len, function};
+use crate::cuda::{blocks_for, cfg, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "pool (cuda)";
@@ -127,8 +127,11 @@ pub fn global_avg_pool_backward(
 
 /// Validates the shape (`h, w >= min_side`, at most i32::MAX elements) and builds the params.
 fn params(shape: PoolShape, min_side: usize) -> Result<PoolParams> {
-    if shape.checked_len().is_none_or(|n| n > i32::MAX as usize) {
-        return Err(Error::TooLarge { op: OP, msg: format!("{shape:?} has more than i32::MAX elements") });
+    if shape.checked_len().is_none_or(|n| n > MAX_INDEX) {
+        return Err(Error::TooLarge {
+            op: OP,
+            msg: format!("{shape:?} has more than {MAX_INDEX} elements (32-bit indexing)"),
+        });
     }
     if shape.h < min_side || shape.w < min_side {
         return Err(Error::shape(

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::Kind;
-use crate::cuda::{blocks_for, cfg, check_len, function, Dtype};
+use crate::cuda::{blocks_for, cfg, check_len, function, Dtype, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "softmax (cuda)";
@@ -89,7 +89,7 @@ fn plan(rows: usize, cols: usize) -> Result<(SoftmaxParams, cudarc::driver::Laun
     if cols == 0 {
         return Err(Error::shape(OP, "a row needs at least one column"));
     }
-    if cols > i32::MAX as usize || rows.checked_mul(cols).is_none_or(|n| n > i64::MAX as usize) {
+    if cols > MAX_INDEX || rows.checked_mul(cols).is_none_or(|n| n > i64::MAX as usize) {
         return Err(Error::TooLarge { op: OP, msg: format!("{rows} x {cols} is too large") });
     }
     let warp = cols <= WARP_ROW_MAX_COLS;
