@@ -52,8 +52,10 @@ fn main() {
 
     let generated = match outcome {
         Ok(modules) => {
-            let mut s = String::from(
-                "/// Set when build.rs compiled the kernels.\npub const NOT_COMPILED: Option<&str> = None;\n",
+            let release = nvcc.as_deref().and_then(nvcc_release);
+            let mut s = format!(
+                "/// Set when build.rs compiled the kernels.\npub const NOT_COMPILED: Option<&str> = None;\n\
+                 /// nvcc's release (`13.0`) that built the kernels.\npub const NVCC_RELEASE: Option<&str> = {release:?};\n"
             );
             s.push_str(
                 "/// (module name, fatbin) for every `kernels/*.cu`.\npub static MODULES: &[(&str, &[u8])] = &[\n",
@@ -73,6 +75,7 @@ fn main() {
             }
             format!(
                 "/// Set when build.rs compiled the kernels.\npub const NOT_COMPILED: Option<&str> = Some({why:?});\n\
+                 /// nvcc's release that built the kernels.\npub const NVCC_RELEASE: Option<&str> = None;\n\
                  /// (module name, fatbin) for every `kernels/*.cu`.\npub static MODULES: &[(&str, &[u8])] = &[];\n"
             )
         }
@@ -114,6 +117,14 @@ fn write_param_layout(kernel_dir: &Path, sources: &[PathBuf], out_dir: &Path) {
     }
     out.push_str("}\n");
     fs::write(out_dir.join("param_layout.rs"), out).expect("write param_layout.rs");
+}
+
+/// `13.0` from nvcc's `--version` line `Cuda compilation tools, release 13.0, V13.0.88`.
+fn nvcc_release(nvcc: &Path) -> Option<String> {
+    let out = Command::new(nvcc).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rest = &text[text.find("release ")? + "release ".len()..];
+    Some(rest.split(',').next()?.trim().to_string())
 }
 
 fn parse_archs(spec: &str) -> Vec<String> {

@@ -24,6 +24,10 @@ pub enum Error {
     #[error("{op}: {msg}")]
     TooLarge { op: &'static str, msg: String },
 
+    /// A device buffer lives on another device than the stream it was passed with.
+    #[error("{op}: {what} lives on device {buffer}, but the stream is on device {stream}")]
+    WrongDevice { op: &'static str, what: String, buffer: usize, stream: usize },
+
     /// No usable CUDA driver or device.
     #[error("CUDA is not available: {0}")]
     NoCuda(String),
@@ -31,6 +35,32 @@ pub enum Error {
     /// build.rs found no nvcc (or was told not to compile), so there is nothing to launch.
     #[error("kernels were not compiled: install nvcc or set NVCC (build said: {0})")]
     KernelsNotCompiled(String),
+
+    /// A kernel failed while it ran (reported by its own launch when
+    /// [`sync_launches`](crate::cuda::sync_launches) is on).
+    #[error("{op}: kernel {kernel} failed: {source}")]
+    KernelFailed {
+        op: &'static str,
+        kernel: String,
+        #[source]
+        source: DriverError,
+    },
+
+    /// The driver cannot load the embedded kernels: they were built by a newer CUDA than it supports.
+    // The code is printed from the enum itself: DriverError's own Display and Debug ask the driver
+    // library for the text.
+    #[error(
+        "the CUDA driver cannot load the kernels ({:?}): they were built with CUDA {built}, and this \
+         driver supports CUDA {driver}. Update the NVIDIA driver (CUDA 13.0 needs 580.65.06 or newer \
+         on Linux), or rebuild with an nvcc no newer than the driver (NVCC=...)",
+        .source.0
+    )]
+    DriverTooOld {
+        built: String,
+        driver: String,
+        #[source]
+        source: DriverError,
+    },
 
     /// An error reported by the CUDA driver.
     #[error("CUDA driver error in {op}: {source}")]

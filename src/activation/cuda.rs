@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 
-use crate::cuda::{blocks_for, cfg, check_len, function};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function};
 use crate::error::{DriverContext, Result};
 
 const OP: &str = "relu (cuda)";
@@ -11,6 +11,7 @@ const MODULE: &str = "activation";
 
 /// `y = relu(x)`; `y` has the length of `x`.
 pub fn relu_forward(stream: &Arc<CudaStream>, x: &impl DevicePtr<f32>, y: &mut impl DevicePtrMut<f32>) -> Result<()> {
+    check_devices!(OP, stream, x, y);
     let n = x.len();
     check_len(OP, "y", y.len(), n)?;
     if n == 0 {
@@ -24,11 +25,13 @@ pub fn relu_forward(stream: &Arc<CudaStream>, x: &impl DevicePtr<f32>, y: &mut i
     b.arg(&xp).arg(&yp).arg(&n64);
     // SAFETY: x and y hold n f32 (checked above); the kernel touches indices below n only.
     unsafe { b.launch(launch(n)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
 /// `x = relu(x)` in place.
 pub fn relu_forward_inplace(stream: &Arc<CudaStream>, x: &mut impl DevicePtrMut<f32>) -> Result<()> {
+    check_devices!(OP, stream, x);
     let n = x.len();
     if n == 0 {
         return Ok(());
@@ -41,6 +44,7 @@ pub fn relu_forward_inplace(stream: &Arc<CudaStream>, x: &mut impl DevicePtrMut<
     // SAFETY: x holds n f32; the kernel reads and writes index i < n only, each by one thread (its
     // pointers are not __restrict__, so passing x as both input and output is allowed).
     unsafe { b.launch(launch(n)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -51,6 +55,7 @@ pub fn relu_backward(
     dy: &impl DevicePtr<f32>,
     dx: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, y, dy, dx);
     let n = y.len();
     check_len(OP, "dy", dy.len(), n)?;
     check_len(OP, "dx", dx.len(), n)?;
@@ -66,6 +71,7 @@ pub fn relu_backward(
     b.arg(&yp).arg(&dyp).arg(&dxp).arg(&n64);
     // SAFETY: all three buffers hold n f32 (checked above); indices below n only.
     unsafe { b.launch(launch(n)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -75,6 +81,7 @@ pub fn relu_backward_inplace(
     y: &impl DevicePtr<f32>,
     grad: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, y, grad);
     let n = y.len();
     check_len(OP, "grad", grad.len(), n)?;
     if n == 0 {
@@ -89,6 +96,7 @@ pub fn relu_backward_inplace(
     // SAFETY: y and grad hold n f32; each index i < n is read then written by one thread (no
     // __restrict__ in the kernel, so dy == dx is allowed).
     unsafe { b.launch(launch(n)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 

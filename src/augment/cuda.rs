@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::{AugmentSpec, MAX_CHANNELS};
-use crate::cuda::{blocks_for, cfg, check_len, function, BadIndexFlag, MAX_INDEX};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, BadIndexFlag, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "augment (cuda)";
@@ -43,6 +43,7 @@ pub fn train_batch(
     out: &mut impl DevicePtrMut<f32>,
     spec: &AugmentSpec,
 ) -> Result<()> {
+    check_devices!(OP, stream, data, indices, crops, flips, out);
     let n = indices.len();
     check_len(OP, "crops", crops.len(), 2 * n)?;
     check_len(OP, "flips", flips.len(), n)?;
@@ -67,6 +68,7 @@ pub fn train_batch(
         // for 0 <= index < count, 0 <= dy, dx <= 2 pad and in-image (sy, sx), and writes out[i] for
         // i < n*c*h*w; the flag is one i32.
         unsafe { b.launch(launch(n * spec.image_len())) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
     }
     report(stream, &flag, indices, Some(crops), spec, p.count)
 }
@@ -79,6 +81,7 @@ pub fn eval_batch(
     out: &mut impl DevicePtrMut<f32>,
     spec: &AugmentSpec,
 ) -> Result<()> {
+    check_devices!(OP, stream, data, indices, out);
     let n = indices.len();
     let p = params(spec, data.len(), n)?;
     check_len(OP, "out", out.len(), n * spec.image_len())?;
@@ -96,6 +99,7 @@ pub fn eval_batch(
         b.arg(&dp).arg(&ip).arg(&op).arg(&bp).arg(&p);
         // SAFETY: as in `train_batch`, without crops and flips (the eval kernel reads neither).
         unsafe { b.launch(launch(n * spec.image_len())) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
     }
     report(stream, &flag, indices, None::<&cudarc::driver::CudaSlice<u8>>, spec, p.count)
 }

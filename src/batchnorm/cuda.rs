@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{BnConfig, BnShape};
-use crate::cuda::{blocks_for, cfg, check_len, function, MAX_INDEX};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "batchnorm (cuda)";
@@ -43,6 +43,7 @@ pub fn forward_train(
     shape: BnShape,
     config: BnConfig,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd);
     train(stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd, shape, config, false)
 }
 
@@ -61,6 +62,7 @@ pub fn relu_forward_train(
     shape: BnShape,
     config: BnConfig,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd);
     train(stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd, shape, config, true)
 }
 
@@ -77,6 +79,7 @@ pub fn forward_eval(
     shape: BnShape,
     config: BnConfig,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, gamma, beta, running_mean, running_var, y);
     eval(stream, x, gamma, beta, running_mean, running_var, y, shape, config, false)
 }
 
@@ -93,6 +96,7 @@ pub fn relu_forward_eval(
     shape: BnShape,
     config: BnConfig,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, gamma, beta, running_mean, running_var, y);
     eval(stream, x, gamma, beta, running_mean, running_var, y, shape, config, true)
 }
 
@@ -110,6 +114,7 @@ pub fn backward(
     dbeta: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
     // `x` stands in for the unused `y`: only its length is checked and the kernels never read it.
     bwd(stream, x, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, shape, false)
 }
@@ -129,6 +134,7 @@ pub fn relu_backward(
     dbeta: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, y, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
     bwd(stream, x, y, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, shape, true)
 }
 
@@ -184,12 +190,14 @@ fn train(
     // handles channels ch < c and reads only (i*c + ch)*hw + k with i < n, k < hw; m = n*hw >= 2;
     // the arguments match the kernel's signature.
     unsafe { b.launch(reduce_cfg(shape)) }.during(OP)?;
+    after_launch(stream, OP, &stats)?;
 
     let mut b = stream.launch_builder(&apply);
     b.arg(&xp).arg(&smp).arg(&sip).arg(&gp).arg(&bp).arg(&yp).arg(&p);
     // SAFETY: x and y hold n*c*hw f32, the per-channel buffers c f32 (checked above); the kernel
     // touches indices below n*c*hw (<= i32::MAX) and channels (i / hw) % c < c.
     unsafe { b.launch(elementwise_cfg(total)) }.during(OP)?;
+    after_launch(stream, OP, &apply)?;
     Ok(())
 }
 
@@ -232,6 +240,7 @@ fn eval(
     b.arg(&xp).arg(&rmp).arg(&rvp).arg(&gp).arg(&bp).arg(&yp).arg(&p);
     // SAFETY: as in `train`'s apply launch; from_var = 1 makes the kernel read running_var (c f32).
     unsafe { b.launch(elementwise_cfg(total)) }.during(OP)?;
+    after_launch(stream, OP, &apply)?;
     Ok(())
 }
 
@@ -286,11 +295,13 @@ fn bwd(
     // SAFETY: x, y, dy hold n*c*hw f32 and the per-channel buffers c f32 (checked above); blocks
     // read (i*c + ch)*hw + k with ch < c, i < n, k < hw, and write dgamma/dbeta[ch].
     unsafe { b.launch(reduce_cfg(shape)) }.during(OP)?;
+    after_launch(stream, OP, &reduce)?;
 
     let mut b = stream.launch_builder(&dx_fn);
     b.arg(&xp).arg(&yp).arg(&dyp).arg(&smp).arg(&sip).arg(&gp).arg(&dgp).arg(&dbp).arg(&dxp).arg(&p);
     // SAFETY: as above; indices below n*c*hw (<= i32::MAX), channels (i / hw) % c < c.
     unsafe { b.launch(elementwise_cfg(total)) }.during(OP)?;
+    after_launch(stream, OP, &dx_fn)?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{check_classes, ConfusionMatrix};
-use crate::cuda::{blocks_for, cfg, check_len, function, read_one, BadIndexFlag, Dtype};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, read_one, BadIndexFlag, Dtype};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "confusion (cuda)";
@@ -47,6 +47,7 @@ pub fn count_logits<T: Dtype>(
     classes: usize,
     ignore_index: Option<i32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, logits, targets, counts);
     let n = targets.len();
     check_common(n, classes, counts.len())?;
     let want = n.checked_mul(classes).ok_or_else(|| too_large(n, classes))?;
@@ -73,6 +74,7 @@ pub fn count_logits<T: Dtype>(
         // dynamic shared memory requested (plan) is classes*classes*4 bytes when privatized, which
         // is all the kernel touches. The argument list matches the kernel's signature.
         unsafe { b.launch(launch) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
     }
     if let Some(i) = bad_target.read(stream)? {
         return Err(bad_target_error(stream, targets, i, classes)?);
@@ -91,6 +93,7 @@ pub fn count_labels(
     classes: usize,
     ignore_index: Option<i32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, preds, targets, counts);
     let n = targets.len();
     check_common(n, classes, counts.len())?;
     check_len(OP, "preds", preds.len(), n)?;
@@ -114,6 +117,7 @@ pub fn count_labels(
         // y in [0, classes); each flag is one i32. Dynamic shared memory as in `count_logits`.
         // The argument list matches the kernel's signature.
         unsafe { b.launch(launch) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
     }
     let t = bad_target.read(stream)?;
     let y = bad_pred.read(stream)?;
@@ -136,6 +140,7 @@ pub fn from_logits<T: Dtype>(
     classes: usize,
     ignore_index: Option<i32>,
 ) -> Result<ConfusionMatrix> {
+    check_devices!(OP, stream, logits, targets);
     check_classes(OP, classes)?;
     let mut counts = stream.alloc_zeros::<u64>(classes * classes).during(OP)?;
     count_logits(stream, logits, targets, &mut counts, classes, ignore_index)?;
@@ -150,6 +155,7 @@ pub fn from_labels(
     classes: usize,
     ignore_index: Option<i32>,
 ) -> Result<ConfusionMatrix> {
+    check_devices!(OP, stream, preds, targets);
     check_classes(OP, classes)?;
     let mut counts = stream.alloc_zeros::<u64>(classes * classes).during(OP)?;
     count_labels(stream, preds, targets, &mut counts, classes, ignore_index)?;

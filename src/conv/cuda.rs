@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::Conv2dShape;
-use crate::cuda::{blocks_for, cfg, check_len, function, MAX_INDEX};
+use crate::cuda::{after_launch, blocks_for, cfg, check_device, check_devices, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "conv2d (cuda)";
@@ -145,6 +145,10 @@ pub fn forward<B: DevicePtr<f32>>(
     bias: Option<&B>,
     y: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, w, y);
+    if let Some(b) = &bias {
+        check_device(OP, stream, "bias", &**b)?;
+    }
     forward_with(stream, Algo::default(), shape, x, w, bias, y)
 }
 
@@ -158,6 +162,10 @@ pub fn forward_with<B: DevicePtr<f32>>(
     bias: Option<&B>,
     y: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, w, y);
+    if let Some(b) = &bias {
+        check_device(OP, stream, "bias", &**b)?;
+    }
     let p = Conv2dParams::new(shape)?;
     check_len(OP, "x", x.len(), shape.input_len())?;
     check_len(OP, "w", w.len(), shape.filter_len())?;
@@ -183,6 +191,7 @@ pub fn forward_with<B: DevicePtr<f32>>(
     // Conv2dParams::new); bias is either such a buffer or null, which the kernels test before use;
     // the argument list matches `(const float*, const float*, const float*, float*, Conv2dParams)`.
     unsafe { b.launch(launch) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -195,6 +204,7 @@ pub fn backward_data(
     w: &impl DevicePtr<f32>,
     dx: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, dy, w, dx);
     backward_data_with(stream, Algo::default(), shape, dy, w, dx)
 }
 
@@ -207,6 +217,7 @@ pub fn backward_data_with(
     w: &impl DevicePtr<f32>,
     dx: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, dy, w, dx);
     let p = Conv2dParams::new(shape)?;
     check_len(OP, "dy", dy.len(), shape.output_len())?;
     check_len(OP, "w", w.len(), shape.filter_len())?;
@@ -225,6 +236,7 @@ pub fn backward_data_with(
     // the kernels index only inside those by the shape in `p` (< 2^31 elements each); the argument
     // list matches `(const float*, const float*, float*, Conv2dParams)`.
     unsafe { b.launch(launch) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -240,6 +252,7 @@ pub fn backward_weight(
     dw: &mut impl DevicePtrMut<f32>,
     beta: f32,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, dy, dw);
     backward_weight_with(stream, Algo::default(), shape, x, dy, dw, beta)
 }
 
@@ -253,6 +266,7 @@ pub fn backward_weight_with(
     dw: &mut impl DevicePtrMut<f32>,
     beta: f32,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, dy, dw);
     let p = Conv2dParams::new(shape)?;
     check_len(OP, "x", x.len(), shape.input_len())?;
     check_len(OP, "dy", dy.len(), shape.output_len())?;
@@ -268,6 +282,7 @@ pub fn backward_weight_with(
         // kernel indexes only inside those by `p`; the arguments match
         // `(const float*, const float*, float*, Conv2dParams, float)`.
         unsafe { b.launch(flat_cfg(shape.filter_len())) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
         return Ok(());
     }
 
@@ -288,6 +303,7 @@ pub fn backward_weight_with(
         // rs < R*S only, and reads x and dy inside their shapes; the arguments match
         // `(const float*, const float*, float*, Conv2dParams, int, int, float)`.
         unsafe { b.launch(launch) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
         return Ok(());
     }
     let mut ws = stream.alloc_zeros::<f32>(splits * kcrs).during("allocating the weight-gradient workspace")?;
@@ -299,6 +315,7 @@ pub fn backward_weight_with(
         // SAFETY: as above, but the block of split z writes ws[z*kcrs + i] for i < kcrs, with
         // z < splits and ws holding splits*kcrs f32s (< 2^31); beta 0 never reads ws.
         unsafe { b.launch(launch) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
     }
     let sum = function(stream, MODULE, "conv2d_sum_splits_f32")?;
     let (wsp, _gws) = ws.device_ptr(stream);
@@ -311,6 +328,7 @@ pub fn backward_weight_with(
     // `(const float*, float*, int, int, float)`. `ws` lives until after the launch is queued and its
     // stream-ordered free runs after the kernel.
     unsafe { b.launch(flat_cfg(kcrs)) }.during(OP)?;
+    after_launch(stream, OP, &sum)?;
     Ok(())
 }
 
@@ -338,6 +356,7 @@ pub fn bias_grad(
     db: &mut impl DevicePtrMut<f32>,
     beta: f32,
 ) -> Result<()> {
+    check_devices!(OP, stream, dy, db);
     let p = Conv2dParams::new(shape)?;
     check_len(OP, "dy", dy.len(), shape.output_len())?;
     check_len(OP, "db", db.len(), shape.k())?;
@@ -350,6 +369,7 @@ pub fn bias_grad(
     // dy[(n*K + k)*OH*OW + pq] and writes db[k] for in-range n, k, pq only; 256 threads (a multiple
     // of 32, as block_sum needs); the arguments match `(const float*, float*, Conv2dParams, float)`.
     unsafe { b.launch(cfg(blocks_for(shape.k(), 1).min(65_535), 256, 0)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::{Options, Reduction};
-use crate::cuda::{blocks_for, cfg, check_len, function, read_one, BadIndexFlag, Dtype, MAX_INDEX};
+use crate::cuda::{
+    after_launch, blocks_for, cfg, check_device, check_devices, check_len, function, read_one, BadIndexFlag, Dtype,
+    MAX_INDEX,
+};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "cross_entropy (cuda)";
@@ -67,6 +70,8 @@ impl Workspace {
         targets: &CudaView<'_, i32>,
         classes: usize,
     ) -> Result<()> {
+        check_devices!(OP, stream, targets);
+        check_device(OP, stream, "the workspace", &self.stats)?;
         self.check(stream, targets, classes)
     }
 
@@ -91,6 +96,10 @@ pub fn forward<T: Dtype>(
     opts: &Options,
     loss: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
+    check_devices!(OP, stream, logits, targets, loss);
+    if let Some(b) = &weight {
+        check_device(OP, stream, "weight", &**b)?;
+    }
     launch::<T, _, CudaSlice<T>>(stream, ws, logits, targets, weight, classes, opts, None, Some(loss), None)
 }
 
@@ -108,6 +117,10 @@ pub fn backward<T: Dtype>(
     grad_output: &CudaView<'_, f32>,
     grad: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
+    check_devices!(OP, stream, logits, targets, grad_output, grad);
+    if let Some(b) = &weight {
+        check_device(OP, stream, "weight", &**b)?;
+    }
     launch::<T, CudaSlice<f32>, _>(
         stream,
         ws,
@@ -135,6 +148,10 @@ pub fn forward_backward<T: Dtype>(
     loss: &mut impl DevicePtrMut<f32>,
     grad: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
+    check_devices!(OP, stream, logits, targets, loss, grad);
+    if let Some(b) = &weight {
+        check_device(OP, stream, "weight", &**b)?;
+    }
     launch(stream, ws, logits, targets, weight, classes, opts, None, Some(loss), Some(grad))
 }
 
@@ -152,6 +169,7 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
     mut grad: Option<&mut G>,
 ) -> Result<()> {
     opts.validate(OP)?;
+    check_device(OP, stream, "the workspace", &ws.stats)?;
     if classes == 0 {
         return Err(Error::shape(OP, "logits need at least one class"));
     }
@@ -226,6 +244,7 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
         // flag is 1 i32 and stats 2 f32 owned by the workspace; the kernel reads targets[i] for
         // i < rows and weight[c] only for c < classes, after checking 0 <= t < classes.
         unsafe { b.launch(cfg(1, 1024, 0)) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
     }
 
     // 2. One pass over the logits.
@@ -265,6 +284,7 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
         // row*cols + c with row < rows, c < cols, and uses a target as an index only after
         // checking it lies in [0, cols).
         unsafe { b.launch(launch) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
     }
 
     // 3. Reduce the per-row losses.
@@ -278,6 +298,7 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
         // SAFETY: row_loss holds >= rows f32 written by step 2 (or none read when rows == 0),
         // stats 2 f32, out 1 f32 (loss_len checked above).
         unsafe { b.launch(cfg(1, 1024, 0)) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
     }
 
     if ws.sync_check {

@@ -5,9 +5,12 @@
 //! Kernel wrappers live beside their CPU references (`softmax::cuda`, `cross_entropy::cuda`, ...);
 //! they take the caller's [`CudaStream`] and device buffers, so other cudarc code can embed them.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DeviceSlice, LaunchConfig,
+};
 
 use crate::error::{DriverContext, Error, Result};
 
@@ -128,7 +131,7 @@ type ModuleKey = (usize, &'static str);
 #[derive(Default)]
 struct Cache {
     modules: HashMap<ModuleKey, Arc<CudaModule>>,
-    functions: HashMap<(usize, &'static str, String), CudaFunction>,
+    functions: HashMap<(usize, &'static str, String), Kernel>,
 }
 
 fn cache() -> &'static Mutex<Cache> {
@@ -136,9 +139,24 @@ fn cache() -> &'static Mutex<Cache> {
     CACHE.get_or_init(Default::default)
 }
 
+/// A kernel entry point, with its name for error messages. Derefs to cudarc's [`CudaFunction`], so
+/// `stream.launch_builder(&kernel)` works as usual.
+#[derive(Clone)]
+pub(crate) struct Kernel {
+    func: CudaFunction,
+    name: Arc<str>,
+}
+
+impl std::ops::Deref for Kernel {
+    type Target = CudaFunction;
+    fn deref(&self) -> &CudaFunction {
+        &self.func
+    }
+}
+
 /// The kernel `name` of module `module` (file stem of its `.cu`) in the stream's context; the
 /// module is loaded on first use and cached for the life of the process.
-pub(crate) fn function(stream: &Arc<CudaStream>, module: &'static str, name: &str) -> Result<CudaFunction> {
+pub(crate) fn function(stream: &Arc<CudaStream>, module: &'static str, name: &str) -> Result<Kernel> {
     let ctx = stream.context();
     let ctx_key = ctx.cu_ctx() as usize;
     let mut cache = cache().lock().unwrap_or_else(|p| p.into_inner());
@@ -156,14 +174,78 @@ pub(crate) fn function(stream: &Arc<CudaStream>, module: &'static str, name: &st
                 .find(|(n, _)| *n == module)
                 .map(|(_, bytes)| bytes.to_vec())
                 .ok_or_else(|| Error::KernelsNotCompiled(format!("module {module} is not embedded")))?;
-            let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image)).during("loading kernel module")?;
+            let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image)).map_err(|e| module_load_error(ctx, e))?;
             cache.modules.insert((ctx_key, module), m.clone());
             m
         }
     };
-    let f = m.load_function(name).during("looking up kernel")?;
-    cache.functions.insert((ctx_key, module, name.to_string()), f.clone());
-    Ok(f)
+    let func = m.load_function(name).during("looking up kernel")?;
+    let kernel = Kernel { func, name: name.into() };
+    cache.functions.insert((ctx_key, module, name.to_string()), kernel.clone());
+    Ok(kernel)
+}
+
+/// The CUDA version the embedded kernels were built with (nvcc's release, e.g. `13.0`), when known.
+pub fn kernels_cuda_version() -> Option<&'static str> {
+    embedded::NVCC_RELEASE
+}
+
+/// A failed module load, explained: images built by a newer nvcc than the driver supports are the
+/// common cause (PTX ISA too new, or no loadable image), so name both versions.
+fn module_load_error(ctx: &Arc<CudaContext>, source: cudarc::driver::DriverError) -> Error {
+    use cudarc::driver::sys::CUresult as R;
+    let built = kernels_cuda_version().unwrap_or("unknown");
+    let driver = driver_cuda_version(ctx).map_or_else(|| "unknown".to_string(), |(ma, mi)| format!("{ma}.{mi}"));
+    match source.0 {
+        R::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+        | R::CUDA_ERROR_NO_BINARY_FOR_GPU
+        | R::CUDA_ERROR_INVALID_PTX
+        | R::CUDA_ERROR_INVALID_IMAGE
+        | R::CUDA_ERROR_JIT_COMPILER_NOT_FOUND => Error::DriverTooOld { built: built.to_string(), driver, source },
+        _ => Error::Driver { op: "loading kernel module", source },
+    }
+}
+
+/// The CUDA version the installed driver supports, `(major, minor)`.
+pub fn driver_cuda_version(_ctx: &Arc<CudaContext>) -> Option<(i32, i32)> {
+    let mut v = 0i32;
+    // SAFETY: the context exists, so the driver library is loaded and initialised; the call only
+    // writes one int through a valid pointer.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some((v / 1000, (v % 1000) / 10))
+}
+
+/// Whether every launch is followed by a synchronization that checks for a kernel fault (debug
+/// switch). Off by default; `EVENCLASS_SYNC_LAUNCHES=1` turns it on for the process, like
+/// `CUDA_LAUNCH_BLOCKING`, and [`set_sync_launches`] overrides it.
+pub fn sync_launches() -> bool {
+    match SYNC_LAUNCHES.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("EVENCLASS_SYNC_LAUNCHES").is_ok_and(|v| !v.is_empty() && v != "0");
+            // A concurrent set_sync_launches wins over the environment.
+            let _ = SYNC_LAUNCHES.compare_exchange(0, if on { 2 } else { 1 }, Ordering::Relaxed, Ordering::Relaxed);
+            SYNC_LAUNCHES.load(Ordering::Relaxed) == 2
+        }
+        v => v == 2,
+    }
+}
+
+/// Turns the per-launch synchronization of [`sync_launches`] on or off for the whole process. With
+/// it on, a kernel that faults is reported by its own launch, naming the kernel, instead of by
+/// whichever later call next waits for the GPU. It costs one host wait per launch.
+pub fn set_sync_launches(on: bool) {
+    SYNC_LAUNCHES.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+static SYNC_LAUNCHES: AtomicU8 = AtomicU8::new(0);
+
+/// Called right after every launch: with [`sync_launches`] on, waits for the stream and turns a
+/// fault into an error that names the kernel.
+pub(crate) fn after_launch(stream: &Arc<CudaStream>, op: &'static str, kernel: &Kernel) -> Result<()> {
+    if sync_launches() {
+        stream.synchronize().map_err(|source| Error::KernelFailed { op, kernel: kernel.name.to_string(), source })?;
+    }
+    Ok(())
 }
 
 /// A one-element device flag that kernels set (`atomicMin`) to the smallest index of a bad input.
@@ -210,6 +292,30 @@ pub(crate) fn cfg(blocks: u32, threads: u32, smem: u32) -> LaunchConfig {
 pub(crate) fn blocks_for(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).clamp(1, i32::MAX as usize) as u32
 }
+
+/// Checks that a device buffer lives in the stream's context (the same device): a buffer allocated
+/// on another device would be read or written through an address that is meaningless there.
+pub(crate) fn check_device<T, S: DeviceSlice<T> + ?Sized>(
+    op: &'static str,
+    stream: &Arc<CudaStream>,
+    what: &str,
+    buf: &S,
+) -> Result<()> {
+    let (ours, theirs) = (stream.context(), buf.stream().context());
+    if ours.cu_ctx() == theirs.cu_ctx() {
+        Ok(())
+    } else {
+        Err(Error::WrongDevice { op, what: what.to_string(), buffer: theirs.ordinal(), stream: ours.ordinal() })
+    }
+}
+
+/// [`check_device`] for each named buffer (`&` or `&mut`), returning the first error.
+macro_rules! check_devices {
+    ($op:expr, $stream:expr, $($buf:ident),+ $(,)?) => {
+        $( $crate::cuda::check_device($op, $stream, stringify!($buf), &*$buf)?; )+
+    };
+}
+pub(crate) use check_devices;
 
 /// Checks that a device buffer has exactly `want` elements.
 pub(crate) fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {

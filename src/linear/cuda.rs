@@ -5,7 +5,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{Gemm, LinearShape};
-use crate::cuda::{blocks_for, cfg, check_len, function, MAX_INDEX};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "linear (cuda)";
@@ -40,6 +40,7 @@ pub fn forward(
     y: &mut impl DevicePtrMut<f32>,
     shape: LinearShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, w, b, y);
     let (nx, nw, ny) = lens(shape)?;
     check_len(OP, "x", x.len(), nx)?;
     check_len(OP, "w", w.len(), nw)?;
@@ -67,6 +68,7 @@ pub fn backward(
     db: &mut impl DevicePtrMut<f32>,
     shape: LinearShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, w, dy, dx, dw, db);
     backward_data(stream, w, dy, dx, shape)?;
     backward_params(stream, x, dy, dw, db, shape)
 }
@@ -79,6 +81,7 @@ pub fn backward_data(
     dx: &mut impl DevicePtrMut<f32>,
     shape: LinearShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, w, dy, dx);
     let (nx, nw, ny) = lens(shape)?;
     check_len(OP, "w", w.len(), nw)?;
     check_len(OP, "dy", dy.len(), ny)?;
@@ -101,6 +104,7 @@ pub fn backward_params(
     db: &mut impl DevicePtrMut<f32>,
     shape: LinearShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, dy, dw, db);
     let (nx, nw, ny) = lens(shape)?;
     check_len(OP, "x", x.len(), nx)?;
     check_len(OP, "dy", dy.len(), ny)?;
@@ -124,6 +128,7 @@ pub fn backward_params(
     // SAFETY: dy holds batch*out f32 and db out (checked above); thread j < out reads r*out + j for
     // r < batch and writes db[j]. batch and out fit i32 (gemm_params checked).
     unsafe { b.launch(cfg(blocks_for(shape.out_features, 256).min(8192), 256, 0)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -135,6 +140,7 @@ pub fn sgemm(
     c: &mut impl DevicePtrMut<f32>,
     g: Gemm,
 ) -> Result<()> {
+    check_devices!(OP, stream, a, b, c);
     let (na, nb, nc) = g.lens().ok_or_else(|| Error::TooLarge { op: OP, msg: format!("{g:?} overflows usize") })?;
     check_len(OP, "a", a.len(), na)?;
     check_len(OP, "b", b.len(), nb)?;
@@ -179,6 +185,7 @@ unsafe fn launch_gemm(
     // writes C[i*n + j] for i < m, j < n; the grid covers m and n in 64-wide tiles (m fits the
     // y-grid limit, checked by gemm_params).
     unsafe { bld.launch(launch) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 

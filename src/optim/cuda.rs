@@ -4,7 +4,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::SgdConfig;
-use crate::cuda::{blocks_for, cfg, check_len, function};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function};
 use crate::error::{DriverContext, Result};
 
 const OP: &str = "sgd (cuda)";
@@ -34,6 +34,7 @@ pub fn sgd_step(
     config: &SgdConfig,
     lr: f32,
 ) -> Result<()> {
+    check_devices!(OP, stream, params, grads, buf);
     config.check(OP, lr)?;
     let n = params.len();
     check_len(OP, "grads", grads.len(), n)?;
@@ -57,5 +58,6 @@ pub fn sgd_step(
     // SAFETY: params, grads and buf hold n f32 each (checked above) and are distinct buffers (one is
     // a shared borrow, two are unique); the kernel touches index i < n only.
     unsafe { b.launch(cfg(blocks_for(n, 256).min(8192), 256, 0)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::PoolShape;
-use crate::cuda::{blocks_for, cfg, check_len, function, MAX_INDEX};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "pool (cuda)";
@@ -30,6 +30,7 @@ pub fn max_pool_forward(
     argmax: &mut impl DevicePtrMut<u8>,
     shape: PoolShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, y, argmax);
     let p = params(shape, 2)?;
     check_len(OP, "x", x.len(), shape.len())?;
     check_len(OP, "y", y.len(), shape.pooled_len())?;
@@ -47,6 +48,7 @@ pub fn max_pool_forward(
     // kernel writes output o < planes*(h/2)*(w/2) and reads rows 2*oy, 2*oy+1 < h and columns
     // 2*ox, 2*ox+1 < w of plane o / ((h/2)*(w/2)) < planes.
     unsafe { b.launch(elementwise_cfg(shape.pooled_len())) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -58,6 +60,7 @@ pub fn max_pool_backward(
     dx: &mut impl DevicePtrMut<f32>,
     shape: PoolShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, dy, argmax, dx);
     let p = params(shape, 2)?;
     check_len(OP, "dy", dy.len(), shape.pooled_len())?;
     check_len(OP, "argmax", argmax.len(), shape.pooled_len())?;
@@ -75,6 +78,7 @@ pub fn max_pool_backward(
     // writes each dx index below planes*h*w once and reads dy/argmax only at (plane*oh + oy)*ow + ox
     // with oy < oh, ox < ow.
     unsafe { b.launch(elementwise_cfg(shape.len())) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -85,6 +89,7 @@ pub fn global_avg_pool_forward(
     y: &mut impl DevicePtrMut<f32>,
     shape: PoolShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, y);
     let p = params(shape, 1)?;
     check_len(OP, "x", x.len(), shape.len())?;
     check_len(OP, "y", y.len(), shape.planes())?;
@@ -99,6 +104,7 @@ pub fn global_avg_pool_forward(
     // SAFETY: x holds planes*h*w f32 and y planes (checked above); a warp per plane < planes reads
     // that plane's h*w values and writes y[plane]. 256 threads = 8 warps per block.
     unsafe { b.launch(cfg(blocks_for(shape.planes(), 8).min(65_535), 256, 0)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -109,6 +115,7 @@ pub fn global_avg_pool_backward(
     dx: &mut impl DevicePtrMut<f32>,
     shape: PoolShape,
 ) -> Result<()> {
+    check_devices!(OP, stream, dy, dx);
     let p = params(shape, 1)?;
     check_len(OP, "dy", dy.len(), shape.planes())?;
     check_len(OP, "dx", dx.len(), shape.len())?;
@@ -122,6 +129,7 @@ pub fn global_avg_pool_backward(
     b.arg(&dyp).arg(&dxp).arg(&p);
     // SAFETY: dx holds planes*h*w f32, dy planes (checked above); index i < planes*h*w reads dy[i / (h*w)].
     unsafe { b.launch(elementwise_cfg(shape.len())) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::Kind;
-use crate::cuda::{blocks_for, cfg, check_len, function, Dtype, MAX_INDEX};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, Dtype, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "softmax (cuda)";
@@ -32,6 +32,7 @@ pub fn forward<T: Dtype>(
     cols: usize,
     kind: Kind,
 ) -> Result<()> {
+    check_devices!(OP, stream, x, y);
     let (p, launch) = plan(rows, cols)?;
     check_len(OP, "x", x.len(), rows * cols)?;
     check_len(OP, "y", y.len(), rows * cols)?;
@@ -50,6 +51,7 @@ pub fn forward<T: Dtype>(
     // SAFETY: x and y hold rows*cols elements of T (checked above); the kernel touches only
     // indices row*cols + c with row < rows, c < cols; the argument list matches its signature.
     unsafe { b.launch(launch) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
@@ -63,6 +65,7 @@ pub fn backward<T: Dtype>(
     cols: usize,
     kind: Kind,
 ) -> Result<()> {
+    check_devices!(OP, stream, y, dy, dx);
     let (p, launch) = plan(rows, cols)?;
     check_len(OP, "y", y.len(), rows * cols)?;
     check_len(OP, "dy", dy.len(), rows * cols)?;
@@ -82,6 +85,7 @@ pub fn backward<T: Dtype>(
     b.arg(&yp).arg(&dyp).arg(&dxp).arg(&p);
     // SAFETY: as in `forward`: all three buffers hold rows*cols elements, checked above.
     unsafe { b.launch(launch) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }
 
