@@ -4,8 +4,10 @@
 //
 // Two inputs, one sample per index i < n:
 //   confusion_logits_{f32,f16,bf16}: p = argmax of row i of the N x C logits, fused (a warp per
-//       row). torch.argmax semantics: ties go to the lowest index; NaN counts as the maximum and
-//       the first NaN of the row wins.
+//       row), each logit first shifted by a per-class bias when `bias` is not null (f32:
+//       to_f32(x[c]) + bias[c]; post-hoc logit adjustment, free at evaluation). torch.argmax
+//       semantics: ties go to the lowest index; NaN counts as the maximum and the first NaN of the
+//       row wins.
 //   confusion_labels: p = preds[i] (i32).
 // targets are i32. A sample whose target equals ignore_index (when has_ignore) is skipped; it is
 // still checked for a bad prediction (labels input), as torchmetrics validates every prediction.
@@ -107,8 +109,8 @@ __device__ void count_labels(const int* __restrict__ preds, const int* __restric
 // A warp per row, grid-stride over rows. Every lane of a warp works on the same row, so the loop
 // and its branches are warp-uniform and the full-mask shuffles are safe (blockDim.x % 32 == 0).
 template <typename T, bool PRIV>
-__device__ void count_logits(const T* __restrict__ x, const int* __restrict__ targets, unsigned long long* counts,
-                             int* bad_target, ConfusionParams p) {
+__device__ void count_logits(const T* __restrict__ x, const float* __restrict__ bias, const int* __restrict__ targets,
+                             unsigned long long* counts, int* bad_target, ConfusionParams p) {
     const Hist<PRIV> h{counts, p.classes};
     h.init();
     const int lane = threadIdx.x & 31;
@@ -127,7 +129,7 @@ __device__ void count_logits(const T* __restrict__ x, const int* __restrict__ ta
         float best = -INFINITY;
         int bi = INT32_MAX;
         for (int c = lane; c < p.classes; c += 32) {
-            const float v = to_f32(xr[c]);
+            const float v = bias != nullptr ? to_f32(xr[c]) + bias[c] : to_f32(xr[c]);
             if (argmax_beats(v, c, best, bi)) {
                 best = v;
                 bi = c;
@@ -152,11 +154,13 @@ extern "C" __global__ void confusion_labels(const int* preds, const int* targets
     else count_labels<false>(preds, targets, counts, bad_target, bad_pred, p);
 }
 
-#define CONFUSION_ENTRY(T, SUF)                                                                                   \
-    extern "C" __global__ void confusion_logits_##SUF(const T* x, const int* targets, unsigned long long* counts, \
-                                                      int* bad_target, ConfusionParams p) {                      \
-        if (p.privatized) count_logits<T, true>(x, targets, counts, bad_target, p);                              \
-        else count_logits<T, false>(x, targets, counts, bad_target, p);                                          \
+// `bias` (C floats) may be null: no shift.
+#define CONFUSION_ENTRY(T, SUF)                                                                          \
+    extern "C" __global__ void confusion_logits_##SUF(const T* x, const float* bias, const int* targets, \
+                                                      unsigned long long* counts, int* bad_target,       \
+                                                      ConfusionParams p) {                               \
+        if (p.privatized) count_logits<T, true>(x, bias, targets, counts, bad_target, p);                \
+        else count_logits<T, false>(x, bias, targets, counts, bad_target, p);                            \
     }
 
 EC_FOR_EACH_FLOAT(CONFUSION_ENTRY)

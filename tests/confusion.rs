@@ -483,3 +483,137 @@ fn gpu_shape_errors_before_launch() {
     cuda::count_labels(&stream, &p.as_view(), &t.slice(..9), &mut counts, 3, None).unwrap();
     assert_eq!(stream.clone_dtoh(&counts).unwrap(), vec![19, 0, 0, 0, 0, 0, 0, 0, 0]);
 }
+
+// ---- per-class logit bias ------------------------------------------------------------------------
+
+/// The argmax of `x + bias` by brute force, in f32, ties to the lowest index, NaN the maximum.
+fn brute_biased_argmax(row: &[f32], bias: &[f32]) -> usize {
+    let v: Vec<f32> = row.iter().zip(bias).map(|(x, b)| x + b).collect();
+    if let Some(i) = v.iter().position(|x| x.is_nan()) {
+        return i;
+    }
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    v.iter().position(|&x| x == m).unwrap()
+}
+
+#[test]
+fn biased_counts_match_brute_force() {
+    let (n, c) = (503, 7);
+    let mut r = common::rng(41);
+    let mut x = common::uniform(&mut r, n * c, -3.0, 3.0);
+    x[5] = NAN; // row 0
+    x[3 * c + 2] = INF;
+    // Ties after the bias: row 4 has x = [1, 0, ...] and bias[1] = 1.
+    x[4 * c] = 1.0;
+    x[4 * c + 1] = 0.0;
+    let targets = common::labels(&mut r, n, c);
+    let bias: Vec<f32> = vec![0.0, 1.0, -0.5, 0.25, 2.0, -1.0, 0.0];
+    let m = cpu::from_logits_biased(ArrayView2::from_shape((n, c), &x).unwrap(), Some(&bias), &targets, None).unwrap();
+    let mut want = vec![0u64; c * c];
+    for i in 0..n {
+        want[targets[i] as usize * c + brute_biased_argmax(&x[i * c..(i + 1) * c], &bias)] += 1;
+    }
+    assert_eq!(m.counts(), &want[..]);
+    // No bias and a zero bias agree with the plain argmax.
+    let plain = cpu::from_logits(ArrayView2::from_shape((n, c), &x).unwrap(), &targets, None).unwrap();
+    let none = cpu::from_logits_biased(ArrayView2::from_shape((n, c), &x).unwrap(), None, &targets, None).unwrap();
+    assert_eq!(plain, none);
+    // A bias of the wrong length is an error.
+    let e = cpu::from_logits_biased(ArrayView2::from_shape((n, c), &x).unwrap(), Some(&bias[..6]), &targets, None);
+    assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_biased_logits_match_cpu() {
+    let stream = common::gpu();
+    for (k, &c) in [3usize, 10, 37, 111].iter().enumerate() {
+        let n = 2_003;
+        let (x, targets) = random_case::<f32>(300 + k as u64, n, c);
+        let bias = common::uniform(&mut common::rng(400 + k as u64), c, -2.0, 2.0);
+        let want =
+            cpu::from_logits_biased(ArrayView2::from_shape((n, c), &x).unwrap(), Some(&bias), &targets, Some(-100))
+                .unwrap();
+        let start = poison(c);
+        let (dx, dt, db) =
+            (stream.clone_htod(&x).unwrap(), stream.clone_htod(&targets).unwrap(), stream.clone_htod(&bias).unwrap());
+        let mut dc = stream.clone_htod(&start).unwrap();
+        cuda::count_logits_biased(&stream, &dx, Some(&db.as_view()), &dt.as_view(), &mut dc, c, Some(-100)).unwrap();
+        let got = stream.clone_dtoh(&dc).unwrap();
+        assert_added(&format!("biased C={c}"), &got, &start, &want);
+        // A bias of the wrong length is refused before any launch.
+        let short = stream.clone_htod(&bias[..c - 1]).unwrap();
+        let e = cuda::count_logits_biased(&stream, &dx, Some(&short.as_view()), &dt.as_view(), &mut dc, c, None);
+        assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+    }
+}
+
+/// Logits of a 4-class problem where class 2 is hard: its samples' own logit is pulled down, so
+/// with the plain argmax its recall is far below the others'.
+fn hard_class_case(seed: u64, n: usize) -> (Vec<f32>, Vec<i32>) {
+    let c = 4;
+    let mut r = common::rng(seed);
+    let targets = common::labels(&mut r, n, c);
+    let mut x = common::uniform(&mut r, n * c, -1.0, 1.0);
+    for (i, &t) in targets.iter().enumerate() {
+        x[i * c + t as usize] += if t == 2 { 0.3 } else { 1.5 };
+    }
+    (x, targets)
+}
+
+#[test]
+fn bias_fit_raises_the_hard_class_and_evens_recall() {
+    use evenclass::confusion::bias::{fit_recall_bias, FitOptions};
+    let (n, c) = (4_000, 4);
+    let (x, targets) = hard_class_case(7, n);
+    let view = ArrayView2::from_shape((n, c), &x).unwrap();
+    let fit = fit_recall_bias(view, &targets, &FitOptions::default()).unwrap();
+    let before = cpu::from_logits(view, &targets, None).unwrap().metrics();
+    assert!(before.recall[2] < 0.6 && before.recall.iter().enumerate().all(|(k, &r)| k == 2 || r > 0.8));
+    assert_eq!(fit.recall_before, before.recall);
+    // The fit's own recalls are exactly what the biased argmax gives (bit-exact f32 steps).
+    let after = cpu::from_logits_biased(view, Some(&fit.bias), &targets, None).unwrap().metrics();
+    assert_eq!(fit.recall, after.recall);
+    // The hard class got the largest bias, the worst recall rose a lot, and recalls are even.
+    let top = (0..c).max_by(|&a, &b| fit.bias[a].total_cmp(&fit.bias[b])).unwrap();
+    assert_eq!(top, 2, "bias {:?}", fit.bias);
+    assert!(fit.worst_recall() > before.recall[2] + 0.15, "{} vs {}", fit.worst_recall(), before.recall[2]);
+    let spread = |r: &[f64]| r.iter().copied().fold(f64::MIN, f64::max) - r.iter().copied().fold(f64::MAX, f64::min);
+    assert!(spread(&after.recall) < 0.05, "recall {:?}", after.recall);
+    assert!(spread(&after.recall) < spread(&before.recall) / 4.0);
+    // On fresh data from the same distribution the bias still helps the hard class.
+    let (x2, t2) = hard_class_case(8, n);
+    let v2 = ArrayView2::from_shape((n, c), &x2).unwrap();
+    let held_before = cpu::from_logits(v2, &t2, None).unwrap().metrics();
+    let held_after = cpu::from_logits_biased(v2, Some(&fit.bias), &t2, None).unwrap().metrics();
+    assert!(held_after.recall[2] > held_before.recall[2] + 0.1);
+    assert!(spread(&held_after.recall) < spread(&held_before.recall) / 2.0);
+}
+
+#[test]
+fn bias_fit_edge_cases_and_bad_input() {
+    use evenclass::confusion::bias::{fit_recall_bias, FitOptions};
+    let opts = FitOptions::default();
+    // Already perfect: no step, zero bias.
+    let x = [2.0f32, 0.0, 0.0, 3.0];
+    let fit = fit_recall_bias(ArrayView2::from_shape((2, 2), &x).unwrap(), &[0, 1], &opts).unwrap();
+    assert_eq!((fit.steps, fit.bias.clone(), fit.recall.clone()), (0, vec![0.0, 0.0], vec![1.0, 1.0]));
+    // A class without samples is ignored by the objective; NaN rows are never "won back".
+    let x = [0.0f32, 1.0, 0.0, NAN, 0.0, 0.0, 1.0, 0.0, 0.0];
+    let fit = fit_recall_bias(ArrayView2::from_shape((3, 3), &x).unwrap(), &[0, 1, 1], &opts).unwrap();
+    assert_eq!(fit.support, vec![1, 2, 0]);
+    assert_eq!(fit.recall[0], 1.0);
+    assert!(fit.bias.iter().all(|b| b.is_finite() && *b >= 0.0));
+    // The step limit is honoured.
+    let (x, t) = hard_class_case(9, 500);
+    let fit = fit_recall_bias(ArrayView2::from_shape((500, 4), &x).unwrap(), &t, &FitOptions { max_steps: 3 }).unwrap();
+    assert!(fit.steps <= 3);
+    // Bad input.
+    let x = [0.0f32; 6];
+    let v = ArrayView2::from_shape((3, 2), &x).unwrap();
+    assert!(matches!(fit_recall_bias(v, &[0, 1], &opts), Err(Error::Shape { .. })));
+    assert!(matches!(fit_recall_bias(v, &[0, 2, 1], &opts), Err(Error::InvalidTarget { index: 1, value: 2, .. })));
+    assert!(matches!(fit_recall_bias(v, &[0, -1, 1], &opts), Err(Error::InvalidTarget { index: 1, .. })));
+    let empty = Array2::<f32>::zeros((0, 2));
+    assert!(matches!(fit_recall_bias(empty.view(), &[], &opts), Err(Error::Shape { .. })));
+}

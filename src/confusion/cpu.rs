@@ -13,7 +13,18 @@ const OP: &str = "confusion (cpu)";
 /// Index of the largest element of `row` (compared in f32) with `torch.argmax` semantics: ties go
 /// to the lowest index; NaN counts as the maximum and the first NaN wins. `None` for an empty row.
 pub fn argmax<T: Dtype>(row: ArrayView1<'_, T>) -> Option<usize> {
-    let mut it = row.iter().map(|x| x.to_f32()).enumerate();
+    argmax_f32(row.iter().map(|x| x.to_f32()))
+}
+
+/// [`argmax`] of `row[c] + bias[c]` (each sum in f32, as the kernel computes it); a NaN logit or
+/// bias makes that element a NaN. `None` for an empty row; `bias` must have the row's length.
+pub fn argmax_biased<T: Dtype>(row: ArrayView1<'_, T>, bias: &[f32]) -> Option<usize> {
+    debug_assert_eq!(row.len(), bias.len());
+    argmax_f32(row.iter().zip(bias).map(|(x, b)| x.to_f32() + b))
+}
+
+fn argmax_f32(values: impl Iterator<Item = f32>) -> Option<usize> {
+    let mut it = values.enumerate();
     let (mut bi, mut bv) = it.next()?;
     for (i, v) in it {
         // Later indices win only strictly: a NaN over a number, or a larger number.
@@ -33,7 +44,24 @@ pub fn count_logits<T: Dtype>(
     counts: &mut ConfusionMatrix,
     ignore_index: Option<i32>,
 ) -> Result<()> {
+    count_logits_biased(logits, None, targets, counts, ignore_index)
+}
+
+/// [`count_logits`] with the predicted class `argmax_c(logit_c + bias[c])` (`bias`: C f32), or the
+/// plain argmax with `None`. The reference of `cuda::count_logits_biased`.
+pub fn count_logits_biased<T: Dtype>(
+    logits: ArrayView2<'_, T>,
+    bias: Option<&[f32]>,
+    targets: &[i32],
+    counts: &mut ConfusionMatrix,
+    ignore_index: Option<i32>,
+) -> Result<()> {
     let (n, classes) = logits.dim();
+    if let Some(b) = bias {
+        if b.len() != classes {
+            return Err(Error::shape(OP, format!("bias has {} values for {classes} classes", b.len())));
+        }
+    }
     if classes != counts.classes() {
         return Err(Error::shape(
             OP,
@@ -46,8 +74,15 @@ pub fn count_logits<T: Dtype>(
     if let Some(i) = targets.iter().position(|&t| !ignored(t, ignore_index) && !in_range(t, classes)) {
         return Err(Error::InvalidTarget { op: OP, index: i, value: targets[i] as i64, classes });
     }
-    let preds: Vec<usize> =
-        logits.axis_iter(Axis(0)).into_par_iter().map(|row| argmax(row).expect("classes >= 1")).collect();
+    let preds: Vec<usize> = logits
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .map(|row| match bias {
+            Some(b) => argmax_biased(row, b),
+            None => argmax(row),
+        })
+        .map(|p| p.expect("classes >= 1"))
+        .collect();
     let m = counts.counts_mut();
     for (&t, &p) in targets.iter().zip(&preds) {
         if !ignored(t, ignore_index) {
@@ -63,9 +98,19 @@ pub fn from_logits<T: Dtype>(
     targets: &[i32],
     ignore_index: Option<i32>,
 ) -> Result<ConfusionMatrix> {
+    from_logits_biased(logits, None, targets, ignore_index)
+}
+
+/// [`from_logits`] with an optional per-class logit bias (see [`count_logits_biased`]).
+pub fn from_logits_biased<T: Dtype>(
+    logits: ArrayView2<'_, T>,
+    bias: Option<&[f32]>,
+    targets: &[i32],
+    ignore_index: Option<i32>,
+) -> Result<ConfusionMatrix> {
     check_classes(OP, logits.ncols())?;
     let mut m = ConfusionMatrix::new(logits.ncols())?;
-    count_logits(logits, targets, &mut m, ignore_index)?;
+    count_logits_biased(logits, bias, targets, &mut m, ignore_index)?;
     Ok(m)
 }
 

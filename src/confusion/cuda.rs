@@ -13,7 +13,9 @@ use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{check_classes, ConfusionMatrix};
-use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, read_one, BadIndexFlag, Dtype};
+use crate::cuda::{
+    after_launch, blocks_for, cfg, check_device, check_devices, check_len, function, read_one, BadIndexFlag, Dtype,
+};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "confusion (cuda)";
@@ -47,7 +49,26 @@ pub fn count_logits<T: Dtype>(
     classes: usize,
     ignore_index: Option<i32>,
 ) -> Result<()> {
+    count_logits_biased(stream, logits, None, targets, counts, classes, ignore_index)
+}
+
+/// [`count_logits`] with the predicted class `argmax_c(logit_c + bias[c])` (`bias`: `classes` f32,
+/// added in f32), or plain argmax with `None`: a post-hoc per-class logit bias applied inside the
+/// fused argmax, so evaluating with it costs nothing extra.
+pub fn count_logits_biased<T: Dtype>(
+    stream: &Arc<CudaStream>,
+    logits: &impl DevicePtr<T>,
+    bias: Option<&CudaView<'_, f32>>,
+    targets: &CudaView<'_, i32>,
+    counts: &mut impl DevicePtrMut<u64>,
+    classes: usize,
+    ignore_index: Option<i32>,
+) -> Result<()> {
     check_devices!(OP, stream, logits, targets, counts);
+    if let Some(b) = bias {
+        check_device(OP, stream, "bias", b)?;
+        check_len(OP, "bias", b.len(), classes)?;
+    }
     let n = targets.len();
     check_common(n, classes, counts.len())?;
     let want = n.checked_mul(classes).ok_or_else(|| too_large(n, classes))?;
@@ -62,13 +83,17 @@ pub fn count_logits<T: Dtype>(
     let mut bad_target = BadIndexFlag::new(stream)?;
     {
         let (xp, _gx) = logits.device_ptr(stream);
+        let bias_guard = bias.map(|b| b.device_ptr(stream));
+        // A null pointer tells the kernel there is no bias.
+        let bp: u64 = bias_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
         let (tp, _gt) = targets.device_ptr(stream);
         let (cp, _gc) = counts.device_ptr_mut(stream);
         let (fp, _gf) = bad_target.buf_mut().device_ptr_mut(stream);
         let mut b = stream.launch_builder(&f);
-        b.arg(&xp).arg(&tp).arg(&cp).arg(&fp).arg(&p);
-        // SAFETY: logits hold n*classes elements of T and targets n i32 (checked above); the kernel
-        // reads logits only at row*classes + c with row < n, c < classes, and only for rows whose
+        b.arg(&xp).arg(&bp).arg(&tp).arg(&cp).arg(&fp).arg(&p);
+        // SAFETY: logits hold n*classes elements of T, targets n i32 and bias (when not null)
+        // classes f32 (checked above); the kernel reads logits only at row*classes + c and bias at c,
+        // with row < n, c < classes, and only for rows whose
         // target is in [0, classes); it writes counts only at t*classes + p with t, p in
         // [0, classes), and counts holds classes*classes u64 (checked); the flag is one i32. The
         // dynamic shared memory requested (plan) is classes*classes*4 bytes when privatized, which
@@ -140,10 +165,22 @@ pub fn from_logits<T: Dtype>(
     classes: usize,
     ignore_index: Option<i32>,
 ) -> Result<ConfusionMatrix> {
+    from_logits_biased(stream, logits, None, targets, classes, ignore_index)
+}
+
+/// [`from_logits`] with an optional per-class logit bias (see [`count_logits_biased`]).
+pub fn from_logits_biased<T: Dtype>(
+    stream: &Arc<CudaStream>,
+    logits: &impl DevicePtr<T>,
+    bias: Option<&CudaView<'_, f32>>,
+    targets: &CudaView<'_, i32>,
+    classes: usize,
+    ignore_index: Option<i32>,
+) -> Result<ConfusionMatrix> {
     check_devices!(OP, stream, logits, targets);
     check_classes(OP, classes)?;
     let mut counts = stream.alloc_zeros::<u64>(classes * classes).during(OP)?;
-    count_logits(stream, logits, targets, &mut counts, classes, ignore_index)?;
+    count_logits_biased(stream, logits, bias, targets, &mut counts, classes, ignore_index)?;
     ConfusionMatrix::from_counts(classes, stream.clone_dtoh(&counts).during(OP)?)
 }
 

@@ -2,6 +2,8 @@
 //!
 //! - kernel: `kernels/confusion.cu` (`confusion_logits_{f32,f16,bf16}`, `confusion_labels`)
 //! - CUDA wrapper: [`cuda`]; CPU reference: [`cpu`]; tests: `tests/confusion.rs`
+//! - post-hoc per-class logit bias (fit on held-out logits, applied in the fused argmax):
+//!   [`bias`], [`cpu::count_logits_biased`], [`cuda::count_logits_biased`]
 //!
 //! # Counting
 //!
@@ -43,6 +45,7 @@
 //! targets and predictions (when only one of precision or recall is 0/0, F1 is 0 anyway, since
 //! `tp = 0`), the accuracy of an empty matrix and the balanced accuracy when no class has samples.
 //! No metric is ever NaN.
+pub mod bias;
 pub mod cpu;
 pub mod cuda;
 
