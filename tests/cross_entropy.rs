@@ -346,3 +346,52 @@ fn gpu_bad_targets_and_shapes_are_errors() {
         cuda::forward(&s, &mut ws, &dx.as_view(), &good.as_view(), Some(&w.as_view()), c, &o, &mut loss).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
 }
+
+// ---- online class-weight rules -------------------------------------------------------------------
+
+#[test]
+fn eg_update_moves_weight_to_the_worse_class_and_keeps_mean_one() {
+    use evenclass::cross_entropy::weights::eg_update;
+    let w = eg_update(&[1.0, 1.0, 1.0], &[0.1, 0.5, 0.1], 2.0).unwrap();
+    // exp(2 * 0.4) = 2.2255 times the others, mean 1.
+    let e = (0.8f64).exp();
+    let want = [3.0 / (2.0 + e), 3.0 * e / (2.0 + e), 3.0 / (2.0 + e)];
+    for (g, w) in w.iter().zip(want) {
+        assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+    }
+    // Steps compose multiplicatively, and step 0 only renormalizes.
+    let twice = eg_update(&eg_update(&[1.0, 2.0], &[1.0, 0.0], 0.5).unwrap(), &[1.0, 0.0], 0.5).unwrap();
+    let once = eg_update(&[1.0, 2.0], &[1.0, 0.0], 1.0).unwrap();
+    assert!(twice.iter().zip(&once).all(|(a, b)| (a - b).abs() < 1e-12));
+    let w = eg_update(&[2.0, 6.0], &[9.0, -9.0], 0.0).unwrap();
+    assert!((w[0] - 0.5).abs() < 1e-12 && (w[1] - 1.5).abs() < 1e-12, "{w:?}");
+    // Huge steps saturate instead of overflowing.
+    let w = eg_update(&[1.0, 1.0], &[1.0, 0.0], 1e6).unwrap();
+    assert!((w[0] - 2.0).abs() < 1e-12 && w[1] >= 0.0, "{w:?}");
+    // Bad input.
+    assert!(eg_update(&[], &[], 1.0).is_err());
+    assert!(eg_update(&[1.0], &[1.0, 2.0], 1.0).is_err());
+    assert!(eg_update(&[1.0, 0.0], &[1.0, 2.0], 1.0).is_err());
+    assert!(eg_update(&[1.0, 1.0], &[f64::NAN, 2.0], 1.0).is_err());
+    assert!(eg_update(&[1.0, 1.0], &[1.0, 2.0], -1.0).is_err());
+}
+
+#[test]
+fn difficulty_weights_follow_one_minus_accuracy_to_the_tau() {
+    use evenclass::cross_entropy::weights::difficulty_weights;
+    // (1 - acc) = [0.5, 0.25] -> tau 1: [2, 1] / 1.5.
+    let w = difficulty_weights(&[0.5, 0.75], 1.0, 1e-3).unwrap();
+    assert!((w[0] - 4.0 / 3.0).abs() < 1e-12 && (w[1] - 2.0 / 3.0).abs() < 1e-12, "{w:?}");
+    // tau 0: uniform; tau 2: squares.
+    assert_eq!(difficulty_weights(&[0.1, 0.9, 0.5], 0.0, 1e-3).unwrap(), vec![1.0; 3]);
+    let w = difficulty_weights(&[0.5, 0.75], 2.0, 1e-3).unwrap();
+    assert!((w[0] / w[1] - 4.0).abs() < 1e-12);
+    // A perfect class keeps a small positive weight (the floor).
+    let w = difficulty_weights(&[1.0, 0.5], 1.0, 0.01).unwrap();
+    assert!(w[0] > 0.0 && (w[1] / w[0] - 50.0).abs() < 1e-9, "{w:?}");
+    // Bad input.
+    assert!(difficulty_weights(&[], 1.0, 0.01).is_err());
+    assert!(difficulty_weights(&[1.2], 1.0, 0.01).is_err());
+    assert!(difficulty_weights(&[0.5], -1.0, 0.01).is_err());
+    assert!(difficulty_weights(&[0.5], 1.0, 0.0).is_err());
+}

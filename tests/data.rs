@@ -573,3 +573,56 @@ fn real_cifar10_when_present() {
     let (part, _) = data::load_cifar10_with(&dir, &opts).unwrap();
     assert_eq!(part, train.first(12_345));
 }
+
+// ---- stratified validation split -------------------------------------------------------------------
+
+#[test]
+fn stratified_split_is_exact_seeded_and_disjoint() {
+    use evenclass::data::stratified_split;
+    // 10 classes, unequal sizes: 100 + 10 * c images of class c.
+    let labels: Vec<u8> = (0..10u8).flat_map(|c| std::iter::repeat_n(c, 100 + 10 * c as usize)).collect();
+    let n = labels.len();
+    let s = stratified_split(&labels, 10, 300, 7).unwrap();
+    assert_eq!(s.val.len(), 300);
+    assert_eq!(s.train.len() + s.val.len(), n);
+    let mut all: Vec<usize> = s.train.iter().chain(&s.val).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..n).collect::<Vec<_>>(), "a partition of every image");
+    for c in 0..10u8 {
+        let in_val = s.val.iter().filter(|&&i| labels[i] == c).count() as f64;
+        let share = 300.0 * (100 + 10 * c as usize) as f64 / n as f64;
+        assert!((in_val - share).abs() < 1.0, "class {c}: {in_val} vs {share}");
+    }
+    assert_eq!(stratified_split(&labels, 10, 300, 7).unwrap(), s, "same seed, same split");
+    assert_ne!(stratified_split(&labels, 10, 300, 8).unwrap(), s, "another seed, another split");
+}
+
+#[test]
+fn stratified_split_bad_sizes_are_clear_errors() {
+    use evenclass::data::stratified_split;
+    let labels: Vec<u8> = (0..3u8).flat_map(|c| std::iter::repeat_n(c, 4)).collect();
+    let msg = |r: evenclass::data::Result<evenclass::data::Split>| r.unwrap_err().to_string();
+    assert!(msg(stratified_split(&labels, 3, 12, 0)).contains("nothing to train on"));
+    assert!(msg(stratified_split(&labels, 3, 50, 0)).contains("nothing to train on"));
+    // 2 validation images for 3 classes: one class gets none.
+    assert!(msg(stratified_split(&labels, 3, 2, 0)).contains("without validation samples"));
+    // A class of one image cannot give one to validation and keep one for training.
+    let mut one = labels.clone();
+    one.push(3);
+    let e = msg(stratified_split(&one, 4, 8, 0));
+    assert!(e.contains("class 3") && e.contains("none to train on"), "{e}");
+    assert!(msg(stratified_split(&[0, 5], 3, 1, 0)).contains("label 5"));
+    // A class that is absent is fine.
+    let s = stratified_split(&labels, 4, 3, 0).unwrap();
+    assert_eq!(s.val.len(), 3);
+}
+
+#[test]
+fn dataset_select_takes_images_in_order() {
+    let (train, _) = evenclass::data::synthetic(5, 6, 1);
+    let sel = train.select(&[3, 0], "picked").unwrap();
+    assert_eq!(sel.labels, vec![train.labels[3], train.labels[0]]);
+    assert_eq!(sel.image(0), train.image(3));
+    assert_eq!(sel.name, "picked");
+    assert!(train.select(&[train.len()], "x").is_err());
+}

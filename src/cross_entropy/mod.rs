@@ -27,6 +27,7 @@
 //! without reading or writing out of bounds, and the wrapper reports it after the launch.
 pub mod cpu;
 pub mod cuda;
+pub mod weights;
 
 /// How per-sample losses are combined, as PyTorch's `reduction`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 
 pub mod cifar;
 pub mod download;
+pub mod split;
 pub mod synthetic;
 
 pub use cifar::{load_cifar10, load_cifar10_with, LoadOptions};
 pub use download::{download_cifar10, DownloadSpec, ARCHIVE_DIR};
+pub use split::{stratified_split, Split};
 pub use synthetic::synthetic;
 
 /// Image height and width in pixels.
