@@ -8,6 +8,8 @@ use evenclass::conv::{cpu, cuda as conv_cuda, Conv2dOpts, Conv2dShape};
 
 /// (name, input channels, output channels, input size, filter size, stride, pad)
 const LAYERS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("16to16_32x32", 16, 16, 32, 3, 1, 1),
+    ("32to32_16x16", 32, 32, 16, 3, 1, 1),
     ("3to64_32x32", 3, 64, 32, 3, 1, 1),
     ("64to64_32x32", 64, 64, 32, 3, 1, 1),
     ("128to128_16x16", 128, 128, 16, 3, 1, 1),
@@ -56,6 +58,15 @@ fn bench_cpu(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("backward_data", layer.0), |bn| {
             bn.iter(|| cpu::backward_data_into(&sh, &dy, &w, &mut dx).unwrap())
         });
+        if layer.4 == 3 && layer.5 == 1 {
+            // Winograd F(2x2, 3x3); throughput still counted as direct-convolution FLOPs.
+            g.bench_function(BenchmarkId::new("forward_winograd", layer.0), |bn| {
+                bn.iter(|| cpu::forward_into_with(cpu::CpuAlgo::Winograd, &sh, &x, &w, Some(&b), &mut y).unwrap())
+            });
+            g.bench_function(BenchmarkId::new("backward_data_winograd", layer.0), |bn| {
+                bn.iter(|| cpu::backward_data_into_with(cpu::CpuAlgo::Winograd, &sh, &dy, &w, &mut dx).unwrap())
+            });
+        }
         g.bench_function(BenchmarkId::new("backward_weight", layer.0), |bn| {
             bn.iter(|| cpu::backward_weight_into(&sh, &x, &dy, &mut dw, 0.0).unwrap())
         });

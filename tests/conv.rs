@@ -209,6 +209,60 @@ fn im2col_path_matches_direct_loops() {
     }
 }
 
+/// 3x3 stride-1 cases for the Winograd path: odd and even output sizes (partial 2x2 blocks), pads
+/// 0, 1 and 2 (and 3, where the data gradient falls back to im2col), one-pixel maps, odd channel
+/// and filter counts, and the trainer's 32x32 maps.
+const WINOGRAD_GRID: &[Case] = &[
+    ([2, 3, 7, 7], [4, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([3, 5, 8, 6], [7, 3, 3], [1, 1], [0, 0], [1, 1]),
+    ([2, 2, 5, 9], [3, 3, 3], [1, 1], [2, 2], [1, 1]),
+    ([2, 2, 5, 4], [3, 3, 3], [1, 1], [2, 0], [1, 1]),
+    ([1, 3, 4, 4], [2, 3, 3], [1, 1], [3, 3], [1, 1]),
+    ([4, 6, 1, 1], [5, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([3, 16, 32, 32], [16, 3, 3], [1, 1], [1, 1], [1, 1]),
+];
+
+#[test]
+fn winograd_path_matches_direct_loops() {
+    use cpu::CpuAlgo::Winograd;
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for (i, &case) in WINOGRAD_GRID.iter().enumerate() {
+                let sh = shape_of(case);
+                let d = data(&sh, 500 + i as u64);
+                let what = |pass: &str| format!("winograd {pass} {case:?} on {threads} threads");
+                // The transforms add up to 16 inputs before multiplying: a slightly looser tolerance.
+                let terms = 4 * sh.c() * 9;
+                for bias in [None, Some(d.b.as_slice())] {
+                    let mut y = vec![POISON; sh.output_len()];
+                    cpu::forward_into_with(Winograd, &sh, &d.x, &d.w, bias, &mut y).unwrap();
+                    let want = cpu::naive::forward(&sh, &d.x, &d.w, bias).unwrap();
+                    assert_close(&what("forward"), &y, &want, atol(terms), 1e-5);
+                }
+                let mut dx = vec![POISON; sh.input_len()];
+                cpu::backward_data_into_with(Winograd, &sh, &d.dy, &d.w, &mut dx).unwrap();
+                let want = cpu::naive::backward_data(&sh, &d.dy, &d.w).unwrap();
+                assert_close(&what("backward_data"), &dx, &want, atol(4 * sh.k() * 9), 1e-5);
+            }
+        });
+    }
+    // Shapes it does not apply to fall back to im2col (same result as the default path).
+    let sh = shape_of(GRID[1]); // stride 2
+    let d = data(&sh, 9);
+    let (mut a, mut b) = (vec![POISON; sh.output_len()], vec![POISON; sh.output_len()]);
+    cpu::forward_into_with(Winograd, &sh, &d.x, &d.w, None, &mut a).unwrap();
+    cpu::forward_into(&sh, &d.x, &d.w, None, &mut b).unwrap();
+    assert_eq!(a, b);
+    // Bad lengths are errors on the Winograd path too.
+    let sh = shape_of(WINOGRAD_GRID[0]);
+    let d = data(&sh, 10);
+    let mut y = vec![0.0; sh.output_len() - 1];
+    assert!(matches!(cpu::forward_into_with(Winograd, &sh, &d.x, &d.w, None, &mut y), Err(Error::Shape { .. })));
+    let mut dx = vec![0.0; sh.input_len()];
+    assert!(matches!(cpu::backward_data_into_with(Winograd, &sh, &d.dy[1..], &d.w, &mut dx), Err(Error::Shape { .. })));
+}
+
 #[test]
 fn view_api_matches_slice_api_and_takes_any_layout() {
     let sh = shape_of(GRID[5]);

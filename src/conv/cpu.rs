@@ -76,6 +76,58 @@ pub fn bias_grad(dy: ArrayView4<'_, f32>) -> Array1<f32> {
 
 // ---- slice API -----------------------------------------------------------------------------------
 
+/// Which algorithm the CPU runs for the forward pass and the data gradient. Both compute the same
+/// convolution (to rounding); the weight gradient always uses im2col + GEMM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuAlgo {
+    /// im2col + GEMM, any shape. The default.
+    #[default]
+    Im2col,
+    /// Winograd F(2x2, 3x3) (2.25x fewer multiplies) for 3x3 filters with stride 1 and no
+    /// dilation (and padding <= 2 for the data gradient); im2col for every other shape.
+    Winograd,
+}
+
+/// [`forward_into`] with a chosen [`CpuAlgo`].
+pub fn forward_into_with(
+    algo: CpuAlgo,
+    shape: &Conv2dShape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    if algo == CpuAlgo::Winograd && super::winograd::applies(shape) {
+        check_len("x", x.len(), shape.input_len())?;
+        check_len("w", w.len(), shape.filter_len())?;
+        if let Some(b) = bias {
+            check_len("bias", b.len(), shape.k)?;
+        }
+        check_len("y", y.len(), shape.output_len())?;
+        super::winograd::forward_into(shape, x, w, bias, y);
+        return Ok(());
+    }
+    forward_into(shape, x, w, bias, y)
+}
+
+/// [`backward_data_into`] with a chosen [`CpuAlgo`].
+pub fn backward_data_into_with(
+    algo: CpuAlgo,
+    shape: &Conv2dShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    if algo == CpuAlgo::Winograd && super::winograd::applies_backward_data(shape) {
+        check_len("dy", dy.len(), shape.output_len())?;
+        check_len("w", w.len(), shape.filter_len())?;
+        check_len("dx", dx.len(), shape.input_len())?;
+        super::winograd::backward_data_into(shape, dy, w, dx);
+        return Ok(());
+    }
+    backward_data_into(shape, dy, w, dx)
+}
+
 /// [`forward`] on contiguous slices: `x` NCHW, `w` KCRS, `bias` of length k, into `y` (NKHW).
 pub fn forward_into(shape: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) -> Result<()> {
     check_len("x", x.len(), shape.input_len())?;
@@ -378,15 +430,15 @@ fn scatter_chunk(src: &[f32], nb: usize, rows: usize, pq: usize, bias: Option<&[
 }
 
 /// How a call splits its batch (see the module docs).
-struct Plan {
+pub(super) struct Plan {
     n: usize,
     groups: usize,
     chunk: usize,
-    par: Parallelism,
+    pub(super) par: Parallelism,
 }
 
 impl Plan {
-    fn new(sh: &Conv2dShape) -> Self {
+    pub(super) fn new(sh: &Conv2dShape) -> Self {
         let threads = rayon::current_num_threads().max(1);
         let groups = sh.n.min(threads);
         let per_group = sh.n.div_ceil(groups);
@@ -404,7 +456,7 @@ impl Plan {
     }
 
     /// `buf` (`n` images of `per_image` elements) cut into the groups, each with its first image.
-    fn groups_of<'a>(&self, buf: &'a mut [f32], per_image: usize) -> Vec<(usize, &'a mut [f32])> {
+    pub(super) fn groups_of<'a>(&self, buf: &'a mut [f32], per_image: usize) -> Vec<(usize, &'a mut [f32])> {
         let mut out = Vec::with_capacity(self.groups);
         let mut rest = buf;
         for g in 0..self.groups {
@@ -425,16 +477,16 @@ impl Plan {
 
 /// A read-only strided matrix: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
+pub(super) struct Mat<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 /// `dst (m x n, row stride dst_rs) = keep.map_or(0, |a| a * dst) + lhs (m x k) * rhs (k x n)`.
 /// With `keep == None` the old `dst` is never read.
 #[allow(clippy::too_many_arguments)]
-fn sgemm(
+pub(super) fn sgemm(
     m: usize,
     n: usize,
     k: usize,

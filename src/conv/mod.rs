@@ -21,6 +21,7 @@
 //! where `x` outside the image reads as zero.
 pub mod cpu;
 pub mod cuda;
+mod winograd;
 
 use crate::error::{Error, Result};
 
