@@ -77,7 +77,7 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = int_in(1, 8192))]
     pub batch_size: Option<usize>,
     /// Peak learning rate, finite and in (0, 100] [default: 0.2 x batch size / 256].
-    #[arg(long, value_name = "LR", value_parser = lr_value)]
+    #[arg(long, value_name = "LR", allow_negative_numbers = true, value_parser = lr_value)]
     pub lr: Option<f32>,
     /// Channels of the stem, 1 to 1024; the three stages use 2x, 4x, 8x [default: 16 on the CPU,
     /// 64 on a GPU].
@@ -425,12 +425,14 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
         println!("resuming run {} (started {})", m.run_id, m.started_utc);
         m
     } else {
+        if let (true, OutState::Run(prev)) = (args.stage2_only, &published) {
+            // The exponent only shapes stage 2: rerunning stage 2 with another p is the point.
+            check_same_run(&prev.meta, &config, &fingerprint, "stage 1", Some(&["exponent"]))?;
+        }
         let m = RunManifest::new(meta);
         dir.start(&m)?;
         if args.stage2_only {
             let OutState::Run(prev) = &published else { unreachable!("checked above") };
-            // The exponent only shapes stage 2: rerunning stage 2 with another p is the point.
-            check_same_run(&prev.meta, &config, &fingerprint, "stage 1", Some(&["exponent"]))?;
             let key = &specs[0].key;
             for ext in ["json", "safetensors"] {
                 let (from, to) = (dir.out().join(format!("{key}.{ext}")), dir.staging().join(format!("{key}.{ext}")));
