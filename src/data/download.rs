@@ -167,7 +167,7 @@ fn fetch(spec: &DownloadSpec, out: &mut File, out_path: &Path) -> Result<()> {
             None => indicatif::ProgressBar::new_spinner(),
         };
         if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            indicatif::ProgressStyle::with_template("{msg} [{wide_bar}] {bytes:>10}/{total_bytes:10} eta {eta:4}")
         {
             bar.set_style(style.progress_chars("=> "));
         }

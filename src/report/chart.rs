@@ -122,18 +122,27 @@ fn wrap_label<DB: DrawingBackend>(
     max_px: u32,
 ) -> Result<Vec<String>, ReportError> {
     let width = |s: &str| area.estimate_text_size(s, style).map(|(w, _)| w).map_err(chart_err);
+    // Break at spaces and after hyphens ("synthetic-stripes-" | "coarse").
+    let mut words: Vec<(String, &str)> = Vec::new(); // (word, separator before it)
+    for (i, w) in name.split_whitespace().enumerate() {
+        let mut first = true;
+        for part in w.split_inclusive('-') {
+            words.push((part.to_string(), if first && i > 0 { " " } else { "" }));
+            first = false;
+        }
+    }
     let mut lines: Vec<String> = Vec::new();
-    for word in name.split_whitespace() {
+    for (word, sep) in words {
         match lines.last_mut() {
-            Some(last) if width(&format!("{last} {word}"))? <= max_px => {
-                last.push(' ');
-                last.push_str(word);
+            Some(last) if width(&format!("{last}{sep}{word}"))? <= max_px => {
+                last.push_str(sep);
+                last.push_str(&word);
             }
-            _ => lines.push(word.to_string()),
+            _ => lines.push(word),
         }
     }
     if lines.len() > LABEL_LINES {
-        let rest = lines.split_off(LABEL_LINES - 1).join(" ");
+        let rest = lines.split_off(LABEL_LINES - 1).concat();
         lines.push(rest);
     }
     lines.iter().map(|l| fit_label(area, l, style, max_px)).collect()
@@ -184,7 +193,8 @@ fn fit_label<DB: DrawingBackend>(
     Ok("…".to_string())
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -> Result<(), ReportError> {
+/// Draws the chart; returns the class labels as drawn (lines per class).
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -> Result<Vec<Vec<String>>, ReportError> {
     let classes = report.class_names.len();
     let stages = report.stages.len();
     let (w, _) = root.dim_in_pixel();
@@ -324,5 +334,14 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -> R
             chart.draw_series(labels).map_err(chart_err)?;
         }
     }
-    Ok(())
+    Ok(labels)
+}
+
+/// The class labels as the chart draws them (one list of lines per class), for checks that no
+/// two classes get the same label.
+pub fn chart_class_labels(report: &Report) -> Result<Vec<Vec<String>>, ReportError> {
+    ensure_fonts()?;
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (CHART_WIDTH, CHART_HEIGHT)).into_drawing_area();
+    draw(&root, report)
 }

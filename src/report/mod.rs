@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use chart::{CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
+pub use chart::{chart_class_labels, CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
 pub use diff::{describe_diffs, diff_fields, FieldDiff};
 pub use table::terminal_table;
 

@@ -271,7 +271,9 @@ pub fn train_with<B: Backend>(
             meta.counts.iter_mut().for_each(|c| *c = 0);
             meta.epoch_seconds = 0.0;
         }
-        let bar = bar(progress.bars, steps_per_epoch as u64, format!("{stage} {}/{}", epoch + 1, cfg.epochs));
+        // The bar names the stage by its first two words ("stage 1") to stay within 80 columns.
+        let short: String = stage.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let bar = bar(progress.bars, steps_per_epoch as u64, format!("{short} ep {}/{}", epoch + 1, cfg.epochs));
         bar.set_position(meta.batch as u64);
         let started = Instant::now();
         let seconds_before = meta.epoch_seconds;
@@ -308,7 +310,7 @@ pub fn train_with<B: Backend>(
             bar.inc(1);
             let secs = seconds_before + started.elapsed().as_secs_f64();
             bar.set_message(format!(
-                "loss {:.4} {:.0} img/s",
+                "loss {:.3} {:.0} img/s",
                 meta.loss_sum / meta.batch as f64,
                 ((meta.batch) * cfg.batch_size) as f64 / secs.max(1e-9)
             ));
@@ -480,7 +482,9 @@ fn bar(show: bool, len: u64, prefix: String) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+        // Fits an 80-column terminal: the prefix and message are cut to fixed widths and the bar
+        // takes what is left of the terminal's width.
+        ProgressStyle::with_template("{prefix:22!} [{wide_bar}] {pos:>4}/{len:4} {msg:24!} eta {eta:4}")
             .expect("valid template")
             .progress_chars("=> "),
     );
