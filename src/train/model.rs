@@ -512,18 +512,20 @@ fn check_config(config: ModelConfig, max_batch: usize) -> Result<()> {
     }
 }
 
-/// Floats per image of every activation buffer of [`Model::new`] (input first, logits last).
+/// Floats per image of every activation buffer of [`Model::new`] (input first, logits last);
+/// saturating, so absurd configurations give huge numbers, not an overflow.
 fn activation_sizes(config: ModelConfig) -> Vec<usize> {
     let w0 = config.width;
-    let mut sizes = vec![INPUT.len(), w0 * 32 * 32, w0 * 32 * 32];
+    let plane = |c: usize, hw: usize| c.saturating_mul(hw * hw);
+    let mut sizes = vec![INPUT.len(), plane(w0, 32), plane(w0, 32)];
     let (mut c, mut hw) = (w0, 32);
     for _stage in 0..3 {
-        let cout = 2 * c;
-        sizes.push(cout * hw * hw);
+        let cout = c.saturating_mul(2);
+        sizes.push(plane(cout, hw));
         hw /= 2;
-        sizes.extend([cout * hw * hw; 2]);
-        for _ in 1..config.depth {
-            sizes.extend([cout * hw * hw; 2]);
+        sizes.extend([plane(cout, hw); 2]);
+        for _ in 1..config.depth.min(1 << 16) {
+            sizes.extend([plane(cout, hw); 2]);
         }
         c = cout;
     }
@@ -548,7 +550,7 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// Everything together.
     pub fn total(&self) -> u64 {
-        self.parameters + self.activations + self.data
+        self.parameters.saturating_add(self.activations).saturating_add(self.data)
     }
 
     /// Estimate for `config` with batches of up to `max_batch` and `images` dataset images
