@@ -191,7 +191,10 @@ fn plan(args: &Args, gpu: bool, classes: usize) -> Plan {
 pub enum Weights {
     Uniform,
     /// `(mean(r) / r_c)^exponent` from the test recall of stage `of` (an earlier stage).
-    FromRecall { of: usize, exponent: f64 },
+    FromRecall {
+        of: usize,
+        exponent: f64,
+    },
 }
 
 /// One stage of a run: a file-name key, a display name and its weights.
@@ -347,13 +350,13 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
     }
 
     // ---- data ----
-    let loaded = match data::resolve(args.data_dir.clone(), args.synthetic, !args.no_download, args.train_subset, args.seed)
-    {
-        Ok(l) => l,
-        // A folder the user named that does not hold the data is a usage error (exit status 2).
-        Err(e @ data::DataError::NotFound { .. }) => return Err(usage(e.to_string())),
-        Err(e) => return Err(anyhow::Error::new(e).context("loading the data")),
-    };
+    let loaded =
+        match data::resolve(args.data_dir.clone(), args.synthetic, !args.no_download, args.train_subset, args.seed) {
+            Ok(l) => l,
+            // A folder the user named that does not hold the data is a usage error (exit status 2).
+            Err(e @ data::DataError::NotFound { .. }) => return Err(usage(e.to_string())),
+            Err(e) => return Err(anyhow::Error::new(e).context("loading the data")),
+        };
     let (mut train_set, mut test_set) = (loaded.train, loaded.test);
     if let Some(n) = args.test_subset {
         test_set = test_set.first(n);
@@ -438,7 +441,12 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
                 let (from, to) = (dir.out().join(format!("{key}.{ext}")), dir.staging().join(format!("{key}.{ext}")));
                 std::fs::copy(&from, &to).with_context(|| format!("--stage2-only: copying {}", from.display()))?;
             }
-            println!("{}: reusing {} of run {}", specs[0].name, dir.out().join(format!("{key}.json")).display(), prev.run_id);
+            println!(
+                "{}: reusing {} of run {}",
+                specs[0].name,
+                dir.out().join(format!("{key}.json")).display(),
+                prev.run_id
+            );
         }
         m
     };

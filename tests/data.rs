@@ -268,7 +268,8 @@ fn resolve_picks_the_source() {
     assert!(matches!(&e, DataError::NotFound { from: DirSource::Explicit, .. }), "{e}");
     assert!(!dir.exists());
     // Only the default location falls back, and says so.
-    let spec = DownloadSpec { url: "http://127.0.0.1:9/none.tar.gz".into(), progress: false, ..DownloadSpec::default() };
+    let spec =
+        DownloadSpec { url: "http://127.0.0.1:9/none.tar.gz".into(), progress: false, ..DownloadSpec::default() };
     let loaded = data::resolve_with(&dir, DirSource::Default, false, false, &spec, Some(30), 1).unwrap();
     match &loaded.source {
         DataSource::Synthetic { reason } => assert!(reason.contains("--no-download"), "{reason}"),

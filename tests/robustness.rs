@@ -121,7 +121,12 @@ fn kind() -> impl Strategy<Value = Kind> {
 /// possibly truncated (before or after compression), bit-flipped, or given a lying size.
 fn archive() -> impl Strategy<Value = Vec<u8>> {
     let entries = proptest::collection::vec((entry_name(), kind(), 0usize..(2 * RECORD_BYTES), any::<bool>()), 0..6);
-    (entries, proptest::option::of(0.0f64..1.0), proptest::option::of(0.0f64..1.0), proptest::collection::vec(any::<(u16, u8)>(), 0..3))
+    (
+        entries,
+        proptest::option::of(0.0f64..1.0),
+        proptest::option::of(0.0f64..1.0),
+        proptest::collection::vec(any::<(u16, u8)>(), 0..3),
+    )
         .prop_map(|(entries, cut_tar, cut_gz, flips)| {
             let mut tar = Vec::new();
             for (name, kind, size, lie) in entries {

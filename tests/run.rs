@@ -9,8 +9,8 @@ mod cifar10;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use clap::Parser;
 use cifar10::{Args, Ended, UsageError};
+use clap::Parser;
 use evenclass::report::run_dir::{read_manifest, RunDir, RunManifest, MANIFEST};
 use evenclass::train::CpuBackend;
 
@@ -61,7 +61,7 @@ fn write_cifar(dir: &Path, seed: u8) {
         let bytes: Vec<u8> = (0..60).flat_map(|i| record(f * 1000 + i)).collect();
         std::fs::write(dir.join(format!("data_batch_{f}.bin")), bytes).unwrap();
     }
-    let bytes: Vec<u8> = (0..150).flat_map(|i| record(i)).collect();
+    let bytes: Vec<u8> = (0..150).flat_map(record).collect();
     std::fs::write(dir.join("test_batch.bin"), bytes).unwrap();
 }
 
@@ -102,8 +102,7 @@ fn assert_one_run(out: &Path) {
     let mut listed = m.files.clone();
     listed.push(MANIFEST.into());
     listed.sort();
-    let mut present: Vec<String> =
-        snapshot(out).into_iter().map(|(p, _)| p.to_string_lossy().into_owned()).collect();
+    let mut present: Vec<String> = snapshot(out).into_iter().map(|(p, _)| p.to_string_lossy().into_owned()).collect();
     present.sort();
     assert_eq!(listed, present, "files in the folder differ from the manifest's list");
 }

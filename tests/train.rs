@@ -558,7 +558,10 @@ fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
     assert!(bits(&model.optimizer_state(&be).unwrap()) == bits(&want_optim), "momentum differs");
     assert_eq!(final_logs.len(), logs.len());
     for (a, b) in final_logs.iter().zip(&logs) {
-        assert_eq!((a.epoch, a.lr.to_bits(), a.train_loss.to_bits()), (b.epoch, b.lr.to_bits(), b.train_loss.to_bits()));
+        assert_eq!(
+            (a.epoch, a.lr.to_bits(), a.train_loss.to_bits()),
+            (b.epoch, b.lr.to_bits(), b.train_loss.to_bits())
+        );
         assert_eq!(a.train_accuracy.to_bits(), b.train_accuracy.to_bits());
         assert_eq!(a.test_accuracy.map(f64::to_bits), b.test_accuracy.map(f64::to_bits));
     }
@@ -625,8 +628,18 @@ fn divergence_stops_with_stage_epoch_step_and_last_good_checkpoint() {
     let mut state = m.state(&be).unwrap();
     state[0][0] = f32::INFINITY; // a stem weight: the loss becomes NaN at once
     m.load_state(&be, &state).unwrap();
-    let e = train_with(&be, &mut m, &tr, None, &[1.0; 10], &cfg, "s", QUIET, TrainControl { checkpoint: Some(&ck), ..control })
-        .unwrap_err();
+    let e = train_with(
+        &be,
+        &mut m,
+        &tr,
+        None,
+        &[1.0; 10],
+        &cfg,
+        "s",
+        QUIET,
+        TrainControl { checkpoint: Some(&ck), ..control },
+    )
+    .unwrap_err();
     assert!(matches!(&e, evenclass::Error::Diverged { epoch: 1, step: 0, .. }), "{e}");
     assert_eq!(std::fs::read(&ck).unwrap(), good, "the last good checkpoint was overwritten");
 }

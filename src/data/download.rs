@@ -86,7 +86,8 @@ pub fn download_cifar10(target: &Path, spec: &DownloadSpec) -> Result<()> {
     };
     // The parent folders this call creates (deepest first), removed again on failure, so that a
     // failed download leaves no empty `data/` behind.
-    let created: Vec<PathBuf> = parent.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
+    let created: Vec<PathBuf> =
+        parent.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
     std::fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
     let result = download_into(target, &parent, spec);
     if result.is_err() {

@@ -165,7 +165,12 @@ pub(super) fn class_labels<DB: DrawingBackend>(
         .iter()
         .enumerate()
         .map(|(k, n)| {
-            let mut lines = wrap_label(area, n, style, max_px.saturating_sub(area.estimate_text_size(&format!("{k}: "), style).map_err(chart_err)?.0))?;
+            let mut lines = wrap_label(
+                area,
+                n,
+                style,
+                max_px.saturating_sub(area.estimate_text_size(&format!("{k}: "), style).map_err(chart_err)?.0),
+            )?;
             lines[0] = format!("{k}: {}", lines[0]);
             Ok(lines)
         })

@@ -129,11 +129,7 @@ impl RunDir {
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = lock.read_to_string(&mut holder);
-                return Err(ReportError::Locked {
-                    out,
-                    lock: lock_path,
-                    holder: holder.trim().replace('\n', ", "),
-                });
+                return Err(ReportError::Locked { out, lock: lock_path, holder: holder.trim().replace('\n', ", ") });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(ReportError::io("lock", &lock_path, e)),
         }
@@ -174,7 +170,8 @@ impl RunDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OutState::Absent),
             Err(e) => return Err(ReportError::io("read", &self.out, e)),
         };
-        let mut names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> =
+            entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         if names.is_empty() {
             return Ok(OutState::Empty);
@@ -209,7 +206,8 @@ impl RunDir {
     /// Rewrites the manifest of the run in progress.
     pub fn write_manifest(&self, manifest: &RunManifest) -> Result<(), ReportError> {
         let path = self.staging.join(MANIFEST);
-        let mut json = serde_json::to_vec_pretty(manifest).map_err(|source| ReportError::Json { path: path.clone(), source })?;
+        let mut json =
+            serde_json::to_vec_pretty(manifest).map_err(|source| ReportError::Json { path: path.clone(), source })?;
         json.push(b'\n');
         super::write_atomic(&path, &json)
     }

@@ -10,9 +10,9 @@ mod trainer;
 use std::path::Path;
 
 pub use backend::{Backend, BatchPlan, BnState, Chw, Normalize, SgdStep};
+pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 pub use cpu_backend::CpuBackend;
 pub use cuda_backend::CudaBackend;
-pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
 pub use trainer::{
     evaluate, train, train_with, DeviceData, Progress, TrainConfig, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,

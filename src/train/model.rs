@@ -584,9 +584,8 @@ impl MemoryEstimate {
         for _ in 0..3 {
             let cout = c.saturating_mul(2);
             params = params.saturating_add(c.saturating_mul(cout).saturating_mul(9));
-            params = params.saturating_add(
-                d.saturating_sub(1).saturating_mul(cout.saturating_mul(cout).saturating_mul(9)),
-            );
+            params =
+                params.saturating_add(d.saturating_sub(1).saturating_mul(cout.saturating_mul(cout).saturating_mul(9)));
             bn_channels = bn_channels.saturating_add(d.saturating_mul(cout));
             c = cout;
         }

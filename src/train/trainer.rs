@@ -364,7 +364,13 @@ pub fn train_with<B: Backend>(
         } else {
             // No checkpoint to write, but a run must still not go on with garbage parameters.
             if let Some(what) = non_finite_state(be, model)? {
-                return Err(Error::Diverged { stage: stage.to_string(), epoch: epoch + 1, step: meta.step, what, last_good });
+                return Err(Error::Diverged {
+                    stage: stage.to_string(),
+                    epoch: epoch + 1,
+                    step: meta.step,
+                    what,
+                    last_good,
+                });
             }
         }
         if control.stop.is_some_and(|s| s.load(Ordering::SeqCst)) && meta.epoch < cfg.epochs {
@@ -430,7 +436,12 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta) -> Result<()> {
         return Ok(());
     }
     let detail = if diffs.is_empty() {
-        format!("its position (epoch {}, {} log entries) does not fit {} epochs", saved.epoch, saved.logs.len(), now.train.epochs)
+        format!(
+            "its position (epoch {}, {} log entries) does not fit {} epochs",
+            saved.epoch,
+            saved.logs.len(),
+            now.train.epochs
+        )
     } else {
         format!("fields that differ (class weights compared as f32 bits):\n{}", crate::report::describe_diffs(&diffs))
     };
