@@ -357,3 +357,40 @@ fn a_configuration_too_large_for_memory_is_refused_with_numbers() {
     assert!(msg.contains("needs about") && msg.contains("GiB") && msg.contains("available"), "{msg}");
     assert!(msg.contains("--width"), "{msg}");
 }
+
+/// Interrupted after every single step, in stage 1 and in stage 2, and resumed each time: the
+/// published folder never changes until the last resume publishes the whole run, whose models
+/// are bit-identical to an uninterrupted run's.
+#[test]
+fn interrupted_at_every_step_of_both_stages_publishes_only_the_whole_run() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let flags = ["--synthetic", "--seed", "2", "--train-subset", "128"]; // 2 steps an epoch
+    run(&out, &["--synthetic"]).unwrap();
+    let first = snapshot(&out);
+    assert_eq!(run_interrupted(&out, &[&flags[..], &["--overwrite"]].concat()).unwrap(), Ended::Stopped);
+    let mut stops = 1;
+    let resume = [&flags[..], &["--resume"]].concat();
+    loop {
+        assert_eq!(snapshot(&out), first, "published folder changed after {stops} interruptions");
+        match run_interrupted(&out, &resume).unwrap() {
+            Ended::Stopped => stops += 1,
+            Ended::Finished => break,
+        }
+        assert!(stops < 20, "never finished");
+    }
+    // 2 stages x 2 epochs x 2 steps = 8 steps; a stop after each but the last of each stage.
+    assert!(stops >= 6, "{stops} interruptions");
+    assert_one_run(&out);
+    let fresh = t.path().join("fresh");
+    run(&fresh, &flags).unwrap();
+    for f in ["stage1.safetensors", "stage2.safetensors"] {
+        assert!(std::fs::read(out.join(f)).unwrap() == std::fs::read(fresh.join(f)).unwrap(), "{f} differs");
+    }
+    let (a, b) = (
+        evenclass::report::read_report(out.join("report.json")).unwrap(),
+        evenclass::report::read_report(fresh.join("report.json")).unwrap(),
+    );
+    assert_eq!(a.stages[1].class_weights, b.stages[1].class_weights);
+    assert_eq!(a.stages[1].test, b.stages[1].test);
+}
