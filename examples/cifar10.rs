@@ -367,7 +367,13 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
     let synthetic = loaded.source.is_synthetic();
     let dataset = match &loaded.source {
         DataSource::Cifar10 { dir, downloaded } => {
-            format!("CIFAR-10 ({}{})", dir.display(), if *downloaded { ", just downloaded" } else { "" })
+            // Where the folder came from: --data-dir, $CIFAR10_DIR or the default location.
+            let from = match data::resolve_data_dir(args.data_dir.clone()).1 {
+                data::DirSource::Explicit => "from --data-dir",
+                data::DirSource::Env => "from $CIFAR10_DIR",
+                data::DirSource::Default => "the default location",
+            };
+            format!("CIFAR-10 ({}, {from}{})", dir.display(), if *downloaded { ", just downloaded" } else { "" })
         }
         DataSource::Synthetic { reason } => {
             eprintln!("==================================================================");

@@ -11,7 +11,7 @@
 //! over the target, then the folder is flushed. A crash leaves either the previous checkpoint or
 //! the new one, never a torn file.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand_pcg::Pcg64;
 use serde::{Deserialize, Serialize};
@@ -157,11 +157,6 @@ impl Checkpoint {
             optim: complete(optim, "optim")?,
             order: order.ok_or_else(|| err(path, "no `order` tensor"))?,
         })
-    }
-
-    /// Where `path`'s checkpoint of a stage lives (helper for callers that keep one per stage).
-    pub fn path_for(dir: &Path, stage_key: &str) -> PathBuf {
-        dir.join(format!("{stage_key}.ckpt"))
     }
 }
 
