@@ -44,6 +44,12 @@ fn main() {
     // Exposed to the crate so the kernel-compile test can use the very same compiler.
     println!("cargo:rustc-env=EVENCLASS_NVCC={}", nvcc.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     println!("cargo:rustc-env=EVENCLASS_KERNEL_DIR={}", kernel_dir.display());
+    // `cfg(evenclass_nvcc)`: tests/kernels_compile.rs is ignored (with the reason) without nvcc,
+    // instead of passing without checking anything.
+    println!("cargo:rustc-check-cfg=cfg(evenclass_nvcc)");
+    if nvcc.is_some() {
+        println!("cargo:rustc-cfg=evenclass_nvcc");
+    }
 
     let outcome: Result<Vec<(String, PathBuf)>, String> = match &nvcc {
         None => Err("nvcc was not found (set NVCC or CUDA_HOME, or put nvcc on PATH)".into()),

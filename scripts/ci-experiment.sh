@@ -2,14 +2,17 @@
 # CI smoke run of the two-stage experiment (examples/cifar10.rs) on the CPU: one epoch per stage
 # on a 2048-image subset of CIFAR-10 from ../shared (the built-in synthetic set when that is
 # missing), then checks of what it wrote (report.json's structure, the CSV, the PNG and SVG
-# charts), then a `--stage2-only` run on the same folder that must reuse stage 1.
+# charts), that a rerun without --overwrite is refused, then a `--stage2-only` run on the same
+# folder that must reuse stage 1 and publish a new run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # CI_CIFAR10_DIR: another location (tests of this script).
 data_dir=${CI_CIFAR10_DIR:-../shared/datasets/cifar-10-batches-bin}
 out=$(mktemp -d "${TMPDIR:-/tmp}/evenclass-ci-experiment.XXXXXX")
-trap 'rm -rf "$out"' EXIT
+# A run also uses .NAME.lock (and, while running, .NAME.partial) beside its output folder.
+lock="$(dirname "$out")/.$(basename "$out").lock"
+trap 'rm -rf "$out" "$lock" "$(dirname "$out")/.$(basename "$out").partial"' EXIT
 
 # --no-download: never fetch 170 MB in CI (a missing or empty folder falls back to synthetic data).
 args=(--train-subset 2048 --test-subset 1000 --epochs 1 --out "$out" --quiet --device cpu --no-download)
@@ -24,8 +27,11 @@ fi
 
 run() { cargo run --quiet --release --example cifar10 -- "$@"; }
 
+logs=$(mktemp -d "${TMPDIR:-/tmp}/evenclass-ci-logs.XXXXXX")
+trap 'rm -rf "$out" "$lock" "$(dirname "$out")/.$(basename "$out").partial" "$logs"' EXIT
+
 echo "ci-experiment: cifar10 ${args[*]}"
-run "${args[@]}" | tee "$out/run1.log"
+run "${args[@]}" | tee "$logs/run1.log"
 
 # Checks report.json and the other files; $2 = 1 when the data must be synthetic.
 check() {
@@ -54,6 +60,13 @@ def check_vec(what, v, n=C, lo=None, hi=None):
 
 with open(os.path.join(out, "report.json")) as f:
     report = json.load(f)
+
+with open(os.path.join(out, "run.json")) as f:
+    manifest = json.load(f)
+if manifest.get("complete") is not True or report.get("run_id") != manifest.get("run_id"):
+    fail(f"report.json's run id {report.get('run_id')!r} is not the complete run {manifest.get('run_id')!r}")
+if report.get("synthetic") != expect_synthetic:
+    fail(f"report.json says synthetic = {report.get('synthetic')!r}")
 
 for key in ("dataset", "device", "config", "stages"):
     if key not in report:
@@ -145,11 +158,22 @@ reused() {
 check "$expect_synthetic"
 before=$(reused)
 
+echo "ci-experiment: a rerun without --overwrite must be refused (exit 2) and change nothing"
+id1=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["run_id"])' "$out/run.json")
+set +e
+run "${args[@]}" > "$logs/refused.log" 2>&1
+rc=$?
+set -e
+if [ "$rc" != 2 ] || ! grep -q -- "--overwrite" "$logs/refused.log"; then
+    echo "ci-experiment: rerun exited $rc:" >&2
+    cat "$logs/refused.log" >&2
+    exit 1
+fi
+
 echo "ci-experiment: --stage2-only"
-rm "$out/report.json"
-run "${args[@]}" --stage2-only | tee "$out/run2.log"
-grep -q "stage 1: reusing" "$out/run2.log" || { echo "ci-experiment: --stage2-only did not reuse stage 1" >&2; exit 1; }
-if grep -q "^stage 1 (uniform weights) epoch" "$out/run2.log"; then
+run "${args[@]}" --stage2-only | tee "$logs/run2.log"
+grep -q "reusing .*stage1.json of run $id1" "$logs/run2.log" || { echo "ci-experiment: --stage2-only did not reuse stage 1" >&2; exit 1; }
+if grep -q "^stage 1 (uniform weights) epoch" "$logs/run2.log"; then
     echo "ci-experiment: --stage2-only trained stage 1 again" >&2
     exit 1
 fi

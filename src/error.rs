@@ -62,6 +62,17 @@ pub enum Error {
         source: DriverError,
     },
 
+    /// Training produced a non-finite loss or parameter. Names where it happened and the last
+    /// checkpoint written before it (which is left untouched).
+    #[error(
+        "{stage}: training diverged at epoch {epoch}, step {step}: {what}; {}",
+        match last_good {
+            Some(p) => format!("last good checkpoint: {}", p.display()),
+            None => "no checkpoint was written before it".to_string(),
+        }
+    )]
+    Diverged { stage: String, epoch: usize, step: usize, what: String, last_good: Option<std::path::PathBuf> },
+
     /// An error reported by the CUDA driver.
     #[error("CUDA driver error in {op}: {source}")]
     Driver {

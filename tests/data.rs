@@ -263,12 +263,34 @@ fn resolve_picks_the_source() {
     assert_eq!((loaded.train.len(), loaded.test.len()), (30, data::SYNTHETIC_TEST));
 
     let dir = t.path().join("cifar");
-    let loaded = data::resolve(Some(dir.clone()), false, false, Some(30), 1).unwrap();
+    // Named by the user and absent: an error, never a download or synthetic data.
+    let e = data::resolve(Some(dir.clone()), false, true, Some(30), 1).unwrap_err();
+    assert!(matches!(&e, DataError::NotFound { from: DirSource::Explicit, .. }), "{e}");
+    assert!(!dir.exists());
+    // Only the default location falls back, and says so.
+    let spec =
+        DownloadSpec { url: "http://127.0.0.1:9/none.tar.gz".into(), progress: false, ..DownloadSpec::default() };
+    let loaded = data::resolve_with(&dir, DirSource::Default, false, false, &spec, Some(30), 1).unwrap();
     match &loaded.source {
-        DataSource::Synthetic { reason } => assert!(reason.contains("download not allowed"), "{reason}"),
+        DataSource::Synthetic { reason } => assert!(reason.contains("--no-download"), "{reason}"),
         s => panic!("{s}"),
     }
     assert_eq!(loaded.train.name, "synthetic (not CIFAR-10)");
+    // The default location after a failed download: synthetic, and no folder left behind.
+    let deep = t.path().join("data").join("cifar-10-batches-bin");
+    let loaded = data::resolve_with(&deep, DirSource::Default, false, true, &spec, Some(30), 1).unwrap();
+    match &loaded.source {
+        DataSource::Synthetic { reason } => assert!(reason.contains("download failed"), "{reason}"),
+        s => panic!("{s}"),
+    }
+    assert!(!t.path().join("data").exists(), "a failed download left data/ behind");
+    // $CIFAR10_DIR is the user's word too.
+    let e = data::resolve_with(&dir, DirSource::Env, false, true, &spec, None, 1).unwrap_err();
+    assert!(e.to_string().contains("CIFAR10_DIR"), "{e}");
+    // The folder above cifar-10-batches-bin: a hint naming the subfolder.
+    write_dataset(&t.path().join("above").join("cifar-10-batches-bin"), 3);
+    let e = data::resolve(Some(t.path().join("above")), false, true, None, 1).unwrap_err();
+    assert!(e.to_string().contains("use ") && e.to_string().contains("above/cifar-10-batches-bin"), "{e}");
 
     write_dataset(&dir, 3);
     let loaded = data::resolve(Some(dir.clone()), false, false, Some(4), 1).unwrap();
@@ -428,10 +450,11 @@ fn download_into_existing_empty_dir() {
     assert!(data::cifar10_present(&target));
 }
 
-/// The download failed: nothing at the target and no temporaries beside it.
+/// The download failed: nothing at the target, no temporaries beside it, and not even the
+/// `data/` folder the download created.
 #[track_caller]
 fn assert_clean(root: &Path) {
-    assert_eq!(tree(root), vec!["data".to_string()], "leftovers after a failed download");
+    assert_eq!(tree(root), Vec::<String>::new(), "leftovers after a failed download");
 }
 
 #[test]

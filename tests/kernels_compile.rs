@@ -1,6 +1,8 @@
 //! Every kernel compiles with the nvcc build.rs found, to PTX a CUDA 13.0 driver accepts, and the
-//! embedded images are real fatbins. Without nvcc this test fails if EVENCLASS_REQUIRE_NVCC is set
-//! (as in CI) and otherwise reports that it checked nothing.
+//! embedded images are real fatbins. Built without nvcc, both tests are *ignored* with the reason
+//! (`cfg(evenclass_nvcc)` from build.rs), never a silent pass; with EVENCLASS_REQUIRE_NVCC=1 (CI)
+//! a build without nvcc fails instead. The one remaining skip is a test binary copied to a machine
+//! without the kernel sources (the GPU bundle), which says so on stderr.
 use std::path::Path;
 use std::process::Command;
 
@@ -14,6 +16,10 @@ fn required() -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(evenclass_nvcc),
+    ignore = "nvcc was not found when this was built: kernel compilation is not checked (source scripts/cuda-env.sh)"
+)]
 fn every_kernel_compiles_to_loadable_ptx() {
     if NVCC.is_empty() || !Path::new(NVCC).exists() || !Path::new(KERNEL_DIR).is_dir() {
         // Also the case of a test binary copied to another machine (the GPU bundle).
@@ -48,6 +54,7 @@ fn every_kernel_compiles_to_loadable_ptx() {
 }
 
 #[test]
+#[cfg_attr(not(evenclass_nvcc), ignore = "nvcc was not found when this was built: no kernels are embedded")]
 fn embedded_modules_are_fatbins() {
     let modules: Vec<_> = evenclass::cuda::compiled_modules().collect();
     if let Some(why) = evenclass::cuda::kernels_not_compiled() {

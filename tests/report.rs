@@ -70,6 +70,8 @@ fn two_stage_report() -> Report {
         stages: vec![stage("stage 1: uniform", vec![1.0; 10], &r1), stage("stage 2: reweighted", weights, &r2)],
         command: "evenclass-train --epochs 6".into(),
         created_utc: "2025-01-31T12:00:00Z".into(),
+        run_id: "run-1".into(),
+        synthetic: false,
     }
 }
 
@@ -170,7 +172,9 @@ fn write_all_writes_consistent_files() {
     // per_class.csv: header + 2 stages x 2 splits x 10 classes, names quoted where needed.
     let csv_text = fs::read_to_string(&files.csv).unwrap();
     let lines: Vec<&str> = csv_text.lines().collect();
-    assert_eq!(lines[0], "stage,split,class_index,class_name,support,recall,precision,f1,class_weight");
+    assert_eq!(lines[0], "run_id,dataset,stage,split,class_index,class_name,support,recall,precision,f1,class_weight");
+    assert!(lines[1..].iter().all(|l| l.starts_with("run-1,cifar10,")), "rows without the run id");
+    let lines: Vec<&str> = lines.iter().map(|l| l.strip_prefix("run-1,cifar10,").unwrap_or(l)).collect();
     assert_eq!(lines.len(), 2 * 2 * 10 + 1);
     assert!(lines[1].starts_with("stage 1: uniform,test,0,airplane,1000,0.85,"), "{}", lines[1]);
     assert!(lines[1].ends_with(",1.0"), "{}", lines[1]);
@@ -183,7 +187,7 @@ fn write_all_writes_consistent_files() {
 
     // recall.svg: title, axis label, stage names and both bar colours.
     let svg = fs::read_to_string(&files.svg).unwrap();
-    assert!(svg.starts_with("<svg"));
+    assert!(svg.starts_with("<!-- evenclass run id: run-1 -->\n<svg"), "{}", &svg[..80]);
     for needle in [CHART_TITLE, "true-positive rate (recall)", "recall", "stage 1: uniform", "stage 2: reweighted"] {
         assert!(svg.contains(needle), "SVG lacks {needle:?}");
     }
@@ -353,4 +357,55 @@ fn many_classes_and_extreme_values_render() {
     let (w, h, _, _) = decode_png(&files.png);
     assert_eq!((w, h), (CHART_WIDTH, CHART_HEIGHT));
     assert!(terminal_table(&report).contains("a rather long class name 59"));
+}
+
+/// Class labels are wrapped (or numbered), never cut into duplicates: CIFAR-10's names, the
+/// synthetic set's long hyphenated names, and names that differ only at the end.
+#[test]
+fn chart_class_labels_are_never_cut_into_duplicates() {
+    let synthetic_names = [
+        "synthetic-disk",
+        "synthetic-stripes-coarse",
+        "synthetic-cross",
+        "synthetic-square",
+        "synthetic-triangle",
+        "synthetic-square-dot",
+        "synthetic-checker",
+        "synthetic-diagonal-stripes",
+        "synthetic-ring",
+        "synthetic-stripes-fine",
+    ];
+    let long_same_prefix: Vec<String> =
+        (0..10).map(|k| format!("a very long class name shared by every class number {k}")).collect();
+    for names in [
+        CLASSES.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        synthetic_names.iter().map(|s| s.to_string()).collect(),
+        long_same_prefix,
+    ] {
+        let mut report = two_stage_report();
+        report.class_names = names.clone();
+        let labels = evenclass::report::chart_class_labels(&report).unwrap();
+        let joined: Vec<String> = labels.iter().map(|l| l.join(" ")).collect();
+        let distinct: std::collections::HashSet<&String> = joined.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "duplicate labels: {joined:?}");
+        assert!(labels.iter().all(|l| !l.is_empty() && l.len() <= 3), "{labels:?}");
+    }
+    // Short names are drawn whole, on one line.
+    let labels = evenclass::report::chart_class_labels(&two_stage_report()).unwrap();
+    assert_eq!(labels[1], vec!["automobile".to_string()]);
+}
+
+/// A synthetic run says so in the chart title (SVG) and the CSV's dataset column.
+#[test]
+fn synthetic_reports_are_labelled_in_every_file() {
+    let mut report = two_stage_report();
+    report.synthetic = true;
+    report.dataset = "synthetic (not CIFAR-10)".into();
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_all(&report, dir.path()).unwrap();
+    assert!(fs::read_to_string(&files.svg).unwrap().contains("SYNTHETIC data, not CIFAR-10"));
+    let csv = fs::read_to_string(&files.csv).unwrap();
+    assert!(csv.lines().skip(1).all(|l| l.contains("synthetic (not CIFAR-10)")));
+    let v: Value = serde_json::from_slice(&fs::read(&files.json).unwrap()).unwrap();
+    assert_eq!(v["synthetic"], true);
 }

@@ -501,3 +501,145 @@ fn cuda_short_run_learns_like_cpu() {
     assert!((acc_gpu - acc_cpu).abs() < 0.1, "gpu {acc_gpu} vs cpu {acc_cpu}");
     assert!((loss_gpu - loss_cpu).abs() < 0.15 * loss_cpu, "gpu loss {loss_gpu} vs cpu {loss_cpu}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints, resume, stop, divergence
+
+fn bits(t: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    t.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+/// Stopping after every possible number of steps (mid-epoch and at epoch ends), then resuming
+/// from the checkpoint in a fresh model, ends with exactly the model (parameters, running
+/// statistics, momentum) and epoch log of an uninterrupted run.
+#[test]
+fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
+    use std::sync::atomic::AtomicBool;
+    use train::{train_with, Checkpoint, TrainControl, TrainOutcome};
+    let be = CpuBackend::new();
+    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
+    let (tr, te) = synthetic_data(&be, 4, 200, 40);
+    let mut cfg = small_train_config(3, 64, 9); // 3 steps per epoch, 9 in all
+    cfg.eval_each_epoch = true;
+    let weights: Vec<f32> = (0..10).map(|c| 0.5 + c as f32 / 10.0).collect();
+
+    let mut reference = Model::new(&be, config, 64, 9).unwrap();
+    let logs = train::train(&be, &mut reference, &tr, Some(&te), &weights, &cfg, "s", QUIET).unwrap();
+    let (want_state, want_optim) = (reference.state(&be).unwrap(), reference.optimizer_state(&be).unwrap());
+
+    let dir = tmpdir();
+    let ck = dir.path().join("s.ckpt");
+    let stop = AtomicBool::new(true);
+    // Stopping after k steps: the run is interrupted k times in a row, one step each time.
+    let model;
+    let mut resume: Option<Checkpoint> = None;
+    let mut stops = 0;
+    let final_logs = loop {
+        // A fresh model each time, as a new process would build; when resuming, from another seed:
+        // everything must come from the checkpoint file.
+        let seed = if resume.is_some() { 1234 } else { 9 };
+        let mut fresh = Model::new(&be, config, 64, seed).unwrap();
+        let control = TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop) };
+        match train_with(&be, &mut fresh, &tr, Some(&te), &weights, &cfg, "s", QUIET, control).unwrap() {
+            TrainOutcome::Finished(l) => {
+                model = fresh;
+                break l;
+            }
+            TrainOutcome::Stopped { step, checkpoint, .. } => {
+                stops += 1;
+                assert_eq!(step, stops, "one step per run");
+                assert_eq!(checkpoint.as_deref(), Some(ck.as_path()));
+                resume = Some(Checkpoint::load(&ck).unwrap());
+            }
+        }
+    };
+    assert_eq!(stops, 8, "stopped after each of the first 8 of 9 steps");
+    assert!(bits(&model.state(&be).unwrap()) == bits(&want_state), "parameters differ after resuming");
+    assert!(bits(&model.optimizer_state(&be).unwrap()) == bits(&want_optim), "momentum differs");
+    assert_eq!(final_logs.len(), logs.len());
+    for (a, b) in final_logs.iter().zip(&logs) {
+        assert_eq!(
+            (a.epoch, a.lr.to_bits(), a.train_loss.to_bits()),
+            (b.epoch, b.lr.to_bits(), b.train_loss.to_bits())
+        );
+        assert_eq!(a.train_accuracy.to_bits(), b.train_accuracy.to_bits());
+        assert_eq!(a.test_accuracy.map(f64::to_bits), b.test_accuracy.map(f64::to_bits));
+    }
+}
+
+/// A checkpoint from another configuration, weights or data size is refused naming the field.
+#[test]
+fn resume_from_a_foreign_checkpoint_names_the_field() {
+    use std::sync::atomic::AtomicBool;
+    use train::{train_with, Checkpoint, TrainControl};
+    let be = CpuBackend::new();
+    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
+    let (tr, _) = synthetic_data(&be, 4, 130, 0);
+    let cfg = small_train_config(2, 64, 1);
+    let dir = tmpdir();
+    let ck = dir.path().join("s.ckpt");
+    let stop = AtomicBool::new(true);
+    let mut m = Model::new(&be, config, 64, 1).unwrap();
+    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop) };
+    train_with(&be, &mut m, &tr, None, &[1.0; 10], &cfg, "s", QUIET, control).unwrap();
+    let saved = Checkpoint::load(&ck).unwrap();
+    let other = TrainConfig { lr: 0.3, ..cfg.clone() };
+    let control = TrainControl { checkpoint: None, resume: Some(&saved), stop: None };
+    let e = train_with(&be, &mut m, &tr, None, &[1.0; 10], &other, "s", QUIET, control).unwrap_err().to_string();
+    assert!(e.contains("train.lr"), "{e}");
+    let e = train_with(&be, &mut m, &tr, None, &[2.0; 10], &cfg, "s", QUIET, control).unwrap_err().to_string();
+    assert!(e.contains("class_weights[0]"), "{e}");
+    // Torn files are errors, not panics.
+    let bytes = std::fs::read(&ck).unwrap();
+    for cut in [0, 8, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&ck, &bytes[..cut]).unwrap();
+        assert!(Checkpoint::load(&ck).is_err(), "cut at {cut}");
+    }
+}
+
+/// A non-finite parameter or statistic stops the run with an error naming stage, epoch, step and
+/// the last good checkpoint (before: a NaN running mean trained on silently; it does not touch
+/// the training loss, which uses batch statistics).
+#[test]
+fn divergence_stops_with_stage_epoch_step_and_last_good_checkpoint() {
+    use train::{train_with, TrainControl};
+    let be = CpuBackend::new();
+    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
+    let (tr, _) = synthetic_data(&be, 4, 130, 0);
+    let cfg = small_train_config(2, 64, 1);
+    let mut m = Model::new(&be, config, 64, 1).unwrap();
+    let mut state = m.state(&be).unwrap();
+    state[3][0] = f32::NAN; // the stem batch norm's running mean
+    m.load_state(&be, &state).unwrap();
+    let e = train::train(&be, &mut m, &tr, None, &[1.0; 10], &cfg, "stage X", QUIET).unwrap_err();
+    assert!(matches!(e, evenclass::Error::Diverged { epoch: 1, step: 2, .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("stage X") && msg.contains("epoch 1") && msg.contains("NaN"), "{msg}");
+
+    // With checkpoints: an infinite learning rate's NaN loss in epoch 2 names epoch 1's checkpoint.
+    let dir = tmpdir();
+    let ck = dir.path().join("s.ckpt");
+    let mut m = Model::new(&be, config, 64, 1).unwrap();
+    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: None };
+    let one = TrainConfig { epochs: 1, ..cfg.clone() };
+    train_with(&be, &mut m, &tr, None, &[1.0; 10], &one, "s", QUIET, control).unwrap();
+    let good = std::fs::read(&ck).unwrap();
+    let mut m = Model::new(&be, config, 64, 1).unwrap();
+    let mut state = m.state(&be).unwrap();
+    state[0][0] = f32::INFINITY; // a stem weight: the loss becomes NaN at once
+    m.load_state(&be, &state).unwrap();
+    let e = train_with(
+        &be,
+        &mut m,
+        &tr,
+        None,
+        &[1.0; 10],
+        &cfg,
+        "s",
+        QUIET,
+        TrainControl { checkpoint: Some(&ck), ..control },
+    )
+    .unwrap_err();
+    assert!(matches!(&e, evenclass::Error::Diverged { epoch: 1, step: 0, .. }), "{e}");
+    assert_eq!(std::fs::read(&ck).unwrap(), good, "the last good checkpoint was overwritten");
+}

@@ -5,7 +5,7 @@
 //! epoch log and the metrics on the test and train splits. [`write_all`] turns a [`Report`] into
 //!
 //! - `report.json`: the whole report, pretty-printed (read back with [`read_report`]);
-//! - `per_class.csv`: one row per stage × split × class;
+//! - `per_class.csv`: one row per stage × split × class (with the run id and the dataset);
 //! - `recall.svg` / `recall.png`: grouped bar chart of test-set recall per class, one bar per
 //!   stage (stage 1 blue, stage 2 orange, then the other matplotlib "tab10" colours);
 //!
@@ -15,6 +15,8 @@
 //! need no system fonts.
 
 mod chart;
+mod diff;
+pub mod run_dir;
 mod table;
 
 use crate::confusion::ConfusionMatrix;
@@ -24,7 +26,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use chart::{CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
+pub use chart::{chart_class_labels, CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
+pub use diff::{describe_diffs, diff_fields, FieldDiff};
 pub use table::terminal_table;
 
 /// Errors while validating, writing or reading a report.
@@ -54,6 +57,15 @@ pub enum ReportError {
     /// The CSV writer failed.
     #[error("CSV error: {0}")]
     Csv(#[from] csv::Error),
+
+    /// Another live run holds the output folder's lock.
+    #[error(
+        "{} is in use by another run ({}; lock {}): wait for it to finish, or choose another --out",
+        out.display(),
+        if holder.is_empty() { "holder unknown" } else { holder.as_str() },
+        lock.display()
+    )]
+    Locked { out: PathBuf, lock: PathBuf, holder: String },
 
     /// Drawing the chart failed.
     #[error("chart error: {0}")]
@@ -237,6 +249,14 @@ pub struct Report {
     pub command: String,
     /// Creation time, RFC 3339 in UTC (see [`utc_now_rfc3339`]).
     pub created_utc: String,
+    /// The run's id (see [`run_dir`]); also in the CSV and the charts' metadata. Empty in
+    /// reports written before run ids existed.
+    #[serde(default)]
+    pub run_id: String,
+    /// Whether the data were the synthetic stand-in, not CIFAR-10 (also said in the chart's
+    /// title, the CSV's `dataset` column and `dataset`).
+    #[serde(default)]
+    pub synthetic: bool,
 }
 
 impl Report {
@@ -323,6 +343,8 @@ pub fn read_report(path: impl AsRef<Path>) -> Result<Report, ReportError> {
 fn per_class_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
     #[derive(Serialize)]
     struct Row<'a> {
+        run_id: &'a str,
+        dataset: &'a str,
         stage: &'a str,
         split: &'a str,
         class_index: usize,
@@ -338,6 +360,8 @@ fn per_class_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
         for (split, m) in [("test", &stage.test), ("train", &stage.train)] {
             for (k, class_name) in report.class_names.iter().enumerate() {
                 w.serialize(Row {
+                    run_id: &report.run_id,
+                    dataset: &report.dataset,
                     stage: &stage.name,
                     split,
                     class_index: k,
@@ -355,7 +379,7 @@ fn per_class_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
 }
 
 /// Write `bytes` to a temporary file next to `path`, flush it to disk and rename it to `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -74,6 +74,11 @@ pub trait Backend {
 
     /// "cpu (2 threads)" or "cuda: NVIDIA H200 (sm_90)".
     fn describe(&self) -> String;
+    /// Bytes that can still be allocated where the buffers live (host RAM or device memory), if
+    /// known; checked against [`MemoryEstimate`](super::MemoryEstimate) before a run allocates.
+    fn memory_available(&self) -> Option<u64> {
+        None
+    }
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn to_host(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;

@@ -67,6 +67,9 @@ impl Backend for CudaBackend {
     fn describe(&self) -> String {
         self.name.clone()
     }
+    fn memory_available(&self) -> Option<u64> {
+        self.stream.context().mem_get_info().ok().map(|(free, _total)| free as u64)
+    }
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.alloc(len)
     }

@@ -1,6 +1,7 @@
 //! The lean trainer: one model definition ([`Model`]) and one training loop ([`train`]) over a
 //! [`Backend`], with a CPU backend on the references and a CUDA backend on the kernels.
 mod backend;
+mod checkpoint;
 mod cpu_backend;
 mod cuda_backend;
 mod model;
@@ -9,10 +10,13 @@ mod trainer;
 use std::path::Path;
 
 pub use backend::{Backend, BatchPlan, BnState, Chw, Normalize, SgdStep};
+pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 pub use cpu_backend::CpuBackend;
 pub use cuda_backend::CudaBackend;
-pub use model::{Model, ModelConfig, Param, INPUT};
-pub use trainer::{evaluate, train, DeviceData, Progress, TrainConfig, CIFAR10_NORMALIZE};
+pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
+pub use trainer::{
+    evaluate, train, train_with, DeviceData, Progress, TrainConfig, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
+};
 
 use crate::{Error, Result};
 

@@ -87,9 +87,7 @@ impl<B: Backend> Model<B> {
     /// Builds the network with seeded initialization: Kaiming-normal convolutions (fan-in, ReLU
     /// gain), PyTorch's default uniform linear layer, batch-norm gamma 1 and beta 0.
     pub fn new(be: &B, config: ModelConfig, max_batch: usize, seed: u64) -> Result<Self> {
-        if config.width == 0 || config.depth == 0 || config.classes < 2 || max_batch == 0 {
-            return Err(Error::shape("model", format!("invalid config {config:?}, max_batch {max_batch}")));
-        }
+        check_config(config, max_batch)?;
         let mut rng = Pcg64::seed_from_u64(seed);
         let mut ops = Vec::new();
         let mut sizes = vec![INPUT.len()];
@@ -156,6 +154,7 @@ impl<B: Backend> Model<B> {
         });
         sizes.push(config.classes);
 
+        debug_assert_eq!(sizes, activation_sizes(config));
         let acts = sizes.iter().map(|&s| be.zeros(s * max_batch)).collect::<Result<Vec<_>>>()?;
         let max_act = sizes.iter().copied().max().unwrap_or(1) * max_batch;
         Ok(Model {
@@ -370,6 +369,78 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
+    /// SGD momentum of every trainable tensor, in the order of [`Model::gradients`] (conv/linear
+    /// weights, biases, batch-norm gamma and beta): with [`Model::state`], what a checkpoint needs
+    /// to continue training exactly.
+    pub fn optimizer_state(&self, be: &B) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::new();
+        for op in &self.ops {
+            match op {
+                Op::Conv { weight, .. } => out.push(be.to_host(&weight.momentum, weight.len)?),
+                Op::Linear { weight, bias, .. } => {
+                    out.push(be.to_host(&weight.momentum, weight.len)?);
+                    out.push(be.to_host(&bias.momentum, bias.len)?);
+                }
+                Op::BnRelu { g, gamma_m, beta_m, .. } => {
+                    out.push(be.to_host(gamma_m, g.c)?);
+                    out.push(be.to_host(beta_m, g.c)?);
+                }
+                Op::MaxPool { .. } | Op::Gap { .. } => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lengths of the tensors of [`Model::optimizer_state`], in its order.
+    pub fn optimizer_state_lens(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for op in &self.ops {
+            match op {
+                Op::Conv { weight, .. } => out.push(weight.len),
+                Op::Linear { weight, bias, .. } => out.extend([weight.len, bias.len]),
+                Op::BnRelu { g, .. } => out.extend([g.c; 2]),
+                Op::MaxPool { .. } | Op::Gap { .. } => {}
+            }
+        }
+        out
+    }
+
+    /// Loads what [`Model::optimizer_state`] returned. Lengths are checked and every tensor is
+    /// uploaded before the first is replaced, so on an error the model is unchanged.
+    pub fn load_optimizer_state(&mut self, be: &B, state: &[Vec<f32>]) -> Result<()> {
+        let lens = self.optimizer_state_lens();
+        if state.len() != lens.len() {
+            return Err(Error::shape(
+                "load_optimizer_state",
+                format!("state has {} tensors, the model {} ({:?})", state.len(), lens.len(), self.config),
+            ));
+        }
+        if let Some((i, (v, len))) = state.iter().zip(&lens).enumerate().find(|(_, (v, &len))| v.len() != len) {
+            return Err(Error::shape(
+                "load_optimizer_state",
+                format!("tensor {i} has {} values, the model's {len} ({:?})", v.len(), self.config),
+            ));
+        }
+        let bufs = state.iter().map(|v| be.upload(v)).collect::<Result<Vec<_>>>()?;
+        let mut it = bufs.into_iter();
+        let mut next = || it.next().expect("one buffer per optimizer tensor, counted above");
+        for op in &mut self.ops {
+            match op {
+                Op::Conv { weight, .. } => weight.momentum = next(),
+                Op::Linear { weight, bias, .. } => {
+                    weight.momentum = next();
+                    bias.momentum = next();
+                }
+                Op::BnRelu { gamma_m, beta_m, .. } => {
+                    *gamma_m = next();
+                    *beta_m = next();
+                }
+                Op::MaxPool { .. } | Op::Gap { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Gradients of every parameter, in the order of [`Model::state`]'s trainable tensors
     /// (conv/linear weights, biases, gamma, beta), for gradient checks.
     pub fn gradients(&self, be: &B) -> Result<Vec<Vec<f32>>> {
@@ -420,4 +491,122 @@ fn update<B: Backend>(be: &B, step: &SgdStep, p: &mut Param<B>) -> Result<()> {
 
 fn conv_params(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> Result<Conv2dShape> {
     Conv2dShape::new([n, cin, h, w], [cout, cin, 3, 3], Conv2dOpts::square(1, 1))
+}
+
+/// Rejects configurations that do not describe a network, naming the field.
+fn check_config(config: ModelConfig, max_batch: usize) -> Result<()> {
+    let bad = if config.width == 0 {
+        Some("width 0: the stem needs at least 1 channel")
+    } else if config.depth == 0 {
+        Some("depth 0: each stage needs at least 1 convolution")
+    } else if config.classes < 2 {
+        Some("fewer than 2 classes")
+    } else if max_batch == 0 {
+        Some("max_batch 0")
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => Err(Error::shape("model", why)),
+        None => Ok(()),
+    }
+}
+
+/// Floats per image of every activation buffer of [`Model::new`] (input first, logits last);
+/// saturating, so absurd configurations give huge numbers, not an overflow.
+fn activation_sizes(config: ModelConfig) -> Vec<usize> {
+    let w0 = config.width;
+    let plane = |c: usize, hw: usize| c.saturating_mul(hw * hw);
+    let mut sizes = vec![INPUT.len(), plane(w0, 32), plane(w0, 32)];
+    let (mut c, mut hw) = (w0, 32);
+    for _stage in 0..3 {
+        let cout = c.saturating_mul(2);
+        sizes.push(plane(cout, hw));
+        hw /= 2;
+        sizes.extend([plane(cout, hw); 2]);
+        for _ in 1..config.depth.min(1 << 16) {
+            sizes.extend([plane(cout, hw); 2]);
+        }
+        c = cout;
+    }
+    sizes.push(c);
+    sizes.push(config.classes);
+    sizes
+}
+
+/// What [`Model::new`] and a training run allocate, in bytes, computed without allocating (so a
+/// configuration that cannot fit is refused with numbers instead of being killed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Parameters, their gradients and SGD momentum (3 floats each; batch norm's running
+    /// statistics and saved batch statistics included).
+    pub parameters: u64,
+    /// Activation buffers for `max_batch` images, the two gradient buffers and max-pool indices.
+    pub activations: u64,
+    /// The datasets' images as bytes (on the device that trains).
+    pub data: u64,
+}
+
+impl MemoryEstimate {
+    /// Everything together.
+    pub fn total(&self) -> u64 {
+        self.parameters.saturating_add(self.activations).saturating_add(self.data)
+    }
+
+    /// Estimate for `config` with batches of up to `max_batch` and `images` dataset images
+    /// (train and test together). Saturates instead of overflowing; errors like [`Model::new`]
+    /// on a config that is not a network.
+    pub fn new(config: ModelConfig, max_batch: usize, images: usize) -> Result<Self> {
+        check_config(config, max_batch)?;
+        let f = 4u64; // bytes per f32 (and per i32 index)
+        let b = max_batch as u64;
+        let sizes = activation_sizes(config);
+        let acts: u64 = sizes.iter().map(|&s| s as u64).fold(0u64, u64::saturating_add);
+        let max_act = sizes.iter().copied().max().unwrap_or(1) as u64;
+        // Max-pool argmax indices: one per pooled output of each of the three stages.
+        let (mut pooled, mut c, mut hw) = (0u64, config.width as u64, 32u64);
+        for _ in 0..3 {
+            c = c.saturating_mul(2);
+            hw /= 2;
+            pooled = pooled.saturating_add(c.saturating_mul(hw * hw));
+        }
+        // Argmax indices are one byte each.
+        let activations = f
+            .saturating_mul(b)
+            .saturating_mul(acts.saturating_add(max_act.saturating_mul(2)))
+            .saturating_add(b.saturating_mul(pooled));
+        // Trainable tensors x3 (value, gradient, momentum) plus batch norm's 4 extra vectors per
+        // channel (running mean/var, saved mean/invstd).
+        let (w, d, k) = (config.width as u64, config.depth as u64, config.classes as u64);
+        let mut params = 27u64.saturating_mul(w); // stem conv
+        let mut bn_channels = w;
+        let mut c = w;
+        for _ in 0..3 {
+            let cout = c.saturating_mul(2);
+            params = params.saturating_add(c.saturating_mul(cout).saturating_mul(9));
+            params =
+                params.saturating_add(d.saturating_sub(1).saturating_mul(cout.saturating_mul(cout).saturating_mul(9)));
+            bn_channels = bn_channels.saturating_add(d.saturating_mul(cout));
+            c = cout;
+        }
+        params = params.saturating_add(c.saturating_mul(k)).saturating_add(k);
+        params = params.saturating_add(bn_channels.saturating_mul(2));
+        let parameters = f.saturating_mul(params.saturating_mul(3).saturating_add(bn_channels.saturating_mul(4)));
+        let data = (images as u64).saturating_mul(INPUT.len() as u64);
+        Ok(MemoryEstimate { parameters, activations, data })
+    }
+}
+
+impl std::fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        write!(
+            f,
+            "{:.2} GiB (parameters, gradients and momentum {:.2} GiB, activations {:.2} GiB, images {:.2} GiB)",
+            gib(self.total()),
+            gib(self.parameters),
+            gib(self.activations),
+            gib(self.data)
+        )
+    }
 }

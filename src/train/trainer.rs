@@ -4,6 +4,8 @@
 //! `lr * warmup_start` to `lr` over the warm-up, then falls linearly to 0 at the last step; random
 //! crop (zero padding 4) and horizontal flip; a seeded RNG for initialization, shuffling and
 //! augmentation, so the same seed gives the same run on the CPU.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -12,6 +14,7 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 
 use super::backend::{Backend, BatchPlan, Normalize, SgdStep};
+use super::checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 use super::model::Model;
 use crate::confusion::ConfusionMatrix;
 use crate::report::EpochLog;
@@ -110,8 +113,32 @@ pub struct Progress {
     pub summaries: bool,
 }
 
+/// Checkpointing, resuming and stopping of [`train_with`]. The default does none of them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrainControl<'a> {
+    /// Write a checkpoint here at the end of every epoch and when stopped (atomically; see
+    /// [`Checkpoint`]).
+    pub checkpoint: Option<&'a Path>,
+    /// Continue from this checkpoint (same configuration, weights and data size, else an error
+    /// naming the field). The model's state and momentum are replaced by the checkpoint's.
+    pub resume: Option<&'a Checkpoint>,
+    /// Checked after every step: when set, the step in progress is finished, a checkpoint is
+    /// written and [`TrainOutcome::Stopped`] returned.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// How [`train_with`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainOutcome {
+    /// Every epoch ran; one log entry per epoch.
+    Finished(Vec<EpochLog>),
+    /// Stopped on request after `step` steps (`epoch` 1-based, in progress); the checkpoint
+    /// written, if any.
+    Stopped { epoch: usize, step: usize, checkpoint: Option<PathBuf> },
+}
+
 /// Trains `model` on `train` with per-class loss weights `class_weights`; returns one log entry
-/// per epoch. `stage` names the run in the progress output.
+/// per epoch. `stage` names the run in the progress output. [`train_with`] without checkpoints.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: Backend>(
     be: &B,
@@ -123,14 +150,52 @@ pub fn train<B: Backend>(
     stage: &str,
     progress: Progress,
 ) -> Result<Vec<EpochLog>> {
+    match train_with(be, model, train, test, class_weights, cfg, stage, progress, TrainControl::default())? {
+        TrainOutcome::Finished(logs) => Ok(logs),
+        TrainOutcome::Stopped { .. } => unreachable!("no stop flag was given"),
+    }
+}
+
+/// [`train`] with checkpoints, resume and a stop flag ([`TrainControl`]).
+///
+/// Resuming from a checkpoint continues with the same RNG state, sample order, momentum, step
+/// count and partial-epoch sums, so on the CPU (same thread count) the final model is
+/// bit-identical to that of an uninterrupted run.
+///
+/// A non-finite loss (checked every step) or a non-finite parameter, running statistic or
+/// momentum (checked at the end of every epoch, before the checkpoint is written) is
+/// [`Error::Diverged`], naming the stage, epoch and step and the last good checkpoint, which is
+/// left in place.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    train: &DeviceData<B>,
+    test: Option<&DeviceData<B>>,
+    class_weights: &[f32],
+    cfg: &TrainConfig,
+    stage: &str,
+    progress: Progress,
+    control: TrainControl<'_>,
+) -> Result<TrainOutcome> {
     let classes = model.config.classes;
     if class_weights.len() != classes {
         return Err(Error::shape("train", format!("{} class weights for {classes} classes", class_weights.len())));
     }
-    if cfg.batch_size == 0 || cfg.batch_size > model.max_batch() {
+    if cfg.epochs == 0 {
+        return Err(Error::shape("train", "0 epochs: nothing would be trained"));
+    }
+    if cfg.batch_size == 0 {
+        return Err(Error::shape("train", "batch size 0"));
+    }
+    if cfg.batch_size > model.max_batch() {
         return Err(Error::shape(
             "train",
-            format!("batch size {} (model holds {})", cfg.batch_size, model.max_batch()),
+            format!(
+                "batch size {} is larger than the model's buffers ({} images, set when it was built)",
+                cfg.batch_size,
+                model.max_batch()
+            ),
         ));
     }
     if train.len() < cfg.batch_size {
@@ -139,27 +204,85 @@ pub fn train<B: Backend>(
             format!("{} training images, fewer than one batch of {}", train.len(), cfg.batch_size),
         ));
     }
+    if train.len() > i32::MAX as usize {
+        return Err(Error::shape("train", format!("{} training images, at most {}", train.len(), i32::MAX)));
+    }
     if cfg.crop_pad > 8 {
         return Err(Error::shape("train", format!("crop padding {} > 8", cfg.crop_pad)));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(Error::shape("train", format!("learning rate {}: must be finite and > 0", cfg.lr)));
+    }
+    if let Some(w) = class_weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+        return Err(Error::shape("train", format!("class weight {w}: must be finite and >= 0")));
     }
     let weight = be.upload(class_weights)?;
     let mut dlogits = be.zeros(model.max_batch() * classes)?;
     // The last partial batch is dropped: every step sees a full batch (batch-norm statistics).
     let steps_per_epoch = train.len() / cfg.batch_size;
     let total = steps_per_epoch * cfg.epochs;
-    let mut rng = Pcg64::seed_from_u64(cfg.seed ^ 0x5eed_0000_0000_0001);
+
+    let mut meta = CheckpointMeta {
+        format: CHECKPOINT_FORMAT,
+        stage: stage.to_string(),
+        model: model.config,
+        train: cfg.clone(),
+        class_weights: class_weights.to_vec(),
+        train_images: train.len(),
+        epoch: 0,
+        batch: 0,
+        step: 0,
+        rng: Pcg64::seed_from_u64(cfg.seed ^ 0x5eed_0000_0000_0001),
+        loss_sum: 0.0,
+        counts: vec![0; classes * classes],
+        epoch_seconds: 0.0,
+        lr: cfg.lr,
+        logs: Vec::with_capacity(cfg.epochs),
+    };
     let mut order: Vec<i32> = (0..train.len() as i32).collect();
-    let mut logs = Vec::with_capacity(cfg.epochs);
-    let mut step = 0;
-    for epoch in 0..cfg.epochs {
-        order.shuffle(&mut rng);
-        let bar = bar(progress.bars, steps_per_epoch as u64, format!("{stage} epoch {}/{}", epoch + 1, cfg.epochs));
+    let mut last_good: Option<PathBuf> = None;
+    if let Some(ck) = control.resume {
+        check_resume(&ck.meta, &meta)?;
+        if ck.order.len() != train.len() || ck.order.iter().any(|&i| i < 0 || i as usize >= train.len()) {
+            return Err(Error::shape("resume", "checkpoint's sample order does not fit the training set"));
+        }
+        if ck.meta.counts.len() != classes * classes || ck.meta.batch >= steps_per_epoch.max(1) {
+            return Err(Error::shape("resume", "checkpoint's position does not fit the configuration"));
+        }
+        model.load_state(be, &ck.state)?;
+        model.load_optimizer_state(be, &ck.optim)?;
+        meta = ck.meta.clone();
+        order = ck.order.clone();
+        last_good = control.checkpoint.map(Path::to_path_buf);
+    }
+    let diverged = |meta: &CheckpointMeta, what: String, last_good: &Option<PathBuf>| Error::Diverged {
+        stage: stage.to_string(),
+        epoch: meta.epoch + 1,
+        step: meta.step,
+        what,
+        last_good: last_good.clone(),
+    };
+
+    while meta.epoch < cfg.epochs {
+        let epoch = meta.epoch;
+        if meta.batch == 0 {
+            order.shuffle(&mut meta.rng);
+            meta.loss_sum = 0.0;
+            meta.counts.iter_mut().for_each(|c| *c = 0);
+            meta.epoch_seconds = 0.0;
+        }
+        // The bar names the stage by its first two words ("stage 1") to stay within 80 columns.
+        let short: String = stage.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let bar = bar(progress.bars, steps_per_epoch as u64, format!("{short} ep {}/{}", epoch + 1, cfg.epochs));
+        bar.set_position(meta.batch as u64);
         let started = Instant::now();
-        let (mut loss_sum, mut counts) = (0.0f64, ConfusionMatrix::new(classes)?);
-        let mut lr = cfg.lr;
-        for b in 0..steps_per_epoch {
+        let seconds_before = meta.epoch_seconds;
+        let mut counts = ConfusionMatrix::from_counts(classes, std::mem::take(&mut meta.counts))?;
+        let mut stopped = false;
+        while meta.batch < steps_per_epoch {
+            let b = meta.batch;
             let idx = &order[b * cfg.batch_size..(b + 1) * cfg.batch_size];
-            let plan = augment_plan(&mut rng, idx, cfg);
+            let plan = augment_plan(&mut meta.rng, idx, cfg);
             let labels: Vec<i32> = idx.iter().map(|&i| train.labels[i as usize] as i32).collect();
             be.build_batch(&train.images, &plan, cfg.crop_pad, &CIFAR10_NORMALIZE, model.input_mut())?;
             let n = cfg.batch_size;
@@ -167,30 +290,43 @@ pub fn train<B: Backend>(
             let dl = be.labels(&labels)?;
             let loss = be.cross_entropy(n, classes, model.logits(), &dl, &weight, cfg.label_smoothing, &mut dlogits)?;
             if !loss.is_finite() {
-                return Err(Error::shape(
-                    "train",
-                    format!("{stage}: loss became {loss} at epoch {} step {b}", epoch + 1),
-                ));
+                return Err(diverged(&meta, format!("the loss is {loss} (batch {} of the epoch)", b + 1), &last_good));
             }
             be.confusion(n, model.logits(), &dl, &mut counts)?;
             model.backward(be, n, &dlogits)?;
-            lr = cfg.lr_at(step, total, steps_per_epoch);
+            meta.lr = cfg.lr_at(meta.step, total, steps_per_epoch);
             model.sgd_step(
                 be,
-                &SgdStep { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay, nesterov: cfg.nesterov },
+                &SgdStep {
+                    lr: meta.lr,
+                    momentum: cfg.momentum,
+                    weight_decay: cfg.weight_decay,
+                    nesterov: cfg.nesterov,
+                },
             )?;
-            step += 1;
-            loss_sum += loss as f64;
+            meta.step += 1;
+            meta.batch += 1;
+            meta.loss_sum += loss as f64;
             bar.inc(1);
-            let secs = started.elapsed().as_secs_f64();
+            let secs = seconds_before + started.elapsed().as_secs_f64();
             bar.set_message(format!(
-                "loss {:.4}  {:.0} img/s",
-                loss_sum / (b + 1) as f64,
-                ((b + 1) * cfg.batch_size) as f64 / secs.max(1e-9)
+                "loss {:.3} {:.0} img/s",
+                meta.loss_sum / meta.batch as f64,
+                ((meta.batch) * cfg.batch_size) as f64 / secs.max(1e-9)
             ));
+            if control.stop.is_some_and(|s| s.load(Ordering::SeqCst)) && meta.batch < steps_per_epoch {
+                stopped = true;
+                break;
+            }
         }
         bar.finish_and_clear();
-        let seconds = started.elapsed().as_secs_f64();
+        meta.epoch_seconds = seconds_before + started.elapsed().as_secs_f64();
+        if stopped {
+            meta.counts = counts.into_counts();
+            let written = write_checkpoint(be, model, &meta, &order, control.checkpoint, &last_good, stage)?;
+            return Ok(TrainOutcome::Stopped { epoch: epoch + 1, step: meta.step, checkpoint: written });
+        }
+        let seconds = meta.epoch_seconds;
         let seen = steps_per_epoch * cfg.batch_size;
         let test_accuracy = match (cfg.eval_each_epoch, test) {
             (true, Some(t)) => Some(evaluate(be, model, t, cfg.eval_batch_size, false)?.accuracy()),
@@ -198,8 +334,8 @@ pub fn train<B: Backend>(
         };
         let log = EpochLog {
             epoch: epoch + 1,
-            lr: lr as f64,
-            train_loss: loss_sum / steps_per_epoch as f64,
+            lr: meta.lr as f64,
+            train_loss: meta.loss_sum / steps_per_epoch as f64,
             train_accuracy: counts.accuracy(),
             seconds,
             images_per_second: seen as f64 / seconds.max(1e-9),
@@ -218,9 +354,98 @@ pub fn train<B: Backend>(
                 log.images_per_second
             );
         }
-        logs.push(log);
+        meta.logs.push(log);
+        meta.epoch += 1;
+        meta.batch = 0;
+        meta.counts = counts.into_counts();
+        if let Some(path) = control.checkpoint {
+            write_checkpoint(be, model, &meta, &order, Some(path), &last_good, stage)?;
+            last_good = Some(path.to_path_buf());
+        } else {
+            // No checkpoint to write, but a run must still not go on with garbage parameters.
+            if let Some(what) = non_finite_state(be, model)? {
+                return Err(Error::Diverged {
+                    stage: stage.to_string(),
+                    epoch: epoch + 1,
+                    step: meta.step,
+                    what,
+                    last_good,
+                });
+            }
+        }
+        if control.stop.is_some_and(|s| s.load(Ordering::SeqCst)) && meta.epoch < cfg.epochs {
+            return Ok(TrainOutcome::Stopped {
+                epoch: meta.epoch + 1,
+                step: meta.step,
+                checkpoint: control.checkpoint.map(Path::to_path_buf),
+            });
+        }
     }
-    Ok(logs)
+    Ok(TrainOutcome::Finished(meta.logs))
+}
+
+/// The first non-finite value of the model's parameters, statistics or momentum, if any.
+fn non_finite_state<B: Backend>(be: &B, model: &Model<B>) -> Result<Option<String>> {
+    Ok(super::checkpoint::first_non_finite(&model.state(be)?, &model.optimizer_state(be)?))
+}
+
+/// Checks the model, then writes the checkpoint at `path` (if any); returns the path written.
+/// A non-finite model is [`Error::Diverged`] and leaves the previous checkpoint in place.
+fn write_checkpoint<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    meta: &CheckpointMeta,
+    order: &[i32],
+    path: Option<&Path>,
+    last_good: &Option<PathBuf>,
+    stage: &str,
+) -> Result<Option<PathBuf>> {
+    let ck = Checkpoint::capture(be, model, meta.clone(), order.to_vec())?;
+    if let Some(what) = ck.first_non_finite() {
+        return Err(Error::Diverged {
+            stage: stage.to_string(),
+            epoch: meta.epoch + usize::from(meta.batch > 0),
+            step: meta.step,
+            what,
+            last_good: last_good.clone(),
+        });
+    }
+    match path {
+        Some(p) => {
+            ck.save(p)?;
+            Ok(Some(p.to_path_buf()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A checkpoint fits this run when stage, model, hyper-parameters, class weights and training-set
+/// size are the same; otherwise an error naming each field that differs.
+fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta) -> Result<()> {
+    let pick = |m: &CheckpointMeta| {
+        serde_json::json!({
+            "stage": m.stage,
+            "model": m.model,
+            "train": m.train,
+            "class_weights": m.class_weights.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
+            "train_images": m.train_images,
+        })
+    };
+    let diffs = crate::report::diff_fields(&pick(saved), &pick(now));
+    if diffs.is_empty() && saved.epoch <= now.train.epochs && saved.logs.len() == saved.epoch {
+        return Ok(());
+    }
+    let detail = if diffs.is_empty() {
+        format!(
+            "its position (epoch {}, {} log entries) does not fit {} epochs",
+            saved.epoch,
+            saved.logs.len(),
+            now.train.epochs
+        )
+    } else {
+        format!("fields that differ (class weights compared as f32 bits):\n{}", crate::report::describe_diffs(&diffs))
+    };
+    Err(Error::shape("resume", format!("the checkpoint does not belong to this run: {detail}")))
 }
 
 /// Confusion counts (classes x classes, row = true class) of `model` on `data`, in eval mode
@@ -268,7 +493,9 @@ fn bar(show: bool, len: u64, prefix: String) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+        // Fits an 80-column terminal: the prefix and message are cut to fixed widths and the bar
+        // takes what is left of the terminal's width.
+        ProgressStyle::with_template("{prefix:22!} [{wide_bar}] {pos:>4}/{len:4} {msg:24!} eta {eta:4}")
             .expect("valid template")
             .progress_chars("=> "),
     );

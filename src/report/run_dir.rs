@@ -1,0 +1,329 @@
+//! The output folder of a run: one consistent run at a time, never a mix of two.
+//!
+//! A run never writes into its output folder `OUT` directly. Beside it, in the same parent
+//! folder (so on the same file system), it uses:
+//!
+//! - `.OUT.lock`: locked (an OS advisory lock, `flock` on Unix) for as long as a [`RunDir`] lives.
+//!   A second run on the same `OUT` is refused with [`ReportError::Locked`]. The lock dies with
+//!   the process (Ctrl-C, kill, power cut), so a stale lock file never blocks anyone; the file
+//!   itself stays (it only names the last holder).
+//! - `.OUT.partial/`: the run in progress. Every file (stage results, models, checkpoints, the
+//!   report and charts) is written here, each atomically. Its manifest `run.json` names the run id
+//!   and says `"complete": false`. An interrupted run stays here, for `--resume`.
+//! - `.OUT.previous/`: only for a moment during [`RunDir::publish`].
+//!
+//! **Publication.** When every file of a run is in `.OUT.partial/`, [`RunDir::publish`] writes
+//! the manifest last (`"complete": true`, the run id, the list of files), flushes it, then renames
+//! `OUT` to `.OUT.previous` and `.OUT.partial` to `OUT`, and deletes `.OUT.previous`. Renaming a
+//! folder is atomic, so at every instant `OUT` is either the previous run's complete folder, absent
+//! (between the two renames), or the new run's complete folder: a reader never sees files of two
+//! runs together, and files of an unfinished run never appear in `OUT`. Every published file also
+//! carries the run id (`report.json`, the CSV's `run_id` column, the charts' metadata), so a reader
+//! that opened one file before a swap and another after it can tell.
+//!
+//! **Crash recovery.** If a process dies between the two renames, `OUT` is absent and
+//! [`RunDir::lock`] repairs it on the next start: a complete `.OUT.partial` is published,
+//! otherwise `.OUT.previous` is put back.
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ReportError;
+
+/// The manifest's file name, in `.OUT.partial/` and in a published `OUT`.
+pub const MANIFEST: &str = "run.json";
+
+/// What a run folder holds: written when the run starts (`complete: false`) and last of all when
+/// it is published (`complete: true`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunManifest {
+    /// Unique id of the run ([`new_run_id`]).
+    pub run_id: String,
+    /// Whether every file of the run was written (set by [`RunDir::publish`]).
+    pub complete: bool,
+    pub started_utc: String,
+    pub finished_utc: Option<String>,
+    /// The run's files (relative to its folder), listed at publication.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// The caller's description of the run: configuration, data fingerprint, stages...
+    pub meta: serde_json::Value,
+}
+
+impl RunManifest {
+    /// A new, incomplete manifest with a fresh run id.
+    pub fn new(meta: serde_json::Value) -> Self {
+        RunManifest {
+            run_id: new_run_id(),
+            complete: false,
+            started_utc: super::utc_now_rfc3339(),
+            finished_utc: None,
+            files: Vec::new(),
+            meta,
+        }
+    }
+}
+
+/// A run id: UTC start time, process id and a random part, e.g. `20261202T044512Z-1234-9f3a2c`.
+pub fn new_run_id() -> String {
+    let now = super::utc_now_rfc3339(); // 2026-12-02T04:45:12Z
+    let compact: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let salt = (nanos as u64 ^ ((std::process::id() as u64) << 20)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    format!("{compact}-{}-{salt:06x}", std::process::id())
+}
+
+/// What the published output folder holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutState {
+    /// Nothing there yet.
+    Absent,
+    /// An empty folder.
+    Empty,
+    /// A published run with its manifest.
+    Run(RunManifest),
+    /// A run written before manifests existed (`report.json` or `stage1.json` without
+    /// `run.json`).
+    Legacy,
+    /// A folder with other files (`names`: a few of them): never replaced.
+    Foreign { names: Vec<String> },
+}
+
+/// An output folder, locked for this process (see the module documentation).
+#[derive(Debug)]
+pub struct RunDir {
+    out: PathBuf,
+    staging: PathBuf,
+    previous: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ReportError + 'a {
+    move |e| ReportError::io(action, path, e)
+}
+
+impl RunDir {
+    /// Takes the lock of output folder `out` (creating its parent folders), then repairs a
+    /// publication cut short by a crash. Another live run on the same folder is
+    /// [`ReportError::Locked`], naming it.
+    pub fn lock(out: &Path) -> Result<RunDir, ReportError> {
+        let out = absolute(out)?;
+        let (parent, name) = match (out.parent(), out.file_name()) {
+            (Some(p), Some(n)) => (p.to_path_buf(), n.to_string_lossy().into_owned()),
+            _ => return Err(ReportError::Invalid(format!("{} cannot be an output folder", out.display()))),
+        };
+        fs::create_dir_all(&parent).map_err(io("create directory", &parent))?;
+        let lock_path = parent.join(format!(".{name}.lock"));
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = lock.read_to_string(&mut holder);
+                return Err(ReportError::Locked { out, lock: lock_path, holder: holder.trim().replace('\n', ", ") });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(ReportError::io("lock", &lock_path, e)),
+        }
+        let _ = lock.set_len(0);
+        let _ = lock.seek(SeekFrom::Start(0));
+        let _ = write!(lock, "pid {}\nsince {}\n", std::process::id(), super::utc_now_rfc3339());
+        let _ = lock.sync_all();
+        let dir = RunDir {
+            staging: parent.join(format!(".{name}.partial")),
+            previous: parent.join(format!(".{name}.previous")),
+            out,
+            lock_path,
+            _lock: lock,
+        };
+        dir.recover()?;
+        Ok(dir)
+    }
+
+    /// The published output folder.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// The folder of the run in progress (`.OUT.partial`).
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// The lock file.
+    pub fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
+    /// What the published folder holds.
+    pub fn published(&self) -> Result<OutState, ReportError> {
+        let entries = match fs::read_dir(&self.out) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OutState::Absent),
+            Err(e) => return Err(ReportError::io("read", &self.out, e)),
+        };
+        let mut names: Vec<String> =
+            entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        if names.is_empty() {
+            return Ok(OutState::Empty);
+        }
+        if names.iter().any(|n| n == MANIFEST) {
+            return Ok(OutState::Run(read_manifest(&self.out.join(MANIFEST))?));
+        }
+        if names.iter().any(|n| n == "report.json" || n == "stage1.json") {
+            return Ok(OutState::Legacy);
+        }
+        names.truncate(5);
+        Ok(OutState::Foreign { names })
+    }
+
+    /// The manifest of the run in progress in `.OUT.partial`, if there is one.
+    pub fn in_progress(&self) -> Result<Option<RunManifest>, ReportError> {
+        let path = self.staging.join(MANIFEST);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_manifest(&path).map(Some)
+    }
+
+    /// Starts a new run in `.OUT.partial` (an earlier one there is deleted: the caller decides
+    /// whether that is allowed) and writes its incomplete manifest.
+    pub fn start(&self, manifest: &RunManifest) -> Result<(), ReportError> {
+        self.discard_in_progress()?;
+        fs::create_dir(&self.staging).map_err(io("create directory", &self.staging))?;
+        self.write_manifest(manifest)
+    }
+
+    /// Rewrites the manifest of the run in progress.
+    pub fn write_manifest(&self, manifest: &RunManifest) -> Result<(), ReportError> {
+        let path = self.staging.join(MANIFEST);
+        let mut json =
+            serde_json::to_vec_pretty(manifest).map_err(|source| ReportError::Json { path: path.clone(), source })?;
+        json.push(b'\n');
+        super::write_atomic(&path, &json)
+    }
+
+    /// Deletes the run in progress, if any.
+    pub fn discard_in_progress(&self) -> Result<(), ReportError> {
+        match fs::remove_dir_all(&self.staging) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ReportError::io("remove", &self.staging, e)),
+        }
+    }
+
+    /// Publishes the run in progress as `OUT`, replacing what is there (see the module
+    /// documentation); the manifest is completed (file list, finish time) and written last.
+    /// The caller checks beforehand that replacing `OUT` is allowed.
+    pub fn publish(&self, manifest: &mut RunManifest) -> Result<(), ReportError> {
+        let mut files = Vec::new();
+        list_files(&self.staging, Path::new(""), &mut files).map_err(io("read", &self.staging))?;
+        files.retain(|f| f != MANIFEST);
+        files.sort();
+        manifest.files = files;
+        manifest.complete = true;
+        manifest.finished_utc = Some(super::utc_now_rfc3339());
+        self.write_manifest(manifest)?;
+        sync_dir(&self.staging);
+        self.swap_in()
+    }
+
+    /// `OUT` -> `.OUT.previous`, `.OUT.partial` -> `OUT`, delete `.OUT.previous`.
+    fn swap_in(&self) -> Result<(), ReportError> {
+        if self.previous.exists() {
+            fs::remove_dir_all(&self.previous).map_err(io("remove", &self.previous))?;
+        }
+        let had_out = match fs::symlink_metadata(&self.out) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(ReportError::io("inspect", &self.out, e)),
+        };
+        if had_out {
+            fs::rename(&self.out, &self.previous).map_err(io("move aside", &self.out))?;
+        }
+        if let Err(e) = fs::rename(&self.staging, &self.out) {
+            if had_out {
+                let _ = fs::rename(&self.previous, &self.out);
+            }
+            return Err(ReportError::io("publish", &self.out, e));
+        }
+        if let Some(parent) = self.out.parent() {
+            sync_dir(parent);
+        }
+        if had_out {
+            fs::remove_dir_all(&self.previous).map_err(io("remove", &self.previous))?;
+        }
+        Ok(())
+    }
+
+    /// Finishes or undoes a publication that a crash cut short (`OUT` absent).
+    fn recover(&self) -> Result<(), ReportError> {
+        if self.out.exists() || !self.previous.exists() {
+            if self.out.exists() && self.previous.exists() {
+                // Crashed after the swap, before the old run was deleted.
+                fs::remove_dir_all(&self.previous).map_err(io("remove", &self.previous))?;
+            }
+            return Ok(());
+        }
+        match self.in_progress() {
+            Ok(Some(m)) if m.complete => self.swap_in(),
+            _ => fs::rename(&self.previous, &self.out).map_err(io("restore", &self.out)),
+        }
+    }
+}
+
+/// Reads and parses a manifest.
+pub fn read_manifest(path: &Path) -> Result<RunManifest, ReportError> {
+    let bytes = fs::read(path).map_err(io("read", path))?;
+    serde_json::from_slice(&bytes).map_err(|source| ReportError::Json { path: path.to_path_buf(), source })
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, ReportError> {
+    if let Ok(c) = fs::canonicalize(p) {
+        return Ok(c);
+    }
+    let abs = std::path::absolute(p).map_err(io("resolve", p))?;
+    // Resolve `..` and `.` lexically for a folder that does not exist yet.
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn list_files(root: &Path, rel: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for e in fs::read_dir(root.join(rel))? {
+        let e = e?;
+        let r = rel.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            list_files(root, &r, out)?;
+        } else {
+            out.push(r.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}

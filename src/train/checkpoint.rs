@@ -1,0 +1,197 @@
+//! Training checkpoints: everything [`train_with`](super::train_with) needs to continue a run
+//! and end with exactly the model an uninterrupted run would have.
+//!
+//! A checkpoint is one safetensors file: the model's state (`state.t000`, ...: parameters and
+//! batch-norm running statistics), the SGD momentum (`optim.t000`, ...), the shuffled sample
+//! order of the epoch in progress (`order`, i32), and in the metadata key `checkpoint` a JSON
+//! [`CheckpointMeta`]: configuration, position (epoch, batch, global step), the RNG's state, the
+//! running loss sum and confusion counts of a partial epoch, and the epoch log so far.
+//!
+//! Files are written atomically: to a temporary file in the same folder, flushed to disk, renamed
+//! over the target, then the folder is flushed. A crash leaves either the previous checkpoint or
+//! the new one, never a torn file.
+use std::io::Write;
+use std::path::Path;
+
+use rand_pcg::Pcg64;
+use serde::{Deserialize, Serialize};
+
+use super::backend::Backend;
+use super::model::{Model, ModelConfig};
+use super::trainer::TrainConfig;
+use crate::report::EpochLog;
+use crate::{Error, Result};
+
+/// Version of the checkpoint layout; a file with another version is refused.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+/// The JSON part of a checkpoint (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: u32,
+    /// The stage name given to the trainer.
+    pub stage: String,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub class_weights: Vec<f32>,
+    pub train_images: usize,
+    /// 0-based epoch in progress (or the next one when `batch` is 0; `train.epochs` when done).
+    pub epoch: usize,
+    /// Next batch within `epoch`; 0 means the epoch has not started (its shuffle is still due).
+    pub batch: usize,
+    /// Optimizer steps taken so far.
+    pub step: usize,
+    pub rng: Pcg64,
+    /// Sum of the losses of the batches of `epoch` done so far.
+    pub loss_sum: f64,
+    /// Training confusion counts of those batches (classes x classes).
+    pub counts: Vec<u64>,
+    /// Seconds spent on `epoch` so far.
+    pub epoch_seconds: f64,
+    /// Learning rate of the last step.
+    pub lr: f32,
+    pub logs: Vec<EpochLog>,
+}
+
+/// A checkpoint in memory.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub meta: CheckpointMeta,
+    pub state: Vec<Vec<f32>>,
+    pub optim: Vec<Vec<f32>>,
+    pub order: Vec<i32>,
+}
+
+fn err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::shape("checkpoint", format!("{}: {msg}", path.display()))
+}
+
+impl Checkpoint {
+    /// Captures `model`'s state and optimizer state with `meta` and `order`.
+    pub fn capture<B: Backend>(be: &B, model: &Model<B>, meta: CheckpointMeta, order: Vec<i32>) -> Result<Self> {
+        Ok(Checkpoint { meta, state: model.state(be)?, optim: model.optimizer_state(be)?, order })
+    }
+
+    /// The first non-finite value of the model's state or momentum, as a description.
+    pub fn first_non_finite(&self) -> Option<String> {
+        first_non_finite(&self.state, &self.optim)
+    }
+
+    /// Writes the checkpoint to `path` atomically (see the module documentation).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let meta = serde_json::to_string(&self.meta).map_err(|e| err(path, e))?;
+        let mut bytes: Vec<(String, Vec<u8>, safetensors::Dtype)> = Vec::new();
+        for (prefix, tensors) in [("state", &self.state), ("optim", &self.optim)] {
+            for (i, t) in tensors.iter().enumerate() {
+                bytes.push((format!("{prefix}.t{i:03}"), bytemuck::cast_slice(t).to_vec(), safetensors::Dtype::F32));
+            }
+        }
+        bytes.push(("order".into(), bytemuck::cast_slice(&self.order).to_vec(), safetensors::Dtype::I32));
+        let views = bytes
+            .iter()
+            .map(|(name, b, dtype)| {
+                let v = safetensors::tensor::TensorView::new(*dtype, vec![b.len() / 4], b).map_err(|e| err(path, e))?;
+                Ok((name.clone(), v))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let meta = std::collections::HashMap::from([("checkpoint".to_string(), meta)]);
+        let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e))?;
+        write_atomic(path, &data).map_err(|e| err(path, e))
+    }
+
+    /// Reads a checkpoint written by [`Checkpoint::save`]. A missing, torn or foreign file is an
+    /// error naming it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path).map_err(|e| err(path, e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| err(path, e))?;
+        let meta = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("checkpoint"))
+            .ok_or_else(|| err(path, "not a training checkpoint (no `checkpoint` metadata)"))?;
+        let meta: CheckpointMeta = serde_json::from_str(meta).map_err(|e| err(path, format!("metadata: {e}")))?;
+        if meta.format != CHECKPOINT_FORMAT {
+            return Err(err(path, format!("format {}, this build reads {CHECKPOINT_FORMAT}", meta.format)));
+        }
+        let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| err(path, e))?;
+        let mut state: Vec<Option<Vec<f32>>> = Vec::new();
+        let mut optim: Vec<Option<Vec<f32>>> = Vec::new();
+        let mut order = None;
+        for (name, t) in st.iter() {
+            if t.shape().len() != 1 {
+                return Err(err(path, format!("{name} is not 1-D")));
+            }
+            let words = t.data().chunks_exact(4).map(|b| [b[0], b[1], b[2], b[3]]);
+            if name == "order" {
+                if t.dtype() != safetensors::Dtype::I32 {
+                    return Err(err(path, "order is not i32"));
+                }
+                order = Some(words.map(i32::from_le_bytes).collect());
+                continue;
+            }
+            let (list, idx) = match name.split_once(".t") {
+                Some(("state", d)) => (&mut state, d),
+                Some(("optim", d)) => (&mut optim, d),
+                _ => return Err(err(path, format!("unexpected tensor {name:?}"))),
+            };
+            let i: usize = idx.parse().map_err(|_| err(path, format!("unexpected tensor {name:?}")))?;
+            if t.dtype() != safetensors::Dtype::F32 || i > 100_000 {
+                return Err(err(path, format!("unexpected tensor {name:?}")));
+            }
+            if list.len() <= i {
+                list.resize(i + 1, None);
+            }
+            list[i] = Some(words.map(f32::from_le_bytes).collect());
+        }
+        let complete = |v: Vec<Option<Vec<f32>>>, what: &str| -> Result<Vec<Vec<f32>>> {
+            let n = v.len();
+            let out: Vec<Vec<f32>> = v.into_iter().flatten().collect();
+            if out.len() != n {
+                return Err(err(path, format!("{what} tensors are not numbered 0..{n}")));
+            }
+            Ok(out)
+        };
+        Ok(Checkpoint {
+            meta,
+            state: complete(state, "state")?,
+            optim: complete(optim, "optim")?,
+            order: order.ok_or_else(|| err(path, "no `order` tensor"))?,
+        })
+    }
+}
+
+/// Writes `bytes` to `path` via a flushed temporary file in the same folder and a rename, then
+/// flushes the folder (on Unix), so a crash leaves the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The first non-finite value of `state` (parameters, statistics) or `optim` (momentum).
+pub(crate) fn first_non_finite(state: &[Vec<f32>], optim: &[Vec<f32>]) -> Option<String> {
+    for (what, tensors) in [("parameter/statistics tensor", state), ("momentum tensor", optim)] {
+        for (i, t) in tensors.iter().enumerate() {
+            if let Some((j, v)) = t.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Some(format!("{what} {i} holds {v} at index {j}"));
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,396 @@
+//! The experiment's runs (examples/cifar10.rs, included here as a module): results are never
+//! lost or mixed, and bad input is refused before any work. Everything on the CPU with tiny
+//! configurations on synthetic data or generated CIFAR-format files.
+#![allow(dead_code)]
+
+#[path = "../examples/cifar10.rs"]
+mod cifar10;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use cifar10::{Args, Ended, UsageError};
+use clap::Parser;
+use evenclass::report::run_dir::{read_manifest, RunDir, RunManifest, MANIFEST};
+use evenclass::train::CpuBackend;
+
+/// Flags of a tiny CPU run (flag, value).
+const TINY: &[(&str, &str)] = &[
+    ("--train-subset", "256"),
+    ("--test-subset", "100"),
+    ("--epochs", "2"),
+    ("--width", "2"),
+    ("--batch-size", "64"),
+    ("--device", "cpu"),
+];
+
+fn args(out: &Path, extra: &[&str]) -> Args {
+    let mut v: Vec<String> = vec!["cifar10".into(), "--out".into(), out.display().to_string(), "--quiet".into()];
+    // TINY's flags, except those that `extra` sets.
+    for (flag, value) in TINY {
+        if !extra.contains(flag) {
+            v.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    Args::try_parse_from(v).expect("valid flags")
+}
+
+fn run(out: &Path, extra: &[&str]) -> anyhow::Result<Ended> {
+    cifar10::run(&args(out, extra), &CpuBackend::new(), false, &AtomicBool::new(false))
+}
+
+/// A run whose Ctrl-C flag is already set: it stops after the first step.
+fn run_interrupted(out: &Path, extra: &[&str]) -> anyhow::Result<Ended> {
+    cifar10::run(&args(out, extra), &CpuBackend::new(), false, &AtomicBool::new(true))
+}
+
+fn is_usage(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<UsageError>().is_some()
+}
+
+/// CIFAR-format files (5 x 60 training records, 150 test records) of pseudo-random images.
+fn write_cifar(dir: &Path, seed: u8) {
+    std::fs::create_dir_all(dir).unwrap();
+    let record = |i: usize| {
+        let mut r = vec![(i % 10) as u8];
+        r.extend((0..3072).map(|j| ((i * 31 + j * 7) as u8) ^ seed));
+        r
+    };
+    for f in 1..=5 {
+        let bytes: Vec<u8> = (0..60).flat_map(|i| record(f * 1000 + i)).collect();
+        std::fs::write(dir.join(format!("data_batch_{f}.bin")), bytes).unwrap();
+    }
+    let bytes: Vec<u8> = (0..150).flat_map(record).collect();
+    std::fs::write(dir.join("test_batch.bin"), bytes).unwrap();
+}
+
+/// Every file of a folder with its bytes, sorted.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn run_id(out: &Path) -> String {
+    read_manifest(&out.join(MANIFEST)).unwrap().run_id
+}
+
+/// Every published file names the manifest's run id (report, CSV rows, SVG, PNG metadata).
+fn assert_one_run(out: &Path) {
+    let m = read_manifest(&out.join(MANIFEST)).unwrap();
+    assert!(m.complete);
+    let id = &m.run_id;
+    let report = evenclass::report::read_report(out.join("report.json")).unwrap();
+    assert_eq!(&report.run_id, id);
+    let csv = std::fs::read_to_string(out.join("per_class.csv")).unwrap();
+    assert!(csv.lines().skip(1).all(|l| l.starts_with(&format!("{id},"))), "CSV rows of another run");
+    assert!(std::fs::read_to_string(out.join("recall.svg")).unwrap().contains(id.as_str()));
+    let png = std::fs::read(out.join("recall.png")).unwrap();
+    assert!(png.windows(id.len()).any(|w| w == id.as_bytes()), "PNG lacks the run id");
+    let mut listed = m.files.clone();
+    listed.push(MANIFEST.into());
+    listed.sort();
+    let mut present: Vec<String> = snapshot(out).into_iter().map(|(p, _)| p.to_string_lossy().into_owned()).collect();
+    present.sort();
+    assert_eq!(listed, present, "files in the folder differ from the manifest's list");
+}
+
+// ---- 1. --stage2-only refuses stage 1 of other data or another configuration ----
+
+#[test]
+fn stage2_only_refuses_stage1_of_other_data_naming_the_field() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    assert_eq!(run(&out, &["--synthetic"]).unwrap(), Ended::Finished);
+    let before = snapshot(&out);
+
+    // Same sizes, other images: a CIFAR-format folder.
+    let other = t.path().join("other");
+    write_cifar(&other, 0x5a);
+    let e = run(&out, &["--stage2-only", "--data-dir", other.to_str().unwrap()]).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(is_usage(&e), "{msg}");
+    assert!(msg.contains("other data"), "{msg}");
+    assert!(msg.contains("source: saved \"synthetic\", now \"cifar10\""), "{msg}");
+    assert!(msg.contains("train_md5"), "{msg}");
+    assert_eq!(snapshot(&out), before, "a refused run changed the output folder");
+
+    // Same data, another configuration: the field is named (not two whole JSON documents).
+    let e = run(&out, &["--synthetic", "--stage2-only", "--lr", "0.07"]).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("train.lr: saved 0.05") && msg.contains("now 0.07"), "{msg}");
+    assert!(!msg.contains("\"model\""), "whole configs printed: {msg}");
+
+    // Another exponent is the point of --stage2-only: accepted, stage 1 carried over unchanged.
+    let stage1 = std::fs::read(out.join("stage1.json")).unwrap();
+    assert_eq!(run(&out, &["--synthetic", "--stage2-only", "--exponent", "-3"]).unwrap(), Ended::Finished);
+    assert_eq!(std::fs::read(out.join("stage1.json")).unwrap(), stage1);
+    assert_one_run(&out);
+}
+
+#[test]
+fn stage2_only_on_two_cifar_folders_with_different_content_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b, out) = (t.path().join("a"), t.path().join("b"), t.path().join("out"));
+    write_cifar(&a, 1);
+    write_cifar(&b, 2);
+    run(&out, &["--data-dir", a.to_str().unwrap()]).unwrap();
+    let e = run(&out, &["--stage2-only", "--data-dir", b.to_str().unwrap()]).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("train_md5: saved"), "{msg}");
+    // A copy of the same files elsewhere is the same data.
+    let c = t.path().join("c");
+    write_cifar(&c, 1);
+    run(&out, &["--stage2-only", "--data-dir", c.to_str().unwrap()]).unwrap();
+}
+
+// ---- 2. outputs are never overwritten without --overwrite, and never mixed ----
+
+#[test]
+fn finished_run_is_replaced_only_with_overwrite_and_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    run(&out, &["--synthetic"]).unwrap();
+    assert_one_run(&out);
+    let first = snapshot(&out);
+    let id1 = run_id(&out);
+
+    let e = run(&out, &["--synthetic", "--seed", "3"]).unwrap_err();
+    assert!(is_usage(&e));
+    assert!(format!("{e}").contains("--overwrite"), "{e}");
+    assert_eq!(snapshot(&out), first);
+
+    run(&out, &["--synthetic", "--seed", "3", "--overwrite"]).unwrap();
+    assert_one_run(&out);
+    assert_ne!(run_id(&out), id1);
+    // Nothing but the run folder and its lock is left beside it.
+    let mut names: Vec<String> =
+        std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, [".out.lock", "out"]);
+}
+
+#[test]
+fn interrupted_run_leaves_the_finished_run_untouched_and_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    run(&out, &["--synthetic"]).unwrap();
+    let first = snapshot(&out);
+
+    // Interrupted (Ctrl-C) replacement: the old run is intact, with nothing of the new one.
+    assert_eq!(run_interrupted(&out, &["--synthetic", "--seed", "5", "--overwrite"]).unwrap(), Ended::Stopped);
+    assert_eq!(snapshot(&out), first, "an interrupted run changed the published folder");
+    assert!(t.path().join(".out.partial/checkpoints/stage1.ckpt").is_file());
+
+    // A fresh run does not silently discard the interrupted one.
+    let e = run(&out, &["--synthetic", "--seed", "5"]).unwrap_err();
+    assert!(format!("{e}").contains("--resume"), "{e}");
+    // --resume with other flags names the field.
+    let e = run(&out, &["--synthetic", "--seed", "5", "--resume", "--epochs", "3"]).unwrap_err();
+    assert!(format!("{e}").contains("train.epochs: saved 2, now 3"), "{e}");
+
+    assert_eq!(run(&out, &["--synthetic", "--seed", "5", "--resume"]).unwrap(), Ended::Finished);
+    assert_one_run(&out);
+    assert!(!t.path().join(".out.partial").exists());
+
+    // The resumed run equals an uninterrupted one with the same flags (models bit for bit).
+    let fresh = t.path().join("fresh");
+    run(&fresh, &["--synthetic", "--seed", "5"]).unwrap();
+    for f in ["stage1.safetensors", "stage2.safetensors"] {
+        assert!(std::fs::read(out.join(f)).unwrap() == std::fs::read(fresh.join(f)).unwrap(), "{f} differs");
+    }
+}
+
+#[test]
+fn resume_without_an_interrupted_run_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let e = run(&t.path().join("out"), &["--synthetic", "--resume"]).unwrap_err();
+    assert!(is_usage(&e), "{e}");
+    assert!(format!("{e}").contains("no interrupted run"), "{e}");
+}
+
+#[test]
+fn a_second_run_on_the_same_folder_is_refused_by_the_lock() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let held = RunDir::lock(&out).unwrap();
+    let e = run(&out, &["--synthetic"]).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("in use by another run"), "{msg}");
+    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    drop(held);
+    run(&out, &["--synthetic"]).unwrap();
+}
+
+#[test]
+fn a_folder_of_other_files_is_never_replaced() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("thesis.tex"), b"precious").unwrap();
+    let e = run(&out, &["--synthetic", "--overwrite"]).unwrap_err();
+    assert!(format!("{e}").contains("not an evenclass run"), "{e}");
+    assert_eq!(std::fs::read(out.join("thesis.tex")).unwrap(), b"precious");
+}
+
+#[test]
+fn publication_cut_short_by_a_crash_is_repaired() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    // Crash between the two renames with a complete new run: it is published.
+    let dir = RunDir::lock(&out).unwrap();
+    let mut m = RunManifest::new(serde_json::json!({"n": 1}));
+    dir.start(&m).unwrap();
+    std::fs::write(dir.staging().join("a.txt"), b"new").unwrap();
+    m.complete = true;
+    dir.write_manifest(&m).unwrap();
+    std::fs::create_dir(t.path().join(".out.previous")).unwrap();
+    std::fs::write(t.path().join(".out.previous/a.txt"), b"old").unwrap();
+    drop(dir);
+    let dir = RunDir::lock(&out).unwrap();
+    assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), b"new");
+    assert!(!t.path().join(".out.previous").exists());
+    drop(dir);
+
+    // Crash with an incomplete new run: the old one is put back.
+    std::fs::rename(&out, t.path().join(".out.previous")).unwrap();
+    let dir = RunDir::lock(&out).unwrap();
+    dir.start(&RunManifest::new(serde_json::json!({}))).unwrap();
+    drop(dir);
+    std::fs::rename(&out, t.path().join(".out.previous")).unwrap_or(());
+    let _ = RunDir::lock(&out).unwrap();
+    assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), b"new");
+}
+
+// ---- bad input: exit status 2, the flag and its range ----
+
+#[test]
+fn invalid_flags_exit_2_naming_flag_and_range() {
+    let bad: &[(&[&str], &str)] = &[
+        (&["--epochs", "0"], "from 1 to 10000"),
+        (&["--batch-size", "0"], "from 1 to 8192"),
+        (&["--width", "0"], "from 1 to 1024"),
+        (&["--depth", "0"], "from 1 to 16"),
+        (&["--lr", "nan"], "(0, 100]"),
+        (&["--lr", "-1"], "(0, 100]"),
+        (&["--lr", "inf"], "(0, 100]"),
+        (&["--exponent", "nan"], "[-8, 8]"),
+        (&["--exponent", "100"], "[-8, 8]"),
+        (&["--train-subset", "0"], "at least 1"),
+        (&["--test-subset", "x"], "at least 1"),
+        (&["--synthetic", "--data-dir", "x"], "cannot be used with"),
+        (&["--resume", "--stage2-only"], "cannot be used with"),
+    ];
+    for (flags, expect) in bad {
+        let e = Args::try_parse_from(std::iter::once(&"cifar10").chain(flags.iter())).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{flags:?}");
+        let msg = e.to_string();
+        assert!(msg.contains(flags[0]), "{flags:?}: {msg}");
+        assert!(msg.contains(expect), "{flags:?}: {msg}");
+    }
+    let a = Args::try_parse_from(["cifar10", "--exponent", "-3"]).unwrap();
+    assert_eq!(a.exponent, -3.0);
+    let a = Args::try_parse_from(["cifar10", "--exponent=-0.5"]).unwrap();
+    assert_eq!(a.exponent, -0.5);
+}
+
+#[test]
+fn batch_larger_than_the_training_set_is_a_usage_error() {
+    let t = tempfile::tempdir().unwrap();
+    let e = run(&t.path().join("out"), &["--synthetic", "--batch-size", "300"]).unwrap_err();
+    assert!(is_usage(&e), "{e}");
+    assert!(format!("{e}").contains("--batch-size 300"), "{e}");
+    assert!(!t.path().join("out").exists());
+}
+
+#[test]
+fn explicit_data_dir_must_exist_and_gets_a_subfolder_hint() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let typo = t.path().join("cifar-typo");
+    let e = run(&out, &["--data-dir", typo.to_str().unwrap()]).unwrap_err();
+    assert!(is_usage(&e), "{e}");
+    assert!(format!("{e}").contains("no CIFAR-10 batch files"), "{e}");
+    assert!(!typo.exists(), "a typo'd --data-dir was created (downloaded into?)");
+
+    let parent = t.path().join("data");
+    write_cifar(&parent.join("cifar-10-batches-bin"), 3);
+    let e = run(&out, &["--data-dir", parent.to_str().unwrap()]).unwrap_err();
+    assert!(format!("{e}").contains("cifar-10-batches-bin"), "{e}");
+}
+
+#[test]
+fn synthetic_runs_say_so_in_every_file() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    run(&out, &["--synthetic"]).unwrap();
+    let report = evenclass::report::read_report(out.join("report.json")).unwrap();
+    assert!(report.synthetic);
+    assert!(report.dataset.contains("synthetic"));
+    let csv = std::fs::read_to_string(out.join("per_class.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("dataset"));
+    assert!(csv.lines().skip(1).all(|l| l.contains("synthetic (not CIFAR-10)")));
+    assert!(std::fs::read_to_string(out.join("recall.svg")).unwrap().contains("SYNTHETIC data, not CIFAR-10"));
+    assert!(evenclass::report::terminal_table(&report).contains("synthetic"));
+}
+
+#[test]
+fn a_configuration_too_large_for_memory_is_refused_with_numbers() {
+    let t = tempfile::tempdir().unwrap();
+    // Width 1024, batch 8192: hundreds of GiB of activations; refused before any allocation
+    // (before the fix: an attempt to allocate them, i.e. killed by the OOM killer).
+    let flags = ["--synthetic", "--width", "1024", "--batch-size", "8192", "--train-subset", "8192"];
+    let e = run(&t.path().join("out"), &flags).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("needs about") && msg.contains("GiB") && msg.contains("available"), "{msg}");
+    assert!(msg.contains("--width"), "{msg}");
+}
+
+/// Interrupted after every single step, in stage 1 and in stage 2, and resumed each time: the
+/// published folder never changes until the last resume publishes the whole run, whose models
+/// are bit-identical to an uninterrupted run's.
+#[test]
+fn interrupted_at_every_step_of_both_stages_publishes_only_the_whole_run() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let flags = ["--synthetic", "--seed", "2", "--train-subset", "128"]; // 2 steps an epoch
+    run(&out, &["--synthetic"]).unwrap();
+    let first = snapshot(&out);
+    assert_eq!(run_interrupted(&out, &[&flags[..], &["--overwrite"]].concat()).unwrap(), Ended::Stopped);
+    let mut stops = 1;
+    let resume = [&flags[..], &["--resume"]].concat();
+    loop {
+        assert_eq!(snapshot(&out), first, "published folder changed after {stops} interruptions");
+        match run_interrupted(&out, &resume).unwrap() {
+            Ended::Stopped => stops += 1,
+            Ended::Finished => break,
+        }
+        assert!(stops < 20, "never finished");
+    }
+    // 2 stages x 2 epochs x 2 steps = 8 steps; a stop after each but the last of each stage.
+    assert!(stops >= 6, "{stops} interruptions");
+    assert_one_run(&out);
+    let fresh = t.path().join("fresh");
+    run(&fresh, &flags).unwrap();
+    for f in ["stage1.safetensors", "stage2.safetensors"] {
+        assert!(std::fs::read(out.join(f)).unwrap() == std::fs::read(fresh.join(f)).unwrap(), "{f} differs");
+    }
+    let (a, b) = (
+        evenclass::report::read_report(out.join("report.json")).unwrap(),
+        evenclass::report::read_report(fresh.join("report.json")).unwrap(),
+    );
+    assert_eq!(a.stages[1].class_weights, b.stages[1].class_weights);
+    assert_eq!(a.stages[1].test, b.stages[1].test);
+}
