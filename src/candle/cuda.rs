@@ -166,7 +166,7 @@ pub(super) fn cross_entropy_backward(
 
 fn rows_cols(l: &Layout) -> (usize, usize) {
     let cols = *l.dims().last().unwrap_or(&1);
-    let rows = if cols == 0 { 0 } else { l.shape().elem_count() / cols };
+    let rows = l.shape().elem_count().checked_div(cols).unwrap_or(0);
     (rows, cols)
 }
 
