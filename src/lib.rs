@@ -24,6 +24,8 @@
 pub mod activation;
 pub mod augment;
 pub mod batchnorm;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod confusion;
 pub mod conv;
 pub mod cross_entropy;
