@@ -30,7 +30,7 @@ struct ConfusionParams {
     int32_t privatized;    // 1: shared-memory u32 histogram of C*C (see above), 0: global atomics
 };
 
-extern __shared__ unsigned int confusion_hist[];
+EC_DYNAMIC_SHARED(unsigned int, confusion_hist);
 
 __device__ __forceinline__ bool is_ignored(int t, const ConfusionParams& p) {
     return p.has_ignore && t == p.ignore_index;

@@ -1,0 +1,518 @@
+// Kernel execution for the emulated CUDA driver: every CUDA thread of a block is a fiber (its own
+// stack, a hand-written x86-64 context switch, no system call per switch). The scheduler runs the
+// block's runnable fibers in an order shuffled from a seed, each until it reaches a barrier or a
+// warp collective or exits; when none is runnable it completes the collectives and barriers that
+// every participant has reached and goes on. A missing barrier therefore reads another thread's
+// data before it was written (or the 0xFF poison of shared memory), depending on the seed, instead
+// of passing by luck. A collective whose mask names a lane that does not exist or has exited, or a
+// block whose threads wait at barriers that can never complete, fails the launch with a message
+// naming the kernel, the block and the thread.
+#include "runtime.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define EC_ASAN 1
+#else
+#define EC_ASAN 0
+#endif
+
+#if !defined(__x86_64__)
+#error "the emulated CUDA driver's fibers are written for x86-64"
+#endif
+
+// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
+// the stack pointer in *save, and resumes the context whose stack pointer is `to`.
+extern "C" void ec_switch(void** save, void* to);
+asm(R"(
+    .pushsection .text
+    .globl ec_switch
+    .hidden ec_switch
+    .type ec_switch, @function
+ec_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size ec_switch, .-ec_switch
+    .popsection
+)");
+
+// Static __shared__ variables of every kernel (see cuda_shim.h); the linker defines the bounds.
+extern "C" char __start_ec_shared[] __attribute__((weak));
+extern "C" char __stop_ec_shared[] __attribute__((weak));
+
+namespace ec_emu {
+
+Current cur;
+
+namespace {
+
+enum class St : uint8_t { Runnable, AtBarrier, AtWarp, Exited, Stopped };
+
+struct FiberImpl {
+    void* sp = nullptr;
+    char* stack_lo = nullptr;  // lowest usable byte (a guard page lies below)
+    size_t stack_size = 0;
+    void* asan_fake = nullptr;
+    St st = St::Exited;
+    Dim3 tid{0, 0, 0};
+    // Arrival at a collective or barrier.
+    Coll kind = Coll::Syncwarp;
+    unsigned mask = 0;
+    int arg = 0;
+    int width = 32;
+    uint64_t value = 0;
+    uint64_t result = 0;
+    const char* what = "";
+};
+
+struct Launch {
+    const EntryInfo* entry;
+    void** params;
+    Dim3 grid, block;
+    unsigned block_linear;
+    int nthreads;
+    int code;
+    std::string message;
+};
+
+std::vector<FiberImpl> g_fibers;
+void* g_sched_sp = nullptr;
+Launch* g_launch = nullptr;
+#if EC_ASAN
+const void* g_sched_stack_bottom = nullptr;  // for the ASan fiber annotations
+size_t g_sched_stack_size = 0;
+#endif
+
+size_t stack_bytes() {
+    static size_t bytes = [] {
+        size_t kb = EC_ASAN ? 256 : 64;
+        if (const char* s = getenv("EVENCLASS_EMU_STACK_KB")) kb = strtoull(s, nullptr, 10);
+        if (kb < 16) kb = 16;
+        return kb * 1024;
+    }();
+    return bytes;
+}
+
+uint64_t splitmix(uint64_t& s) {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+uint64_t fnv(const char* s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; ++s) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+FiberImpl& self() { return *reinterpret_cast<FiberImpl*>(cur.fiber); }
+
+int self_index() { return (int)(&self() - g_fibers.data()); }
+
+std::string thread_name(const FiberImpl& f) {
+    char b[64];
+    snprintf(b, sizeof b, "(%u,%u,%u)", f.tid.x, f.tid.y, f.tid.z);
+    return b;
+}
+
+std::string where() {
+    char b[160];
+    snprintf(b, sizeof b, "kernel %s, block (%u,%u,%u) of grid (%u,%u,%u), block size (%u,%u,%u)",
+             g_launch->entry->name, cur.block_idx.x, cur.block_idx.y, cur.block_idx.z, g_launch->grid.x,
+             g_launch->grid.y, g_launch->grid.z, g_launch->block.x, g_launch->block.y, g_launch->block.z);
+    return b;
+}
+
+void set_error(int code, const std::string& what) {
+    if (g_launch->code != kSuccess) return;
+    g_launch->code = code;
+    char seed[64];
+    snprintf(seed, sizeof seed, " [EVENCLASS_EMU_SEED=%llu]", (unsigned long long)schedule_seed());
+    g_launch->message = where() + ": " + what + seed;
+}
+
+// ---- switching --------------------------------------------------------------------------------------
+
+void to_scheduler() {
+    FiberImpl& f = self();
+#if EC_ASAN
+    __sanitizer_start_switch_fiber(f.st == St::Exited ? nullptr : &f.asan_fake, g_sched_stack_bottom,
+                                   g_sched_stack_size);
+#endif
+    ec_switch(&f.sp, g_sched_sp);
+#if EC_ASAN
+    __sanitizer_finish_switch_fiber(f.asan_fake, &g_sched_stack_bottom, &g_sched_stack_size);
+#endif
+}
+
+// A fiber that found an error stops here for good; the scheduler abandons the block.
+[[noreturn]] void stop_self() {
+    self().st = St::Stopped;
+    to_scheduler();
+    abort();  // never resumed
+}
+
+[[noreturn]] void fiber_main() {
+#if EC_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &g_sched_stack_bottom, &g_sched_stack_size);
+#endif
+    g_launch->entry->invoke(g_launch->entry->fn, g_launch->params);
+    self().st = St::Exited;
+    to_scheduler();
+    abort();  // an exited fiber is never resumed
+}
+
+void prepare_fiber(FiberImpl& f) {
+    const size_t size = stack_bytes();
+    if (!f.stack_lo) {
+        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        void* m = mmap(nullptr, size + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) {
+            fprintf(stderr, "[evenclass-emu] cannot map a fiber stack of %zu bytes\n", size);
+            abort();
+        }
+        mprotect(m, page, PROT_NONE);  // stack overflow faults instead of corrupting a neighbour
+        f.stack_lo = static_cast<char*>(m) + page;
+        f.stack_size = size;
+    }
+#if EC_ASAN
+    // An abandoned fiber (failed launch) may have left poisoned frames behind.
+    ASAN_UNPOISON_MEMORY_REGION(f.stack_lo, f.stack_size);
+#endif
+    uint64_t* top = reinterpret_cast<uint64_t*>(f.stack_lo + f.stack_size);
+    unsigned mxcsr;
+    unsigned short fpucw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    top[-1] = 0;                                      // return address of fiber_main: none
+    top[-2] = reinterpret_cast<uint64_t>(&fiber_main);  // where ec_switch's `ret` goes
+    for (int i = 3; i <= 8; ++i) top[-i] = 0;         // rbp, rbx, r12..r15
+    top[-9] = (uint64_t)mxcsr | ((uint64_t)fpucw << 32);
+    f.sp = &top[-9];
+    f.asan_fake = nullptr;
+}
+
+void resume(FiberImpl& f) {
+    cur.fiber = reinterpret_cast<Fiber*>(&f);
+    cur.thread_idx = f.tid;
+    void* fake = nullptr;
+#if EC_ASAN
+    __sanitizer_start_switch_fiber(&fake, f.stack_lo, f.stack_size);
+#endif
+    ec_switch(&g_sched_sp, f.sp);
+#if EC_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+    (void)fake;
+}
+
+// ---- completing collectives and barriers --------------------------------------------------------
+
+const char* kind_name(Coll k) {
+    switch (k) {
+    case Coll::Syncwarp: return "__syncwarp";
+    case Coll::ShflIdx: return "__shfl_sync";
+    case Coll::ShflUp: return "__shfl_up_sync";
+    case Coll::ShflDown: return "__shfl_down_sync";
+    case Coll::ShflXor: return "__shfl_xor_sync";
+    case Coll::Ballot: return "__ballot_sync";
+    case Coll::Any: return "__any_sync";
+    case Coll::All: return "__all_sync";
+    }
+    return "?";
+}
+
+// The value a shuffle delivers from a lane that does not take part: garbage, as on the GPU.
+constexpr uint64_t kPoison = 0xFFFFFFFFFFFFFFFFull;
+
+// Completes the collective of the lanes in `group` (all waiting with the same kind and mask).
+void complete(FiberImpl* warp, unsigned group) {
+    const Coll kind = warp[__builtin_ctz(group)].kind;
+    unsigned ballot = 0;
+    for (int l = 0; l < 32; ++l)
+        if ((group >> l & 1) && warp[l].value != 0) ballot |= 1u << l;
+    for (int l = 0; l < 32; ++l) {
+        if (!(group >> l & 1)) continue;
+        FiberImpl& f = warp[l];
+        const int w = f.width, seg = l & ~(w - 1);
+        int src = l;
+        bool own = false;
+        switch (kind) {
+        case Coll::Syncwarp: f.result = 0; break;
+        case Coll::Ballot: f.result = ballot; break;
+        case Coll::Any: f.result = ballot != 0; break;
+        case Coll::All: f.result = ballot == group; break;
+        case Coll::ShflIdx: src = seg + (f.arg & (w - 1)); break;
+        case Coll::ShflUp:
+            src = l - f.arg;
+            own = src < seg;
+            break;
+        case Coll::ShflDown:
+            src = l + f.arg;
+            own = src >= seg + w;
+            break;
+        case Coll::ShflXor:
+            src = l ^ f.arg;
+            own = src >= seg + w || src > 31 || src < 0;
+            break;
+        }
+        if (kind == Coll::ShflIdx || kind == Coll::ShflUp || kind == Coll::ShflDown || kind == Coll::ShflXor) {
+            if (own) f.result = f.value;
+            else if (src >= 0 && src < 32 && (group >> src & 1)) f.result = warp[src].value;
+            else f.result = kPoison;
+        }
+    }
+    for (int l = 0; l < 32; ++l)
+        if (group >> l & 1) warp[l].st = St::Runnable;
+}
+
+// One pass over the block when no fiber is runnable: completes every warp collective whose lanes
+// have all arrived, else the block barrier when every live thread waits at it. Returns whether
+// some fiber became runnable; sets the launch error on a collective that can never complete.
+bool resolve(int n) {
+    bool progress = false;
+    for (int w0 = 0; w0 < n; w0 += 32) {
+        FiberImpl* warp = &g_fibers[w0];
+        const int lanes = n - w0 < 32 ? n - w0 : 32;
+        unsigned done = 0;
+        for (int l = 0; l < lanes; ++l) {
+            const FiberImpl& f = warp[l];
+            if (f.st != St::AtWarp || (done >> l & 1)) continue;
+            const unsigned m = f.mask;
+            bool ready = true;
+            for (int k = 0; k < 32 && ready; ++k) {
+                if (!(m >> k & 1)) continue;
+                const FiberImpl& o = warp[k];
+                if (o.st == St::Exited) {
+                    set_error(kIllegalInstruction,
+                              std::string("thread ") + thread_name(f) + " waits in " + f.what + " with mask 0x" +
+                                  [&] { char b[16]; snprintf(b, sizeof b, "%08x", m); return std::string(b); }() +
+                                  ", which names lane " + std::to_string(k) + " (thread " + thread_name(o) +
+                                  "), which has exited");
+                    return false;
+                }
+                if (o.st != St::AtWarp) {
+                    ready = false;  // e.g. waiting at __syncthreads: a deadlock unless it resolves
+                } else if (o.kind != f.kind || o.mask != f.mask) {
+                    char b[256];
+                    snprintf(b, sizeof b,
+                             "lanes of one warp meet at different collectives: thread %s in %s (mask 0x%08x), "
+                             "thread %s in %s (mask 0x%08x)",
+                             thread_name(f).c_str(), f.what, f.mask, thread_name(o).c_str(), o.what, o.mask);
+                    set_error(kIllegalInstruction, b);
+                    return false;
+                }
+            }
+            if (ready) {
+                complete(warp, m);
+                done |= m;
+                progress = true;
+            }
+        }
+    }
+    if (progress) return true;
+    int waiting = 0, exited = 0;
+    for (int i = 0; i < n; ++i) {
+        if (g_fibers[i].st == St::AtBarrier) ++waiting;
+        else if (g_fibers[i].st == St::Exited) ++exited;
+    }
+    if (waiting > 0 && waiting + exited == n) {
+        for (int i = 0; i < n; ++i)
+            if (g_fibers[i].st == St::AtBarrier) g_fibers[i].st = St::Runnable;
+        return true;
+    }
+    return false;
+}
+
+void report_deadlock(int n) {
+    std::string at_barrier, at_warp;
+    int nb = 0, nw = 0;
+    for (int i = 0; i < n; ++i) {
+        const FiberImpl& f = g_fibers[i];
+        if (f.st == St::AtBarrier && nb++ < 3) at_barrier += " " + thread_name(f);
+        if (f.st == St::AtWarp && nw++ < 3) {
+            char b[96];
+            snprintf(b, sizeof b, " %s in %s (mask 0x%08x)", thread_name(f).c_str(), f.what, f.mask);
+            at_warp += b;
+        }
+    }
+    set_error(kLaunchFailed, "deadlock: " + std::to_string(nb) + " thread(s) wait at __syncthreads [" + at_barrier +
+                                 " ] while " + std::to_string(nw) + " wait at warp collectives [" + at_warp +
+                                 " ] that cannot complete");
+}
+
+void run_block(uint64_t rng) {
+    const int n = g_launch->nthreads;
+    const Dim3 b = g_launch->block;
+    for (int i = 0; i < n; ++i) {
+        FiberImpl& f = g_fibers[i];
+        prepare_fiber(f);
+        f.st = St::Runnable;
+        f.tid = Dim3{(unsigned)i % b.x, ((unsigned)i / b.x) % b.y, (unsigned)i / (b.x * b.y)};
+    }
+    // Shared memory starts as garbage: 0xFF bytes read as NaN floats and -1 integers.
+    char* const lo = __start_ec_shared;
+    char* const hi = __stop_ec_shared;
+    if (lo && hi > lo) memset(lo, 0xFF, (size_t)(hi - lo));
+    std::vector<int> order;
+    order.reserve(n);
+    for (;;) {
+        order.clear();
+        for (int i = 0; i < n; ++i)
+            if (g_fibers[i].st == St::Runnable) order.push_back(i);
+        if (order.empty()) {
+            if (resolve(n)) continue;
+            if (g_launch->code != kSuccess) return;
+            bool all_exited = true;
+            for (int i = 0; i < n; ++i) all_exited &= g_fibers[i].st == St::Exited;
+            if (!all_exited) report_deadlock(n);
+            return;
+        }
+        for (size_t i = order.size(); i > 1; --i) {
+            const size_t j = splitmix(rng) % i;
+            const int t = order[i - 1];
+            order[i - 1] = order[j];
+            order[j] = t;
+        }
+        for (int i : order) {
+            resume(g_fibers[i]);
+            if (g_launch->code != kSuccess) return;
+        }
+    }
+}
+
+}  // namespace
+
+uint64_t schedule_seed() {
+    static uint64_t seed = [] {
+        const char* s = getenv("EVENCLASS_EMU_SEED");
+        return s && *s ? strtoull(s, nullptr, 0) : 1ull;
+    }();
+    return seed;
+}
+
+uint64_t warp_collective(Coll kind, unsigned mask, uint64_t value, int arg, int width, const char* what) {
+    FiberImpl& f = self();
+    const int idx = self_index();
+    const int lane = idx & 31, w0 = idx & ~31;
+    const int n = g_launch->nthreads;
+    const int lanes = n - w0 < 32 ? n - w0 : 32;
+    char b[256];
+    if (!(mask >> lane & 1)) {
+        snprintf(b, sizeof b, "thread %s (lane %d) calls %s with mask 0x%08x, which does not name its own lane",
+                 thread_name(f).c_str(), lane, what, mask);
+        set_error(kIllegalInstruction, b);
+        stop_self();
+    }
+    if (lanes < 32 && (mask >> lanes) != 0) {
+        snprintf(b, sizeof b,
+                 "thread %s calls %s with mask 0x%08x, but its warp has only %d lane(s) (%d threads per block): "
+                 "the mask names lanes that do not exist",
+                 thread_name(f).c_str(), what, mask, lanes, n);
+        set_error(kIllegalInstruction, b);
+        stop_self();
+    }
+    if (width < 1 || width > 32 || (width & (width - 1)) != 0) {
+        snprintf(b, sizeof b, "thread %s calls %s with width %d (not a power of 2 up to 32)", thread_name(f).c_str(),
+                 what, width);
+        set_error(kIllegalInstruction, b);
+        stop_self();
+    }
+    for (int k = 0; k < lanes; ++k) {
+        const FiberImpl& o = g_fibers[w0 + k];
+        if ((mask >> k & 1) && o.st == St::Exited) {
+            snprintf(b, sizeof b, "thread %s calls %s with mask 0x%08x, which names lane %d (thread %s), which has exited",
+                     thread_name(f).c_str(), what, mask, k, thread_name(o).c_str());
+            set_error(kIllegalInstruction, b);
+            stop_self();
+        }
+    }
+    f.kind = kind;
+    f.mask = mask;
+    f.value = value;
+    f.arg = arg;
+    f.width = width;
+    f.what = what;
+    f.st = St::AtWarp;
+    to_scheduler();
+    return f.result;
+}
+
+void syncthreads(const char* what) {
+    FiberImpl& f = self();
+    f.what = what;
+    f.st = St::AtBarrier;
+    to_scheduler();
+}
+
+void kernel_trap(const char* what) {
+    set_error(kIllegalInstruction, std::string("thread ") + thread_name(self()) + " executed " + what);
+    stop_self();
+}
+
+int run_kernel(const EntryInfo& entry, Dim3 grid, Dim3 block, size_t dyn_smem_bytes, void** params,
+               std::string* message) {
+    Launch launch{&entry, params, grid, block, 0, (int)(block.x * block.y * block.z), kSuccess, {}};
+    g_launch = &launch;
+    if ((int)g_fibers.size() < launch.nthreads) g_fibers.resize(launch.nthreads);
+    // Exactly the requested size, so AddressSanitizer sees an access past its end.
+    void* dyn = dyn_smem_bytes ? malloc(dyn_smem_bytes) : nullptr;
+    if (dyn_smem_bytes && !dyn) {
+        *message = "cannot allocate the dynamic shared memory";
+        g_launch = nullptr;
+        return kOutOfMemory;
+    }
+    cur.block_dim = block;
+    cur.grid_dim = grid;
+    cur.dyn_smem = dyn;
+    const uint64_t base = schedule_seed() * 0x9E3779B97F4A7C15ull ^ fnv(entry.name);
+    for (unsigned z = 0; z < grid.z && launch.code == kSuccess; ++z)
+        for (unsigned y = 0; y < grid.y && launch.code == kSuccess; ++y)
+            for (unsigned x = 0; x < grid.x && launch.code == kSuccess; ++x) {
+                cur.block_idx = Dim3{x, y, z};
+                if (dyn) memset(dyn, 0xFF, dyn_smem_bytes);
+                uint64_t rng = base ^ (((uint64_t)z * grid.y + y) * grid.x + x) * 0xD1B54A32D192ED03ull;
+                splitmix(rng);
+                run_block(rng);
+            }
+    free(dyn);
+    cur.dyn_smem = nullptr;
+    cur.fiber = nullptr;
+    g_launch = nullptr;
+    if (launch.code != kSuccess) {
+        fprintf(stderr, "[evenclass-emu] launch failed: %s\n", launch.message.c_str());
+        *message = launch.message;
+    }
+    return launch.code;
+}
+
+}  // namespace ec_emu
