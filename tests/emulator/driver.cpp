@@ -153,6 +153,18 @@ extern "C" void evenclass_emu_reset_counters(void) {
     memset(&g_counters, 0, sizeof g_counters);
 }
 
+// Dry run: launches are checked and counted but kernels do not execute (device memory keeps what
+// copies and memsets put there). For counting what the host does, e.g. one training step of a
+// network too large to emulate in reasonable time; tests/emulator.rs checks on a small network
+// that a dry run counts exactly what a real run does. Returns the previous setting.
+static bool g_dry_run = false;
+extern "C" int evenclass_emu_set_dry_run(int on) {
+    std::lock_guard<std::recursive_mutex> lock(st().mu);
+    const bool was = g_dry_run;
+    g_dry_run = on != 0;
+    return was;
+}
+
 // Bytes of live device allocations (for leak checks in tests).
 extern "C" size_t evenclass_emu_allocated_bytes(void) {
     std::lock_guard<std::recursive_mutex> lock(st().mu);
@@ -1015,6 +1027,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     }
     ++g_counters.launches;
+    if (g_dry_run) return CUDA_SUCCESS;
     std::string message;
     const int code = ec_emu::run_kernel(e, ec_emu::Dim3{gx, gy, gz}, ec_emu::Dim3{bx, by, bz}, smem, params, &message);
     if (code != 0) {

@@ -30,8 +30,10 @@
 #error "the emulated CUDA driver's fibers are written for x86-64"
 #endif
 
-// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
-// the stack pointer in *save, and resumes the context whose stack pointer is `to`.
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save, and
+// resumes the context whose stack pointer is `to`. MXCSR and the x87 control word are not
+// switched: kernels never change them, so every fiber runs with the launching thread's settings
+// (a fresh fiber starts with them too: they are not on its stack at all).
 extern "C" void ec_switch(void** save, void* to);
 asm(R"(
     .pushsection .text
@@ -45,14 +47,8 @@ ec_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -208,16 +204,13 @@ void prepare_fiber(FiberImpl& f) {
     // An abandoned fiber (failed launch) may have left poisoned frames behind.
     ASAN_UNPOISON_MEMORY_REGION(f.stack_lo, f.stack_size);
 #endif
+    // The frame ec_switch pops: r15, r14, r13, r12, rbx, rbp (zeros; rbp 0 ends backtraces), then
+    // the address its `ret` jumps to, fiber_main, entered with the stack aligned as after a call.
     uint64_t* top = reinterpret_cast<uint64_t*>(f.stack_lo + f.stack_size);
-    unsigned mxcsr;
-    unsigned short fpucw;
-    asm volatile("stmxcsr %0" : "=m"(mxcsr));
-    asm volatile("fnstcw %0" : "=m"(fpucw));
-    top[-1] = 0;                                      // return address of fiber_main: none
-    top[-2] = reinterpret_cast<uint64_t>(&fiber_main);  // where ec_switch's `ret` goes
-    for (int i = 3; i <= 8; ++i) top[-i] = 0;         // rbp, rbx, r12..r15
-    top[-9] = (uint64_t)mxcsr | ((uint64_t)fpucw << 32);
-    f.sp = &top[-9];
+    top[-1] = 0;  // fiber_main's return address: none, it never returns
+    top[-2] = reinterpret_cast<uint64_t>(&fiber_main);
+    for (int i = 3; i <= 8; ++i) top[-i] = 0;
+    f.sp = &top[-8];
     f.asan_fake = nullptr;
 }
 
@@ -398,7 +391,7 @@ void run_block(uint64_t rng) {
             return;
         }
         for (size_t i = order.size(); i > 1; --i) {
-            const size_t j = splitmix(rng) % i;
+            const size_t j = (size_t)(((unsigned __int128)splitmix(rng) * i) >> 64);  // uniform in [0, i)
             const int t = order[i - 1];
             order[i - 1] = order[j];
             order[j] = t;
