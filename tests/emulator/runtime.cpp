@@ -288,62 +288,82 @@ void complete(FiberImpl* warp, unsigned group) {
         if (group >> l & 1) warp[l].st = St::Runnable;
 }
 
-// One pass over the block when no fiber is runnable: completes every warp collective whose lanes
-// have all arrived, else the block barrier when every live thread waits at it. Returns whether
-// some fiber became runnable; sets the launch error on a collective that can never complete.
-bool resolve(int n) {
-    bool progress = false;
-    for (int w0 = 0; w0 < n; w0 += 32) {
-        FiberImpl* warp = &g_fibers[w0];
-        const int lanes = n - w0 < 32 ? n - w0 : 32;
-        unsigned done = 0;
-        for (int l = 0; l < lanes; ++l) {
-            const FiberImpl& f = warp[l];
-            if (f.st != St::AtWarp || (done >> l & 1)) continue;
-            const unsigned m = f.mask;
-            bool ready = true;
-            for (int k = 0; k < 32 && ready; ++k) {
-                if (!(m >> k & 1)) continue;
-                const FiberImpl& o = warp[k];
-                if (o.st == St::Exited) {
-                    set_error(kIllegalInstruction,
-                              std::string("thread ") + thread_name(f) + " waits in " + f.what + " with mask 0x" +
-                                  [&] { char b[16]; snprintf(b, sizeof b, "%08x", m); return std::string(b); }() +
-                                  ", which names lane " + std::to_string(k) + " (thread " + thread_name(o) +
-                                  "), which has exited");
-                    return false;
-                }
-                if (o.st != St::AtWarp) {
-                    ready = false;  // e.g. waiting at __syncthreads: a deadlock unless it resolves
-                } else if (o.kind != f.kind || o.mask != f.mask) {
-                    char b[256];
-                    snprintf(b, sizeof b,
-                             "lanes of one warp meet at different collectives: thread %s in %s (mask 0x%08x), "
-                             "thread %s in %s (mask 0x%08x)",
-                             thread_name(f).c_str(), f.what, f.mask, thread_name(o).c_str(), o.what, o.mask);
-                    set_error(kIllegalInstruction, b);
-                    return false;
-                }
-            }
-            if (ready) {
-                complete(warp, m);
-                done |= m;
-                progress = true;
-            }
+// ---- the scheduler of one block ------------------------------------------------------------------
+//
+// Runnable fibers sit in per-warp queues. The scheduler picks a warp at random and runs random
+// lanes of it, one at a time, each until its next barrier, collective or exit; a collective
+// completes as soon as the last lane of its mask arrives, a barrier when the last live thread
+// does. How long it stays with one warp is the block's strategy, drawn from the seed: always as
+// long as the warp has a runnable lane (one warp runs as far ahead of the others as it can: a
+// missing barrier between two phases of shared memory use shows), or switching to a random warp
+// after each step with probability 1/8, 1/2 or 1 (threads interleave finely). Block 0 of every
+// launch runs the first strategy, so a kernel with a single block is checked that way too.
+
+struct Sched {
+    int n = 0;
+    int warps = 0;
+    int at_barrier = 0;
+    int exited = 0;
+    uint32_t switch_p = 0;  // probability (of 2^32) of moving to a random warp after a step
+    uint64_t rng = 0;
+    std::vector<std::vector<int>> runq;  // runnable thread indices per warp
+    std::vector<int> nonempty;           // scratch
+
+    void make_runnable(int i) {
+        g_fibers[i].st = St::Runnable;
+        runq[i >> 5].push_back(i);
+    }
+    uint32_t below(uint32_t k) { return (uint32_t)(((unsigned __int128)splitmix(rng) * k) >> 64); }
+    int random_warp() {
+        nonempty.clear();
+        for (int w = 0; w < warps; ++w)
+            if (!runq[w].empty()) nonempty.push_back(w);
+        return nonempty.empty() ? -1 : nonempty[below((uint32_t)nonempty.size())];
+    }
+};
+
+std::string hex_mask(unsigned m) {
+    char b[16];
+    snprintf(b, sizeof b, "0x%08x", m);
+    return b;
+}
+
+// Lane `l` of the warp starting at `w0` arrived at a collective: completes it when every lane of
+// its mask waits at the same collective with the same mask.
+void arrive_collective(Sched& s, int w0, int l) {
+    FiberImpl* warp = &g_fibers[w0];
+    const FiberImpl& f = warp[l];
+    const unsigned m = f.mask;
+    for (int k = 0; k < 32; ++k) {
+        if (!(m >> k & 1)) continue;
+        const FiberImpl& o = warp[k];
+        if (o.st != St::AtWarp || o.kind != f.kind || o.mask != m) return;  // not yet (or a deadlock)
+    }
+    complete(warp, m);
+    for (int k = 0; k < 32; ++k)
+        if (m >> k & 1) s.runq[w0 >> 5].push_back(w0 + k);
+}
+
+void release_barrier(Sched& s) {
+    if (s.at_barrier == 0 || s.at_barrier + s.exited != s.n) return;
+    s.at_barrier = 0;
+    for (int i = 0; i < s.n; ++i)
+        if (g_fibers[i].st == St::AtBarrier) s.make_runnable(i);
+}
+
+// Thread i has exited: a lane of its warp waiting at a collective whose mask names it never wakes.
+void check_exit(int i) {
+    const int w0 = i & ~31, lane = i & 31;
+    const int lanes = g_launch->nthreads - w0 < 32 ? g_launch->nthreads - w0 : 32;
+    for (int k = 0; k < lanes; ++k) {
+        const FiberImpl& o = g_fibers[w0 + k];
+        if (o.st == St::AtWarp && (o.mask >> lane & 1)) {
+            set_error(kIllegalInstruction, "thread " + thread_name(o) + " waits in " + o.what + " with mask " +
+                                               hex_mask(o.mask) + ", which names lane " + std::to_string(lane) +
+                                               " (thread " + thread_name(g_fibers[i]) + "), which has exited");
+            return;
         }
     }
-    if (progress) return true;
-    int waiting = 0, exited = 0;
-    for (int i = 0; i < n; ++i) {
-        if (g_fibers[i].st == St::AtBarrier) ++waiting;
-        else if (g_fibers[i].st == St::Exited) ++exited;
-    }
-    if (waiting > 0 && waiting + exited == n) {
-        for (int i = 0; i < n; ++i)
-            if (g_fibers[i].st == St::AtBarrier) g_fibers[i].st = St::Runnable;
-        return true;
-    }
-    return false;
 }
 
 void report_deadlock(int n) {
@@ -352,55 +372,64 @@ void report_deadlock(int n) {
     for (int i = 0; i < n; ++i) {
         const FiberImpl& f = g_fibers[i];
         if (f.st == St::AtBarrier && nb++ < 3) at_barrier += " " + thread_name(f);
-        if (f.st == St::AtWarp && nw++ < 3) {
-            char b[96];
-            snprintf(b, sizeof b, " %s in %s (mask 0x%08x)", thread_name(f).c_str(), f.what, f.mask);
-            at_warp += b;
-        }
+        if (f.st == St::AtWarp && nw++ < 3) at_warp += " " + thread_name(f) + " in " + f.what + " (mask " + hex_mask(f.mask) + ")";
     }
     set_error(kLaunchFailed, "deadlock: " + std::to_string(nb) + " thread(s) wait at __syncthreads [" + at_barrier +
                                  " ] while " + std::to_string(nw) + " wait at warp collectives [" + at_warp +
                                  " ] that cannot complete");
 }
 
-void run_block(uint64_t rng) {
+void run_block(uint64_t rng, bool first_block) {
     const int n = g_launch->nthreads;
     const Dim3 b = g_launch->block;
+    static Sched s;  // reused: its queues keep their capacity
+    s.n = n;
+    s.warps = (n + 31) / 32;
+    s.at_barrier = 0;
+    s.exited = 0;
+    s.rng = rng;
+    static const uint32_t kSwitch[4] = {0u, 1u << 29, 1u << 31, 0xFFFFFFFFu};
+    s.switch_p = first_block ? 0u : kSwitch[splitmix(s.rng) & 3];
+    s.runq.resize(s.warps > (int)s.runq.size() ? s.warps : s.runq.size());
+    for (int w = 0; w < s.warps; ++w) s.runq[w].clear();
     for (int i = 0; i < n; ++i) {
         FiberImpl& f = g_fibers[i];
         prepare_fiber(f);
-        f.st = St::Runnable;
         f.tid = Dim3{(unsigned)i % b.x, ((unsigned)i / b.x) % b.y, (unsigned)i / (b.x * b.y)};
+        s.make_runnable(i);
     }
     // Shared memory starts as garbage: 0xFF bytes read as NaN floats and -1 integers.
     char* const lo = __start_ec_shared;
     char* const hi = __stop_ec_shared;
     if (lo && hi > lo) memset(lo, 0xFF, (size_t)(hi - lo));
-    std::vector<int> order;
-    order.reserve(n);
-    for (;;) {
-        order.clear();
-        for (int i = 0; i < n; ++i)
-            if (g_fibers[i].st == St::Runnable) order.push_back(i);
-        if (order.empty()) {
-            if (resolve(n)) continue;
+    int w = s.random_warp();
+    while (w >= 0) {
+        std::vector<int>& q = s.runq[w];
+        const uint32_t j = s.below((uint32_t)q.size());
+        const int i = q[j];
+        q[j] = q.back();
+        q.pop_back();
+        FiberImpl& f = g_fibers[i];
+        resume(f);
+        if (g_launch->code != kSuccess) return;
+        switch (f.st) {
+        case St::AtWarp: arrive_collective(s, i & ~31, i & 31); break;
+        case St::AtBarrier:
+            ++s.at_barrier;
+            release_barrier(s);
+            break;
+        case St::Exited:
+            ++s.exited;
+            check_exit(i);
             if (g_launch->code != kSuccess) return;
-            bool all_exited = true;
-            for (int i = 0; i < n; ++i) all_exited &= g_fibers[i].st == St::Exited;
-            if (!all_exited) report_deadlock(n);
-            return;
+            release_barrier(s);
+            break;
+        case St::Runnable:
+        case St::Stopped: break;
         }
-        for (size_t i = order.size(); i > 1; --i) {
-            const size_t j = (size_t)(((unsigned __int128)splitmix(rng) * i) >> 64);  // uniform in [0, i)
-            const int t = order[i - 1];
-            order[i - 1] = order[j];
-            order[j] = t;
-        }
-        for (int i : order) {
-            resume(g_fibers[i]);
-            if (g_launch->code != kSuccess) return;
-        }
+        if (s.runq[w].empty() || (s.switch_p && (uint32_t)splitmix(s.rng) <= s.switch_p)) w = s.random_warp();
     }
+    if (s.exited != n) report_deadlock(n);
 }
 
 }  // namespace
@@ -495,7 +524,7 @@ int run_kernel(const EntryInfo& entry, Dim3 grid, Dim3 block, size_t dyn_smem_by
                 if (dyn) memset(dyn, 0xFF, dyn_smem_bytes);
                 uint64_t rng = base ^ (((uint64_t)z * grid.y + y) * grid.x + x) * 0xD1B54A32D192ED03ull;
                 splitmix(rng);
-                run_block(rng);
+                run_block(rng, x == 0 && y == 0 && z == 0);
             }
     free(dyn);
     cur.dyn_smem = nullptr;
