@@ -29,7 +29,7 @@ const char kImage[] =
     ".entry selftest_block_sum(\n.entry selftest_neighbour_synced(\n.entry selftest_collectives(\n"
     ".entry selftest_dynamic_smem(\n.entry selftest_bounded(\n.entry selftest_many_registers(\n"
     ".entry selftest_missing_barrier(\n.entry selftest_oob_write(\n.entry selftest_partial_warp_shuffle(\n"
-    ".entry selftest_exited_lane_shuffle(\n.entry selftest_deadlock(\n";
+    ".entry selftest_exited_lane_shuffle(\n.entry selftest_deadlock(\n.entry selftest_missing_trailing_barrier(\n";
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -257,6 +257,22 @@ bool missing_barrier() {
     return true;
 }
 
+// Two block sums over one scratch array without the barrier between them: wrong sums.
+bool missing_trailing_barrier() {
+    const int threads = 256;
+    auto x = ramp(threads);
+    CUdeviceptr dx = upload(x), dout = upload(std::vector<float>(threads));
+    CK(launch(fn("selftest_missing_trailing_barrier"), 1, threads, 0, {&dx, &dout}));
+    std::vector<float> got(threads);
+    CK(cuMemcpyDtoH(got.data(), dout, got.size() * sizeof(float)));
+    int wrong = 0;
+    for (float v : got) wrong += v != 0.0f;
+    fprintf(stderr, "missing trailing barrier: %d of %d threads got a wrong first sum (read before it was written)\n",
+            wrong, threads);
+    EXPECT(wrong > 0);
+    return true;
+}
+
 // Guard bytes (plain build): the launch succeeds, the context faults, the next wait reports it.
 // With AddressSanitizer the write itself aborts the process (checked by the parent).
 bool oob_write() {
@@ -352,6 +368,7 @@ int main(int argc, char** argv) {
         {"full_warp_shuffle", full_warp_shuffle, nullptr, nullptr, false},
         {"counters", counters, nullptr, nullptr, false},
         {"missing_barrier", missing_barrier, "before it was written", nullptr, false},
+        {"missing_trailing_barrier", missing_trailing_barrier, "before it was written", nullptr, false},
         {"oob_write", oob_write, "out-of-bounds write", "heap-buffer-overflow", true},
         {"partial_warp_shuffle", partial_warp_shuffle, "lanes that do not exist", nullptr, false},
         {"exited_lane_shuffle", exited_lane_shuffle, "which has exited", nullptr, false},

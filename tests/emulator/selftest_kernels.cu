@@ -77,6 +77,23 @@ extern "C" __global__ void selftest_missing_barrier(const float* x, float* out) 
     out[blockIdx.x * blockDim.x + t] = tile[(t + 1) % blockDim.x];
 }
 
+// common.cuh's block_sum without its trailing barrier, called twice on one scratch array: a warp
+// that runs ahead overwrites its slot of the first sum before slower warps have read it.
+__device__ float block_sum_racy(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = (lane < nwarps) ? scratch[lane] : 0.0f;
+    return warp_sum(v);  // the bug: no __syncthreads() before scratch is written again
+}
+extern "C" __global__ void selftest_missing_trailing_barrier(const float* x, float* out) {
+    __shared__ float scratch[32];
+    const float a = block_sum_racy(x[threadIdx.x], scratch);
+    const float b = block_sum_racy(2.0f * x[threadIdx.x], scratch);
+    out[threadIdx.x] = b - 2.0f * a;  // 0 when correct (small integers: exact)
+}
+
 // Writes one element per thread into a buffer of n < blockDim.x elements: past its end.
 extern "C" __global__ void selftest_oob_write(float* out, int n) {
     (void)n;
