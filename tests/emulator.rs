@@ -27,6 +27,7 @@ struct Counters {
     stream_syncs: u64,
     ctx_syncs: u64,
     event_syncs: u64,
+    dtoh_waits: u64,
     events_recorded: u64,
     stream_waits: u64,
     module_loads: u64,
@@ -36,8 +37,8 @@ impl std::ops::Sub for Counters {
     type Output = Counters;
     fn sub(self, o: Counters) -> Counters {
         let (a, b) = (self.fields(), o.fields());
-        let mut out = [0u64; 16];
-        for i in 0..16 {
+        let mut out = [0u64; N];
+        for i in 0..N {
             out[i] = a[i].checked_sub(b[i]).expect("counters only grow");
         }
         Counters::from_fields(out)
@@ -45,24 +46,27 @@ impl std::ops::Sub for Counters {
 }
 
 impl Counters {
-    fn fields(&self) -> [u64; 16] {
-        // SAFETY: `Counters` is `repr(C)` with exactly 16 u64 fields and no padding.
+    fn fields(&self) -> [u64; N] {
+        // SAFETY: `Counters` is `repr(C)` with exactly N u64 fields and no padding.
         unsafe { std::mem::transmute_copy(self) }
     }
-    fn from_fields(f: [u64; 16]) -> Self {
+    fn from_fields(f: [u64; N]) -> Self {
         // SAFETY: as above.
         unsafe { std::mem::transmute_copy(&f) }
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Counters>() == 16 * 8);
+/// Fields of [`Counters`].
+const N: usize = 17;
+const _: () = assert!(std::mem::size_of::<Counters>() == N * 8);
 
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{} launches, {} allocs, {} frees, {} HtoD copies ({} B), {} DtoH copies ({} B), {} DtoD copies, \
-             {} memsets, {} host syncs ({} stream, {} context, {} event), {} events recorded, {} stream waits",
+             {} memsets, {} host syncs ({} stream, {} context, {} event, {} DtoH copies), {} events recorded, \
+             {} stream waits",
             self.launches,
             self.allocs,
             self.frees,
@@ -76,6 +80,7 @@ impl fmt::Display for Counters {
             self.stream_syncs,
             self.ctx_syncs,
             self.event_syncs,
+            self.dtoh_waits,
             self.events_recorded,
             self.stream_waits
         )

@@ -101,6 +101,7 @@ struct State {
     std::set<CUevent> events;
     std::set<CUmodule> modules;
     std::map<uintptr_t, Alloc> allocs;  // by device address
+    std::map<uintptr_t, size_t> pinned;  // page-locked host memory (cuMemHostAlloc), by address
     size_t allocated = 0;
 };
 
@@ -130,10 +131,14 @@ struct evenclass_emu_counters_t {
     uint64_t dtoh_bytes;
     uint64_t dtod_copies;
     uint64_t memsets;
-    uint64_t host_syncs;  // the host waited for the device: stream/context/event synchronize, sync DtoH
+    // The host waited for the device: stream/context/event synchronize, and device-to-host copies
+    // that return only once the copy is done (synchronous ones, and asynchronous ones into
+    // pageable memory: cudarc's clone_dtoh into a Vec is one).
+    uint64_t host_syncs;
     uint64_t stream_syncs;
     uint64_t ctx_syncs;
     uint64_t event_syncs;
+    uint64_t dtoh_waits;
     uint64_t events_recorded;
     uint64_t stream_waits;  // cuStreamWaitEvent
     uint64_t module_loads;
@@ -156,8 +161,12 @@ extern "C" void evenclass_emu_reset_counters(void) {
 // Dry run: launches are checked and counted but kernels do not execute (device memory keeps what
 // copies and memsets put there). For counting what the host does, e.g. one training step of a
 // network too large to emulate in reasonable time; tests/emulator.rs checks on a small network
-// that a dry run counts exactly what a real run does. Returns the previous setting.
-static bool g_dry_run = false;
+// that a dry run counts exactly what a real run does. Returns the previous setting. The
+// environment variable EVENCLASS_EMU_DRY_RUN=1 starts the process in a dry run.
+static bool g_dry_run = [] {
+    const char* s = getenv("EVENCLASS_EMU_DRY_RUN");
+    return s && *s && strcmp(s, "0") != 0;
+}();
 extern "C" int evenclass_emu_set_dry_run(int on) {
     std::lock_guard<std::recursive_mutex> lock(st().mu);
     const bool was = g_dry_run;
@@ -423,9 +432,10 @@ CUresult cuInit(unsigned int flags) {
         for (int d = 0; d < st().devices; ++d) st().primary.push_back(new CUctx_st{d, 0, CUDA_SUCCESS});
         size_t kernels = 0;
         for (auto& m : registry()) kernels += m.count;
-        note("emulated CUDA driver: %d device(s), %zu modules, %zu kernels, schedule seed %llu%s", st().devices,
+        note("emulated CUDA driver: %d device(s), %zu modules, %zu kernels, schedule seed %llu%s%s", st().devices,
              registry().size(), kernels, (unsigned long long)ec_emu::schedule_seed(),
-             EC_ASAN ? ", AddressSanitizer" : ", guard bytes");
+             EC_ASAN ? ", AddressSanitizer" : ", guard bytes",
+             g_dry_run ? ", DRY RUN (launches are checked and counted, kernels do not execute)" : "");
     }
     return CUDA_SUCCESS;
 }
@@ -800,7 +810,18 @@ static CUresult dtoh(void* dst, CUdeviceptr src, size_t n, CUstream s, const cha
     if (n) memcpy(dst, reinterpret_cast<const void*>(src), n);
     ++g_counters.dtoh_copies;
     g_counters.dtoh_bytes += n;
-    if (sync) ++g_counters.host_syncs;
+    // Into pageable memory even the asynchronous copy returns only once it is done, so the host
+    // waits for everything queued before it.
+    bool pinned = false;
+    auto it = st().pinned.upper_bound((uintptr_t)dst);
+    if (it != st().pinned.begin()) {
+        --it;
+        pinned = (uintptr_t)dst - it->first < it->second;
+    }
+    if (sync || !pinned) {
+        ++g_counters.dtoh_waits;
+        ++g_counters.host_syncs;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -864,10 +885,14 @@ CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int flags) {
     (void)flags;
     if (!p || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     *p = malloc(bytes);
-    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+    if (!*p) return CUDA_ERROR_OUT_OF_MEMORY;
+    st().pinned[(uintptr_t)*p] = bytes;
+    return CUDA_SUCCESS;
 }
 CUresult cuMemAllocHost_v2(void** p, size_t bytes) { return cuMemHostAlloc(p, bytes, 0); }
 CUresult cuMemFreeHost(void* p) {
+    LOCK;
+    if (!st().pinned.erase((uintptr_t)p)) return CUDA_ERROR_INVALID_VALUE;
     free(p);
     return CUDA_SUCCESS;
 }
