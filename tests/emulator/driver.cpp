@@ -153,9 +153,11 @@ extern "C" size_t evenclass_emu_counters(evenclass_emu_counters_t* out, size_t s
     return sizeof g_counters;
 }
 
+static bool tracing();
 extern "C" void evenclass_emu_reset_counters(void) {
     std::lock_guard<std::recursive_mutex> lock(st().mu);
     memset(&g_counters, 0, sizeof g_counters);
+    if (tracing()) fputs("[evenclass-emu] trace: counters reset\n", stderr);
 }
 
 // Dry run: launches are checked and counted but kernels do not execute (device memory keeps what
@@ -196,6 +198,23 @@ void note(const char* fmt, ...) {
     fputc('\n', stderr);
     va_end(ap);
 }
+
+}  // namespace
+
+// EVENCLASS_EMU_TRACE=1: one stderr line per counted call (what the counters count, by name).
+static bool tracing() {
+    static const bool on = [] {
+        const char* s = getenv("EVENCLASS_EMU_TRACE");
+        return s && *s && strcmp(s, "0") != 0;
+    }();
+    return on;
+}
+#define TRACE(...)                      \
+    do {                                \
+        if (tracing()) note(__VA_ARGS__); \
+    } while (0)
+
+namespace {
 
 double now_ms() {
     timespec ts;
@@ -283,7 +302,7 @@ CUresult alloc(CUdeviceptr* dptr, size_t bytes, const char* op) {
     st().allocated += bytes;
     ++g_counters.allocs;
     *dptr = (CUdeviceptr)(uintptr_t)user;
-    (void)op;
+    TRACE("trace: %s %zu bytes -> 0x%llx", op, bytes, (unsigned long long)*dptr);
     return CUDA_SUCCESS;
 }
 
@@ -305,6 +324,7 @@ CUresult release(CUdeviceptr p, const char* op) {
     }
     st().allocated -= it->second.size;
     free(it->second.block);
+    TRACE("trace: %s 0x%llx (%zu bytes)", op, (unsigned long long)p, it->second.size);
     st().allocs.erase(it);
     ++g_counters.frees;
     return r;
@@ -626,6 +646,7 @@ CUresult cuCtxSynchronize(void) {
     ctx = t_current;
     ++g_counters.ctx_syncs;
     ++g_counters.host_syncs;
+    TRACE("trace: cuCtxSynchronize");
     return ctx->sticky;
 }
 
@@ -666,6 +687,7 @@ CUresult cuStreamSynchronize(CUstream s) {
     if (r == CUDA_ERROR_INVALID_HANDLE || r == CUDA_ERROR_NOT_INITIALIZED || r == CUDA_ERROR_INVALID_CONTEXT) return r;
     ++g_counters.stream_syncs;
     ++g_counters.host_syncs;
+    TRACE("trace: cuStreamSynchronize");
     return r;
 }
 
@@ -738,6 +760,7 @@ CUresult cuEventSynchronize(CUevent e) {
     if (!st().events.count(e)) return CUDA_ERROR_INVALID_HANDLE;
     ++g_counters.event_syncs;
     ++g_counters.host_syncs;
+    TRACE("trace: cuEventSynchronize");
     return e->ctx->sticky;
 }
 
@@ -798,6 +821,7 @@ static CUresult htod(CUdeviceptr dst, const void* src, size_t n, CUstream s, con
     if (n) memcpy(reinterpret_cast<void*>(dst), src, n);
     ++g_counters.htod_copies;
     g_counters.htod_bytes += n;
+    TRACE("trace: %s %zu bytes", op, n);
     return CUDA_SUCCESS;
 }
 
@@ -822,6 +846,7 @@ static CUresult dtoh(void* dst, CUdeviceptr src, size_t n, CUstream s, const cha
         ++g_counters.dtoh_waits;
         ++g_counters.host_syncs;
     }
+    TRACE("trace: %s %zu bytes%s", op, n, sync || !pinned ? " (the host waits)" : "");
     return CUDA_SUCCESS;
 }
 
@@ -833,6 +858,7 @@ static CUresult dtod(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s, con
     if (CUresult r = check_range(op, dst, n)) return r;
     if (n) memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
     ++g_counters.dtod_copies;
+    TRACE("trace: %s %zu bytes", op, n);
     return CUDA_SUCCESS;
 }
 
@@ -861,6 +887,7 @@ static CUresult memset_n(CUdeviceptr dst, unsigned v, size_t count, size_t elem,
     else
         for (size_t i = 0; i < count; ++i) memcpy(p + i * elem, &v, elem);
     ++g_counters.memsets;
+    TRACE("trace: %s %zu bytes", op, count * elem);
     return CUDA_SUCCESS;
 }
 
@@ -1052,6 +1079,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     }
     ++g_counters.launches;
+    TRACE("trace: cuLaunchKernel %s grid (%u,%u,%u) block (%u,%u,%u) smem %u", e.name, gx, gy, gz, bx, by, bz, smem);
     if (g_dry_run) return CUDA_SUCCESS;
     std::string message;
     const int code = ec_emu::run_kernel(e, ec_emu::Dim3{gx, gy, gz}, ec_emu::Dim3{bx, by, bz}, smem, params, &message);
