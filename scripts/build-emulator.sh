@@ -90,4 +90,4 @@ ln -sf libcuda.so.1 "$out/libcuda.so"
 selfflags=(-std=c++17 -g -O1 -Wall -Wextra -I "$CUDA_HOME/include")
 [ "$asan" = 1 ] && selfflags+=(-fsanitize=address -fno-omit-frame-pointer)
 "$CXX" "${selfflags[@]}" -o "$out/selftest" "$emu/selftest.cpp" -L "$out" -l:libcuda.so.1 -Wl,-rpath,"$out"
-echo "emulated CUDA driver: $out/libcuda.so ($([ "$asan" = 1 ] && echo AddressSanitizer || echo plain))"
+echo "build-emulator: $out/libcuda.so ($([ "$asan" = 1 ] && echo AddressSanitizer || echo plain))"

@@ -69,7 +69,7 @@ fi
 echo "=== emulator self-tests$tag ($(elapsed))"
 "$out/selftest" | tee "$logs/selftest.log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
-summary+=("$(grep -E '^emulator selftest:' "$logs/selftest.log" || echo 'emulator selftest: did not finish')$tag")
+summary+=("emulator selftest$tag: $(sed -nE 's/^selftest total: //p' "$logs/selftest.log" | grep . || echo 'did not finish')")
 
 echo "=== GPU tests (cargo test --release -- --ignored)$tag ($(elapsed))"
 skip=()

@@ -4,7 +4,7 @@
 //
 //   selftest [CASE...]        runs every case (or the named ones), each in a child process
 //
-// Prints one line per case and `emulator selftest: N passed, M failed`; exits non-zero on failure.
+// Prints one line per case and `selftest total: N passed, M failed`; exits non-zero on failure.
 #include <cuda.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -427,6 +427,6 @@ int main(int argc, char** argv) {
         }
         (ok ? passed : failed)++;
     }
-    printf("emulator selftest: %d passed, %d failed\n", passed, failed);
+    printf("selftest total: %d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }
