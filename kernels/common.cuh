@@ -85,6 +85,12 @@ __device__ __forceinline__ void flag_bad(int* first_bad, int64_t i) {
     static_assert(sizeof(name) == ec_layout::name##_size && alignof(name) == ec_layout::name##_align, \
                   #name " does not match kernels/params.def (and so its Rust twin in src/)")
 
+// Dynamic shared memory (sized per launch). A macro so that the emulated driver's host build
+// (tests/emulator/cuda_shim.h) can supply its own definition; nvcc sees the usual declaration.
+#ifndef EC_DYNAMIC_SHARED
+#define EC_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 // extern "C" entry points per dtype, so launch names are predictable: NAME_f32, NAME_f16, NAME_bf16.
 #define EC_FOR_EACH_FLOAT(M) \
     M(float, f32)            \

@@ -33,7 +33,7 @@ struct ConfusionParams {
 };
 EC_CHECK_PARAMS(ConfusionParams);
 
-extern __shared__ unsigned int confusion_hist[];
+EC_DYNAMIC_SHARED(unsigned int, confusion_hist);
 
 __device__ __forceinline__ bool is_ignored(int t, const ConfusionParams& p) {
     return p.has_ignore && t == p.ignore_index;

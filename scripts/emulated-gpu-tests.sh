@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Runs every GPU code path of the crate against the emulated CUDA driver (tests/emulator/, see
+# docs/emulator.md), on a machine without a GPU:
+#
+#   scripts/emulated-gpu-tests.sh [--asan] [--skip-slow] [--tests-only]
+#
+#   1. builds the emulator (scripts/build-emulator.sh) into target/emu (target/emu-asan) and runs
+#      its self-tests (broken kernels that must be caught, limits, counters);
+#   2. every ignored GPU test (`cargo test --release -- --ignored`: the kernel families against
+#      their CPU references, the trainer's CUDA-vs-CPU tests, tests/emulator.rs's counters);
+#   3. a tiny `cifar10 --device cuda` run (synthetic data, a few hundred images, one epoch a stage);
+#   4. one iteration (criterion --test) of the first (smallest) case of every GPU benchmark group.
+#      train_step_gpu has only the default network (width 64, depth 2, batch 512), hours of
+#      emulation: it runs as a dry run (launches checked and counted, kernels not executed; the
+#      kernels themselves are covered by the tests).
+#
+# Prints one result line per part, e.g. `emulated GPU tests: 33 passed, 0 failed`, and exits
+# non-zero when a part fails. --asan builds the emulator and the kernels with AddressSanitizer and
+# preloads its runtime into the (uninstrumented) Rust binaries. --skip-slow leaves out the
+# trainer's two-epoch run (cuda_short_run_learns_like_cpu), the slowest GPU test by far.
+# --tests-only stops after parts 1 and 2.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+asan=0
+skip_slow=0
+tests_only=0
+for a in "$@"; do
+    case "$a" in
+    --asan) asan=1 ;;
+    --skip-slow) skip_slow=1 ;;
+    --tests-only) tests_only=1 ;;
+    *) echo "usage: scripts/emulated-gpu-tests.sh [--asan] [--skip-slow] [--tests-only]" >&2; exit 2 ;;
+    esac
+done
+tag=$([ "$asan" = 1 ] && echo " (AddressSanitizer)" || echo "")
+out=$root/target/$([ "$asan" = 1 ] && echo emu-asan || echo emu)
+
+# shellcheck source=/dev/null
+source scripts/cuda-env.sh
+export EVENCLASS_REQUIRE_NVCC=1
+logs=$(mktemp -d "${TMPDIR:-/tmp}/evenclass-emulated.XXXXXX")
+trap 'rm -rf "$logs"' EXIT
+status=0
+summary=()
+started=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - started ))s"; }
+
+echo "=== building the emulated driver$tag"
+build_args=("$out")
+[ "$asan" = 1 ] && build_args+=(--asan)
+if ! scripts/build-emulator.sh "${build_args[@]}"; then
+    echo "emulated GPU tests$tag: the emulator did not build"
+    exit 1
+fi
+# Build every test, bench and example binary first, with the usual environment (no preload).
+cargo build --release --tests --benches --examples --quiet || { echo "emulated GPU tests$tag: build failed"; exit 1; }
+
+export LD_LIBRARY_PATH="$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Two emulated devices, each with its own context, so tests/cuda.rs can check that buffers of
+# another device are refused; every other test uses device 0.
+export EVENCLASS_EMU_DEVICES="${EVENCLASS_EMU_DEVICES:-2}"
+if [ "$asan" = 1 ]; then
+    libasan=$(${CXX:-g++} -print-file-name=libasan.so)
+    # cargo runs test, bench and example binaries through the runner: only they get the preload.
+    export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env LD_PRELOAD=$libasan"
+    # Rust binaries are not instrumented: leak reports about them would be noise.
+    export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=86${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+fi
+
+echo "=== emulator self-tests$tag ($(elapsed))"
+"$out/selftest" | tee "$logs/selftest.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+summary+=("emulator selftest$tag: $(sed -nE 's/^selftest total: //p' "$logs/selftest.log" | grep . || echo 'did not finish')")
+
+echo "=== GPU tests (cargo test --release -- --ignored)$tag ($(elapsed))"
+skip=()
+[ "$skip_slow" = 1 ] && skip=(--skip cuda_short_run_learns_like_cpu)
+cargo test --release --no-fail-fast -- --ignored "${skip[@]}" 2>&1 | tee "$logs/tests.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+read -r passed failed < <(grep -E '^test result:' "$logs/tests.log" |
+    sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
+binaries=$(grep -cE '^test result:' "$logs/tests.log")
+if [ "$binaries" = 0 ]; then failed=$((failed + 1)); status=1; fi
+summary+=("emulated GPU tests$tag: $passed passed, $failed failed$([ "$skip_slow" = 1 ] && echo ' (cuda_short_run_learns_like_cpu skipped)')")
+
+if [ "$tests_only" = 1 ]; then
+    echo "=== emulated GPU run$tag done ($(elapsed))"
+    printf '%s\n' "${summary[@]}"
+    exit "$status"
+fi
+
+echo "=== cifar10 --device cuda, tiny run$tag ($(elapsed))"
+run_dir="$logs/cifar10"
+cargo run --quiet --release --example cifar10 -- --device cuda --synthetic --no-download --train-subset 256 \
+    --test-subset 128 --epochs 1 --batch-size 64 --width 8 --depth 1 --out "$run_dir" --quiet 2>&1 | tee "$logs/cifar10.log"
+if [ "${PIPESTATUS[0]}" = 0 ] && grep -q "evenclass emulated CUDA device" "$logs/cifar10.log" && [ -s "$run_dir/report.json" ]; then
+    summary+=("emulated cifar10 run$tag: ok (synthetic, 256 training images, 1 epoch a stage, report written)")
+else
+    summary+=("emulated cifar10 run$tag: FAILED")
+    status=1
+fi
+
+echo "=== one iteration of each GPU benchmark group$tag ($(elapsed))"
+bench_ok=0
+bench_failed=0
+for bench in benches/*.rs; do
+    b=$(basename "$bench" .rs)
+    # The first listed case of each GPU group (groups are named gpu or *_gpu): its smallest shape.
+    mapfile -t picks < <(cargo bench --quiet --bench "$b" -- --list 2>/dev/null | sed -nE 's/^(.*): benchmark$/\1/p' |
+        awk -F/ '$1 ~ /(^|_)gpu$/ && !seen[$1]++')
+    dry=0
+    [ "$b" = train_step ] && dry=1
+    for id in "${picks[@]}"; do
+        if EVENCLASS_EMU_DRY_RUN=$dry cargo bench --quiet --bench "$b" -- --test --exact "$id" >"$logs/bench.log" 2>&1 &&
+            grep -q "Success" "$logs/bench.log"; then
+            echo "  $b: $id ok$([ "$dry" = 1 ] && echo ' (dry run)')"
+            bench_ok=$((bench_ok + 1))
+        else
+            echo "  $b: $id FAILED"
+            tail -n 20 "$logs/bench.log"
+            bench_failed=$((bench_failed + 1))
+            status=1
+        fi
+    done
+done
+[ "$bench_ok" = 0 ] && status=1
+summary+=("emulated GPU bench groups$tag: $bench_ok passed, $bench_failed failed")
+
+echo "=== emulated GPU run$tag done ($(elapsed))"
+printf '%s\n' "${summary[@]}"
+exit "$status"
