@@ -1,6 +1,9 @@
 //! The dataset module: CIFAR-10 loader on generated files (valid and corrupt), subsets, data-dir
 //! resolution, the synthetic set, the download against a local HTTP server (success, wrong MD5,
 //! hostile archives, truncated transfer, unreachable server), and the real data when present.
+mod common;
+
+use common::tree;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -398,23 +401,6 @@ fn spec(url: String, body: &[u8]) -> DownloadSpec {
         expected_record_counts: [REC; 6],
         progress: false,
     }
-}
-
-/// Every path under `root`, relative to it.
-fn tree(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //!
 //! Case counts: 48 batch-file layouts, 96 archives, 64 cases per CPU-function property (10 of
 //! them), i.e. 784 cases per run; `PROPTEST_CASES` overrides them all.
+mod common;
+
+use common::tree;
 use std::io::Write;
 use std::path::Path;
 
@@ -13,23 +16,6 @@ use proptest::prelude::*;
 fn config(cases: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
-
-/// Every path under `root`, relative to it.
-fn tree(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 // ---- the CIFAR-10 batch parser ----
