@@ -363,18 +363,7 @@ fn many_classes_and_extreme_values_render() {
 /// synthetic set's long hyphenated names, and names that differ only at the end.
 #[test]
 fn chart_class_labels_are_never_cut_into_duplicates() {
-    let synthetic_names = [
-        "synthetic-disk",
-        "synthetic-stripes-coarse",
-        "synthetic-cross",
-        "synthetic-square",
-        "synthetic-triangle",
-        "synthetic-square-dot",
-        "synthetic-checker",
-        "synthetic-diagonal-stripes",
-        "synthetic-ring",
-        "synthetic-stripes-fine",
-    ];
+    let synthetic_names = evenclass::data::synthetic::CLASS_NAMES;
     let long_same_prefix: Vec<String> =
         (0..10).map(|k| format!("a very long class name shared by every class number {k}")).collect();
     for names in [

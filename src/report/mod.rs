@@ -21,7 +21,6 @@ mod table;
 
 use crate::confusion::ConfusionMatrix;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -378,24 +377,10 @@ fn per_class_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
     w.into_inner().map_err(|e| ReportError::Csv(e.into_error().into()))
 }
 
-/// Write `bytes` to a temporary file next to `path`, flush it to disk and rename it to `path`.
+/// Write `bytes` to a temporary file next to `path`, flush it to disk and rename it to `path`
+/// (the same atomic write as the trainer's checkpoints).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let prefix = format!(".{name}.");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
-    // Temporary files are created 0600; a report is an ordinary file (umask still applies).
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut tmp = builder.tempfile_in(dir).map_err(|e| ReportError::io("create a temporary file in", dir, e))?;
-    tmp.write_all(bytes).map_err(|e| ReportError::io("write", tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| ReportError::io("flush", tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| ReportError::io("rename a temporary file to", path, e.error))?;
-    Ok(())
+    crate::train::write_atomic(path, bytes).map_err(|e| ReportError::io("write (atomically)", path, e))
 }
 
 fn mean_ignoring_nan(values: &[f64]) -> f64 {
