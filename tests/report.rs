@@ -40,6 +40,7 @@ fn epochs(n: usize, seed: f64) -> Vec<EpochLog> {
             seconds: 3.5,
             images_per_second: 50_000.0 / 3.5,
             test_accuracy: if e % 2 == 1 { Some(0.45 + 0.04 * e as f64) } else { None },
+            ..Default::default()
         })
         .collect()
 }
@@ -53,6 +54,11 @@ fn stage(name: &str, weights: Vec<f64>, test_recall: &[f64]) -> StageReport {
         epochs: epochs(6, 0.0),
         test: SplitMetrics::from_confusion(confusion(test_recall, 1000)).unwrap(),
         train: SplitMetrics::from_confusion(confusion(&train_recall, 5000)).unwrap(),
+        val: None,
+        seed: None,
+        method: None,
+        model: None,
+        bias: None,
     }
 }
 
@@ -72,6 +78,8 @@ fn two_stage_report() -> Report {
         created_utc: "2025-01-31T12:00:00Z".into(),
         run_id: "run-1".into(),
         synthetic: false,
+        methods: Vec::new(),
+        diagnostics: serde_json::Value::Null,
     }
 }
 

@@ -22,6 +22,7 @@ const TINY: &[(&str, &str)] = &[
     ("--width", "2"),
     ("--batch-size", "64"),
     ("--device", "cpu"),
+    ("--val-size", "40"),
 ];
 
 fn args(out: &Path, extra: &[&str]) -> Args {

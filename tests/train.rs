@@ -539,7 +539,7 @@ fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
         // everything must come from the checkpoint file.
         let seed = if resume.is_some() { 1234 } else { 9 };
         let mut fresh = Model::new(&be, config, 64, seed).unwrap();
-        let control = TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop) };
+        let control = TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop), on_epoch: None };
         match train_with(&be, &mut fresh, &tr, Some(&te), &weights, &cfg, "s", QUIET, control).unwrap() {
             TrainOutcome::Finished(l) => {
                 model = fresh;
@@ -580,11 +580,11 @@ fn resume_from_a_foreign_checkpoint_names_the_field() {
     let ck = dir.path().join("s.ckpt");
     let stop = AtomicBool::new(true);
     let mut m = Model::new(&be, config, 64, 1).unwrap();
-    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop) };
+    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop), on_epoch: None };
     train_with(&be, &mut m, &tr, None, &[1.0; 10], &cfg, "s", QUIET, control).unwrap();
     let saved = Checkpoint::load(&ck).unwrap();
     let other = TrainConfig { lr: 0.3, ..cfg.clone() };
-    let control = TrainControl { checkpoint: None, resume: Some(&saved), stop: None };
+    let control = TrainControl { checkpoint: None, resume: Some(&saved), stop: None, on_epoch: None };
     let e = train_with(&be, &mut m, &tr, None, &[1.0; 10], &other, "s", QUIET, control).unwrap_err().to_string();
     assert!(e.contains("train.lr"), "{e}");
     let e = train_with(&be, &mut m, &tr, None, &[2.0; 10], &cfg, "s", QUIET, control).unwrap_err().to_string();
@@ -620,7 +620,7 @@ fn divergence_stops_with_stage_epoch_step_and_last_good_checkpoint() {
     let dir = tmpdir();
     let ck = dir.path().join("s.ckpt");
     let mut m = Model::new(&be, config, 64, 1).unwrap();
-    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: None };
+    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: None, on_epoch: None };
     let one = TrainConfig { epochs: 1, ..cfg.clone() };
     train_with(&be, &mut m, &tr, None, &[1.0; 10], &one, "s", QUIET, control).unwrap();
     let good = std::fs::read(&ck).unwrap();

@@ -15,6 +15,7 @@
 //! need no system fonts.
 
 mod chart;
+mod compare;
 mod diff;
 pub mod run_dir;
 mod table;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use chart::{chart_class_labels, CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
+pub use compare::{comparison_markdown, summarize_methods, MethodSummary, Stat};
 pub use diff::{describe_diffs, diff_fields, FieldDiff};
 pub use table::terminal_table;
 
@@ -198,7 +200,7 @@ impl SplitMetrics {
 }
 
 /// One training epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochLog {
     /// 0-based or 1-based, as the trainer counts; written as given.
     pub epoch: usize,
@@ -215,6 +217,22 @@ pub struct EpochLog {
     pub images_per_second: f64,
     /// Present on epochs where the test set was evaluated.
     pub test_accuracy: Option<f64>,
+    /// The class weights of the loss during this epoch (they change between epochs under an
+    /// online rule). Empty in logs written before they were recorded.
+    #[serde(default, deserialize_with = "de::vec_f64_or_nan")]
+    pub class_weights: Vec<f64>,
+    /// Per class: mean (unweighted) cross-entropy of its training samples over the epoch, as
+    /// the network saw them (augmented, train-mode batch norm). Empty in older logs.
+    #[serde(default, deserialize_with = "de::vec_f64_or_nan")]
+    pub class_loss: Vec<f64>,
+    /// Per class: its share of the summed gradient norm at the logits, `sum_i ||p_i - y_i||`
+    /// over its samples, with every class weighted 1 (what a uniform loss would push). Sums to 1.
+    #[serde(default, deserialize_with = "de::vec_f64_or_nan")]
+    pub grad_share_uniform: Vec<f64>,
+    /// The same share with each sample scaled by its class weight (what this epoch's weighted
+    /// loss actually pushed). Equal to `grad_share_uniform` when the weights are uniform.
+    #[serde(default, deserialize_with = "de::vec_f64_or_nan")]
+    pub grad_share_weighted: Vec<f64>,
 }
 
 /// One trained model: its class weights, epoch log and final metrics.
@@ -231,6 +249,23 @@ pub struct StageReport {
     pub epochs: Vec<EpochLog>,
     pub test: SplitMetrics,
     pub train: SplitMetrics,
+    /// Metrics on the validation split held out of the training set (absent when there was
+    /// none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<SplitMetrics>,
+    /// The seed of this training (initialization, order, augmentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// In [`Report::methods`]: the method's key (e.g. `"bias"`); entries with the same key are
+    /// the same method on other seeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// In [`Report::methods`]: the key of the trained model the method evaluates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// A per-class logit bias applied at prediction (`argmax_c(logit_c + bias[c])`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<Vec<f64>>,
 }
 
 /// The whole experiment. `report.json` is this struct serialised.
@@ -256,6 +291,14 @@ pub struct Report {
     /// title, the CSV's `dataset` column and `dataset`).
     #[serde(default)]
     pub synthetic: bool,
+    /// The methods compared (`--compare`): one entry per method and seed, each in the stage
+    /// schema (metrics on test, train and validation), grouped and summarized by
+    /// [`summarize_methods`]. Empty for a plain run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<StageReport>,
+    /// Diagnostics of a comparison (free-form; see the trainer's documentation).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub diagnostics: serde_json::Value,
 }
 
 impl Report {
@@ -279,6 +322,31 @@ impl Report {
             }
             stage.test.check(c, &format!("{what}: test"))?;
             stage.train.check(c, &format!("{what}: train"))?;
+            if let Some(v) = &stage.val {
+                v.check(c, &format!("{what}: val"))?;
+            }
+        }
+        for (i, m) in self.methods.iter().enumerate() {
+            let what = format!("method {i} ({:?})", m.name);
+            if m.method.as_deref().is_none_or(str::is_empty) {
+                return Err(ReportError::Invalid(format!("{what}: no method key")));
+            }
+            if m.class_weights.len() != c {
+                return Err(ReportError::Invalid(format!(
+                    "{what}: class_weights has {} entries, expected {c}",
+                    m.class_weights.len()
+                )));
+            }
+            if let Some(b) = &m.bias {
+                if b.len() != c {
+                    return Err(ReportError::Invalid(format!("{what}: bias has {} entries, expected {c}", b.len())));
+                }
+            }
+            m.test.check(c, &format!("{what}: test"))?;
+            m.train.check(c, &format!("{what}: train"))?;
+            if let Some(v) = &m.val {
+                v.check(c, &format!("{what}: val"))?;
+            }
         }
         Ok(())
     }
@@ -325,6 +393,13 @@ pub fn write_all(report: &Report, out_dir: &Path) -> Result<WrittenFiles, Report
     write_atomic(&files.csv, &per_class_csv(report)?)?;
     write_atomic(&files.svg, chart::render_svg(report)?.as_bytes())?;
     write_atomic(&files.png, &chart::render_png(report)?)?;
+    if !report.methods.is_empty() {
+        write_atomic(&out_dir.join("comparison.md"), comparison_markdown(report).as_bytes())?;
+        write_atomic(&out_dir.join("comparison.csv"), &compare::comparison_csv(report)?)?;
+        let chart = compare::methods_chart_report(report);
+        write_atomic(&out_dir.join("methods.svg"), chart::render_svg(&chart)?.as_bytes())?;
+        write_atomic(&out_dir.join("methods.png"), &chart::render_png(&chart)?)?;
+    }
     Ok(files)
 }
 
@@ -338,7 +413,9 @@ pub fn read_report(path: impl AsRef<Path>) -> Result<Report, ReportError> {
     Ok(report)
 }
 
-/// The CSV text of `per_class.csv`: header, then one row per stage × split (test, train) × class.
+/// The CSV text of `per_class.csv`: header, then one row per stage × split (test, train, and
+/// val when there is one) × class, then the same for every method entry (its `stage` column
+/// reads `method: NAME (seed S)`).
 fn per_class_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
     #[derive(Serialize)]
     struct Row<'a> {
@@ -355,13 +432,27 @@ fn per_class_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
         class_weight: f64,
     }
     let mut w = csv::Writer::from_writer(Vec::new());
-    for stage in &report.stages {
-        for (split, m) in [("test", &stage.test), ("train", &stage.train)] {
+    let method_names: Vec<String> = report
+        .methods
+        .iter()
+        .map(|m| match m.seed {
+            Some(seed) => format!("method: {} (seed {seed})", m.name),
+            None => format!("method: {}", m.name),
+        })
+        .collect();
+    let rows = report
+        .stages
+        .iter()
+        .map(|s| (s, s.name.as_str()))
+        .chain(report.methods.iter().zip(&method_names).map(|(m, n)| (m, n.as_str())));
+    for (stage, stage_name) in rows {
+        let splits = [("test", Some(&stage.test)), ("train", Some(&stage.train)), ("val", stage.val.as_ref())];
+        for (split, m) in splits.into_iter().filter_map(|(n, m)| m.map(|m| (n, m))) {
             for (k, class_name) in report.class_names.iter().enumerate() {
                 w.serialize(Row {
                     run_id: &report.run_id,
                     dataset: &report.dataset,
-                    stage: &stage.name,
+                    stage: stage_name,
                     split,
                     class_index: k,
                     class_name,

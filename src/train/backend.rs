@@ -213,12 +213,14 @@ pub trait Backend {
         len: usize,
     ) -> Result<()>;
 
-    /// Adds the batch's (true, predicted) counts to `counts`.
+    /// Adds the batch's (true, predicted) counts to `counts`; the prediction is
+    /// `argmax_c(logit_c + bias[c])` when a per-class `bias` (length `classes`) is given.
     fn confusion(
         &self,
         n: usize,
         logits: &Self::Buf,
         labels: &Self::Labels,
+        bias: Option<&Self::Buf>,
         counts: &mut ConfusionMatrix,
     ) -> Result<()>;
 }

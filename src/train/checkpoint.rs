@@ -51,6 +51,14 @@ pub struct CheckpointMeta {
     /// Learning rate of the last step.
     pub lr: f32,
     pub logs: Vec<EpochLog>,
+    /// The class weights in force (they differ from `class_weights`, the starting ones, once an
+    /// epoch hook has changed them). Absent in checkpoints written before online weights.
+    #[serde(default)]
+    pub weights_now: Option<Vec<f32>>,
+    /// Per-class sums of the epoch in progress: loss, gradient norm, sample count (3 x classes;
+    /// see [`EpochLog::class_loss`]). Empty in older checkpoints.
+    #[serde(default)]
+    pub class_sums: Vec<f64>,
 }
 
 /// A checkpoint in memory.

@@ -297,10 +297,18 @@ impl Backend for CpuBackend {
         )
     }
 
-    fn confusion(&self, n: usize, logits: &Vec<f32>, labels: &Vec<i32>, counts: &mut ConfusionMatrix) -> Result<()> {
+    fn confusion(
+        &self,
+        n: usize,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        bias: Option<&Vec<f32>>,
+        counts: &mut ConfusionMatrix,
+    ) -> Result<()> {
         let c = counts.classes();
         let x = ArrayView2::from_shape((n, c), prefix("confusion", logits, n * c)?)
             .map_err(|e| Error::shape("confusion", e.to_string()))?;
-        confusion::cpu::count_logits(x, &labels[..n.min(labels.len())], counts, None)
+        let bias = bias.map(Vec::as_slice);
+        confusion::cpu::count_logits_biased(x, bias, &labels[..n.min(labels.len())], counts, None)
     }
 }

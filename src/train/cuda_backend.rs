@@ -363,13 +363,16 @@ impl Backend for CudaBackend {
         n: usize,
         logits: &CudaSlice<f32>,
         labels: &CudaSlice<i32>,
+        bias: Option<&CudaSlice<f32>>,
         counts: &mut ConfusionMatrix,
     ) -> Result<()> {
         let c = counts.classes();
         let mut d = self.alloc::<u64>(c * c)?;
-        confusion::cuda::count_logits(
+        let bias = bias.map(|b| view("confusion bias", b, c)).transpose()?;
+        confusion::cuda::count_logits_biased(
             &self.stream,
             &view("confusion", logits, n * c)?,
+            bias.as_ref(),
             &view("confusion", labels, n)?,
             &mut view_mut("confusion", &mut d, c * c)?,
             c,

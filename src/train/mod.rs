@@ -15,7 +15,8 @@ pub use cpu_backend::CpuBackend;
 pub use cuda_backend::CudaBackend;
 pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
 pub use trainer::{
-    evaluate, train, train_with, DeviceData, Progress, TrainConfig, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
+    evaluate, evaluate_with, per_class_loss, train, train_with, DeviceData, EpochEnd, EpochHook, EvalOptions,
+    Evaluation, Progress, TrainConfig, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
 };
 
 use crate::{Error, Result};

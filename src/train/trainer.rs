@@ -113,9 +113,26 @@ pub struct Progress {
     pub summaries: bool,
 }
 
-/// Checkpointing, resuming and stopping of [`train_with`]. The default does none of them.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TrainControl<'a> {
+/// What an epoch hook sees at the end of an epoch.
+pub struct EpochEnd<'a> {
+    /// The epoch just finished (1-based).
+    pub epoch: usize,
+    /// The class weights it was trained with.
+    pub weights: &'a [f32],
+    /// Its log entry.
+    pub log: &'a EpochLog,
+}
+
+/// Called at the end of every epoch but the last, before the checkpoint is written, with the
+/// model (which it may run in eval mode, e.g. on a validation set); returns the class weights of
+/// the following epochs, or `None` to keep them. Online reweighting rules live here (see
+/// [`crate::cross_entropy::weights`]). The new weights are saved in the checkpoint, so a resumed
+/// run continues with them.
+pub type EpochHook<'a, B> = &'a dyn Fn(&B, &mut Model<B>, &EpochEnd<'_>) -> Result<Option<Vec<f32>>>;
+
+/// Checkpointing, resuming, stopping and the epoch hook of [`train_with`]. The default does none
+/// of them.
+pub struct TrainControl<'a, B: Backend> {
     /// Write a checkpoint here at the end of every epoch and when stopped (atomically; see
     /// [`Checkpoint`]).
     pub checkpoint: Option<&'a Path>,
@@ -125,7 +142,23 @@ pub struct TrainControl<'a> {
     /// Checked after every step: when set, the step in progress is finished, a checkpoint is
     /// written and [`TrainOutcome::Stopped`] returned.
     pub stop: Option<&'a AtomicBool>,
+    /// See [`EpochHook`].
+    pub on_epoch: Option<EpochHook<'a, B>>,
 }
+
+impl<B: Backend> Default for TrainControl<'_, B> {
+    fn default() -> Self {
+        TrainControl { checkpoint: None, resume: None, stop: None, on_epoch: None }
+    }
+}
+
+impl<B: Backend> Clone for TrainControl<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for TrainControl<'_, B> {}
 
 /// How [`train_with`] ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -176,7 +209,7 @@ pub fn train_with<B: Backend>(
     cfg: &TrainConfig,
     stage: &str,
     progress: Progress,
-    control: TrainControl<'_>,
+    control: TrainControl<'_, B>,
 ) -> Result<TrainOutcome> {
     let classes = model.config.classes;
     if class_weights.len() != classes {
@@ -213,10 +246,8 @@ pub fn train_with<B: Backend>(
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(Error::shape("train", format!("learning rate {}: must be finite and > 0", cfg.lr)));
     }
-    if let Some(w) = class_weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
-        return Err(Error::shape("train", format!("class weight {w}: must be finite and >= 0")));
-    }
-    let weight = be.upload(class_weights)?;
+    check_weights(class_weights, classes)?;
+    let mut weight = be.upload(class_weights)?;
     let mut dlogits = be.zeros(model.max_batch() * classes)?;
     // The last partial batch is dropped: every step sees a full batch (batch-norm statistics).
     let steps_per_epoch = train.len() / cfg.batch_size;
@@ -238,6 +269,8 @@ pub fn train_with<B: Backend>(
         epoch_seconds: 0.0,
         lr: cfg.lr,
         logs: Vec::with_capacity(cfg.epochs),
+        weights_now: None,
+        class_sums: vec![0.0; 3 * classes],
     };
     let mut order: Vec<i32> = (0..train.len() as i32).collect();
     let mut last_good: Option<PathBuf> = None;
@@ -253,6 +286,14 @@ pub fn train_with<B: Backend>(
         model.load_optimizer_state(be, &ck.optim)?;
         meta = ck.meta.clone();
         order = ck.order.clone();
+        if meta.class_sums.len() != 3 * classes {
+            // A checkpoint from before the per-class sums: the epoch's diagnostics restart.
+            meta.class_sums = vec![0.0; 3 * classes];
+        }
+        if let Some(w) = &meta.weights_now {
+            check_weights(w, classes)?;
+            weight = be.upload(w)?;
+        }
         last_good = control.checkpoint.map(Path::to_path_buf);
     }
     let diverged = |meta: &CheckpointMeta, what: String, last_good: &Option<PathBuf>| Error::Diverged {
@@ -269,6 +310,7 @@ pub fn train_with<B: Backend>(
             order.shuffle(&mut meta.rng);
             meta.loss_sum = 0.0;
             meta.counts.iter_mut().for_each(|c| *c = 0);
+            meta.class_sums.iter_mut().for_each(|c| *c = 0.0);
             meta.epoch_seconds = 0.0;
         }
         // The bar names the stage by its first two words ("stage 1") to stay within 80 columns.
@@ -292,7 +334,9 @@ pub fn train_with<B: Backend>(
             if !loss.is_finite() {
                 return Err(diverged(&meta, format!("the loss is {loss} (batch {} of the epoch)", b + 1), &last_good));
             }
-            be.confusion(n, model.logits(), &dl, &mut counts)?;
+            be.confusion(n, model.logits(), &dl, None, &mut counts)?;
+            let host_logits = be.to_host(model.logits(), n * classes)?;
+            add_class_sums(&mut meta.class_sums, &host_logits, &labels, classes, cfg.label_smoothing);
             model.backward(be, n, &dlogits)?;
             meta.lr = cfg.lr_at(meta.step, total, steps_per_epoch);
             model.sgd_step(
@@ -332,6 +376,8 @@ pub fn train_with<B: Backend>(
             (true, Some(t)) => Some(evaluate(be, model, t, cfg.eval_batch_size, false)?.accuracy()),
             _ => None,
         };
+        let weights_now: Vec<f32> = meta.weights_now.clone().unwrap_or_else(|| class_weights.to_vec());
+        let (class_loss, grad_share_uniform, grad_share_weighted) = class_diagnostics(&meta.class_sums, &weights_now);
         let log = EpochLog {
             epoch: epoch + 1,
             lr: meta.lr as f64,
@@ -340,6 +386,10 @@ pub fn train_with<B: Backend>(
             seconds,
             images_per_second: seen as f64 / seconds.max(1e-9),
             test_accuracy,
+            class_weights: weights_now.iter().map(|&w| w as f64).collect(),
+            class_loss,
+            grad_share_uniform,
+            grad_share_weighted,
         };
         if progress.summaries {
             println!(
@@ -354,10 +404,26 @@ pub fn train_with<B: Backend>(
                 log.images_per_second
             );
         }
+        let hook_log = log.clone();
         meta.logs.push(log);
         meta.epoch += 1;
         meta.batch = 0;
         meta.counts = counts.into_counts();
+        if let (Some(hook), true) = (control.on_epoch, meta.epoch < cfg.epochs) {
+            let end = EpochEnd { epoch: meta.epoch, weights: &weights_now, log: &hook_log };
+            if let Some(w) = hook(be, model, &end)? {
+                check_weights(&w, classes)?;
+                if progress.summaries {
+                    println!(
+                        "{stage} class weights from epoch {}: {}",
+                        meta.epoch + 1,
+                        w.iter().map(|w| format!("{w:.3}")).collect::<Vec<_>>().join(" ")
+                    );
+                }
+                weight = be.upload(&w)?;
+                meta.weights_now = Some(w);
+            }
+        }
         if let Some(path) = control.checkpoint {
             write_checkpoint(be, model, &meta, &order, Some(path), &last_good, stage)?;
             last_good = Some(path.to_path_buf());
@@ -382,6 +448,77 @@ pub fn train_with<B: Backend>(
         }
     }
     Ok(TrainOutcome::Finished(meta.logs))
+}
+
+/// Class weights must be one per class, finite and >= 0.
+fn check_weights(w: &[f32], classes: usize) -> Result<()> {
+    if w.len() != classes {
+        return Err(Error::shape("train", format!("{} class weights for {classes} classes", w.len())));
+    }
+    if let Some(w) = w.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+        return Err(Error::shape("train", format!("class weight {w}: must be finite and >= 0")));
+    }
+    Ok(())
+}
+
+/// Adds a batch's per-class sums to `sums` (3 x classes: cross-entropy, gradient norm at the
+/// logits `||softmax(z) - target||_2`, sample count), from the logits on the host. The target is
+/// the label-smoothed one the loss uses. Rows with a label out of range are skipped (the loss
+/// rejects them before this runs). Computed in f64: a few microseconds per batch.
+fn add_class_sums(sums: &mut [f64], logits: &[f32], labels: &[i32], classes: usize, smoothing: f32) {
+    let (eps, c) = (smoothing as f64, classes);
+    for (row, &y) in logits.chunks_exact(c).zip(labels) {
+        let Some(y) = usize::try_from(y).ok().filter(|&y| y < c) else { continue };
+        let top = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - top).exp()).sum();
+        let log_z = z.ln();
+        let (mut loss, mut g2) = (0.0, 0.0);
+        for (k, &v) in row.iter().enumerate() {
+            let logp = v as f64 - top - log_z;
+            let target = eps / c as f64 + if k == y { 1.0 - eps } else { 0.0 };
+            loss -= target * logp;
+            let g = logp.exp() - target;
+            g2 += g * g;
+        }
+        sums[y] += loss;
+        sums[c + y] += g2.sqrt();
+        sums[2 * c + y] += 1.0;
+    }
+}
+
+/// Mean cross-entropy (no smoothing, unweighted) of each class's samples, from logits
+/// (N x classes, row-major) and labels; NaN for a class without samples. The per-class signal
+/// of online reweighting rules.
+pub fn per_class_loss(logits: &[f32], labels: &[i32], classes: usize) -> Result<Vec<f64>> {
+    if classes == 0 || logits.len() != labels.len() * classes {
+        return Err(Error::shape(
+            "per_class_loss",
+            format!("{} logits for {} labels of {classes} classes", logits.len(), labels.len()),
+        ));
+    }
+    if let Some(y) = labels.iter().find(|&&y| y < 0 || y as usize >= classes) {
+        return Err(Error::shape("per_class_loss", format!("label {y} is not below {classes} classes")));
+    }
+    let mut sums = vec![0.0; 3 * classes];
+    add_class_sums(&mut sums, logits, labels, classes, 0.0);
+    Ok((0..classes)
+        .map(|k| if sums[2 * classes + k] > 0.0 { sums[k] / sums[2 * classes + k] } else { f64::NAN })
+        .collect())
+}
+
+/// Per-class mean loss and gradient shares (uniform, weighted) from the epoch's sums.
+fn class_diagnostics(sums: &[f64], weights: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let c = weights.len();
+    if sums.len() != 3 * c {
+        return (Vec::new(), Vec::new(), Vec::new());
+    }
+    let loss = (0..c).map(|k| if sums[2 * c + k] > 0.0 { sums[k] / sums[2 * c + k] } else { f64::NAN }).collect();
+    let share = |scale: &dyn Fn(usize) -> f64| {
+        let g: Vec<f64> = (0..c).map(|k| sums[c + k] * scale(k)).collect();
+        let total: f64 = g.iter().sum();
+        g.into_iter().map(|x| if total > 0.0 { x / total } else { f64::NAN }).collect::<Vec<f64>>()
+    };
+    (loss, share(&|_| 1.0), share(&|k| weights[k] as f64))
 }
 
 /// The first non-finite value of the model's parameters, statistics or momentum, if any.
@@ -457,10 +594,57 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     show_bar: bool,
 ) -> Result<ConfusionMatrix> {
+    Ok(evaluate_with(be, model, data, &EvalOptions { batch_size, show_bar, ..EvalOptions::default() })?.confusion)
+}
+
+/// Options of [`evaluate_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct EvalOptions<'a> {
+    pub batch_size: usize,
+    pub show_bar: bool,
+    /// Predict `argmax_c(logit_c + bias[c])` (the fused argmax+confusion kernel takes the bias;
+    /// see [`crate::confusion::bias`]); one value per class.
+    pub bias: Option<&'a [f32]>,
+    /// Also return every logit (N x classes, row-major), e.g. to fit a bias or a per-class loss.
+    pub keep_logits: bool,
+}
+
+impl Default for EvalOptions<'_> {
+    fn default() -> Self {
+        EvalOptions { batch_size: 500, show_bar: false, bias: None, keep_logits: false }
+    }
+}
+
+/// What [`evaluate_with`] measured.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub confusion: ConfusionMatrix,
+    /// N x classes, row-major, when [`EvalOptions::keep_logits`] was set (else empty).
+    pub logits: Vec<f32>,
+}
+
+/// [`evaluate`] with a per-class logit bias and/or the logits kept.
+pub fn evaluate_with<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    data: &DeviceData<B>,
+    opts: &EvalOptions<'_>,
+) -> Result<Evaluation> {
     let classes = model.config.classes;
-    let batch = batch_size.clamp(1, model.max_batch());
+    let batch = opts.batch_size.clamp(1, model.max_batch());
+    let bias = match opts.bias {
+        Some(b) if b.len() != classes => {
+            return Err(Error::shape("evaluate", format!("{} bias values for {classes} classes", b.len())))
+        }
+        Some(b) if b.iter().any(|v| !v.is_finite()) => {
+            return Err(Error::shape("evaluate", "the bias holds a non-finite value"))
+        }
+        Some(b) => Some(be.upload(b)?),
+        None => None,
+    };
     let mut counts = ConfusionMatrix::new(classes)?;
-    let bar = bar(show_bar, data.len().div_ceil(batch) as u64, "evaluating".into());
+    let mut logits = Vec::with_capacity(if opts.keep_logits { data.len() * classes } else { 0 });
+    let bar = bar(opts.show_bar, data.len().div_ceil(batch) as u64, "evaluating".into());
     for start in (0..data.len()).step_by(batch) {
         let end = (start + batch).min(data.len());
         let idx: Vec<i32> = (start as i32..end as i32).collect();
@@ -468,11 +652,14 @@ pub fn evaluate<B: Backend>(
         be.build_batch(&data.images, &plan, 4, &CIFAR10_NORMALIZE, model.input_mut())?;
         model.forward(be, end - start, false)?;
         let labels: Vec<i32> = data.labels[start..end].iter().map(|&l| l as i32).collect();
-        be.confusion(end - start, model.logits(), &be.labels(&labels)?, &mut counts)?;
+        be.confusion(end - start, model.logits(), &be.labels(&labels)?, bias.as_ref(), &mut counts)?;
+        if opts.keep_logits {
+            logits.extend(be.to_host(model.logits(), (end - start) * classes)?);
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(counts)
+    Ok(Evaluation { confusion: counts, logits })
 }
 
 fn augment_plan(rng: &mut Pcg64, idx: &[i32], cfg: &TrainConfig) -> BatchPlan {

@@ -1,0 +1,228 @@
+//! The comparison of methods (`Report::methods`): entries grouped by method key, each metric
+//! summarized over seeds as mean and sample standard deviation, rendered as a Markdown table
+//! (`comparison.md`, also printed), a CSV (`comparison.csv`) and a chart of mean per-class recall
+//! (`methods.svg` / `methods.png`).
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::{mean_ignoring_nan, Report, ReportError, SplitMetrics, StageReport};
+
+/// Mean and sample standard deviation (n - 1) of one metric over seeds; `sd` is NaN for one seed.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Stat {
+    pub mean: f64,
+    pub sd: f64,
+}
+
+impl Stat {
+    pub fn of(values: &[f64]) -> Stat {
+        let v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+        let n = v.len();
+        if n == 0 {
+            return Stat { mean: f64::NAN, sd: f64::NAN };
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let sd =
+            if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { f64::NAN };
+        Stat { mean, sd }
+    }
+
+    /// As percentage points: `78.8 ± 0.4`, or `78.8` for one seed.
+    fn pct(&self) -> String {
+        if !self.mean.is_finite() {
+            "-".into()
+        } else if self.sd.is_finite() {
+            format!("{:.1} ± {:.1}", 100.0 * self.mean, 100.0 * self.sd)
+        } else {
+            format!("{:.1}", 100.0 * self.mean)
+        }
+    }
+}
+
+/// The metrics of the comparison, in table order: key, column title.
+pub const METRICS: [(&str, &str); 8] = [
+    ("accuracy", "test acc."),
+    ("balanced_accuracy", "balanced acc."),
+    ("worst_recall", "worst recall"),
+    ("recall_spread", "recall spread"),
+    ("recall_sd", "recall sd"),
+    ("macro_f1", "macro F1"),
+    ("precision_spread", "precision spread"),
+    ("f1_spread", "F1 spread"),
+];
+
+/// One metric of one split, by its key in [`METRICS`].
+pub fn metric(m: &SplitMetrics, key: &str) -> f64 {
+    let spread = |v: &[f64]| {
+        let f = v.iter().copied().filter(|x| !x.is_nan());
+        let (lo, hi) = f.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        if lo <= hi {
+            hi - lo
+        } else {
+            f64::NAN
+        }
+    };
+    match key {
+        "accuracy" => m.accuracy,
+        "balanced_accuracy" => m.balanced_accuracy,
+        "worst_recall" => m.worst_recall(),
+        "recall_spread" => m.recall_spread(),
+        "recall_sd" => {
+            let mean = m.mean_recall();
+            let v: Vec<f64> = m.recall.iter().copied().filter(|x| !x.is_nan()).collect();
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+            }
+        }
+        "macro_f1" => mean_ignoring_nan(&m.f1),
+        "precision_spread" => spread(&m.precision),
+        "f1_spread" => spread(&m.f1),
+        _ => f64::NAN,
+    }
+}
+
+/// A method summarized over its seeds (test split).
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodSummary {
+    pub key: String,
+    pub name: String,
+    pub seeds: Vec<u64>,
+    /// One [`Stat`] per entry of [`METRICS`], same order.
+    pub metrics: Vec<Stat>,
+    /// Mean test recall per class over the seeds.
+    pub recall: Vec<f64>,
+}
+
+impl MethodSummary {
+    pub fn get(&self, key: &str) -> Option<Stat> {
+        METRICS.iter().position(|(k, _)| *k == key).map(|i| self.metrics[i])
+    }
+}
+
+/// The methods of `report`, in order of first appearance, each summarized over its seeds.
+pub fn summarize_methods(report: &Report) -> Vec<MethodSummary> {
+    let mut keys: Vec<&str> = Vec::new();
+    for m in &report.methods {
+        let k = m.method.as_deref().unwrap_or("");
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let c = report.class_names.len();
+    keys.into_iter()
+        .map(|key| {
+            let runs: Vec<&StageReport> =
+                report.methods.iter().filter(|m| m.method.as_deref().unwrap_or("") == key).collect();
+            let metrics = METRICS
+                .iter()
+                .map(|(k, _)| Stat::of(&runs.iter().map(|r| metric(&r.test, k)).collect::<Vec<_>>()))
+                .collect();
+            let recall = (0..c)
+                .map(|k| {
+                    Stat::of(
+                        &runs.iter().map(|r| r.test.recall.get(k).copied().unwrap_or(f64::NAN)).collect::<Vec<_>>(),
+                    )
+                    .mean
+                })
+                .collect();
+            MethodSummary {
+                key: key.to_string(),
+                name: runs[0].name.clone(),
+                seeds: runs.iter().filter_map(|r| r.seed).collect(),
+                metrics,
+                recall,
+            }
+        })
+        .collect()
+}
+
+/// The comparison as Markdown: the summary table (mean ± sd over seeds, percentages; spreads in
+/// percentage points) and mean per-class test recall per method.
+pub fn comparison_markdown(report: &Report) -> String {
+    let sums = summarize_methods(report);
+    let mut out = String::new();
+    let seeds: Vec<usize> = sums.iter().map(|s| s.seeds.len()).collect();
+    let _ = writeln!(
+        out,
+        "Test set ({}), {} test images; mean ± sample sd over seeds ({} per method); percentages, spreads in points.\n",
+        report.dataset,
+        report.methods.first().map_or(0, |m| m.test.support.iter().sum::<u64>()),
+        seeds.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("/")
+    );
+    let _ = writeln!(out, "| method | seeds | {} |", METRICS.iter().map(|(_, t)| *t).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(METRICS.len()));
+    for s in &sums {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            s.name,
+            s.seeds.len(),
+            s.metrics.iter().map(Stat::pct).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    let _ = writeln!(out, "\nMean test recall per class (%):\n");
+    let _ = writeln!(out, "| method | {} |", report.class_names.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(report.class_names.len()));
+    for s in &sums {
+        let _ = writeln!(
+            out,
+            "| {} | {} |",
+            s.name,
+            s.recall
+                .iter()
+                .map(|r| if r.is_finite() { format!("{:.1}", 100.0 * r) } else { "-".into() })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    out
+}
+
+/// `comparison.csv`: one row per method and metric: mean, sd, seeds, and the value of each seed.
+pub(super) fn comparison_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["run_id", "dataset", "method_key", "method", "metric", "mean", "sd", "seeds", "values"])?;
+    for s in summarize_methods(report) {
+        let runs: Vec<&StageReport> = report.methods.iter().filter(|m| m.method.as_deref() == Some(&s.key)).collect();
+        for ((k, _), stat) in METRICS.iter().zip(&s.metrics) {
+            let values: Vec<String> = runs.iter().map(|r| format!("{}", metric(&r.test, k))).collect();
+            w.write_record([
+                report.run_id.as_str(),
+                report.dataset.as_str(),
+                s.key.as_str(),
+                s.name.as_str(),
+                k,
+                &stat.mean.to_string(),
+                &stat.sd.to_string(),
+                &s.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+                &values.join(" "),
+            ])?;
+        }
+    }
+    w.into_inner().map_err(|e| ReportError::Csv(e.into_error().into()))
+}
+
+/// A report whose "stages" are the methods with their mean test recall, to draw with the stage
+/// chart (one bar per method).
+pub(super) fn methods_chart_report(report: &Report) -> Report {
+    let sums = summarize_methods(report);
+    let stages = sums
+        .iter()
+        .map(|s| {
+            let first =
+                report.methods.iter().find(|m| m.method.as_deref() == Some(&s.key)).expect("a summarized method");
+            let mut test = first.test.clone();
+            test.recall = s.recall.clone();
+            StageReport {
+                name: format!("{} (mean of {})", s.name, s.seeds.len().max(1)),
+                test,
+                val: None,
+                ..first.clone()
+            }
+        })
+        .collect();
+    Report { stages, methods: Vec::new(), diagnostics: serde_json::Value::Null, ..report.clone() }
+}
