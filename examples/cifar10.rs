@@ -44,7 +44,10 @@ pub enum DeviceArg {
     about = "Two-stage class-reweighting experiment on CIFAR-10 (evenclass)",
     long_about = "Two-stage class-reweighting experiment on CIFAR-10 (evenclass).\n\n\
         Stage 1 trains with uniform class weights; stage 2 retrains from scratch with weights \
-        w_c = (mean(r) / r_c)^p from stage 1's per-class test recall. Writes report.json, \
+        w_c = (mean(r) / r_c)^p from stage 1's per-class recall on a validation split held out of \
+        the training set (--val-size; --weights-from test gives the practitioner's original \
+        variant). With --compare, trains and compares the methods of --methods over --seeds \
+        seeds instead (comparison.md, comparison.csv, methods.svg/.png). Writes report.json, \
         per_class.csv, recall.png/.svg and the models to --out, which always holds one complete \
         run: a run in progress lives in .OUT.partial beside it (checkpointed every epoch) and \
         replaces --out only when finished.\n\n\
@@ -115,11 +118,15 @@ pub struct Args {
     /// No progress bars (the per-epoch summaries still print).
     #[arg(long)]
     pub quiet: bool,
-    /// Images held out of the training set, stratified and seeded by --seed, on which every
+    /// Images held out of the training set, stratified and seeded (--split-seed), on which every
     /// per-class quantity (weights, biases) is fitted; 0 for none (then only --weights-from test
     /// works). At most the training images minus one per class.
     #[arg(long, value_name = "N", default_value_t = 5000, value_parser = int_in(0, usize::MAX))]
     pub val_size: usize,
+    /// Seed of the validation split [default: --seed]; fix it to compare runs of other seeds on
+    /// the same split.
+    #[arg(long, value_name = "N")]
+    pub split_seed: Option<u64>,
     /// Where stage 2's weights come from: the validation split's recall, or (the practitioner's
     /// original recipe, labelled as such) the TEST set's recall.
     #[arg(long, value_enum, default_value_t = RecallSplit::Val)]
@@ -151,6 +158,9 @@ pub struct Args {
     /// the exponent sweep of the diagnostics.
     #[arg(long, value_name = "LIST", value_delimiter = ',', allow_negative_numbers = true, value_parser = exponent_value)]
     pub sweep: Vec<f64>,
+    /// Accuracy budget of the bias-budget method, in percentage points of validation accuracy.
+    #[arg(long, value_name = "POINTS", default_value_t = 1.0, value_parser = nonneg_value)]
+    pub bias_budget: f64,
     /// With --compare: also train uniform and reweighted models for N epochs (fit regime).
     #[arg(long, value_name = "N", value_parser = int_in(1, 10_000))]
     pub long_epochs: Option<usize>,
@@ -183,8 +193,12 @@ pub enum Method {
     OnlineEg,
     /// Online difficulty weights (1 - validation recall_c)^tau, every epoch.
     OnlineDifficulty,
-    /// Post-hoc per-class logit bias fitted on validation logits of stage 1 (no retraining).
+    /// Post-hoc per-class logit bias fitted on validation logits of stage 1 (no retraining), for
+    /// the highest worst-class recall.
     Bias,
+    /// The same bias, for the highest worst-class recall that costs at most --bias-budget points
+    /// of validation accuracy.
+    BiasBudget,
     /// Reweighting with strong weight decay (--strong-wd).
     ReweightWd,
     /// Uniform weights with the same strong weight decay (the control of reweight-wd).
@@ -192,7 +206,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::Uniform,
         Method::Reweight,
         Method::ReweightTest,
@@ -200,6 +214,7 @@ impl Method {
         Method::OnlineEg,
         Method::OnlineDifficulty,
         Method::Bias,
+        Method::BiasBudget,
         Method::ReweightWd,
         Method::UniformWd,
     ];
@@ -213,6 +228,7 @@ impl Method {
             Method::OnlineEg => "online-eg",
             Method::OnlineDifficulty => "online-difficulty",
             Method::Bias => "bias",
+            Method::BiasBudget => "bias-budget",
             Method::ReweightWd => "reweight-wd",
             Method::UniformWd => "uniform-wd",
         }
@@ -334,8 +350,8 @@ pub struct StageSpec {
     pub epochs: Option<usize>,
     /// Other than the usual weight decay.
     pub weight_decay: Option<f32>,
-    /// Also fit a post-hoc logit bias on the validation split and evaluate with it.
-    pub fit_bias: bool,
+    /// Post-hoc logit biases to fit on the validation split and evaluate with.
+    pub fit_bias: Vec<BiasKind>,
 }
 
 /// One row of the comparison: a method on one seed, read from stage `stage` (with its fitted
@@ -346,7 +362,28 @@ pub struct MethodSpec {
     pub name: String,
     pub seed: u64,
     pub stage: usize,
-    pub bias: bool,
+    /// Read the stage's model with this fitted bias ([`BiasKind::file`]).
+    pub bias: Option<&'static str>,
+}
+
+/// How a post-hoc bias is fitted (see `evenclass::confusion::bias`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BiasKind {
+    /// The highest worst-class recall, whatever it costs.
+    MaxMin,
+    /// The highest worst-class recall that costs at most this much validation accuracy
+    /// (a fraction).
+    Budget(f64),
+}
+
+impl BiasKind {
+    /// The method's key, and the file-name suffix of its results (`KEY.bias.json`, ...).
+    pub fn file(self) -> &'static str {
+        match self {
+            BiasKind::MaxMin => "bias",
+            BiasKind::Budget(_) => "bias-budget",
+        }
+    }
 }
 
 /// The trainings of a run, in dependency order, and the methods read from them.
@@ -359,7 +396,7 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
         seed,
         epochs: None,
         weight_decay: None,
-        fit_bias: false,
+        fit_bias: Vec::new(),
     };
     if !args.compare {
         let (split, what) = match args.weights_from {
@@ -378,6 +415,13 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
         return (specs, Vec::new());
     }
     let want = |m: Method| m == Method::Uniform || args.methods.contains(&m);
+    let mut biases = Vec::new();
+    if want(Method::Bias) {
+        biases.push(BiasKind::MaxMin);
+    }
+    if want(Method::BiasBudget) {
+        biases.push(BiasKind::Budget(args.bias_budget / 100.0));
+    }
     let wd = args.strong_wd as f32;
     let mut specs: Vec<StageSpec> = Vec::new();
     let mut methods: Vec<MethodSpec> = Vec::new();
@@ -387,13 +431,14 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             specs.push(st);
             specs.len() - 1
         };
-        let method = |methods: &mut Vec<MethodSpec>, m: &str, name: String, stage: usize, bias: bool| {
-            methods.push(MethodSpec { key: m.into(), name, seed, stage, bias })
-        };
+        let method =
+            |methods: &mut Vec<MethodSpec>, m: &str, name: String, stage: usize, bias: Option<&'static str>| {
+                methods.push(MethodSpec { key: m.into(), name, seed, stage, bias })
+            };
         let u =
             add(&mut specs, spec(format!("s{seed}-uniform"), format!("uniform, seed {seed}"), Weights::Uniform, seed));
-        specs[u].fit_bias = want(Method::Bias);
-        method(&mut methods, "uniform", "uniform (stage 1)".into(), u, false);
+        specs[u].fit_bias = biases.clone();
+        method(&mut methods, "uniform", "uniform (stage 1)".into(), u, None);
         let from = |of, split, compose| Weights::FromRecall { of, exponent: p, split, compose };
         let mut reweight = None;
         if want(Method::Reweight) || want(Method::Iterated) {
@@ -408,7 +453,7 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             );
             reweight = Some(r);
             if want(Method::Reweight) {
-                method(&mut methods, "reweight", format!("reweight p={p} (val recall)"), r, false);
+                method(&mut methods, "reweight", format!("reweight p={p} (val recall)"), r, None);
             }
         }
         if want(Method::ReweightTest) {
@@ -426,7 +471,7 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
                 "reweight-test",
                 format!("reweight p={p} (TEST recall, practitioner's variant)"),
                 r,
-                false,
+                None,
             );
         }
         if let (true, Some(mut prev)) = (want(Method::Iterated), reweight) {
@@ -441,7 +486,7 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
                     ),
                 );
             }
-            method(&mut methods, "iterated", format!("iterated reweight, {} rounds", args.rounds), prev, false);
+            method(&mut methods, "iterated", format!("iterated reweight, {} rounds", args.rounds), prev, None);
         }
         if want(Method::OnlineEg) {
             let r = add(
@@ -453,7 +498,7 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
                     seed,
                 ),
             );
-            method(&mut methods, "online-eg", format!("online EG (val loss, step {})", args.eg_step), r, false);
+            method(&mut methods, "online-eg", format!("online EG (val loss, step {})", args.eg_step), r, None);
         }
         if want(Method::OnlineDifficulty) {
             let r = add(
@@ -465,10 +510,14 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
                     seed,
                 ),
             );
-            method(&mut methods, "online-difficulty", format!("online (1 - val recall)^{}", args.tau), r, false);
+            method(&mut methods, "online-difficulty", format!("online (1 - val recall)^{}", args.tau), r, None);
         }
         if want(Method::Bias) {
-            method(&mut methods, "bias", "post-hoc logit bias (val) on uniform".into(), u, true);
+            method(&mut methods, "bias", "post-hoc logit bias (val) on uniform".into(), u, Some("bias"));
+        }
+        if want(Method::BiasBudget) {
+            let name = format!("post-hoc logit bias (val), budget {} pt, on uniform", args.bias_budget);
+            method(&mut methods, "bias-budget", name, u, Some("bias-budget"));
         }
         if want(Method::ReweightWd) {
             let mut st = spec(
@@ -479,14 +528,14 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             );
             st.weight_decay = Some(wd);
             let r = add(&mut specs, st);
-            method(&mut methods, "reweight-wd", format!("reweight p={p} + weight decay {wd}"), r, false);
+            method(&mut methods, "reweight-wd", format!("reweight p={p} + weight decay {wd}"), r, None);
         }
         if want(Method::UniformWd) {
             let mut st =
                 spec(format!("s{seed}-uniform-wd"), format!("uniform + wd {wd}, seed {seed}"), Weights::Uniform, seed);
             st.weight_decay = Some(wd);
             let r = add(&mut specs, st);
-            method(&mut methods, "uniform-wd", format!("uniform + weight decay {wd} (control)"), r, false);
+            method(&mut methods, "uniform-wd", format!("uniform + weight decay {wd} (control)"), r, None);
         }
         for &q in &args.sweep {
             if q == 0.0 || q == p {
@@ -495,15 +544,15 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             let w = Weights::FromRecall { of: u, exponent: q, split: RecallSplit::Val, compose: false };
             let r =
                 add(&mut specs, spec(format!("s{seed}-sweep-p{q}"), format!("reweight p={q}, seed {seed}"), w, seed));
-            method(&mut methods, &format!("sweep-p{q}"), format!("reweight p={q} (sweep)"), r, false);
+            method(&mut methods, &format!("sweep-p{q}"), format!("reweight p={q} (sweep)"), r, None);
         }
         if let Some(n) = args.long_epochs {
             let mut st =
                 spec(format!("s{seed}-uniform-long"), format!("uniform {n} ep, seed {seed}"), Weights::Uniform, seed);
             st.epochs = Some(n);
-            st.fit_bias = want(Method::Bias);
+            st.fit_bias = biases.clone();
             let ul = add(&mut specs, st);
-            method(&mut methods, "uniform-long", format!("uniform, {n} epochs"), ul, false);
+            method(&mut methods, "uniform-long", format!("uniform, {n} epochs"), ul, None);
             let mut st = spec(
                 format!("s{seed}-reweight-long"),
                 format!("reweight p={p} {n} ep, seed {seed}"),
@@ -512,9 +561,19 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             );
             st.epochs = Some(n);
             let rl = add(&mut specs, st);
-            method(&mut methods, "reweight-long", format!("reweight p={p}, {n} epochs"), rl, false);
+            method(&mut methods, "reweight-long", format!("reweight p={p}, {n} epochs"), rl, None);
             if want(Method::Bias) {
-                method(&mut methods, "bias-long", format!("post-hoc logit bias on uniform, {n} epochs"), ul, true);
+                method(
+                    &mut methods,
+                    "bias-long",
+                    format!("post-hoc logit bias on uniform, {n} epochs"),
+                    ul,
+                    Some("bias"),
+                );
+            }
+            if want(Method::BiasBudget) {
+                let name = format!("post-hoc logit bias, budget {} pt, on uniform, {n} epochs", args.bias_budget);
+                method(&mut methods, "bias-budget-long", name, ul, Some("bias-budget"));
             }
         }
     }
@@ -693,7 +752,8 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
     let classes = train_set.num_classes();
     // The validation split: before any training, so a bad size is an error at once.
     let val_set = if args.val_size > 0 {
-        let split = data::stratified_split(&train_set.labels, classes, args.val_size, args.seed)
+        let split_seed = args.split_seed.unwrap_or(args.seed);
+        let split = data::stratified_split(&train_set.labels, classes, args.val_size, split_seed)
             .map_err(|e| usage(format!("--val-size {}: {e}", args.val_size)))?;
         let val = train_set.select(&split.val, "validation")?;
         train_set = train_set.select(&split.train, "training")?;
@@ -717,6 +777,7 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
         "train_images": train_set.len(),
         "test_images": test_set.len(),
         "val_images": val_set.as_ref().map_or(0, |v| v.len()),
+        "split_seed": args.split_seed.unwrap_or(args.seed),
         "weights_from": if args.compare { None } else { Some(args.weights_from) },
         "compare": args.compare.then(|| serde_json::json!({
             "methods": args.methods,
@@ -725,6 +786,7 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
             "eg_step": args.eg_step,
             "tau": args.tau,
             "strong_wd": args.strong_wd,
+            "bias_budget": args.bias_budget,
             "sweep": args.sweep,
             "long_epochs": args.long_epochs,
         })),
@@ -761,7 +823,7 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     let mut reuse: Vec<Option<StageReport>> = vec![None; specs.len()];
-    let mut biased: Vec<Option<StageReport>> = vec![None; specs.len()];
+    let mut biased: Vec<Vec<(&'static str, StageReport)>> = vec![Vec::new(); specs.len()];
     let mut manifest = if args.resume {
         let m = in_progress.expect("checked above");
         check_same_run(&m.meta, &config, &fingerprint, "the interrupted run", None)?;
@@ -812,14 +874,14 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
                 println!("{}: done before the interruption ({})", spec.name, path.display());
             }
             reuse[i] = Some(s);
-            let bias_path = dir.staging().join(format!("{}.bias.json", spec.key));
-            if spec.fit_bias {
-                // Written before the stage's own file, so a finished stage always has it.
+            for kind in &spec.fit_bias {
+                // Written before the stage's own file, so a finished stage always has them.
+                let path = dir.staging().join(format!("{}.{}.json", spec.key, kind.file()));
                 let b: StageReport = serde_json::from_slice(
-                    &std::fs::read(&bias_path).with_context(|| format!("reading {}", bias_path.display()))?,
+                    &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
                 )
-                .with_context(|| format!("reading {}", bias_path.display()))?;
-                biased[i] = Some(b);
+                .with_context(|| format!("reading {}", path.display()))?;
+                biased[i].push((kind.file(), b));
             }
         }
     }
@@ -887,7 +949,7 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
                 Weights::Online(o) => Some(o),
                 _ => None,
             },
-            fit_bias: spec.fit_bias,
+            fit_bias: &spec.fit_bias,
             train_data: &train_data,
             test_data: &test_data,
             val_data: val_data.as_ref(),
@@ -900,9 +962,9 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
         match run_stage(be, &stage)? {
             Some((mut s, b)) => {
                 s.seed = Some(spec.seed);
-                if let Some(b) = b {
-                    write_json(&dir.staging().join(format!("{}.bias.json", spec.key)), &b)?;
-                    biased[i] = Some(b);
+                for (file, b) in b {
+                    write_json(&dir.staging().join(format!("{}.{file}.json", spec.key)), &b)?;
+                    biased[i].push((file, b));
                 }
                 write_json(&dir.staging().join(format!("{}.json", spec.key)), &s)?;
                 let _ = std::fs::remove_file(&ck_path);
@@ -923,8 +985,12 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
     let methods: Vec<StageReport> = method_specs
         .iter()
         .map(|m| {
-            let from = if m.bias {
-                biased[m.stage].clone().context("a post-hoc bias that was not fitted")?
+            let from = if let Some(file) = m.bias {
+                biased[m.stage]
+                    .iter()
+                    .find(|(f, _)| *f == file)
+                    .map(|(_, b)| b.clone())
+                    .context("a post-hoc bias that was not fitted")?
             } else {
                 done[m.stage].clone()
             };
@@ -1017,7 +1083,7 @@ struct StageRun<'a, B: Backend> {
     model_cfg: ModelConfig,
     train_cfg: &'a TrainConfig,
     online: Option<Online>,
-    fit_bias: bool,
+    fit_bias: &'a [BiasKind],
     train_data: &'a DeviceData<B>,
     test_data: &'a DeviceData<B>,
     val_data: Option<&'a DeviceData<B>>,
@@ -1072,7 +1138,9 @@ fn online_weights<B: Backend>(
 
 /// Trains one stage (checkpointing every epoch); `None` when stopped by Ctrl-C. With `fit_bias`,
 /// also the stage's model with a post-hoc logit bias fitted on the validation split.
-fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<(StageReport, Option<StageReport>)>> {
+type Biased = Vec<(&'static str, StageReport)>;
+
+fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<(StageReport, Biased)>> {
     let t0 = Instant::now();
     let cfg = st.train_cfg;
     let max_batch = cfg.batch_size.max(cfg.eval_batch_size);
@@ -1154,11 +1222,11 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<(StageRe
         model: None,
         bias: None,
     };
-    let biased = match (st.fit_bias, st.val_data) {
-        (true, Some(val)) => Some(fit_bias(be, &mut model, val, st, &report)?),
-        (true, None) => bail!("{}: a post-hoc bias needs a validation split (--val-size > 0)", st.name),
-        _ => None,
-    };
+    let mut biased = Vec::new();
+    for &kind in st.fit_bias {
+        let val = st.val_data.with_context(|| format!("{}: a post-hoc bias needs a validation split", st.name))?;
+        biased.push((kind.file(), fit_bias(be, &mut model, val, st, &report, kind)?));
+    }
     Ok(Some((report, biased)))
 }
 
@@ -1170,6 +1238,7 @@ fn fit_bias<B: Backend>(
     val: &DeviceData<B>,
     st: &StageRun<'_, B>,
     plain: &StageReport,
+    kind: BiasKind,
 ) -> Result<StageReport> {
     let classes = model.config.classes;
     let cfg = st.train_cfg;
@@ -1181,10 +1250,15 @@ fn fit_bias<B: Backend>(
     )?;
     let logits = ndarray::ArrayView2::from_shape((val.len(), classes), &ev.logits)?;
     let labels: Vec<i32> = val.labels.iter().map(|&l| l as i32).collect();
-    let fit = fit_recall_bias(logits, &labels, &FitOptions::default())?;
+    let max_accuracy_drop = match kind {
+        BiasKind::MaxMin => None,
+        BiasKind::Budget(b) => Some(b),
+    };
+    let fit = fit_recall_bias(logits, &labels, &FitOptions { max_accuracy_drop, ..Default::default() })?;
     println!(
-        "{}: post-hoc bias fitted on {} validation images in {} steps: validation worst-class recall {:.1}% -> {:.1}%",
+        "{}: post-hoc bias ({}) fitted on {} validation images in {} steps: validation worst-class recall {:.1}% -> {:.1}%",
         st.name,
+        kind.file(),
         val.len(),
         fit.steps,
         100.0 * fit.worst_recall_before(),
@@ -1196,14 +1270,15 @@ fn fit_bias<B: Backend>(
     let train_m = metrics(be, model, st.train_data, cfg, bars, bias)?;
     let val_m = metrics(be, model, val, cfg, bars, bias)?;
     println!(
-        "{} + bias: test accuracy {:.2}%, worst-class recall {:.2}%, recall spread {:.1} points",
+        "{} + {}: test accuracy {:.2}%, worst-class recall {:.2}%, recall spread {:.1} points",
         st.name,
+        kind.file(),
         100.0 * test.accuracy,
         100.0 * test.worst_recall(),
         100.0 * test.recall_spread()
     );
     Ok(StageReport {
-        name: format!("{} + post-hoc bias", st.name),
+        name: format!("{} + post-hoc {}", st.name, kind.file()),
         test,
         train: train_m,
         val: Some(val_m),

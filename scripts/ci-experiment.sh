@@ -3,7 +3,8 @@
 # on a 2048-image subset of CIFAR-10 from ../shared (the built-in synthetic set when that is
 # missing), then checks of what it wrote (report.json's structure, the CSV, the PNG and SVG
 # charts), that a rerun without --overwrite is refused, then a `--stage2-only` run on the same
-# folder that must reuse stage 1 and publish a new run.
+# folder that must reuse stage 1 and publish a new run, then `--compare` (every method, two
+# seeds) on the same subset with checks of its methods array and comparison files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,7 +94,7 @@ for i, st in enumerate(stages):
     check_vec(f"{w}.class_weights", st.get("class_weights"), lo=0)
     if not is_num(st.get("seconds")) or st["seconds"] < 0:
         fail(f"{w}.seconds missing or negative")
-    for split in ("test", "train"):
+    for split in ("test", "train", "val"):
         m = st.get(split)
         sw = f"{w}.{split}"
         if not isinstance(m, dict):
@@ -115,6 +116,8 @@ for i, st in enumerate(stages):
                 fail(f"{sw}.accuracy {m['accuracy']} does not match its confusion matrix ({acc})")
             if split == "test" and total != report.get("config", {}).get("test_images"):
                 fail(f"{sw}: the confusion matrix counts {total} images")
+            if split == "val" and total != report.get("config", {}).get("val_images"):
+                fail(f"{sw}: the confusion matrix counts {total} validation images")
 if stages and stages[0].get("class_weights") and any(x != 1 for x in stages[0]["class_weights"]):
     fail("stage 1 is not uniformly weighted")
 
@@ -124,9 +127,9 @@ if not os.path.isfile(csv_path):
 else:
     with open(csv_path) as f:
         rows = [line for line in f.read().splitlines() if line]
-    # Header, then one row per stage x split x class.
-    if len(rows) != 1 + 2 * 2 * C:
-        fail(f"per_class.csv has {len(rows)} lines, expected {1 + 4 * C}")
+    # Header, then one row per stage x split (test, train, val) x class.
+    if len(rows) != 1 + 2 * 3 * C:
+        fail(f"per_class.csv has {len(rows)} lines, expected {1 + 6 * C}")
 png = os.path.join(out, "recall.png")
 if not os.path.isfile(png):
     fail("recall.png missing")
@@ -182,4 +185,46 @@ if [ "$before" != "$(reused)" ]; then
     echo "ci-experiment: --stage2-only changed stage 1's results or the class weights derived from them" >&2
     exit 1
 fi
+
+# The comparison of methods (issue 8) on the same subset: every method on 2 seeds, one epoch.
+cmp="$out-compare"
+trap 'rm -rf "$out" "$lock" "$(dirname "$out")/.$(basename "$out").partial" "$logs" "$cmp" "$(dirname "$cmp")/.$(basename "$cmp").lock"' EXIT
+cmp_args=()
+for a in "${args[@]}"; do
+    if [ "$a" = "$out" ]; then a=$cmp; fi
+    cmp_args+=("$a")
+done
+echo "ci-experiment: --compare (all methods, 2 seeds)"
+run "${cmp_args[@]}" --compare --seeds 2 --val-size 256 | tee "$logs/compare.log"
+python3 - "$cmp" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+r = json.load(open(os.path.join(out, "report.json")))
+want = ["uniform", "reweight", "reweight-test", "iterated", "online-eg", "online-difficulty", "bias", "bias-budget",
+        "reweight-wd", "uniform-wd"]
+errors = []
+got = {}
+for m in r.get("methods", []):
+    got.setdefault(m.get("method"), []).append(m.get("seed"))
+    for split in ("test", "train", "val"):
+        if not isinstance(m.get(split), dict) or len(m[split].get("recall", [])) != 10:
+            errors.append(f"{m.get('name')}: no {split} metrics")
+    if (m.get("bias") is not None) != m.get("method", "").startswith("bias"):
+        errors.append(f"{m.get('name')}: bias present = {m.get('bias') is not None}")
+if list(got) != want or any(sorted(v) != [0, 1] for v in got.values()):
+    errors.append(f"methods and seeds: {got}")
+for f in ("comparison.md", "comparison.csv", "methods.svg", "methods.png"):
+    if not os.path.isfile(os.path.join(out, f)):
+        errors.append(f"{f} missing")
+md = open(os.path.join(out, "comparison.md")).read()
+if "| uniform (stage 1) | 2 |" not in md:
+    errors.append("comparison.md has no uniform row over 2 seeds")
+for k in ("fit", "gradient"):
+    if not r.get("diagnostics", {}).get(k):
+        errors.append(f"diagnostics.{k} missing")
+if errors:
+    print("ci-experiment: compare check FAILED:", *errors, sep="\n  ", file=sys.stderr)
+    sys.exit(1)
+print(f"ci-experiment: compare OK ({len(r['methods'])} method entries)")
+PY
 echo "ci-experiment: OK"

@@ -590,6 +590,38 @@ fn bias_fit_raises_the_hard_class_and_evens_recall() {
     assert!(spread(&held_after.recall) < spread(&held_before.recall) / 2.0);
 }
 
+/// With an accuracy budget the fit raises the worst class only as far as the budget allows: the
+/// accuracy on the fitted data stays within it, the worst recall still rises, and less than
+/// without a budget; a budget of 0 never lowers the accuracy; a bad budget is an error.
+#[test]
+fn bias_fit_with_an_accuracy_budget_stays_within_it() {
+    use evenclass::confusion::bias::{fit_recall_bias, FitOptions};
+    let (n, c) = (4_000, 4);
+    let (x, targets) = hard_class_case(9, n);
+    let view = ArrayView2::from_shape((n, c), &x).unwrap();
+    let before = cpu::from_logits(view, &targets, None).unwrap().metrics();
+    let free = fit_recall_bias(view, &targets, &FitOptions::default()).unwrap();
+    let acc = |b: &[f32]| cpu::from_logits_biased(view, Some(b), &targets, None).unwrap().metrics().accuracy;
+    let free_drop = before.accuracy - acc(&free.bias);
+    assert!(free_drop > 0.004, "the unconstrained fit must cost accuracy for this test: {free_drop}");
+    for budget in [0.0, free_drop / 4.0, free_drop / 2.0] {
+        let fit = fit_recall_bias(view, &targets, &FitOptions { max_accuracy_drop: Some(budget), ..Default::default() })
+            .unwrap();
+        let a = acc(&fit.bias);
+        assert!(a >= before.accuracy - budget - 1e-12, "budget {budget}: accuracy {a} from {}", before.accuracy);
+        assert!(fit.worst_recall() >= before.recall[2], "budget {budget}");
+        assert!(fit.worst_recall() <= free.worst_recall());
+        if budget > 0.0 {
+            assert!(fit.worst_recall() > before.recall[2] + 0.01, "budget {budget}: {}", fit.worst_recall());
+            assert!(fit.worst_recall() < free.worst_recall(), "budget {budget}");
+        }
+    }
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
+        let opts = FitOptions { max_accuracy_drop: Some(bad), ..Default::default() };
+        assert!(fit_recall_bias(view, &targets, &opts).is_err(), "{bad}");
+    }
+}
+
 #[test]
 fn bias_fit_edge_cases_and_bad_input() {
     use evenclass::confusion::bias::{fit_recall_bias, FitOptions};
@@ -606,7 +638,12 @@ fn bias_fit_edge_cases_and_bad_input() {
     assert!(fit.bias.iter().all(|b| b.is_finite() && *b >= 0.0));
     // The step limit is honoured.
     let (x, t) = hard_class_case(9, 500);
-    let fit = fit_recall_bias(ArrayView2::from_shape((500, 4), &x).unwrap(), &t, &FitOptions { max_steps: 3 }).unwrap();
+    let fit = fit_recall_bias(
+        ArrayView2::from_shape((500, 4), &x).unwrap(),
+        &t,
+        &FitOptions { max_steps: 3, ..Default::default() },
+    )
+    .unwrap();
     assert!(fit.steps <= 3);
     // Bad input.
     let x = [0.0f32; 6];

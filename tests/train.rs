@@ -514,18 +514,45 @@ fn bits(t: &[Vec<f32>]) -> Vec<Vec<u32>> {
 /// statistics, momentum) and epoch log of an uninterrupted run.
 #[test]
 fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
+    resume_is_bit_identical(false);
+}
+
+/// The same with an epoch hook that changes the class weights from the model's test recall
+/// (an online rule): the resumed run continues with the hook's weights, not the starting ones.
+#[test]
+fn resumed_online_reweighting_is_bit_identical_to_an_uninterrupted_run() {
+    resume_is_bit_identical(true);
+}
+
+fn resume_is_bit_identical(online: bool) {
     use std::sync::atomic::AtomicBool;
-    use train::{train_with, Checkpoint, TrainControl, TrainOutcome};
+    use train::{train_with, Checkpoint, EpochEnd, EpochHook, TrainControl, TrainOutcome};
     let be = CpuBackend::new();
     let config = ModelConfig { width: 2, depth: 1, classes: 10 };
     let (tr, te) = synthetic_data(&be, 4, 200, 40);
     let mut cfg = small_train_config(3, 64, 9); // 3 steps per epoch, 9 in all
     cfg.eval_each_epoch = true;
     let weights: Vec<f32> = (0..10).map(|c| 0.5 + c as f32 / 10.0).collect();
+    let hook = |be: &CpuBackend, model: &mut Model<CpuBackend>, end: &EpochEnd<'_>| {
+        let m = train::evaluate(be, model, &te, 64, false)?.metrics();
+        // Depends on the model and on the weights in force, so a wrong restore shows.
+        let w = evenclass::cross_entropy::weights::difficulty_weights(&m.recall, 1.0, 0.05)?;
+        Ok(Some(w.iter().zip(end.weights).map(|(w, now)| (*w as f32 + now) / 2.0).collect()))
+    };
+    let on_epoch = online.then_some(&hook as EpochHook<'_, CpuBackend>);
 
     let mut reference = Model::new(&be, config, 64, 9).unwrap();
-    let logs = train::train(&be, &mut reference, &tr, Some(&te), &weights, &cfg, "s", QUIET).unwrap();
+    let control = TrainControl { on_epoch, ..TrainControl::default() };
+    let TrainOutcome::Finished(logs) =
+        train_with(&be, &mut reference, &tr, Some(&te), &weights, &cfg, "s", QUIET, control).unwrap()
+    else {
+        panic!("no stop flag was given")
+    };
     let (want_state, want_optim) = (reference.state(&be).unwrap(), reference.optimizer_state(&be).unwrap());
+    if online {
+        assert_eq!(logs[0].class_weights, weights.iter().map(|&w| w as f64).collect::<Vec<_>>());
+        assert_ne!(logs[1].class_weights, logs[0].class_weights, "the hook's weights are used in epoch 2");
+    }
 
     let dir = tmpdir();
     let ck = dir.path().join("s.ckpt");
@@ -539,7 +566,7 @@ fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
         // everything must come from the checkpoint file.
         let seed = if resume.is_some() { 1234 } else { 9 };
         let mut fresh = Model::new(&be, config, 64, seed).unwrap();
-        let control = TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop), on_epoch: None };
+        let control = TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop), on_epoch };
         match train_with(&be, &mut fresh, &tr, Some(&te), &weights, &cfg, "s", QUIET, control).unwrap() {
             TrainOutcome::Finished(l) => {
                 model = fresh;
@@ -557,6 +584,7 @@ fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
     assert!(bits(&model.state(&be).unwrap()) == bits(&want_state), "parameters differ after resuming");
     assert!(bits(&model.optimizer_state(&be).unwrap()) == bits(&want_optim), "momentum differs");
     assert_eq!(final_logs.len(), logs.len());
+    let vbits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for (a, b) in final_logs.iter().zip(&logs) {
         assert_eq!(
             (a.epoch, a.lr.to_bits(), a.train_loss.to_bits()),
@@ -564,6 +592,103 @@ fn resumed_training_is_bit_identical_to_an_uninterrupted_run() {
         );
         assert_eq!(a.train_accuracy.to_bits(), b.train_accuracy.to_bits());
         assert_eq!(a.test_accuracy.map(f64::to_bits), b.test_accuracy.map(f64::to_bits));
+        assert_eq!(vbits(&a.class_weights), vbits(&b.class_weights), "epoch {}: class weights", a.epoch);
+        assert_eq!(vbits(&a.class_loss), vbits(&b.class_loss), "epoch {}: per-class loss", a.epoch);
+        assert_eq!(vbits(&a.grad_share_weighted), vbits(&b.grad_share_weighted), "epoch {}", a.epoch);
+    }
+}
+
+/// The per-class diagnostics of the epoch log: the loss of each class's samples, and its share
+/// of the gradient norm, uniform and weighted, checked against a recomputation from the shares'
+/// definition (weighted share = uniform share x weight, renormalized).
+#[test]
+fn epoch_log_has_per_class_loss_and_gradient_shares() {
+    let be = CpuBackend::new();
+    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
+    let (tr, _) = synthetic_data(&be, 6, 256, 10);
+    let cfg = small_train_config(2, 64, 3);
+    let weights: Vec<f32> = (0..10).map(|c| if c == 3 { 5.0 } else { 0.5 + c as f32 / 20.0 }).collect();
+    let mut model = Model::new(&be, config, 64, 3).unwrap();
+    let logs = train::train(&be, &mut model, &tr, None, &weights, &cfg, "d", QUIET).unwrap();
+    for log in &logs {
+        assert_eq!(log.class_loss.len(), 10);
+        assert!(log.class_loss.iter().all(|l| l.is_finite() && *l > 0.0), "{:?}", log.class_loss);
+        for share in [&log.grad_share_uniform, &log.grad_share_weighted] {
+            assert!((share.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{share:?}");
+            assert!(share.iter().all(|s| *s > 0.0));
+        }
+        let scaled: Vec<f64> = log.grad_share_uniform.iter().zip(&weights).map(|(s, &w)| s * w as f64).collect();
+        let total: f64 = scaled.iter().sum();
+        for (k, (a, b)) in scaled.iter().zip(&log.grad_share_weighted).enumerate() {
+            assert!((a / total - b).abs() < 1e-9, "class {k}: {} vs {b}", a / total);
+        }
+        assert!(log.grad_share_weighted[3] > log.grad_share_uniform[3], "the heavy class pushes more");
+    }
+    // The mean per-class loss, weighted by class counts, is the unweighted mean loss; the epoch's
+    // train_loss is the class-weighted mean, so compare with a fresh forward pass instead.
+    let logits = train::evaluate_with(
+        &be,
+        &mut model,
+        &tr,
+        &train::EvalOptions { batch_size: 64, keep_logits: true, ..Default::default() },
+    )
+    .unwrap()
+    .logits;
+    let labels: Vec<i32> = tr.labels.iter().map(|&l| l as i32).collect();
+    let per_class = train::per_class_loss(&logits, &labels, 10).unwrap();
+    let probs_loss: Vec<f64> = (0..10)
+        .map(|c| {
+            let rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
+            rows.iter()
+                .map(|&i| {
+                    let row = &logits[i * 10..(i + 1) * 10];
+                    let top = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                    let z: f64 = row.iter().map(|&v| (v as f64 - top).exp()).sum();
+                    top + z.ln() - row[c as usize] as f64
+                })
+                .sum::<f64>()
+                / rows.len() as f64
+        })
+        .collect();
+    for (a, b) in per_class.iter().zip(&probs_loss) {
+        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    }
+    assert!(train::per_class_loss(&logits, &labels[1..], 10).is_err());
+    assert!(train::per_class_loss(&logits[..20], &[0, 10], 10).is_err());
+}
+
+/// A bias in the evaluation changes predictions exactly as the CPU reference of the fused
+/// argmax+confusion does on the same logits; a bias of the wrong length or non-finite is an error.
+#[test]
+fn biased_evaluation_matches_the_reference_on_its_logits() {
+    biased_evaluation_matches_reference(&CpuBackend::new());
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_biased_evaluation_matches_the_reference_on_its_logits() {
+    biased_evaluation_matches_reference(&cuda());
+}
+
+fn biased_evaluation_matches_reference<B: Backend>(be: &B) {
+    use rand::RngExt;
+    let config = ModelConfig { width: 3, depth: 1, classes: 10 };
+    let (_, te) = synthetic_data(be, 8, 10, 237); // odd size: a partial last batch
+    let mut model = Model::new(be, config, 64, 8).unwrap();
+    let mut rng = common::rng(77);
+    let bias: Vec<f32> = (0..10).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+    let opts = train::EvalOptions { batch_size: 64, keep_logits: true, bias: Some(&bias), ..Default::default() };
+    let ev = train::evaluate_with(be, &mut model, &te, &opts).unwrap();
+    assert_eq!(ev.logits.len(), 237 * 10);
+    let labels: Vec<i32> = te.labels.iter().map(|&l| l as i32).collect();
+    let view = ndarray::ArrayView2::from_shape((237, 10), &ev.logits).unwrap();
+    let want = evenclass::confusion::cpu::from_logits_biased(view, Some(&bias), &labels, None).unwrap();
+    assert_eq!(ev.confusion.counts(), want.counts());
+    let plain = evenclass::confusion::cpu::from_logits_biased(view, None, &labels, None).unwrap();
+    assert_ne!(want.counts(), plain.counts(), "the bias must change some predictions for the test to mean anything");
+    for bad in [vec![0.0f32; 9], vec![f32::NAN; 10]] {
+        let opts = train::EvalOptions { batch_size: 64, bias: Some(&bad), ..Default::default() };
+        assert!(train::evaluate_with(be, &mut model, &te, &opts).is_err());
     }
 }
 

@@ -33,11 +33,15 @@ const OP: &str = "fit_recall_bias";
 pub struct FitOptions {
     /// Upper bound on the greedy steps (each wins back one sample); default 100,000.
     pub max_steps: usize,
+    /// Only states whose accuracy on the fitted data is at most this much (a fraction, e.g.
+    /// 0.01 for one point) below the unbiased accuracy are eligible: the worst class is raised
+    /// as far as that accuracy budget allows. `None` (default): no budget, pure max-min.
+    pub max_accuracy_drop: Option<f64>,
 }
 
 impl Default for FitOptions {
     fn default() -> Self {
-        Self { max_steps: 100_000 }
+        Self { max_steps: 100_000, max_accuracy_drop: None }
     }
 }
 
@@ -115,7 +119,14 @@ pub fn fit_recall_bias(logits: ArrayView2<'_, f32>, targets: &[i32], opts: &FitO
     let recall_of = |correct: &[usize]| -> Vec<f64> {
         correct.iter().zip(&support).map(|(&c, &s)| if s == 0 { 0.0 } else { c as f64 / s as f64 }).collect()
     };
+    if let Some(d) = opts.max_accuracy_drop {
+        if !(d.is_finite() && d >= 0.0) {
+            return Err(Error::shape(OP, format!("max_accuracy_drop must be finite and >= 0, got {d}")));
+        }
+    }
     let recall_before = recall_of(&correct);
+    let accuracy_of = |correct: &[usize]| correct.iter().sum::<usize>() as f64 / n as f64;
+    let floor = opts.max_accuracy_drop.map(|d| accuracy_of(&correct) - d);
     let score = |r: &[f64]| (worst(r, &support), mean_supported(r, &support));
     let mut best_state = (score(&recall_before), bias.clone(), recall_before.clone());
     let mut steps = 0;
@@ -164,7 +175,8 @@ pub fn fit_recall_bias(logits: ArrayView2<'_, f32>, targets: &[i32], opts: &FitO
         }
         let recall = recall_of(&correct);
         let s = score(&recall);
-        if s.0 > best_state.0 .0 || (s.0 == best_state.0 .0 && s.1 > best_state.0 .1) {
+        let eligible = floor.is_none_or(|f| accuracy_of(&correct) >= f - 1e-12);
+        if eligible && (s.0 > best_state.0 .0 || (s.0 == best_state.0 .0 && s.1 > best_state.0 .1)) {
             best_state = (s, bias.clone(), recall);
         }
     }
