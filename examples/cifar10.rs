@@ -754,7 +754,7 @@ pub fn run<B: Backend>(args: &Args, be: &B, gpu: bool, stop: &AtomicBool) -> Res
     let val_set = if args.val_size > 0 {
         let split_seed = args.split_seed.unwrap_or(args.seed);
         let split = data::stratified_split(&train_set.labels, classes, args.val_size, split_seed)
-            .map_err(|e| usage(format!("--val-size {}: {e}", args.val_size)))?;
+            .map_err(|e| usage(format!("--val-size {}: {e}; choose another --val-size", args.val_size)))?;
         let val = train_set.select(&split.val, "validation")?;
         train_set = train_set.select(&split.train, "training")?;
         Some(val)

@@ -16,7 +16,7 @@ lock="$(dirname "$out")/.$(basename "$out").lock"
 trap 'rm -rf "$out" "$lock" "$(dirname "$out")/.$(basename "$out").partial"' EXIT
 
 # --no-download: never fetch 170 MB in CI (a missing or empty folder falls back to synthetic data).
-args=(--train-subset 2048 --test-subset 1000 --epochs 1 --out "$out" --quiet --device cpu --no-download)
+args=(--train-subset 2048 --val-size 256 --test-subset 1000 --epochs 1 --out "$out" --quiet --device cpu --no-download)
 if [ -d "$data_dir" ]; then
     args+=(--data-dir "$data_dir")
     expect_synthetic=0
@@ -195,7 +195,7 @@ for a in "${args[@]}"; do
     cmp_args+=("$a")
 done
 echo "ci-experiment: --compare (all methods, 2 seeds)"
-run "${cmp_args[@]}" --compare --seeds 2 --val-size 256 | tee "$logs/compare.log"
+run "${cmp_args[@]}" --compare --seeds 2 | tee "$logs/compare.log"
 python3 - "$cmp" <<'PY'
 import json, os, sys
 out = sys.argv[1]
