@@ -51,9 +51,10 @@ source scripts/cuda-env.sh
 cargo build --release --quiet --example speed >&2
 speed=target/release/examples/speed
 
-# Steps per measurement, by width: each timed repeat takes a few seconds on one core.
+# Steps per timed repeat, by width: a few seconds per repeat on one core; the whole default
+# table stays within a few minutes (docs/performance.md has the measured time).
 steps_for() {
-    if [ "$quick" = 1 ]; then echo 1; elif [ "$1" -le 16 ]; then echo 8; elif [ "$1" -le 32 ]; then echo 4; else echo 2; fi
+    if [ "$quick" = 1 ]; then echo 1; elif [ "$1" -le 16 ]; then echo 6; elif [ "$1" -le 32 ]; then echo 3; else echo 2; fi
 }
 repeats=3; warmup=1
 [ "$quick" = 1 ] && repeats=1
@@ -66,7 +67,7 @@ for t in ${threads//,/ }; do
     for w in ${widths//,/ }; do
         s=$(steps_for "$w")
         common=(--width "$w" --depth "$depth" --batch "$batch" --threads "$t" --warmup "$warmup"
-            --steps "$s" --eval-steps $((2 * s)) --repeats "$repeats")
+            --steps "$s" --eval-steps "$s" --repeats "$repeats")
         echo "width $w, $t thread(s): ours" >&2
         MATMUL_NUM_THREADS=$t "$speed" "${common[@]}" >> "$results"
         echo "width $w, $t thread(s): pytorch" >&2
@@ -86,6 +87,6 @@ echo "commit:    $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src exa
 echo "cpu:       $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
 echo "load avg:  before $load_before, after $load_after (1, 5, 15 min)"
 echo "results:   $results"
-echo "steps:     warm-up $warmup, repeats $repeats, timed steps per repeat by width: $(for w in ${widths//,/ }; do printf 'w%s %s  ' "$w" "$(steps_for "$w")"; done)(eval: twice as many forwards)"
+echo "steps:     warm-up $warmup, repeats $repeats, timed steps per repeat by width: $(for w in ${widths//,/ }; do printf 'w%s %s  ' "$w" "$(steps_for "$w")"; done)(eval: as many forwards of a batch)"
 echo
 "$py" scripts/compare_pytorch_cpu.py table "$results"
