@@ -605,8 +605,9 @@ fn bias_fit_with_an_accuracy_budget_stays_within_it() {
     let free_drop = before.accuracy - acc(&free.bias);
     assert!(free_drop > 0.004, "the unconstrained fit must cost accuracy for this test: {free_drop}");
     for budget in [0.0, free_drop / 4.0, free_drop / 2.0] {
-        let fit = fit_recall_bias(view, &targets, &FitOptions { max_accuracy_drop: Some(budget), ..Default::default() })
-            .unwrap();
+        let fit =
+            fit_recall_bias(view, &targets, &FitOptions { max_accuracy_drop: Some(budget), ..Default::default() })
+                .unwrap();
         let a = acc(&fit.bias);
         assert!(a >= before.accuracy - budget - 1e-12, "budget {budget}: accuracy {a} from {}", before.accuracy);
         assert!(fit.worst_recall() >= before.recall[2], "budget {budget}");
