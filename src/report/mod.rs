@@ -268,6 +268,24 @@ pub struct StageReport {
     pub bias: Option<Vec<f64>>,
 }
 
+impl StageReport {
+    /// Every per-class vector has `classes` entries (weights, bias, each split's metrics).
+    fn check(&self, classes: usize, what: &str) -> Result<(), ReportError> {
+        let lens = [("class_weights", Some(self.class_weights.len())), ("bias", self.bias.as_ref().map(Vec::len))];
+        for (name, len) in lens {
+            if let Some(len) = len.filter(|&l| l != classes) {
+                return Err(ReportError::Invalid(format!("{what}: {name} has {len} entries, expected {classes}")));
+            }
+        }
+        self.test.check(classes, &format!("{what}: test"))?;
+        self.train.check(classes, &format!("{what}: train"))?;
+        match &self.val {
+            Some(v) => v.check(classes, &format!("{what}: val")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The whole experiment. `report.json` is this struct serialised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -313,40 +331,14 @@ impl Report {
             return Err(ReportError::Invalid("no stages".into()));
         }
         for (i, stage) in self.stages.iter().enumerate() {
-            let what = format!("stage {i} ({:?})", stage.name);
-            if stage.class_weights.len() != c {
-                return Err(ReportError::Invalid(format!(
-                    "{what}: class_weights has {} entries, expected {c}",
-                    stage.class_weights.len()
-                )));
-            }
-            stage.test.check(c, &format!("{what}: test"))?;
-            stage.train.check(c, &format!("{what}: train"))?;
-            if let Some(v) = &stage.val {
-                v.check(c, &format!("{what}: val"))?;
-            }
+            stage.check(c, &format!("stage {i} ({:?})", stage.name))?;
         }
         for (i, m) in self.methods.iter().enumerate() {
             let what = format!("method {i} ({:?})", m.name);
             if m.method.as_deref().is_none_or(str::is_empty) {
                 return Err(ReportError::Invalid(format!("{what}: no method key")));
             }
-            if m.class_weights.len() != c {
-                return Err(ReportError::Invalid(format!(
-                    "{what}: class_weights has {} entries, expected {c}",
-                    m.class_weights.len()
-                )));
-            }
-            if let Some(b) = &m.bias {
-                if b.len() != c {
-                    return Err(ReportError::Invalid(format!("{what}: bias has {} entries, expected {c}", b.len())));
-                }
-            }
-            m.test.check(c, &format!("{what}: test"))?;
-            m.train.check(c, &format!("{what}: train"))?;
-            if let Some(v) = &m.val {
-                v.check(c, &format!("{what}: val"))?;
-            }
+            m.check(c, &what)?;
         }
         Ok(())
     }
