@@ -111,7 +111,7 @@ fn run(args: &Args) -> Result<serde_json::Value> {
         model.forward(&be, batch, true)?;
         let dl = be.labels(&labels)?;
         last_loss = be.cross_entropy(batch, CLASSES, model.logits(), &dl, &weight, 0.0, &mut dlogits)?;
-        be.confusion(batch, model.logits(), &dl, &mut counts)?;
+        be.confusion(batch, model.logits(), &dl, None, &mut counts)?;
         model.backward(&be, batch, &dlogits)?;
         model.sgd_step(&be, &step_cfg)?;
         Ok(())
