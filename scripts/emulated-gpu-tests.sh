@@ -93,7 +93,7 @@ fi
 
 echo "=== cifar10 --device cuda, tiny run$tag ($(elapsed))"
 run_dir="$logs/cifar10"
-cargo run --quiet --release --example cifar10 -- --device cuda --synthetic --no-download --train-subset 256 \
+cargo run --quiet --release --example cifar10 -- --device cuda --synthetic --no-download --train-subset 256 --val-size 40 \
     --test-subset 128 --epochs 1 --batch-size 64 --width 8 --depth 1 --out "$run_dir" --quiet 2>&1 | tee "$logs/cifar10.log"
 if [ "${PIPESTATUS[0]}" = 0 ] && grep -q "evenclass emulated CUDA device" "$logs/cifar10.log" && [ -s "$run_dir/report.json" ]; then
     summary+=("emulated cifar10 run$tag: ok (synthetic, 256 training images, 1 epoch a stage, report written)")
