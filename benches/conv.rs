@@ -1,5 +1,5 @@
-//! Convolution throughput on CIFAR-10 CNN layer shapes: the CPU path (im2col + GEMM on all cores)
-//! and, when a CUDA device is present, the implicit-GEMM kernels. Throughput is reported in
+//! Convolution throughput on CIFAR-10 CNN layer shapes: the CPU paths (im2col + GEMM on all cores,
+//! and side by side Winograd and the direct 3x3 kernels where they apply) and, when a CUDA device is present, the implicit-GEMM kernels. Throughput is reported in
 //! elements/s where one element is one floating-point operation, so `Gelem/s` reads as GFLOP/s.
 //!
 //! `cargo bench --bench conv -- cpu` or `-- gpu` picks one side.
@@ -38,14 +38,34 @@ fn values(len: usize, seed: u32) -> Vec<f32> {
 }
 
 const CPU_BATCH: usize = 16;
+
+/// The convolutions of the trainer's default CPU network (width 16, depth 1; `src/train/model.rs`)
+/// at its batch, so `cargo bench --bench conv -- cpu_net` times what a training step runs.
+const NET_LAYERS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("net_stem_3to16_32x32", 3, 16, 32, 3, 1, 1),
+    ("net_16to32_32x32", 16, 32, 32, 3, 1, 1),
+    ("net_32to64_16x16", 32, 64, 16, 3, 1, 1),
+    ("net_64to128_8x8", 64, 128, 8, 3, 1, 1),
+];
+const NET_BATCH: usize = 256;
 const GPU_BATCH: usize = 128;
 
 fn bench_cpu(c: &mut Criterion) {
-    let mut g = c.benchmark_group("cpu");
+    bench_cpu_layers(c, "cpu", LAYERS, CPU_BATCH);
+    bench_cpu_layers(c, "cpu_net", NET_LAYERS, NET_BATCH);
+}
+
+fn bench_cpu_layers(
+    c: &mut Criterion,
+    group: &str,
+    layers: &[(&str, usize, usize, usize, usize, usize, usize)],
+    batch: usize,
+) {
+    let mut g = c.benchmark_group(group);
     g.sample_size(10);
-    eprintln!("cpu: batch {CPU_BATCH}, {} rayon threads", rayon::current_num_threads());
-    for &layer in LAYERS {
-        let sh = shape(CPU_BATCH, layer);
+    eprintln!("{group}: batch {batch}, {} rayon threads", rayon::current_num_threads());
+    for &layer in layers {
+        let sh = shape(batch, layer);
         let (x, w, b, dy) =
             (values(sh.input_len(), 1), values(sh.filter_len(), 2), values(sh.k(), 3), values(sh.output_len(), 4));
         let mut y = vec![0.0; sh.output_len()];
@@ -70,6 +90,21 @@ fn bench_cpu(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("backward_weight", layer.0), |bn| {
             bn.iter(|| cpu::backward_weight_into(&sh, &x, &dy, &mut dw, 0.0).unwrap())
         });
+        // The direct 3x3 path (the trainer's), where it runs on this CPU.
+        let direct = cpu::CpuAlgo::Direct;
+        if direct.resolve(&sh, cpu::Pass::Forward) == direct {
+            g.bench_function(BenchmarkId::new("forward_direct", layer.0), |bn| {
+                bn.iter(|| cpu::forward_into_with(direct, &sh, &x, &w, Some(&b), &mut y).unwrap())
+            });
+            g.bench_function(BenchmarkId::new("backward_weight_direct", layer.0), |bn| {
+                bn.iter(|| cpu::backward_weight_into_with(direct, &sh, &x, &dy, &mut dw, 0.0).unwrap())
+            });
+        }
+        if direct.resolve(&sh, cpu::Pass::BackwardData) == direct {
+            g.bench_function(BenchmarkId::new("backward_data_direct", layer.0), |bn| {
+                bn.iter(|| cpu::backward_data_into_with(direct, &sh, &dy, &w, &mut dx).unwrap())
+            });
+        }
     }
     g.finish();
 }

@@ -263,6 +263,95 @@ fn winograd_path_matches_direct_loops() {
     assert!(matches!(cpu::backward_data_into_with(Winograd, &sh, &d.dy[1..], &d.w, &mut dx), Err(Error::Shape { .. })));
 }
 
+/// 3x3 stride-1 cases for the direct path: output widths 8, 16 and 24 (1, 2 and 3 vectors a row,
+/// so every tail of the 3-vector blocks), pads 0, 1 and 2, filter counts that are not multiples of
+/// 4, one input channel, rectangular maps, the trainer's four layers (batch cut down), and shapes
+/// it does not apply to (width not a multiple of 8, stride 2, 5x5 filter, pad 3), which fall back.
+const DIRECT_GRID: &[Case] = &[
+    ([2, 3, 8, 8], [4, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([3, 5, 6, 10], [7, 3, 3], [1, 1], [0, 0], [1, 1]),
+    ([2, 2, 5, 20], [3, 3, 3], [1, 1], [2, 2], [1, 1]),
+    ([2, 1, 9, 24], [5, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([1, 6, 3, 16], [9, 3, 3], [1, 1], [1, 0], [1, 1]),
+    ([2, 4, 4, 14], [2, 3, 3], [1, 1], [0, 2], [1, 1]),
+    ([3, 3, 32, 32], [16, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([2, 16, 32, 32], [32, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([2, 32, 16, 16], [64, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([9, 64, 8, 8], [128, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([2, 3, 7, 7], [4, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ([2, 3, 8, 8], [4, 3, 3], [2, 2], [1, 1], [1, 1]),
+    ([2, 3, 8, 8], [4, 5, 5], [1, 1], [2, 2], [1, 1]),
+    ([1, 2, 4, 4], [2, 3, 3], [1, 1], [3, 3], [1, 1]),
+];
+
+#[test]
+fn direct_path_matches_direct_loops() {
+    use cpu::{CpuAlgo::Direct, Pass};
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for (i, &case) in DIRECT_GRID.iter().enumerate() {
+                let sh = shape_of(case);
+                let d = data(&sh, 700 + i as u64);
+                let what = |pass: &str| format!("direct {pass} {case:?} on {threads} threads");
+                let npq = sh.n() * sh.oh() * sh.ow();
+                for bias in [None, Some(d.b.as_slice())] {
+                    let mut y = vec![POISON; sh.output_len()];
+                    cpu::forward_into_with(Direct, &sh, &d.x, &d.w, bias, &mut y).unwrap();
+                    let want = cpu::naive::forward(&sh, &d.x, &d.w, bias).unwrap();
+                    assert_close(&what("forward"), &y, &want, atol(sh.c() * 9), 1e-5);
+                }
+                let mut dx = vec![POISON; sh.input_len()];
+                cpu::backward_data_into_with(Direct, &sh, &d.dy, &d.w, &mut dx).unwrap();
+                let want = cpu::naive::backward_data(&sh, &d.dy, &d.w).unwrap();
+                assert_close(&what("backward_data"), &dx, &want, atol(sh.k() * sh.r() * sh.s()), 1e-5);
+
+                let want = cpu::naive::backward_weight(&sh, &d.x, &d.dy).unwrap();
+                let mut dw = vec![f32::NAN; sh.filter_len()];
+                cpu::backward_weight_into_with(Direct, &sh, &d.x, &d.dy, &mut dw, 0.0).unwrap();
+                assert_close(&what("backward_weight"), &dw, &want, atol(npq), 1e-5);
+                let old = uniform(&mut rng(8), sh.filter_len(), -1.0, 1.0);
+                let mut dw = old.clone();
+                cpu::backward_weight_into_with(Direct, &sh, &d.x, &d.dy, &mut dw, 0.5).unwrap();
+                let want_acc: Vec<f32> = want.iter().zip(&old).map(|(g, o)| g + 0.5 * o).collect();
+                assert_close(&what("backward_weight beta"), &dw, &want_acc, atol(npq), 1e-5);
+            }
+        });
+    }
+    // The weight gradient does not depend on the thread count (threads split the filters).
+    let sh = shape_of(DIRECT_GRID[9]);
+    let d = data(&sh, 11);
+    let dw_with = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut dw = vec![0.0; sh.filter_len()];
+        pool.install(|| cpu::backward_weight_into_with(Direct, &sh, &d.x, &d.dy, &mut dw, 0.0)).unwrap();
+        dw
+    };
+    assert_eq!(dw_with(1), dw_with(5));
+    // Where it applies on this CPU, the trainer's layers run it; shapes it cannot take fall back to
+    // im2col (the same result as the default path).
+    let runs = Direct.resolve(&shape_of(DIRECT_GRID[7]), Pass::Forward) == Direct;
+    eprintln!("direct path on this CPU: {}", if runs { "runs" } else { "not supported, im2col ran" });
+    for &case in &DIRECT_GRID[10..] {
+        let sh = shape_of(case);
+        assert_eq!(Direct.resolve(&sh, Pass::Forward), cpu::CpuAlgo::Im2col, "{case:?}");
+        let d = data(&sh, 12);
+        let (mut a, mut b) = (vec![POISON; sh.output_len()], vec![POISON; sh.output_len()]);
+        cpu::forward_into_with(Direct, &sh, &d.x, &d.w, None, &mut a).unwrap();
+        cpu::forward_into(&sh, &d.x, &d.w, None, &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+    // Bad lengths are errors on the direct path too.
+    let sh = shape_of(DIRECT_GRID[0]);
+    let d = data(&sh, 13);
+    let mut y = vec![0.0; sh.output_len() - 1];
+    assert!(matches!(cpu::forward_into_with(Direct, &sh, &d.x, &d.w, None, &mut y), Err(Error::Shape { .. })));
+    let mut dx = vec![0.0; sh.input_len()];
+    assert!(matches!(cpu::backward_data_into_with(Direct, &sh, &d.dy[1..], &d.w, &mut dx), Err(Error::Shape { .. })));
+    let mut dw = vec![0.0; sh.filter_len() + 1];
+    assert!(matches!(cpu::backward_weight_into_with(Direct, &sh, &d.x, &d.dy, &mut dw, 0.0), Err(Error::Shape { .. })));
+}
+
 #[test]
 fn view_api_matches_slice_api_and_takes_any_layout() {
     let sh = shape_of(GRID[5]);

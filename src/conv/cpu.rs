@@ -76,16 +76,49 @@ pub fn bias_grad(dy: ArrayView4<'_, f32>) -> Array1<f32> {
 
 // ---- slice API -----------------------------------------------------------------------------------
 
-/// Which algorithm the CPU runs for the forward pass and the data gradient. Both compute the same
-/// convolution (to rounding); the weight gradient always uses im2col + GEMM.
+/// Which algorithm the CPU runs. All compute the same convolution (to rounding); where the chosen
+/// one does not apply to a shape, im2col + GEMM runs instead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CpuAlgo {
-    /// im2col + GEMM, any shape. The default.
+    /// im2col + GEMM, any shape. The default of the `*_into` functions.
     #[default]
     Im2col,
-    /// Winograd F(2x2, 3x3) (2.25x fewer multiplies) for 3x3 filters with stride 1 and no
-    /// dilation (and padding <= 2 for the data gradient); im2col for every other shape.
+    /// Winograd F(2x2, 3x3) (2.25x fewer multiplies) for the forward pass and the data gradient of
+    /// 3x3 filters with stride 1 and no dilation (and padding <= 2 for the data gradient); the
+    /// weight gradient stays on im2col.
     Winograd,
+    /// Register-blocked direct convolution (AVX2 + FMA, detected at run time) for 3x3 filters
+    /// with stride 1, no dilation and padding <= 2, all three passes, when the output width (the
+    /// input width, for the data gradient) is a multiple of 8. The trainer's CPU algorithm.
+    Direct,
+}
+
+impl CpuAlgo {
+    /// The algorithm that actually runs for `pass` of `shape` (this one, or `Im2col` where it does
+    /// not apply or the CPU lacks the instructions).
+    pub fn resolve(self, shape: &Conv2dShape, pass: Pass) -> CpuAlgo {
+        let applies = match (self, pass) {
+            (CpuAlgo::Im2col, _) => true,
+            (CpuAlgo::Winograd, Pass::Forward) => super::winograd::applies(shape),
+            (CpuAlgo::Winograd, Pass::BackwardData) => super::winograd::applies_backward_data(shape),
+            (CpuAlgo::Winograd, Pass::BackwardWeight) => false,
+            (CpuAlgo::Direct, Pass::Forward | Pass::BackwardWeight) => super::direct::applies(shape),
+            (CpuAlgo::Direct, Pass::BackwardData) => super::direct::applies_backward_data(shape),
+        };
+        if applies {
+            self
+        } else {
+            CpuAlgo::Im2col
+        }
+    }
+}
+
+/// One of the three convolution passes (for [`CpuAlgo::resolve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    BackwardData,
+    BackwardWeight,
 }
 
 /// [`forward_into`] with a chosen [`CpuAlgo`].
@@ -97,17 +130,21 @@ pub fn forward_into_with(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
-    if algo == CpuAlgo::Winograd && super::winograd::applies(shape) {
-        check_len("x", x.len(), shape.input_len())?;
-        check_len("w", w.len(), shape.filter_len())?;
-        if let Some(b) = bias {
-            check_len("bias", b.len(), shape.k)?;
-        }
-        check_len("y", y.len(), shape.output_len())?;
-        super::winograd::forward_into(shape, x, w, bias, y);
-        return Ok(());
+    let algo = algo.resolve(shape, Pass::Forward);
+    if algo == CpuAlgo::Im2col {
+        return forward_into(shape, x, w, bias, y);
     }
-    forward_into(shape, x, w, bias, y)
+    check_len("x", x.len(), shape.input_len())?;
+    check_len("w", w.len(), shape.filter_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), shape.k)?;
+    }
+    check_len("y", y.len(), shape.output_len())?;
+    match algo {
+        CpuAlgo::Winograd => super::winograd::forward_into(shape, x, w, bias, y),
+        _ => super::direct::forward_into(shape, x, w, bias, y),
+    }
+    Ok(())
 }
 
 /// [`backward_data_into`] with a chosen [`CpuAlgo`].
@@ -118,14 +155,37 @@ pub fn backward_data_into_with(
     w: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
-    if algo == CpuAlgo::Winograd && super::winograd::applies_backward_data(shape) {
-        check_len("dy", dy.len(), shape.output_len())?;
-        check_len("w", w.len(), shape.filter_len())?;
-        check_len("dx", dx.len(), shape.input_len())?;
-        super::winograd::backward_data_into(shape, dy, w, dx);
-        return Ok(());
+    let algo = algo.resolve(shape, Pass::BackwardData);
+    if algo == CpuAlgo::Im2col {
+        return backward_data_into(shape, dy, w, dx);
     }
-    backward_data_into(shape, dy, w, dx)
+    check_len("dy", dy.len(), shape.output_len())?;
+    check_len("w", w.len(), shape.filter_len())?;
+    check_len("dx", dx.len(), shape.input_len())?;
+    match algo {
+        CpuAlgo::Winograd => super::winograd::backward_data_into(shape, dy, w, dx),
+        _ => super::direct::backward_data_into(shape, dy, w, dx),
+    }
+    Ok(())
+}
+
+/// [`backward_weight_into`] with a chosen [`CpuAlgo`] (only `Direct` differs from im2col here).
+pub fn backward_weight_into_with(
+    algo: CpuAlgo,
+    shape: &Conv2dShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    beta: f32,
+) -> Result<()> {
+    if algo.resolve(shape, Pass::BackwardWeight) != CpuAlgo::Direct {
+        return backward_weight_into(shape, x, dy, dw, beta);
+    }
+    check_len("x", x.len(), shape.input_len())?;
+    check_len("dy", dy.len(), shape.output_len())?;
+    check_len("dw", dw.len(), shape.filter_len())?;
+    super::direct::backward_weight_into(shape, x, dy, dw, beta);
+    Ok(())
 }
 
 /// [`forward`] on contiguous slices: `x` NCHW, `w` KCRS, `bias` of length k, into `y` (NKHW).

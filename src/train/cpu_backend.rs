@@ -12,6 +12,10 @@ use crate::optim::{self, SgdConfig};
 use crate::pool::{self, PoolShape};
 use crate::{Error, Result};
 
+/// The convolution algorithm of the CPU trainer: the direct 3x3 kernels where they apply (every
+/// convolution of the default network on an AVX2 + FMA CPU), im2col + GEMM elsewhere.
+const CONV_ALGO: conv::cpu::CpuAlgo = conv::cpu::CpuAlgo::Direct;
+
 /// The CPU: buffers are `Vec`s, every op is the crate's CPU reference.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
@@ -106,7 +110,7 @@ impl Backend for CpuBackend {
 
     fn conv_forward(&self, p: &Conv2dShape, x: &Vec<f32>, w: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
         let x = prefix("conv", x, p.input_len())?;
-        conv::cpu::forward_into(p, x, w, None, prefix_mut("conv", y, p.output_len())?)
+        conv::cpu::forward_into_with(CONV_ALGO, p, x, w, None, prefix_mut("conv", y, p.output_len())?)
     }
 
     fn conv_backward(
@@ -119,9 +123,9 @@ impl Backend for CpuBackend {
         dw: &mut Vec<f32>,
     ) -> Result<()> {
         let dy = prefix("conv", dy, p.output_len())?;
-        conv::cpu::backward_weight_into(p, prefix("conv", x, p.input_len())?, dy, dw, 0.0)?;
+        conv::cpu::backward_weight_into_with(CONV_ALGO, p, prefix("conv", x, p.input_len())?, dy, dw, 0.0)?;
         if let Some(dx) = dx {
-            conv::cpu::backward_data_into(p, dy, w, prefix_mut("conv", dx, p.input_len())?)?;
+            conv::cpu::backward_data_into_with(CONV_ALGO, p, dy, w, prefix_mut("conv", dx, p.input_len())?)?;
         }
         Ok(())
     }
