@@ -1,5 +1,7 @@
-//! CPU path of `kernels/conv.cu`: im2col + GEMM (the `gemm` crate), multi-threaded with rayon. It
-//! is the trainer's CPU training path as well as the reference the CUDA kernels are tested against.
+//! CPU path of `kernels/conv.cu`: im2col + GEMM (the `gemm` crate), multi-threaded with rayon: the
+//! reference the CUDA kernels are tested against, and the trainer's path for every shape the direct
+//! 3x3 kernels (`direct.rs`, [`CpuAlgo::Direct`]) do not take. The `*_into_with` functions choose
+//! the algorithm.
 //!
 //! Work split: the batch is cut into `G = min(n, threads)` contiguous groups of images, one rayon
 //! task each; a task walks its images in chunks of `B` images whose im2col matrices sit side by side
