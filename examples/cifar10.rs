@@ -111,6 +111,10 @@ pub struct Args {
     /// Never download CIFAR-10; at the default location fall back to the synthetic set.
     #[arg(long)]
     pub no_download: bool,
+    /// Train without augmentation (no random crop, no flip), e.g. to let a network fit its
+    /// training set (the fitted regime of --long-epochs).
+    #[arg(long)]
+    pub no_augment: bool,
     /// Reuse stage 1 of the finished run in --out (same data and stage-1 flags, checked) and run
     /// stage 2 again, e.g. with another --exponent; the result replaces that run.
     #[arg(long)]
@@ -305,6 +309,7 @@ fn plan(args: &Args, gpu: bool, classes: usize) -> Plan {
         seed: args.seed,
         ..TrainConfig::default()
     };
+    let train = if args.no_augment { TrainConfig { crop_pad: 0, flip: false, ..train } } else { train };
     let model = ModelConfig {
         width: args.width.unwrap_or(if gpu { 64 } else { 16 }),
         depth: args.depth.unwrap_or(if gpu { 2 } else { 1 }),

@@ -133,6 +133,10 @@ fn stage2_only_refuses_stage1_of_other_data_naming_the_field() {
     let msg = format!("{e:#}");
     assert!(msg.contains("train.lr: saved 0.05") && msg.contains("now 0.07"), "{msg}");
     assert!(!msg.contains("\"model\""), "whole configs printed: {msg}");
+    // Training without augmentation (--no-augment) is another stage-1 recipe too.
+    let e = run(&out, &["--synthetic", "--stage2-only", "--no-augment"]).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("train.crop_pad: saved 4") && msg.contains("train.flip: saved true"), "{msg}");
 
     // Another exponent is the point of --stage2-only: accepted, stage 1 carried over unchanged.
     let stage1 = std::fs::read(out.join("stage1.json")).unwrap();

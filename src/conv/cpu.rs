@@ -89,9 +89,10 @@ pub enum CpuAlgo {
     /// 3x3 filters with stride 1 and no dilation (and padding <= 2 for the data gradient); the
     /// weight gradient stays on im2col.
     Winograd,
-    /// Register-blocked direct convolution (AVX2 + FMA, detected at run time) for 3x3 filters
-    /// with stride 1, no dilation and padding <= 2, all three passes, when the output width (the
-    /// input width, for the data gradient) is a multiple of 8. The trainer's CPU algorithm.
+    /// Register-blocked direct convolution (AVX-512 or AVX2 + FMA, detected at run time;
+    /// `EVENCLASS_CPU_SIMD=avx2` caps it at AVX2, `=none` turns it off) for 3x3 filters with
+    /// stride 1, no dilation and padding <= 2, all three passes, when the output width (the input
+    /// width, for the data gradient) is a multiple of 8. The trainer's CPU algorithm.
     Direct,
 }
 
