@@ -2,7 +2,7 @@
 """Merges the methods of several `--compare` runs (report.json files) into one table.
 
 Use it when one comparison was run as several commands (e.g. more seeds later): the runs must
-share the data fingerprint and every configuration field except the seed and the method list,
+share the data fingerprint (run.json's, MD5 of the records) and every configuration field except the seed and the method list,
 and a (method, seed) pair present in two runs must have the same test results (the CPU trainer
 is deterministic for a seed and thread count), else the script refuses. It prints the same
 Markdown table as comparison.md: mean and sample standard deviation over seeds.
@@ -24,6 +24,19 @@ METRICS = [
     ("precision_spread", "precision spread"),
     ("f1_spread", "F1 spread"),
 ]
+
+
+def data_identity(report_file, report):
+    """What says two runs saw the same data: the data fingerprint of the run folder's run.json
+    (source, subsets, sizes, MD5 of the records; not the folder's name, which two spellings of
+    one path would make differ), else the report's dataset line."""
+    manifest = os.path.join(os.path.dirname(report_file), "run.json")
+    if os.path.exists(manifest):
+        with open(manifest) as fh:
+            data = json.load(fh).get("meta", {}).get("data")
+        if data:
+            return {k: v for k, v in data.items() if k != "dir"}
+    return report.get("dataset")
 
 
 def metric(m, key):
@@ -75,6 +88,7 @@ def main(paths):
         with open(f) as fh:
             reports.append((f, json.load(fh)))
     base_f, base = reports[0]
+    base_data = data_identity(base_f, base)
     runs = {}  # (method, seed) -> (name, test metrics, file)
     order = []
     for f, r in reports:
@@ -82,7 +96,7 @@ def main(paths):
             sys.exit(f"{f}: not a --compare run (no methods)")
         if comparable(r["config"]) != comparable(base["config"]):
             sys.exit(f"{f}: another configuration than {base_f}")
-        if r.get("class_names") != base.get("class_names") or r.get("dataset") != base.get("dataset"):
+        if r.get("class_names") != base.get("class_names") or data_identity(f, r) != base_data:
             sys.exit(f"{f}: other data than {base_f}")
         for m in r["methods"]:
             k = (m["method"], m["seed"])
