@@ -19,6 +19,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use evenclass::confusion::bias::{fit_recall_bias, FitOptions};
+use evenclass::confusion::ConfusionMatrix;
 use evenclass::cross_entropy::weights::{difficulty_weights, eg_update};
 use evenclass::cross_entropy::weights_from_recall;
 use evenclass::data::{self, DataFingerprint, DataSource};
@@ -26,7 +27,7 @@ use evenclass::report::run_dir::{OutState, RunDir, RunManifest};
 use evenclass::report::{self, describe_diffs, diff_fields, Report, SplitMetrics, StageReport};
 use evenclass::train::{
     self, Backend, Checkpoint, CpuBackend, DeviceData, EpochEnd, EpochHook, EvalOptions, MemoryEstimate, Model,
-    ModelConfig, Progress, TrainConfig, TrainControl, TrainOutcome,
+    ModelConfig, Monitor, Progress, TrainConfig, TrainControl, TrainOutcome,
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -1113,30 +1114,36 @@ fn metrics<B: Backend>(
 }
 
 /// The online rule's new weights after an epoch, from the model on the validation split.
+/// `val_counts`: the trainer's evaluation of that split at this epoch's end (the monitor), which
+/// the difficulty rule reuses; the EG rule needs the logits and evaluates again.
 fn online_weights<B: Backend>(
     be: &B,
     model: &mut Model<B>,
     val: &DeviceData<B>,
+    val_counts: Option<&ConfusionMatrix>,
     rule: Online,
     now: &[f32],
     eval_batch: usize,
 ) -> evenclass::Result<Vec<f32>> {
     let classes = model.config.classes;
-    let keep_logits = matches!(rule, Online::Eg { .. });
-    let ev = train::evaluate_with(
-        be,
-        model,
-        val,
-        &EvalOptions { batch_size: eval_batch, keep_logits, ..Default::default() },
-    )?;
+    let eval = |be: &B, model: &mut Model<B>, keep_logits: bool| {
+        train::evaluate_with(be, model, val, &EvalOptions { batch_size: eval_batch, keep_logits, ..Default::default() })
+    };
     let w = match rule {
         Online::Eg { step } => {
+            let ev = eval(be, model, true)?;
             let labels: Vec<i32> = val.labels.iter().map(|&l| l as i32).collect();
             let loss = train::per_class_loss(&ev.logits, &labels, classes)?;
             let now: Vec<f64> = now.iter().map(|&w| f64::from(w)).collect();
             eg_update(&now, &loss, step)?
         }
-        Online::Difficulty { tau } => difficulty_weights(&ev.confusion.metrics().recall, tau, 0.01)?,
+        Online::Difficulty { tau } => {
+            let recall = match val_counts {
+                Some(c) => c.metrics().recall,
+                None => eval(be, model, false)?.confusion.metrics().recall,
+            };
+            difficulty_weights(&recall, tau, 0.01)?
+        }
     };
     Ok(w.into_iter().map(|w| w as f32).collect())
 }
@@ -1161,7 +1168,10 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<(StageRe
     );
     let hook = |be: &B, model: &mut Model<B>, end: &EpochEnd<'_>| -> evenclass::Result<Option<Vec<f32>>> {
         match (st.online, st.val_data) {
-            (Some(rule), Some(val)) => online_weights(be, model, val, rule, end.weights, cfg.eval_batch_size).map(Some),
+            // The trainer monitors the validation split here (see `monitor` below).
+            (Some(rule), Some(val)) => {
+                online_weights(be, model, val, end.monitor, rule, end.weights, cfg.eval_batch_size).map(Some)
+            }
             _ => Ok(None),
         }
     };
@@ -1174,25 +1184,43 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<(StageRe
         stop: Some(st.stop),
         on_epoch: st.online.is_some().then_some(&hook as EpochHook<'_, B>),
     };
+    // Epochs are monitored on the validation split when there is one: the test set is only
+    // evaluated once, for the report.
+    let monitor = match st.val_data {
+        Some(v) => Monitor::Val(v),
+        None => Monitor::Test(st.test_data),
+    };
     let outcome = train::train_with(
         be,
         &mut model,
         st.train_data,
-        Some(st.test_data),
+        Some(monitor),
         st.weights,
         cfg,
         st.name,
         st.progress,
         control,
     )?;
-    let epochs = match outcome {
-        TrainOutcome::Finished(logs) => logs,
+    let (epochs, last) = match outcome {
+        TrainOutcome::Finished { logs, monitor } => (logs, monitor),
         TrainOutcome::Stopped { .. } => return Ok(None),
     };
     let bars = st.progress.bars;
-    let test = metrics(be, &mut model, st.test_data, cfg, bars, None)?;
+    // The last epoch's evaluation of the monitored split is of the final model: reuse it.
+    let (last_val, last_test) = match monitor {
+        Monitor::Val(_) => (last, None),
+        Monitor::Test(_) => (None, last),
+    };
+    let test = match last_test {
+        Some(c) => SplitMetrics::from_matrix(&c),
+        None => metrics(be, &mut model, st.test_data, cfg, bars, None)?,
+    };
     let train_m = metrics(be, &mut model, st.train_data, cfg, bars, None)?;
-    let val = st.val_data.map(|v| metrics(be, &mut model, v, cfg, bars, None)).transpose()?;
+    let val = match (st.val_data, last_val) {
+        (Some(_), Some(c)) => Some(SplitMetrics::from_matrix(&c)),
+        (Some(v), None) => Some(metrics(be, &mut model, v, cfg, bars, None)?),
+        (None, _) => None,
+    };
     train::save_model(st.model_path, &model, be)?;
     // Wall time of this process; a resumed stage adds the epochs' time before the interruption.
     let before: f64 = st.resume.map_or(0.0, |c| c.meta.logs.iter().map(|l| l.seconds).sum::<f64>());

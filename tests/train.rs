@@ -5,7 +5,7 @@ mod common;
 
 use evenclass::data::synthetic::synthetic;
 use evenclass::train::{
-    self, load_model, save_model, Backend, BatchPlan, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig,
+    self, load_model, save_model, Backend, BatchPlan, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig, Monitor,
     Progress, SgdStep, TrainConfig, CIFAR10_NORMALIZE, INPUT,
 };
 
@@ -215,7 +215,7 @@ fn short_run_learns_synthetic_data() {
     let config = ModelConfig { width: 8, depth: 1, classes: 10 };
     let cfg = TrainConfig { eval_each_epoch: true, ..small_train_config(4, 64, 5) };
     let mut model = Model::new(&be, config, 64, cfg.seed).unwrap();
-    let logs = train::train(&be, &mut model, &tr, Some(&te), &[1.0; 10], &cfg, "test", QUIET).unwrap();
+    let logs = train::train(&be, &mut model, &tr, Some(Monitor::Test(&te)), &[1.0; 10], &cfg, "test", QUIET).unwrap();
     assert_eq!(logs.len(), 4);
     for (e, l) in logs.iter().enumerate() {
         assert_eq!(l.epoch, e + 1);
@@ -233,6 +233,40 @@ fn short_run_learns_synthetic_data() {
     assert_eq!(logs[3].test_accuracy, Some(acc), "evaluate agrees with the epoch log");
     assert!(last < 0.8 * first, "loss {first} -> {last}");
     assert!(acc > 0.4, "test accuracy {acc}");
+}
+
+/// Monitoring the validation split fills the log's `val_accuracy` (never `test_accuracy`), and
+/// the confusion matrix returned with the logs is the final model's on that split, count for
+/// count, so the caller can skip evaluating it again.
+#[test]
+fn the_monitored_split_is_logged_and_its_last_evaluation_returned() {
+    use train::{train_with, TrainControl, TrainOutcome};
+    let be = CpuBackend::new();
+    let (tr, val) = synthetic_data(&be, 5, 512, 130);
+    let config = ModelConfig { width: 4, depth: 1, classes: 10 };
+    let cfg = TrainConfig { eval_each_epoch: true, eval_batch_size: 48, ..small_train_config(3, 64, 11) };
+    let mut model = Model::new(&be, config, 64, cfg.seed).unwrap();
+    let control = TrainControl::default();
+    let TrainOutcome::Finished { logs, monitor } =
+        train_with(&be, &mut model, &tr, Some(Monitor::Val(&val)), &[1.0; 10], &cfg, "v", QUIET, control).unwrap()
+    else {
+        panic!("no stop flag was given")
+    };
+    assert!(logs.iter().all(|l| l.val_accuracy.is_some() && l.test_accuracy.is_none()), "{logs:?}");
+    let fresh = train::evaluate(&be, &mut model, &val, 48, false).unwrap();
+    assert_eq!(monitor.as_ref(), Some(&fresh), "the returned matrix is the final model's");
+    assert_eq!(logs[2].val_accuracy, Some(fresh.accuracy()));
+    assert_eq!(fresh.total(), 130);
+
+    // Without per-epoch evaluation there is nothing to return.
+    let cfg = TrainConfig { eval_each_epoch: false, ..cfg };
+    let mut model = Model::new(&be, config, 64, cfg.seed).unwrap();
+    let TrainOutcome::Finished { logs, monitor } =
+        train_with(&be, &mut model, &tr, Some(Monitor::Val(&val)), &[1.0; 10], &cfg, "v", QUIET, control).unwrap()
+    else {
+        panic!("no stop flag was given")
+    };
+    assert!(monitor.is_none() && logs.iter().all(|l| l.val_accuracy.is_none() && l.test_accuracy.is_none()));
 }
 
 /// The same seed gives a bit-identical model on the CPU; another seed does not.
@@ -381,7 +415,7 @@ fn bad_training_input_is_an_error() {
     let cfg = small_train_config(1, 16, 0);
     let w = [1.0f32; 10];
     let mut run = |weights: &[f32], cfg: &TrainConfig, data: &DeviceData<CpuBackend>| {
-        train::train(&be, &mut model, data, Some(&te), weights, cfg, "bad", QUIET)
+        train::train(&be, &mut model, data, Some(Monitor::Test(&te)), weights, cfg, "bad", QUIET)
     };
     assert!(run(&w[..9], &cfg, &tr).is_err(), "9 class weights for 10 classes");
     assert!(run(&[1.0; 11], &cfg, &tr).is_err(), "11 class weights for 10 classes");
@@ -534,7 +568,10 @@ fn resume_is_bit_identical(online: bool) {
     cfg.eval_each_epoch = true;
     let weights: Vec<f32> = (0..10).map(|c| 0.5 + c as f32 / 10.0).collect();
     let hook = |be: &CpuBackend, model: &mut Model<CpuBackend>, end: &EpochEnd<'_>| {
-        let m = train::evaluate(be, model, &te, 64, false)?.metrics();
+        let counts = train::evaluate(be, model, &te, 64, false)?;
+        // The trainer's own evaluation of the monitored split (same set, same batch size) agrees.
+        assert_eq!(end.monitor, Some(&counts), "epoch {}", end.epoch);
+        let m = counts.metrics();
         // Depends on the model and on the weights in force, so a wrong restore shows.
         let w = evenclass::cross_entropy::weights::difficulty_weights(&m.recall, 1.0, 0.05)?;
         Ok(Some(w.iter().zip(end.weights).map(|(w, now)| (*w as f32 + now) / 2.0).collect()))
@@ -543,8 +580,8 @@ fn resume_is_bit_identical(online: bool) {
 
     let mut reference = Model::new(&be, config, 64, 9).unwrap();
     let control = TrainControl { on_epoch, ..TrainControl::default() };
-    let TrainOutcome::Finished(logs) =
-        train_with(&be, &mut reference, &tr, Some(&te), &weights, &cfg, "s", QUIET, control).unwrap()
+    let TrainOutcome::Finished { logs, .. } =
+        train_with(&be, &mut reference, &tr, Some(Monitor::Test(&te)), &weights, &cfg, "s", QUIET, control).unwrap()
     else {
         panic!("no stop flag was given")
     };
@@ -567,8 +604,8 @@ fn resume_is_bit_identical(online: bool) {
         let seed = if resume.is_some() { 1234 } else { 9 };
         let mut fresh = Model::new(&be, config, 64, seed).unwrap();
         let control = TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop), on_epoch };
-        match train_with(&be, &mut fresh, &tr, Some(&te), &weights, &cfg, "s", QUIET, control).unwrap() {
-            TrainOutcome::Finished(l) => {
+        match train_with(&be, &mut fresh, &tr, Some(Monitor::Test(&te)), &weights, &cfg, "s", QUIET, control).unwrap() {
+            TrainOutcome::Finished { logs: l, .. } => {
                 model = fresh;
                 break l;
             }

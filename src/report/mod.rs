@@ -215,8 +215,12 @@ pub struct EpochLog {
     pub seconds: f64,
     #[serde(deserialize_with = "de::f64_or_nan")]
     pub images_per_second: f64,
-    /// Present on epochs where the test set was evaluated.
+    /// Present on epochs where the test set was evaluated (runs monitored on the test set: those
+    /// without a validation split, and logs written before the validation split was monitored).
     pub test_accuracy: Option<f64>,
+    /// Present on epochs where the validation split was evaluated.
+    #[serde(default)]
+    pub val_accuracy: Option<f64>,
     /// The class weights of the loss during this epoch (they change between epochs under an
     /// online rule). Empty in logs written before they were recorded.
     #[serde(default, deserialize_with = "de::vec_f64_or_nan")]

@@ -16,7 +16,7 @@ pub use cuda_backend::CudaBackend;
 pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
 pub use trainer::{
     evaluate, evaluate_with, per_class_loss, train, train_with, DeviceData, EpochEnd, EpochHook, EvalOptions,
-    Evaluation, Progress, TrainConfig, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
+    Evaluation, Monitor, Progress, TrainConfig, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
 };
 
 use crate::{Error, Result};

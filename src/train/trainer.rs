@@ -42,7 +42,7 @@ pub struct TrainConfig {
     pub crop_pad: usize,
     pub flip: bool,
     pub seed: u64,
-    /// Evaluate on the test set after every epoch (for the log).
+    /// Evaluate the monitored split ([`Monitor`]) after every epoch (for the log).
     pub eval_each_epoch: bool,
     pub eval_batch_size: usize,
 }
@@ -113,6 +113,33 @@ pub struct Progress {
     pub summaries: bool,
 }
 
+/// The held-out split that [`train_with`] evaluates after every epoch (with
+/// [`TrainConfig::eval_each_epoch`]): the epoch log's `val_accuracy` or `test_accuracy`.
+/// Monitor the validation split when there is one; the test set is then touched only by the
+/// final report (and the evaluation is cheaper: a validation split is usually the smaller one).
+pub enum Monitor<'a, B: Backend> {
+    /// The validation split (the log's `val_accuracy`).
+    Val(&'a DeviceData<B>),
+    /// The test set (the log's `test_accuracy`), for runs without a validation split.
+    Test(&'a DeviceData<B>),
+}
+
+impl<'a, B: Backend> Monitor<'a, B> {
+    pub fn data(&self) -> &'a DeviceData<B> {
+        match *self {
+            Monitor::Val(d) | Monitor::Test(d) => d,
+        }
+    }
+}
+
+impl<B: Backend> Clone for Monitor<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for Monitor<'_, B> {}
+
 /// What an epoch hook sees at the end of an epoch.
 pub struct EpochEnd<'a> {
     /// The epoch just finished (1-based).
@@ -121,6 +148,9 @@ pub struct EpochEnd<'a> {
     pub weights: &'a [f32],
     /// Its log entry.
     pub log: &'a EpochLog,
+    /// The monitored split's confusion matrix on the model as it is now, when it was evaluated
+    /// (a hook that needs only counts on that split can use it instead of evaluating again).
+    pub monitor: Option<&'a ConfusionMatrix>,
 }
 
 /// Called at the end of every epoch but the last, before the checkpoint is written, with the
@@ -163,8 +193,10 @@ impl<B: Backend> Copy for TrainControl<'_, B> {}
 /// How [`train_with`] ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TrainOutcome {
-    /// Every epoch ran; one log entry per epoch.
-    Finished(Vec<EpochLog>),
+    /// Every epoch ran: one log entry per epoch, and the monitored split's confusion matrix on
+    /// the final model when the last epoch evaluated it in this call (`None` otherwise, e.g.
+    /// when resumed after the last epoch), so that the caller need not evaluate it again.
+    Finished { logs: Vec<EpochLog>, monitor: Option<ConfusionMatrix> },
     /// Stopped on request after `step` steps (`epoch` 1-based, in progress); the checkpoint
     /// written, if any.
     Stopped { epoch: usize, step: usize, checkpoint: Option<PathBuf> },
@@ -177,14 +209,14 @@ pub fn train<B: Backend>(
     be: &B,
     model: &mut Model<B>,
     train: &DeviceData<B>,
-    test: Option<&DeviceData<B>>,
+    monitor: Option<Monitor<'_, B>>,
     class_weights: &[f32],
     cfg: &TrainConfig,
     stage: &str,
     progress: Progress,
 ) -> Result<Vec<EpochLog>> {
-    match train_with(be, model, train, test, class_weights, cfg, stage, progress, TrainControl::default())? {
-        TrainOutcome::Finished(logs) => Ok(logs),
+    match train_with(be, model, train, monitor, class_weights, cfg, stage, progress, TrainControl::default())? {
+        TrainOutcome::Finished { logs, .. } => Ok(logs),
         TrainOutcome::Stopped { .. } => unreachable!("no stop flag was given"),
     }
 }
@@ -204,7 +236,7 @@ pub fn train_with<B: Backend>(
     be: &B,
     model: &mut Model<B>,
     train: &DeviceData<B>,
-    test: Option<&DeviceData<B>>,
+    monitor: Option<Monitor<'_, B>>,
     class_weights: &[f32],
     cfg: &TrainConfig,
     stage: &str,
@@ -304,6 +336,9 @@ pub fn train_with<B: Backend>(
         last_good: last_good.clone(),
     };
 
+    // The monitored split's confusion after the latest epoch of this call (no hook runs after
+    // the last epoch, so at the end it is the final model's).
+    let mut last_monitor: Option<ConfusionMatrix> = None;
     while meta.epoch < cfg.epochs {
         let epoch = meta.epoch;
         if meta.batch == 0 {
@@ -372,8 +407,13 @@ pub fn train_with<B: Backend>(
         }
         let seconds = meta.epoch_seconds;
         let seen = steps_per_epoch * cfg.batch_size;
-        let test_accuracy = match (cfg.eval_each_epoch, test) {
-            (true, Some(t)) => Some(evaluate(be, model, t, cfg.eval_batch_size, false)?.accuracy()),
+        let monitored = match (cfg.eval_each_epoch, monitor) {
+            (true, Some(m)) => Some(evaluate(be, model, m.data(), cfg.eval_batch_size, false)?),
+            _ => None,
+        };
+        let accuracy = |want_val: bool| match (monitor, &monitored) {
+            (Some(Monitor::Val(_)), Some(c)) if want_val => Some(c.accuracy()),
+            (Some(Monitor::Test(_)), Some(c)) if !want_val => Some(c.accuracy()),
             _ => None,
         };
         let weights_now: Vec<f32> = meta.weights_now.clone().unwrap_or_else(|| class_weights.to_vec());
@@ -385,7 +425,8 @@ pub fn train_with<B: Backend>(
             train_accuracy: counts.accuracy(),
             seconds,
             images_per_second: seen as f64 / seconds.max(1e-9),
-            test_accuracy,
+            test_accuracy: accuracy(false),
+            val_accuracy: accuracy(true),
             class_weights: weights_now.iter().map(|&w| w as f64).collect(),
             class_loss,
             grad_share_uniform,
@@ -393,11 +434,12 @@ pub fn train_with<B: Backend>(
         };
         if progress.summaries {
             println!(
-                "{stage} epoch {:>3}/{}: loss {:.4}  train acc {:5.1}%{}  lr {:.4}  {:.1}s  {:.0} img/s",
+                "{stage} epoch {:>3}/{}: loss {:.4}  train acc {:5.1}%{}{}  lr {:.4}  {:.1}s  {:.0} img/s",
                 log.epoch,
                 cfg.epochs,
                 log.train_loss,
                 100.0 * log.train_accuracy,
+                log.val_accuracy.map(|a| format!("  val acc {:5.1}%", 100.0 * a)).unwrap_or_default(),
                 log.test_accuracy.map(|a| format!("  test acc {:5.1}%", 100.0 * a)).unwrap_or_default(),
                 log.lr,
                 log.seconds,
@@ -410,7 +452,8 @@ pub fn train_with<B: Backend>(
         meta.batch = 0;
         meta.counts = counts.into_counts();
         if let (Some(hook), true) = (control.on_epoch, meta.epoch < cfg.epochs) {
-            let end = EpochEnd { epoch: meta.epoch, weights: &weights_now, log: &hook_log };
+            let end =
+                EpochEnd { epoch: meta.epoch, weights: &weights_now, log: &hook_log, monitor: monitored.as_ref() };
             if let Some(w) = hook(be, model, &end)? {
                 check_weights(&w, classes)?;
                 if progress.summaries {
@@ -446,8 +489,9 @@ pub fn train_with<B: Backend>(
                 checkpoint: control.checkpoint.map(Path::to_path_buf),
             });
         }
+        last_monitor = monitored;
     }
-    Ok(TrainOutcome::Finished(meta.logs))
+    Ok(TrainOutcome::Finished { logs: meta.logs, monitor: last_monitor })
 }
 
 /// Class weights must be one per class, finite and >= 0.
