@@ -10,9 +10,11 @@
 //! `xpad[c][p + r][q0 + s..][..L]`, one unaligned vector load. Nothing the size of the im2col
 //! matrix is ever written.
 //!
-//! - forward: per image, blocks of `NV` output vectors (2 with AVX2, 4 with AVX-512's 32
-//!   registers) times `KB` = 4 output channels of accumulators; each filter tap is `NV` vector
-//!   loads, 4 broadcasts and `4 NV` FMAs.
+//! - forward: per image, blocks of `V` output vectors times `K` output channels of accumulators;
+//!   each filter tap is `V` vector loads, `K` broadcasts and `K V` FMAs. AVX2 (16 registers) runs
+//!   K = 4, V = 2; AVX-512 (32 registers) K = 8, V = 3, or K = 4, V = 4 when there are at most 4
+//!   output channels (K = 8 over K = 4, V = 4 measured 8-13% faster on 32x32 and 16x16 planes and
+//!   29-31% on 8x8 ones, `docs/performance.md`).
 //! - data gradient: the forward pass of the output gradient with the filters flipped and
 //!   transposed, padded by `2 - pad` (the same kernel).
 //! - weight gradient: per 4 filters, input channel and filter row, 4 x 3 (filter, tap column)
@@ -38,7 +40,8 @@ use std::arch::x86_64::*;
 use super::cpu::Plan;
 use super::Conv2dShape;
 
-/// Output channels (filters) per micro-kernel.
+/// Output channels (filters) per weight-gradient micro-kernel (8 measured 1.3x to 1.6x slower with
+/// AVX-512), and per forward micro-kernel where [`Isa::forward_block`] says so.
 const KB: usize = 4;
 /// Most output vectors per forward micro-kernel (of any instruction set).
 const NV_MAX: usize = 4;
@@ -86,12 +89,15 @@ impl Isa {
         }
     }
 
-    /// Output vectors per forward micro-kernel: `KB * nv` accumulators plus `nv` inputs and a
-    /// broadcast must fit the registers (16 with AVX2, 32 with AVX-512).
-    fn nv(self) -> usize {
+    /// Filters `K` and most output vectors `V` per forward micro-kernel for `cout` output
+    /// channels: `K V` accumulators plus the inputs and a broadcast fit the registers (16 with
+    /// AVX2, 32 with AVX-512; with K = 8, V = 3 the compiler reloads a few inputs). K = 8 only
+    /// where it does not mostly compute zero filters.
+    fn forward_block(self, cout: usize) -> (usize, usize) {
         match self {
-            Isa::Avx2 => 2,
-            Isa::Avx512 | Isa::Avx512Rows2 => 4,
+            Isa::Avx2 => (4, 2),
+            Isa::Avx512 | Isa::Avx512Rows2 if cout > KB => (8, 3),
+            Isa::Avx512 | Isa::Avx512Rows2 => (4, 4),
         }
     }
 
@@ -194,8 +200,13 @@ impl Dims {
     fn out_len(&self) -> usize {
         self.cout * self.oh * self.ow
     }
+    /// Blocks of [`KB`] filters (the weight gradient's).
     fn kblocks(&self) -> usize {
         self.cout.div_ceil(KB)
+    }
+    /// Filters per forward block, and most output vectors per forward micro-kernel.
+    fn forward_block(&self) -> (usize, usize) {
+        self.isa.forward_block(self.cout)
     }
     /// Offset of output vector `v` (row-major; `lanes` pixels of one row, or of two rows of 8)
     /// in an output plane, and of its tap (0, 0) in a padded input plane.
@@ -220,16 +231,18 @@ fn pad_images(d: &Dims, src: &[f32], imgs: usize, dst: &mut Vec<f32>) {
     }
 }
 
-/// Filters in micro-kernel order: `[kblock][cin][tap][KB]`, where filter `j` of block `kb` tap
-/// `t` on input channel `ci` is `tap(kb * KB + j, ci, t)`; zero for filters past `cout`.
+/// Filters in forward micro-kernel order: `[kblock][cin][tap][K]` (`K` from
+/// [`Dims::forward_block`]), where filter `j` of block `kb` tap `t` on input channel `ci` is
+/// `tap(kb * K + j, ci, t)`; zero for filters past `cout`.
 fn pack(d: &Dims, tap: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
-    let mut out = vec![0.0f32; d.kblocks() * d.cin * 9 * KB];
+    let k = d.forward_block().0;
+    let mut out = vec![0.0f32; d.cout.div_ceil(k) * d.cin * 9 * k];
     for (i, v) in out.iter_mut().enumerate() {
-        let j = i % KB;
-        let t = i / KB % 9;
-        let ci = i / (KB * 9) % d.cin;
-        let kb = i / (KB * 9 * d.cin);
-        let co = kb * KB + j;
+        let j = i % k;
+        let t = i / k % 9;
+        let ci = i / (k * 9) % d.cin;
+        let kb = i / (k * 9 * d.cin);
+        let co = kb * k + j;
         if co < d.cout {
             *v = tap(co, ci, t);
         }
@@ -279,40 +292,52 @@ fn run(sh: &Conv2dShape, d: &Dims, src: &[f32], wk: &[f32], bias: Option<&[f32]>
 
 /// One image: `xpad` (`cin` padded planes) into `out` (`cout` planes).
 fn conv_image(d: &Dims, xpad: &[f32], wk: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-    assert!(xpad.len() >= d.cin * d.plane() && out.len() >= d.out_len() && wk.len() >= d.kblocks() * d.cin * 9 * KB);
+    let (k, max_nv) = d.forward_block();
+    let kblocks = d.cout.div_ceil(k);
+    assert!(xpad.len() >= d.cin * d.plane() && out.len() >= d.out_len() && wk.len() >= kblocks * d.cin * 9 * k);
     assert!(bias.is_none_or(|b| b.len() >= d.cout));
-    assert!(d.isa.fits(d.oh, d.ow) && d.isa.cpu_has());
+    assert!(d.isa.fits(d.oh, d.ow) && d.isa.cpu_has() && max_nv <= NV_MAX);
     let nvec = d.oh * d.ow / d.lanes();
     let mut v0 = 0;
     while v0 < nvec {
-        let nv = (nvec - v0).min(d.isa.nv());
+        // (Splitting a last `max_nv + 1` vectors into halves rather than `max_nv + 1` measured
+        // slower: 22.6 against 20.1 ms on the 8x8 layer, 3 + 1 vectors.)
+        let nv = (nvec - v0).min(max_nv);
         let mut yoff = [0usize; NV_MAX];
         let mut xoff = [0usize; NV_MAX];
         for i in 0..nv {
             (yoff[i], xoff[i]) = d.vector(v0 + i);
         }
-        for kb in 0..d.kblocks() {
+        for kb in 0..kblocks {
+            /// `$isa::fwd::<K, V>` for the block's `(k, nv)`.
+            macro_rules! fwd {
+                ($isa:ident) => {{
+                    let f = match (k, nv) {
+                        (8, 3) => $isa::fwd::<8, 3>,
+                        (8, 2) => $isa::fwd::<8, 2>,
+                        (8, _) => $isa::fwd::<8, 1>,
+                        (_, 4) => $isa::fwd::<4, 4>,
+                        (_, 3) => $isa::fwd::<4, 3>,
+                        (_, 2) => $isa::fwd::<4, 2>,
+                        _ => $isa::fwd::<4, 1>,
+                    };
+                    f(d, xpad, wk, bias, &mut *out, kb, &xoff, &yoff)
+                }};
+            }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the assert above checked that the CPU has `d.isa`'s instructions. Every load
             // and store is in bounds: the asserts give the buffer lengths; vector `v`'s tap
             // `(r, s)` on channel `c` reads `c * plane + xoff + r * wp + s + 0..lanes`, whose
             // largest index is `cin * plane - 1` because output vectors lie inside `oh x ow`
             // (`ow` is a multiple of the lanes) and `hp = oh + 2`, `wp = ow + 2`; stores go to
-            // `(kb * KB + j) * oh * ow + yoff + 0..lanes` only for filters `kb * KB + j < cout`;
-            // weights are read below `kblocks * cin * 9 * KB`.
+            // `(kb * K + j) * oh * ow + yoff + 0..lanes` only for filters `kb * K + j < cout`;
+            // weights are read below `kblocks * cin * 9 * K`, the length `pack` wrote for this
+            // `K` (the same `forward_block`); `nv <= max_nv <= NV_MAX` offsets are set.
             unsafe {
-                let a = (d, xpad, wk, bias, &mut *out, kb, &xoff, &yoff);
-                match (d.isa, nv) {
-                    (Isa::Avx2, 2) => avx2::fwd::<2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx2, _) => avx2::fwd::<1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx512, 4) => avx512::fwd::<4>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx512, 3) => avx512::fwd::<3>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx512, 2) => avx512::fwd::<2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx512, _) => avx512::fwd::<1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx512Rows2, 4) => avx512_rows2::fwd::<4>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx512Rows2, 3) => avx512_rows2::fwd::<3>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx512Rows2, 2) => avx512_rows2::fwd::<2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                    (Isa::Avx512Rows2, _) => avx512_rows2::fwd::<1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
+                match d.isa {
+                    Isa::Avx2 => fwd!(avx2),
+                    Isa::Avx512 => fwd!(avx512),
+                    Isa::Avx512Rows2 => fwd!(avx512_rows2),
                 }
             }
         }
@@ -415,14 +440,14 @@ macro_rules! isa_kernels {
             const ROWS: usize = $rows;
             const COLS: usize = LANES / ROWS;
 
-            /// `V` output vectors x `KB` filters of one image ([`conv_image`]).
+            /// `V` output vectors x `K` filters of one image ([`conv_image`]).
             ///
             /// # Safety
             /// The CPU has the instructions of `$feature`, and every offset is in bounds as
             /// `conv_image` establishes.
             #[target_feature(enable = $feature)]
             #[allow(clippy::too_many_arguments)]
-            pub(super) unsafe fn fwd<const V: usize>(
+            pub(super) unsafe fn fwd<const K: usize, const V: usize>(
                 d: &Dims,
                 xpad: &[f32],
                 wk: &[f32],
@@ -437,8 +462,8 @@ macro_rules! isa_kernels {
                 unsafe {
                     let plane = d.plane();
                     let xp = xpad.as_ptr();
-                    let mut wp = wk.as_ptr().add(kb * d.cin * 9 * KB);
-                    let mut acc: [[$vec; V]; KB] = [[$zero(); V]; KB];
+                    let mut wp = wk.as_ptr().add(kb * d.cin * 9 * K);
+                    let mut acc: [[$vec; V]; K] = [[$zero(); V]; K];
                     for c in 0..d.cin {
                         let xc = xp.add(c * plane);
                         for r in 0..3 {
@@ -451,13 +476,13 @@ macro_rules! isa_kernels {
                                         *a_v = $fmadd(a, *x_v, *a_v);
                                     }
                                 }
-                                wp = wp.add(KB);
+                                wp = wp.add(K);
                             }
                         }
                     }
                     let pq = d.oh * d.ow;
                     for (j, row) in acc.iter().enumerate() {
-                        let k = kb * KB + j;
+                        let k = kb * K + j;
                         if k >= d.cout {
                             break;
                         }
