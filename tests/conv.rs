@@ -318,8 +318,9 @@ fn direct_path_matches_direct_loops() {
             }
         });
     }
-    // The weight gradient does not depend on the thread count (threads split the filters); im2col's
-    // does, so this holds only where the direct path runs.
+    // The weight gradient does not depend on the thread count (threads split the filters, or the
+    // (channel, tap) pairs: never a sum); im2col's does, so this holds only where the direct path
+    // runs.
     let sh = shape_of(DIRECT_GRID[9]);
     let d = data(&sh, 11);
     let dw_with = |threads: usize| {

@@ -20,7 +20,10 @@
 //! - weight gradient: per 4 filters, input channel and filter row, 4 x 3 (filter, tap column)
 //!   accumulators over every output vector of a tile of images, summed horizontally once per tile.
 //!   Threads split the filters (never the images), so each weight's sum runs in one fixed order:
-//!   the result does not depend on the thread count.
+//!   the result does not depend on the thread count. With AVX-512 on planes at most 16 wide and
+//!   at least 32 filters, the filters go in the lanes instead ([`lanes_wgrad`]): per output
+//!   pixel, one load of 16 or 32 filters' (transposed) output gradient and one broadcast per
+//!   input (channel, tap); threads split the (channel, tap) pairs.
 //!
 //! The vector width is the widest the CPU has whose vectors tile the output plane (the input
 //! plane for the data gradient): a 32- or 16-wide layer runs on AVX-512 where there is one, an
@@ -354,6 +357,12 @@ pub(crate) fn backward_weight_into(sh: &Conv2dShape, x: &[f32], dy: &[f32], dw: 
 fn backward_weight_with(isa: Isa, sh: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], beta: f32) {
     assert!(is_3x3_same_family(sh) && isa.fits(sh.oh, sh.ow) && isa.cpu_has());
     let d = Dims::new(sh.c, sh.k, sh.h, sh.w, sh.opts.pad[0], sh.opts.pad[1], isa);
+    // Filters in the lanes where that measured faster: 16- and 8-wide planes with at least 32
+    // filters (22-28% less time on the default network's 16x16 and 8x8 layers); the same on
+    // its 32x32 layer, and 2.8x slower on the 16-filter stem (`docs/performance.md`).
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Rows2) && d.cout >= 32 && d.ow <= 16 {
+        return lanes_wgrad::run(&d, sh.n, x, dy, dw, beta);
+    }
     // 8 filters per block with AVX-512 (24 accumulators) measured 1.3x to 1.6x slower than 4.
     let (n, pq) = (sh.n, d.oh * d.ow);
     let per_block = KB * d.cin * 9; // dw values of one block of KB filters
@@ -389,6 +398,150 @@ fn backward_weight_with(isa: Isa, sh: &Conv2dShape, x: &[f32], dy: &[f32], dw: &
             *o = if beta == 0.0 { *a } else { beta * *o + a };
         }
     });
+}
+
+/// The weight gradient with 16 filters in the lanes of a vector (AVX-512): for each output pixel,
+/// one load of the output gradient of 16 (or 32) filters, transposed once per image so that they
+/// are contiguous, and one broadcast of an input pixel per (channel, tap), into `KV x T`
+/// accumulators that sum over the pixels without any horizontal sum.
+mod lanes_wgrad {
+    use super::*;
+
+    /// Filter vectors (of 16) and (channel, tap) pairs per micro-kernel: `KV * T` = 24
+    /// accumulators, `KV` loads and `T` broadcasts per pixel.
+    const T2: usize = 12;
+    const T1: usize = 24;
+    /// Output rows per tile: the transposed gradient of a tile stays in L1.
+    const TILE_PIXELS: usize = 256;
+
+    pub(super) fn run(d: &Dims, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32], beta: f32) {
+        let (pq, ct) = (d.oh * d.ow, d.cin * 9);
+        let kvecs = d.cout.div_ceil(16);
+        // Blocks of 2 filter vectors (the last may have 1). Threads split the (channel, tap)
+        // pairs in chunks (never the images or pixels), so each weight's sum runs in one fixed
+        // order whatever the thread count; every thread pads each image and transposes its
+        // gradient (cheap next to the FMAs: 1 / (2 ct / threads) of them).
+        let blocks = kvecs.div_ceil(2);
+        let chunk = if kvecs >= 2 { T2 } else { T1 };
+        let chunks = ct.div_ceil(chunk);
+        let runs = rayon::current_num_threads().max(1).min(chunks);
+        let tile_rows = TILE_PIXELS.div_ceil(d.ow).min(d.oh);
+        // Per run: its chunks' sums, acc[block][j - j0][32 lanes] for pairs j0..j1.
+        let sums: Vec<(usize, usize, Vec<f32>)> = (0..runs)
+            .into_par_iter()
+            .map(|t| {
+                let (j0, j1) = (t * chunks / runs * chunk, ((t + 1) * chunks / runs * chunk).min(ct));
+                let width = j1 - j0;
+                let mut acc = vec![0.0f32; blocks * width * 32];
+                let mut xpad = Vec::new();
+                let mut dyt = vec![0.0f32; tile_rows * d.ow * 32];
+                for b in 0..n {
+                    pad_images(d, &x[b * d.in_len()..][..d.in_len()], 1, &mut xpad);
+                    let dyb = &dy[b * d.out_len()..][..d.out_len()];
+                    for blk in 0..blocks {
+                        let (k0, kv) = (blk * 32, (kvecs - blk * 2).min(2));
+                        let a = &mut acc[blk * width * 32..][..width * 32];
+                        for p0 in (0..d.oh).step_by(tile_rows) {
+                            let rows = tile_rows.min(d.oh - p0);
+                            // dyt[pix][kv * 16]: filters past cout are zero.
+                            for (i, pix) in (p0 * d.ow..(p0 + rows) * d.ow).enumerate() {
+                                for l in 0..kv * 16 {
+                                    let k = k0 + l;
+                                    dyt[i * kv * 16 + l] = if k < d.cout { dyb[k * pq + pix] } else { 0.0 };
+                                }
+                            }
+                            let t_max = if kv == 2 { T2 } else { T1 };
+                            for c0 in (j0..j1).step_by(t_max) {
+                                // Offsets of the chunk's (channel, tap) pairs in xpad; a short last
+                                // chunk repeats its last pair (computed, never stored).
+                                let mut offs = [0usize; T1];
+                                for (i, o) in offs.iter_mut().enumerate().take(t_max) {
+                                    let j = (c0 + i).min(j1 - 1);
+                                    let (c, t) = (j / 9, j % 9);
+                                    *o = c * d.plane() + (t / 3) * d.wp + t % 3;
+                                }
+                                let live = t_max.min(j1 - c0);
+                                let dst = &mut a[(c0 - j0) * 32..];
+                                // SAFETY: the caller checked AVX-512F (`isa.cpu_has()`); `tile`
+                                // asserts its bounds.
+                                unsafe {
+                                    if kv == 2 {
+                                        tile::<2, T2>(d, &xpad, &dyt, p0, rows, &offs, dst, live);
+                                    } else {
+                                        tile::<1, T1>(d, &xpad, &dyt, p0, rows, &offs, dst, live);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                (j0, j1, acc)
+            })
+            .collect();
+        // dw is [k][ct].
+        for (j0, j1, acc) in sums {
+            let width = j1 - j0;
+            for (k, row) in dw.chunks_exact_mut(ct).enumerate().take(d.cout) {
+                let (blk, lane) = (k / 32, k % 32);
+                for (j, o) in row[j0..j1].iter_mut().enumerate() {
+                    let g = acc[(blk * width + j) * 32 + lane];
+                    *o = if beta == 0.0 { g } else { beta * *o + g };
+                }
+            }
+        }
+    }
+
+    /// Adds to `acc[i][..KV * 16]` (i < live; stride 32) the sums over the tile's pixels of
+    /// `dyt[pix][..KV * 16] * xpad[pixel's tap 0 + offs[i]]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F. `xpad` holds `cin` padded planes, every `offs[i]` is
+    /// `c * plane + r * wp + s` with `c < cin`, `r, s < 3`; `dyt` holds `rows * ow * KV * 16`
+    /// values; `acc` at least `(live - 1) * 32 + KV * 16`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const KV: usize, const T: usize>(
+        d: &Dims,
+        xpad: &[f32],
+        dyt: &[f32],
+        p0: usize,
+        rows: usize,
+        offs: &[usize; T1],
+        acc: &mut [f32],
+        live: usize,
+    ) {
+        assert!(xpad.len() >= d.cin * d.plane() && dyt.len() >= rows * d.ow * KV * 16);
+        assert!(live <= T && acc.len() >= (live - 1) * 32 + KV * 16 && p0 + rows <= d.oh);
+        assert!(offs.iter().take(T).all(|&o| o <= (d.cin - 1) * d.plane() + 2 * d.wp + 2));
+        // SAFETY: the asserts above; the pixel (p, q) with p < oh, q < ow reads xpad at
+        // p * wp + q + off <= (oh - 1) * wp + ow - 1 + (cin - 1) * plane + 2 * wp + 2
+        // = cin * plane - 1 (hp = oh + 2, wp = ow + 2).
+        unsafe {
+            let mut v: [[__m512; T]; KV] = [[_mm512_setzero_ps(); T]; KV];
+            let xp = xpad.as_ptr();
+            let mut g_ptr = dyt.as_ptr();
+            for p in p0..p0 + rows {
+                let row = xp.add(p * d.wp);
+                for q in 0..d.ow {
+                    let g: [__m512; KV] = std::array::from_fn(|k| _mm512_loadu_ps(g_ptr.add(k * 16)));
+                    g_ptr = g_ptr.add(KV * 16);
+                    let px = row.add(q);
+                    for i in 0..T {
+                        let xb = _mm512_set1_ps(*px.add(offs[i]));
+                        for k in 0..KV {
+                            v[k][i] = _mm512_fmadd_ps(g[k], xb, v[k][i]);
+                        }
+                    }
+                }
+            }
+            for i in 0..live {
+                for (k, vk) in v.iter().enumerate() {
+                    let a = acc.as_mut_ptr().add(i * 32 + k * 16);
+                    _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), vk[i]));
+                }
+            }
+        }
+    }
 }
 
 /// Adds the weight gradient of filters `kb * KB ..` over `nb` images to `acc` (`[j][c][tap]`).
@@ -685,6 +838,9 @@ mod tests {
             (2, 3, 6, 5, 8, 1),
             (1, 6, 5, 6, 10, 0),
             (1, 5, 3, 4, 6, 2),
+            // More than 32 filters, not a multiple of 16: two filter vectors per block, then one.
+            (2, 3, 37, 5, 16, 1),
+            (1, 2, 33, 4, 8, 1),
         ];
         for (i, &(n, c, k, h, w, pad)) in shapes.iter().enumerate() {
             let sh = Conv2dShape::new([n, c, h, w], [k, c, 3, 3], Conv2dOpts::square(1, pad)).unwrap();
