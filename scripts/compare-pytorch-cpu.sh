@@ -9,6 +9,9 @@
 # --quick          1 warm-up, 1 timed step and 1 repeat per measurement (checks the script works;
 #                  the numbers are noisy)
 # --channels-last  also time PyTorch with model and input in channels_last (an extra column)
+# --no-pin         do not pin a run of t threads to CPUs 0..t-1 (taskset; pinned by default where
+#                  taskset exists and the machine has the CPUs: an unpinned single thread that
+#                  migrates between cores loses its L2, measured 8-30% per layer on the 2-core Xeon)
 #
 # PyTorch is a comparison-only dependency: it is installed into .venv-torch/ (git-ignored), never
 # used by the crate, its tests or CI. Only PyPI is reachable here, whose Linux torch wheel pulls
@@ -24,6 +27,7 @@ threads=1,2
 depth=1
 batch=256
 cl=0
+pin=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -32,7 +36,8 @@ while [ $# -gt 0 ]; do
         --depth) depth=$2; shift ;;
         --batch) batch=$2; shift ;;
         --channels-last) cl=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --no-pin) pin=0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -63,18 +68,25 @@ mkdir -p out/compare-pytorch-cpu
 results=out/compare-pytorch-cpu/$(date -u +%Y%m%dT%H%M%SZ).jsonl
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+pinning="none"
 for t in ${threads//,/ }; do
+    # Both sides of a configuration run on the same CPUs.
+    pin_cmd=()
+    if [ "$pin" = 1 ] && command -v taskset >/dev/null && [ "$t" -le "$(nproc)" ]; then
+        pin_cmd=(taskset -c "0-$((t - 1))")
+        pinning="taskset -c 0-(t-1)"
+    fi
     for w in ${widths//,/ }; do
         s=$(steps_for "$w")
         common=(--width "$w" --depth "$depth" --batch "$batch" --threads "$t" --warmup "$warmup"
             --steps "$s" --eval-steps "$s" --repeats "$repeats")
         echo "width $w, $t thread(s): ours" >&2
-        MATMUL_NUM_THREADS=$t "$speed" "${common[@]}" >> "$results"
+        MATMUL_NUM_THREADS=$t "${pin_cmd[@]}" "$speed" "${common[@]}" >> "$results"
         echo "width $w, $t thread(s): pytorch" >&2
-        "$py" scripts/compare_pytorch_cpu.py bench "${common[@]}" >> "$results"
+        "${pin_cmd[@]}" "$py" scripts/compare_pytorch_cpu.py bench "${common[@]}" >> "$results"
         if [ "$cl" = 1 ]; then
             echo "width $w, $t thread(s): pytorch channels_last" >&2
-            "$py" scripts/compare_pytorch_cpu.py bench "${common[@]}" --channels-last >> "$results"
+            "${pin_cmd[@]}" "$py" scripts/compare_pytorch_cpu.py bench "${common[@]}" --channels-last >> "$results"
         fi
     done
 done
@@ -86,6 +98,7 @@ echo "date:      $started (finished $(date -u '+%H:%M:%S UTC'))"
 echo "commit:    $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src examples Cargo.toml || echo ' (+ uncommitted changes)')"
 echo "cpu:       $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
 echo "load avg:  before $load_before, after $load_after (1, 5, 15 min)"
+echo "pinning:   $pinning"
 echo "results:   $results"
 echo "steps:     warm-up $warmup, repeats $repeats, timed steps per repeat by width: $(for w in ${widths//,/ }; do printf 'w%s %s  ' "$w" "$(steps_for "$w")"; done)(eval: as many forwards of a batch)"
 echo
