@@ -411,7 +411,8 @@ mod lanes_wgrad {
     /// accumulators, `KV` loads and `T` broadcasts per pixel.
     const T2: usize = 12;
     const T1: usize = 24;
-    /// Output rows per tile: the transposed gradient of a tile stays in L1.
+    /// Output pixels per tile (rounded up to whole rows): the transposed gradient of a tile (32 KB
+    /// at 32 filters) stays in L1. 64, 128 and 1,024 measured no faster.
     const TILE_PIXELS: usize = 256;
 
     pub(super) fn run(d: &Dims, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32], beta: f32) {
