@@ -166,7 +166,8 @@ pub struct Args {
     /// Accuracy budget of the bias-budget method, in percentage points of validation accuracy.
     #[arg(long, value_name = "POINTS", default_value_t = 1.0, value_parser = nonneg_value)]
     pub bias_budget: f64,
-    /// With --compare: also train uniform and reweighted models for N epochs (fit regime).
+    /// With --compare: also train uniform and reweighted models for N epochs (fit regime), and
+    /// the N-epoch form of reweight-wd and uniform-wd when those are among --methods.
     #[arg(long, value_name = "N", value_parser = int_in(1, 10_000))]
     pub long_epochs: Option<usize>,
 }
@@ -568,6 +569,36 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             st.epochs = Some(n);
             let rl = add(&mut specs, st);
             method(&mut methods, "reweight-long", format!("reweight p={p}, {n} epochs"), rl, None);
+            // Strong weight decay in the fitted regime: the condition under which the literature
+            // says weights keep their effect. Weights from the long uniform run, as reweight-long.
+            if want(Method::ReweightWd) {
+                let mut st = spec(
+                    format!("s{seed}-reweight-wd-long"),
+                    format!("reweight p={p} + wd {wd} {n} ep, seed {seed}"),
+                    from(ul, RecallSplit::Val, false),
+                    seed,
+                );
+                (st.epochs, st.weight_decay) = (Some(n), Some(wd));
+                let r = add(&mut specs, st);
+                method(
+                    &mut methods,
+                    "reweight-wd-long",
+                    format!("reweight p={p} + weight decay {wd}, {n} epochs"),
+                    r,
+                    None,
+                );
+            }
+            if want(Method::UniformWd) {
+                let mut st = spec(
+                    format!("s{seed}-uniform-wd-long"),
+                    format!("uniform + wd {wd} {n} ep, seed {seed}"),
+                    Weights::Uniform,
+                    seed,
+                );
+                (st.epochs, st.weight_decay) = (Some(n), Some(wd));
+                let r = add(&mut specs, st);
+                method(&mut methods, "uniform-wd-long", format!("uniform + weight decay {wd}, {n} epochs"), r, None);
+            }
             if want(Method::Bias) {
                 method(
                     &mut methods,
@@ -1459,24 +1490,29 @@ fn diagnostics(specs: &[StageSpec], methods: &[StageReport]) -> serde_json::Valu
             })
         })
         .collect();
-    let regime: Vec<serde_json::Value> = [("short", "uniform", "reweight"), ("long", "uniform-long", "reweight-long")]
-        .iter()
-        .filter(|(_, u, r)| keys.contains(u) && keys.contains(r))
-        .map(|&(name, u, r)| {
-            serde_json::json!({
-                "regime": name,
-                "epochs": runs_of(methods, u).next().map(|m| m.epochs.len()),
-                "uniform_train_accuracy": stat(u, &|m| m.train.accuracy),
-                "uniform_test_spread": stat(u, &|m| m.test.recall_spread()),
-                "reweight_train_accuracy": stat(r, &|m| m.train.accuracy),
-                "reweight_test_spread": stat(r, &|m| m.test.recall_spread()),
-                "uniform_train_spread": stat(u, &|m| m.train.recall_spread()),
-                "reweight_train_spread": stat(r, &|m| m.train.recall_spread()),
-                "uniform_test_accuracy": stat(u, &|m| m.test.accuracy),
-                "reweight_test_accuracy": stat(r, &|m| m.test.accuracy),
-            })
+    let regime: Vec<serde_json::Value> = [
+        ("short", "uniform", "reweight"),
+        ("long", "uniform-long", "reweight-long"),
+        ("short-wd", "uniform-wd", "reweight-wd"),
+        ("long-wd", "uniform-wd-long", "reweight-wd-long"),
+    ]
+    .iter()
+    .filter(|(_, u, r)| keys.contains(u) && keys.contains(r))
+    .map(|&(name, u, r)| {
+        serde_json::json!({
+            "regime": name,
+            "epochs": runs_of(methods, u).next().map(|m| m.epochs.len()),
+            "uniform_train_accuracy": stat(u, &|m| m.train.accuracy),
+            "uniform_test_spread": stat(u, &|m| m.test.recall_spread()),
+            "reweight_train_accuracy": stat(r, &|m| m.train.accuracy),
+            "reweight_test_spread": stat(r, &|m| m.test.recall_spread()),
+            "uniform_train_spread": stat(u, &|m| m.train.recall_spread()),
+            "reweight_train_spread": stat(r, &|m| m.train.recall_spread()),
+            "uniform_test_accuracy": stat(u, &|m| m.test.accuracy),
+            "reweight_test_accuracy": stat(r, &|m| m.test.accuracy),
         })
-        .collect();
+    })
+    .collect();
     serde_json::json!({"fit": fit, "gradient": gradient, "exponent_sweep": sweep, "regime": regime})
 }
 

@@ -456,7 +456,10 @@ fn compare_writes_every_method_for_every_seed() {
     assert_one_run(&out);
     let r = evenclass::report::read_report(out.join("report.json")).unwrap();
     let mut keys: Vec<String> = ALL_METHODS.iter().map(|s| s.to_string()).collect();
-    keys.extend(["sweep-p1", "uniform-long", "reweight-long", "bias-long", "bias-budget-long"].map(String::from));
+    let long =
+        ["uniform-long", "reweight-long", "bias-long", "bias-budget-long", "reweight-wd-long", "uniform-wd-long"];
+    keys.push("sweep-p1".into());
+    keys.extend(long.map(String::from));
     for key in &keys {
         let seeds: Vec<u64> =
             r.methods.iter().filter(|m| m.method.as_deref() == Some(key)).filter_map(|m| m.seed).collect();
@@ -470,14 +473,21 @@ fn compare_writes_every_method_for_every_seed() {
         assert_eq!(m.bias.is_some(), m.method.as_deref().unwrap().starts_with("bias"), "{}", m.name);
     }
     // Uniform weights where they must be, and the practitioner's variant labelled.
-    for m in r
-        .methods
-        .iter()
-        .filter(|m| matches!(m.method.as_deref(), Some("uniform" | "uniform-wd" | "bias" | "bias-budget")))
-    {
+    for m in r.methods.iter().filter(|m| {
+        matches!(m.method.as_deref(), Some("uniform" | "uniform-wd" | "uniform-wd-long" | "bias" | "bias-budget"))
+    }) {
         assert!(m.class_weights.iter().all(|&w| w == 1.0), "{}", m.name);
     }
     assert!(r.methods.iter().any(|m| m.name.contains("TEST recall")));
+    // --long-epochs 2 trains every long method (the weight-decay ones too) for 2 epochs, the rest
+    // for 1 (the bias methods train nothing: they reuse a uniform model).
+    for m in r.methods.iter().filter(|m| m.bias.is_none()) {
+        let want = if long.contains(&m.method.as_deref().unwrap()) { 2 } else { 1 };
+        assert_eq!(m.epochs.len(), want, "{}", m.name);
+    }
+    let regimes: Vec<&str> =
+        r.diagnostics["regime"].as_array().unwrap().iter().map(|g| g["regime"].as_str().unwrap()).collect();
+    assert_eq!(regimes, ["short", "long", "short-wd", "long-wd"]);
     // The bias maximizes the worst validation recall of the uniform model it was fitted on.
     for seed in [0, 1] {
         let get = |k: &str| r.methods.iter().find(|m| m.method.as_deref() == Some(k) && m.seed == Some(seed)).unwrap();
