@@ -447,6 +447,33 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
         specs[u].fit_bias = biases.clone();
         method(&mut methods, "uniform", "uniform (stage 1)".into(), u, None);
         let from = |of, split, compose| Weights::FromRecall { of, exponent: p, split, compose };
+        // Reweighting with strong weight decay (weights from `base`'s validation recall) and its
+        // uniform control, for the run's epochs or `long` of them.
+        let wd_pair = |specs: &mut Vec<StageSpec>, methods: &mut Vec<MethodSpec>, base, long: Option<usize>| {
+            let (key, ep, label, control) = match long {
+                Some(n) => ("-long", format!(" {n} ep"), format!(", {n} epochs"), ""),
+                None => ("", String::new(), String::new(), " (control)"),
+            };
+            let mut stage = |k: &str, name: String, weights: Weights, label: String| {
+                let mut st = spec(format!("s{seed}-{k}{key}"), format!("{name}{ep}, seed {seed}"), weights, seed);
+                (st.epochs, st.weight_decay) = (long, Some(wd));
+                let r = add(specs, st);
+                method(methods, &format!("{k}{key}"), label, r, None);
+            };
+            if want(Method::ReweightWd) {
+                let w = from(base, RecallSplit::Val, false);
+                stage(
+                    "reweight-wd",
+                    format!("reweight p={p} + wd {wd}"),
+                    w,
+                    format!("reweight p={p} + weight decay {wd}{label}"),
+                );
+            }
+            if want(Method::UniformWd) {
+                let name = format!("uniform + weight decay {wd}{label}{control}");
+                stage("uniform-wd", format!("uniform + wd {wd}"), Weights::Uniform, name);
+            }
+        };
         let mut reweight = None;
         if want(Method::Reweight) || want(Method::Iterated) {
             let r = add(
@@ -526,24 +553,7 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             let name = format!("post-hoc logit bias (val), budget {} pt, on uniform", args.bias_budget);
             method(&mut methods, "bias-budget", name, u, Some("bias-budget"));
         }
-        if want(Method::ReweightWd) {
-            let mut st = spec(
-                format!("s{seed}-reweight-wd"),
-                format!("reweight p={p} + wd {wd}, seed {seed}"),
-                from(u, RecallSplit::Val, false),
-                seed,
-            );
-            st.weight_decay = Some(wd);
-            let r = add(&mut specs, st);
-            method(&mut methods, "reweight-wd", format!("reweight p={p} + weight decay {wd}"), r, None);
-        }
-        if want(Method::UniformWd) {
-            let mut st =
-                spec(format!("s{seed}-uniform-wd"), format!("uniform + wd {wd}, seed {seed}"), Weights::Uniform, seed);
-            st.weight_decay = Some(wd);
-            let r = add(&mut specs, st);
-            method(&mut methods, "uniform-wd", format!("uniform + weight decay {wd} (control)"), r, None);
-        }
+        wd_pair(&mut specs, &mut methods, u, None);
         for &q in &args.sweep {
             if q == 0.0 || q == p {
                 continue; // p = 0 is uniform, p = --exponent is reweight
@@ -571,34 +581,7 @@ pub fn stages(args: &Args) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             method(&mut methods, "reweight-long", format!("reweight p={p}, {n} epochs"), rl, None);
             // Strong weight decay in the fitted regime: the condition under which the literature
             // says weights keep their effect. Weights from the long uniform run, as reweight-long.
-            if want(Method::ReweightWd) {
-                let mut st = spec(
-                    format!("s{seed}-reweight-wd-long"),
-                    format!("reweight p={p} + wd {wd} {n} ep, seed {seed}"),
-                    from(ul, RecallSplit::Val, false),
-                    seed,
-                );
-                (st.epochs, st.weight_decay) = (Some(n), Some(wd));
-                let r = add(&mut specs, st);
-                method(
-                    &mut methods,
-                    "reweight-wd-long",
-                    format!("reweight p={p} + weight decay {wd}, {n} epochs"),
-                    r,
-                    None,
-                );
-            }
-            if want(Method::UniformWd) {
-                let mut st = spec(
-                    format!("s{seed}-uniform-wd-long"),
-                    format!("uniform + wd {wd} {n} ep, seed {seed}"),
-                    Weights::Uniform,
-                    seed,
-                );
-                (st.epochs, st.weight_decay) = (Some(n), Some(wd));
-                let r = add(&mut specs, st);
-                method(&mut methods, "uniform-wd-long", format!("uniform + weight decay {wd}, {n} epochs"), r, None);
-            }
+            wd_pair(&mut specs, &mut methods, ul, Some(n));
             if want(Method::Bias) {
                 method(
                     &mut methods,
