@@ -18,20 +18,13 @@ import statistics
 import sys
 
 
-def stat(xs):
+def stat(xs, digits=1):
+    """Mean ± sample sd (the value alone for one seed, "-" for none)."""
     if not xs:
         return "-"
     if len(xs) == 1:
-        return f"{xs[0]:.1f}"
-    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
-
-
-def stat3(xs):
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.3f}"
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+        return f"{xs[0]:.{digits}f}"
+    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
 
 
 def main(argv):
@@ -89,7 +82,7 @@ def main(argv):
                     out.append(run["epochs"][-1]["train_loss"])
         ratios = f"{min(ratio):.1f} to {max(ratio):.1f}"
         print(f"| {base} → {other} | {len(seeds)} | {ratios} | {stat(mac)} | {stat(dc)} | {stat(dacc)} "
-              f"| {stat(tb)} / {stat(to)} | {stat3(lb)} / {stat3(lo)} |")
+              f"| {stat(tb)} / {stat(to)} | {stat(lb, 3)} / {stat(lo, 3)} |")
 
 
 if __name__ == "__main__":
