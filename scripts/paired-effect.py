@@ -3,9 +3,8 @@
 
     python3 scripts/paired-effect.py REPORT.json [REPORT.json ...] BASE:OTHER [BASE:OTHER ...] [--class cat]
 
-For each pair of method keys of one or more `--compare` reports (runs of other seeds of the same
-experiment may be given together) (for example `uniform-long:reweight-long`)
-and each seed that has both, it takes OTHER minus BASE on the test set and prints, as mean ± sample
+For each pair of method keys (for example `uniform-long:reweight-long`) and each seed that has
+both in the given `--compare` reports (runs of other seeds of one experiment may be given together), it takes OTHER minus BASE on the test set and prints, as mean ± sample
 sd over the seeds: the ratio of OTHER's largest to smallest class weight, the mean absolute change
 of a class's recall, the change of one class's recall (`--class`, default cat), the change of
 accuracy, and both methods' training accuracy and last-epoch mean training loss (the weighted
