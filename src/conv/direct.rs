@@ -40,7 +40,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::cpu::Plan;
+use super::gemm_plan::Plan;
 use super::Conv2dShape;
 
 /// Output channels (filters) per weight-gradient micro-kernel (8 measured 1.3x to 1.6x slower with

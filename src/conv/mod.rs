@@ -23,6 +23,7 @@
 pub mod cpu;
 pub mod cuda;
 mod direct;
+mod gemm_plan;
 mod winograd;
 
 use crate::error::{Error, Result};

@@ -13,7 +13,7 @@
 //! not bit for bit; `tests/conv.rs` checks both against the direct reference.
 use rayon::prelude::*;
 
-use super::cpu::{sgemm, Mat, Plan};
+use super::gemm_plan::{sgemm, Mat, Plan};
 use super::Conv2dShape;
 
 /// Transform positions of a 4x4 tile.
