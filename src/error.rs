@@ -73,6 +73,29 @@ pub enum Error {
     )]
     Diverged { stage: String, epoch: usize, step: usize, what: String, last_good: Option<std::path::PathBuf> },
 
+    /// A file operation failed (read, write, rename, flush).
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file's content is not what it should be: torn, foreign, or inconsistent (`what` names
+    /// the kind of file, e.g. "checkpoint").
+    #[error("{what} {}: {msg}", path.display())]
+    InvalidFile { what: &'static str, path: std::path::PathBuf, msg: String },
+
+    /// A file was written in another format version than this build reads (`found` is `None`
+    /// when the file carries no version at all, as files from before versioning).
+    #[error(
+        "{what} {} has format {}, this build reads format {expected} only: \
+         rerun what produced it with this build",
+        path.display(),
+        match found { Some(v) => v.to_string(), None => "(none: written before format versions)".to_string() }
+    )]
+    FormatVersion { what: &'static str, path: std::path::PathBuf, found: Option<u32>, expected: u32 },
+
     /// An error reported by the CUDA driver.
     #[error("CUDA driver error in {op}: {source}")]
     Driver {

@@ -33,6 +33,10 @@ pub mod cuda;
 #[cfg(feature = "trainer")]
 pub mod data;
 pub mod error;
+#[cfg(feature = "trainer")]
+pub mod fs;
+#[cfg(feature = "trainer")]
+pub mod json;
 pub mod linear;
 pub mod optim;
 pub mod pool;

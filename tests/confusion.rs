@@ -226,18 +226,18 @@ fn metrics_hand_worked_with_zero_divisions() {
     assert_eq!(
         all,
         Metrics {
-            classes: 5,
-            total: 10,
-            correct: 5,
             accuracy: m.accuracy(),
             balanced_accuracy: m.balanced_accuracy(),
-            support: m.support(),
-            predicted: m.predicted(),
             recall: m.recall(),
             precision: m.precision(),
             f1: m.f1(),
+            support: m.support(),
+            confusion: m.counts().chunks(5).map(<[u64]>::to_vec).collect(),
         }
     );
+    assert_eq!((all.classes(), all.total(), all.correct()), (5, 10, 5));
+    assert_eq!(all.predicted(), m.predicted());
+    assert_eq!(Metrics::from_confusion(all.confusion.clone()).unwrap(), all);
 }
 
 #[test]
@@ -250,7 +250,7 @@ fn metrics_of_perfect_and_empty_matrices() {
 
     // Everything 0/0: defined as 0, never NaN.
     let e = ConfusionMatrix::new(3).unwrap().metrics();
-    assert_eq!((e.total, e.correct, e.accuracy, e.balanced_accuracy), (0, 0, 0.0, 0.0));
+    assert_eq!((e.total(), e.correct(), e.accuracy, e.balanced_accuracy), (0, 0, 0.0, 0.0));
     assert_eq!((e.recall, e.precision, e.f1), (vec![0.0; 3], vec![0.0; 3], vec![0.0; 3]));
 
     // Balanced accuracy differs from accuracy under imbalance: 9/10 right on class 0, 0/1 on class 1.

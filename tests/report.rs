@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use evenclass::report::{
-    read_report, terminal_table, write_all, EpochLog, Report, ReportError, SplitMetrics, StageReport, CHART_HEIGHT,
-    CHART_TITLE, CHART_WIDTH,
+    read_report, terminal_table, write_all, EpochLog, Metrics, Report, ReportError, StageReport, CHART_HEIGHT,
+    CHART_TITLE, CHART_WIDTH, REPORT_FORMAT,
 };
 use serde_json::{json, Value};
 
@@ -52,8 +52,8 @@ fn stage(name: &str, weights: Vec<f64>, test_recall: &[f64]) -> StageReport {
         class_weights: weights,
         seconds: 42.0,
         epochs: epochs(6, 0.0),
-        test: SplitMetrics::from_confusion(confusion(test_recall, 1000)).unwrap(),
-        train: SplitMetrics::from_confusion(confusion(&train_recall, 5000)).unwrap(),
+        test: Metrics::from_confusion(confusion(test_recall, 1000)).unwrap(),
+        train: Metrics::from_confusion(confusion(&train_recall, 5000)).unwrap(),
         val: None,
         seed: None,
         method: None,
@@ -69,6 +69,7 @@ fn two_stage_report() -> Report {
     let mean = r1.iter().sum::<f64>() / r1.len() as f64;
     let weights: Vec<f64> = r1.iter().map(|r| mean / r).collect();
     Report {
+        format: REPORT_FORMAT,
         dataset: "cifar10".into(),
         device: "test device".into(),
         config: json!({"epochs": 6, "batch_size": 512, "power": 1.0, "seed": 7}),
@@ -102,8 +103,8 @@ fn decode_png(path: &Path) -> (u32, u32, Vec<u8>, usize) {
 #[test]
 fn from_confusion_hand_worked() {
     // true 0: 3 right, 1 as class 1; true 1: 2 as 0, 2 right; class 2 never occurs, predicted once.
-    let m = SplitMetrics::from_confusion(vec![vec![3, 1, 0], vec![2, 2, 0], vec![0, 0, 0]]).unwrap();
-    let m2 = SplitMetrics::from_confusion(vec![vec![3, 0, 1], vec![0, 4, 0], vec![0, 0, 0]]).unwrap();
+    let m = Metrics::from_confusion(vec![vec![3, 1, 0], vec![2, 2, 0], vec![0, 0, 0]]).unwrap();
+    let m2 = Metrics::from_confusion(vec![vec![3, 0, 1], vec![0, 4, 0], vec![0, 0, 0]]).unwrap();
     assert_eq!(m.support, vec![4, 4, 0]);
     assert_eq!(m.accuracy, 5.0 / 8.0);
     assert_eq!(m.recall, vec![0.75, 0.5, 0.0]);
@@ -120,13 +121,13 @@ fn from_confusion_hand_worked() {
     assert_eq!(m.worst_recall(), 0.0);
     assert_eq!(m.recall_spread(), 0.75);
 
-    assert!(matches!(SplitMetrics::from_confusion(vec![]), Err(ReportError::Invalid(_))));
-    assert!(matches!(SplitMetrics::from_confusion(vec![vec![1, 2], vec![3]]), Err(ReportError::Invalid(_))));
+    assert!(matches!(Metrics::from_confusion(vec![]), Err(evenclass::Error::Shape { .. })));
+    assert!(matches!(Metrics::from_confusion(vec![vec![1, 2], vec![3]]), Err(evenclass::Error::Shape { .. })));
 }
 
 #[test]
 fn worst_and_spread_ignore_nan() {
-    let mut m = SplitMetrics::from_confusion(vec![vec![1, 1], vec![0, 2]]).unwrap();
+    let mut m = Metrics::from_confusion(vec![vec![1, 1], vec![0, 2]]).unwrap();
     assert_eq!((m.worst_class(), m.worst_recall(), m.recall_spread()), (Some(0), 0.5, 0.5));
     m.recall = vec![f64::NAN, 0.25];
     assert_eq!((m.worst_class(), m.worst_recall(), m.recall_spread()), (Some(1), 0.25, 0.0));
@@ -312,8 +313,59 @@ fn unwritable_path_is_an_error() {
     assert!(matches!(err, ReportError::Io { .. }), "{err}");
     assert!(err.to_string().contains("not-a-dir"), "{err}");
     assert!(matches!(read_report(dir.path().join("missing.json")), Err(ReportError::Io { .. })));
-    fs::write(dir.path().join("bad.json"), b"{\"dataset\": 1}").unwrap();
+    fs::write(dir.path().join("bad.json"), format!("{{\"format\": {REPORT_FORMAT}, \"dataset\": 1}}")).unwrap();
     assert!(matches!(read_report(dir.path().join("bad.json")), Err(ReportError::Json { .. })));
+}
+
+/// A report.json of another format version, or of none (written before versions), is refused
+/// with an error that names the version found and the one this build reads.
+#[test]
+fn old_report_format_is_a_clear_error() {
+    let report = two_stage_report();
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_all(&report, dir.path()).unwrap();
+    let mut v: Value = serde_json::from_slice(&fs::read(&files.json).unwrap()).unwrap();
+    for (format, found) in [(Some(1), "format 1,"), (None, "(none: written before format versions)")] {
+        match format {
+            Some(f) => v["format"] = json!(f),
+            None => drop(v.as_object_mut().unwrap().remove("format")),
+        }
+        fs::write(&files.json, serde_json::to_vec(&v).unwrap()).unwrap();
+        let err = read_report(&files.json).unwrap_err();
+        assert!(matches!(err, ReportError::FormatVersion { found: f, expected: REPORT_FORMAT, .. } if f == format));
+        let msg = err.to_string();
+        assert!(msg.contains(found) && msg.contains(&format!("reads format {REPORT_FORMAT}")), "{msg}");
+        assert!(msg.contains("report.json"), "{msg}");
+    }
+}
+
+/// Every report.json and run.json committed under docs/results reads back with this build's
+/// readers: the published results are in the current formats.
+#[test]
+fn committed_results_are_in_the_current_formats() {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.file_name().is_some_and(|n| n == "report.json" || n == "run.json") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/results"), &mut files);
+    let reports = files.iter().filter(|p| p.ends_with("report.json")).count();
+    assert!(reports >= 10, "only {reports} report.json files found under docs/results");
+    for p in &files {
+        if p.ends_with("report.json") {
+            let r = read_report(p).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.format, REPORT_FORMAT);
+        } else {
+            let m = evenclass::report::run_dir::read_manifest(p).unwrap_or_else(|e| panic!("{e}"));
+            assert!(m.complete, "{}", p.display());
+        }
+    }
 }
 
 #[test]
@@ -355,7 +407,7 @@ fn many_classes_and_extreme_values_render() {
     let recall: Vec<f64> = (0..c).map(|k| [0.0, 1.0, 0.03, 0.5][k % 4]).collect();
     for s in [&mut s1, &mut s2] {
         s.class_weights = vec![1.0; c];
-        s.test = SplitMetrics::from_confusion(confusion(&recall, 100)).unwrap();
+        s.test = Metrics::from_confusion(confusion(&recall, 100)).unwrap();
         s.train = s.test.clone();
     }
     s2.test.recall[5] = f64::NAN;

@@ -196,47 +196,136 @@ impl ConfusionMatrix {
         let recall: Vec<f64> = tp.iter().zip(&support).map(|(&t, &s)| ratio(t, s)).collect();
         let precision = tp.iter().zip(&predicted).map(|(&t, &p)| ratio(t, p)).collect();
         let f1 = (0..self.classes).map(|k| f1(tp[k], support[k], predicted[k])).collect();
-        let total = self.total();
-        let correct: u64 = tp.iter().sum();
         Metrics {
-            classes: self.classes,
-            total,
-            correct,
-            accuracy: ratio(correct, total),
+            accuracy: ratio(tp.iter().sum(), self.total()),
             balanced_accuracy: balanced(&recall, &support),
-            support,
-            predicted,
             recall,
             precision,
             f1,
+            support,
+            confusion: self.counts.chunks_exact(self.classes).map(<[u64]>::to_vec).collect(),
         }
     }
 }
 
-/// All metrics of a [`ConfusionMatrix`] (see the [module docs](self) for definitions and the 0/0
-/// convention: every 0/0 is 0.0). Per-class vectors have one entry per class.
+/// Every metric of one model on one split (test, train, validation), per class and overall, with
+/// the confusion matrix they come from (see the [module docs](self) for the definitions and the
+/// 0/0 convention). Per-class vectors have one entry per class; `confusion[t][p]` counts samples
+/// of true class `t` predicted as `p`. Ratios are in `[0, 1]`.
+///
+/// With the `trainer` feature it is (de)serializable: the split metrics of `report.json`, where a
+/// NaN is written as `null` and read back as NaN.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "trainer", derive(serde::Serialize, serde::Deserialize))]
 pub struct Metrics {
-    /// Number of classes C.
-    pub classes: usize,
-    /// Counted samples.
-    pub total: u64,
-    /// Correctly classified samples.
-    pub correct: u64,
     /// `correct / total`.
+    #[cfg_attr(feature = "trainer", serde(deserialize_with = "crate::json::nan::f64_or_nan"))]
     pub accuracy: f64,
     /// Mean recall over classes with `support > 0`.
+    #[cfg_attr(feature = "trainer", serde(deserialize_with = "crate::json::nan::f64_or_nan"))]
     pub balanced_accuracy: f64,
-    /// Samples per true class (row sums).
-    pub support: Vec<u64>,
-    /// Samples per predicted class (column sums).
-    pub predicted: Vec<u64>,
-    /// Per-class recall (true-positive rate).
+    /// Per-class recall (true-positive rate): `confusion[c][c] / support[c]`.
+    #[cfg_attr(feature = "trainer", serde(deserialize_with = "crate::json::nan::vec_f64_or_nan"))]
     pub recall: Vec<f64>,
-    /// Per-class precision.
+    /// Per-class precision: `confusion[c][c] / (column sum c)`.
+    #[cfg_attr(feature = "trainer", serde(deserialize_with = "crate::json::nan::vec_f64_or_nan"))]
     pub precision: Vec<f64>,
     /// Per-class F1.
+    #[cfg_attr(feature = "trainer", serde(deserialize_with = "crate::json::nan::vec_f64_or_nan"))]
     pub f1: Vec<f64>,
+    /// Samples per true class (row sums of `confusion`).
+    pub support: Vec<u64>,
+    /// `C x C`, row = true class, column = predicted class.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl Metrics {
+    /// Every metric of a [`ConfusionMatrix`] (same as [`ConfusionMatrix::metrics`]).
+    pub fn from_matrix(m: &ConfusionMatrix) -> Self {
+        m.metrics()
+    }
+
+    /// Every metric of a `C x C` matrix of raw counts given as rows (row = true class, column =
+    /// predicted). A matrix that is empty, not square or has more than [`MAX_CLASSES`] classes
+    /// is an error.
+    pub fn from_confusion(rows: Vec<Vec<u64>>) -> Result<Self> {
+        let c = rows.len();
+        if let Some((t, row)) = rows.iter().enumerate().find(|(_, row)| row.len() != c) {
+            return Err(Error::shape(
+                ConfusionMatrix::OP,
+                format!("not square: row {t} has {} entries, expected {c}", row.len()),
+            ));
+        }
+        Ok(ConfusionMatrix::from_counts(c, rows.concat())?.metrics())
+    }
+
+    /// Number of classes (length of the per-class vectors).
+    pub fn classes(&self) -> usize {
+        self.recall.len()
+    }
+
+    /// Counted samples (the sum of `support`).
+    pub fn total(&self) -> u64 {
+        self.support.iter().sum()
+    }
+
+    /// Correctly classified samples (the trace of `confusion`).
+    pub fn correct(&self) -> u64 {
+        self.confusion.iter().enumerate().filter_map(|(k, row)| row.get(k)).sum()
+    }
+
+    /// Samples per predicted class (column sums of `confusion`).
+    pub fn predicted(&self) -> Vec<u64> {
+        (0..self.confusion.len()).map(|k| self.confusion.iter().filter_map(|row| row.get(k)).sum()).collect()
+    }
+
+    /// The lowest per-class recall (NaN entries ignored; NaN if there is none).
+    pub fn worst_recall(&self) -> f64 {
+        self.worst_class().map_or(f64::NAN, |k| self.recall[k])
+    }
+
+    /// The class with the lowest recall (first one on ties; NaN entries ignored).
+    pub fn worst_class(&self) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (k, &r) in self.recall.iter().enumerate() {
+            if !r.is_nan() && best.is_none_or(|b| r < self.recall[b]) {
+                best = Some(k);
+            }
+        }
+        best
+    }
+
+    /// Highest minus lowest per-class recall ([`spread`] of `recall`).
+    pub fn recall_spread(&self) -> f64 {
+        spread(&self.recall)
+    }
+
+    /// Unweighted mean of the per-class recalls (NaN entries ignored; NaN if there is none).
+    pub fn mean_recall(&self) -> f64 {
+        mean_ignoring_nan(&self.recall)
+    }
+}
+
+/// Highest minus lowest of `values`, NaN entries ignored; NaN when there is no other entry. The
+/// one definition of a per-class spread (recall, precision, F1) in tables, JSON and charts.
+pub fn spread(values: &[f64]) -> f64 {
+    let finite = values.iter().copied().filter(|v| !v.is_nan());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo <= hi {
+        hi - lo
+    } else {
+        f64::NAN
+    }
+}
+
+/// Unweighted mean of `values`, NaN entries ignored; NaN when there is no other entry.
+pub fn mean_ignoring_nan(values: &[f64]) -> f64 {
+    let (sum, n) = values.iter().filter(|v| !v.is_nan()).fold((0.0, 0usize), |(s, n), &v| (s + v, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
 }
 
 /// `num / den`, with 0/0 = 0.0 (scikit-learn's `zero_division=0`).

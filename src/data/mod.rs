@@ -515,7 +515,7 @@ impl DataFingerprint {
 
     /// The fields (all but `dir`) in which `self` (saved) and `now` differ; empty when the data
     /// are the same.
-    pub fn diff(&self, now: &DataFingerprint) -> Vec<crate::report::FieldDiff> {
+    pub fn diff(&self, now: &DataFingerprint) -> Vec<crate::json::FieldDiff> {
         let value = |f: &DataFingerprint| {
             let mut v = serde_json::to_value(f).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
@@ -523,6 +523,6 @@ impl DataFingerprint {
             }
             v
         };
-        crate::report::diff_fields(&value(self), &value(now))
+        crate::json::diff_fields(&value(self), &value(now))
     }
 }

@@ -6,7 +6,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::{mean_ignoring_nan, Report, ReportError, SplitMetrics, StageReport};
+use super::{Report, ReportError, StageReport};
+use crate::confusion::{mean_ignoring_nan, spread, Metrics};
 
 /// Mean and sample standard deviation (n - 1) of one metric over seeds; `sd` is NaN for one seed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -53,16 +54,7 @@ pub const METRICS: [(&str, &str); 8] = [
 ];
 
 /// One metric of one split, by its key in [`METRICS`].
-pub fn metric(m: &SplitMetrics, key: &str) -> f64 {
-    let spread = |v: &[f64]| {
-        let f = v.iter().copied().filter(|x| !x.is_nan());
-        let (lo, hi) = f.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
-        if lo <= hi {
-            hi - lo
-        } else {
-            f64::NAN
-        }
-    };
+pub fn metric(m: &Metrics, key: &str) -> f64 {
     match key {
         "accuracy" => m.accuracy,
         "balanced_accuracy" => m.balanced_accuracy,

@@ -35,10 +35,16 @@ use super::ReportError;
 /// The manifest's file name, in `.OUT.partial/` and in a published `OUT`.
 pub const MANIFEST: &str = "run.json";
 
+/// Version of the manifest's layout, written in [`RunManifest::format`]; [`read_manifest`]
+/// refuses another version, naming both.
+pub const MANIFEST_FORMAT: u32 = 2;
+
 /// What a run folder holds: written when the run starts (`complete: false`) and last of all when
 /// it is published (`complete: true`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunManifest {
+    /// The layout version, [`MANIFEST_FORMAT`] when written by this build.
+    pub format: u32,
     /// Unique id of the run ([`new_run_id`]).
     pub run_id: String,
     /// Whether every file of the run was written (set by [`RunDir::publish`]).
@@ -46,7 +52,6 @@ pub struct RunManifest {
     pub started_utc: String,
     pub finished_utc: Option<String>,
     /// The run's files (relative to its folder), listed at publication.
-    #[serde(default)]
     pub files: Vec<String>,
     /// The caller's description of the run: configuration, data fingerprint, stages...
     pub meta: serde_json::Value,
@@ -56,6 +61,7 @@ impl RunManifest {
     /// A new, incomplete manifest with a fresh run id.
     pub fn new(meta: serde_json::Value) -> Self {
         RunManifest {
+            format: MANIFEST_FORMAT,
             run_id: new_run_id(),
             complete: false,
             started_utc: super::utc_now_rfc3339(),
@@ -84,10 +90,8 @@ pub enum OutState {
     Empty,
     /// A published run with its manifest.
     Run(RunManifest),
-    /// A run written before manifests existed (`report.json` or `stage1.json` without
-    /// `run.json`).
-    Legacy,
-    /// A folder with other files (`names`: a few of them): never replaced.
+    /// A folder with other files, a manifest-less run among them (`names`: a few of them):
+    /// never replaced.
     Foreign { names: Vec<String> },
 }
 
@@ -179,9 +183,6 @@ impl RunDir {
         if names.iter().any(|n| n == MANIFEST) {
             return Ok(OutState::Run(read_manifest(&self.out.join(MANIFEST))?));
         }
-        if names.iter().any(|n| n == "report.json" || n == "stage1.json") {
-            return Ok(OutState::Legacy);
-        }
         names.truncate(5);
         Ok(OutState::Foreign { names })
     }
@@ -209,7 +210,7 @@ impl RunDir {
         let mut json =
             serde_json::to_vec_pretty(manifest).map_err(|source| ReportError::Json { path: path.clone(), source })?;
         json.push(b'\n');
-        super::write_atomic(&path, &json)
+        crate::fs::write_atomic(&path, &json).map_err(ReportError::from)
     }
 
     /// Deletes the run in progress, if any.
@@ -233,7 +234,7 @@ impl RunDir {
         manifest.complete = true;
         manifest.finished_utc = Some(super::utc_now_rfc3339());
         self.write_manifest(manifest)?;
-        sync_dir(&self.staging);
+        crate::fs::sync_dir(&self.staging);
         self.swap_in()
     }
 
@@ -257,7 +258,7 @@ impl RunDir {
             return Err(ReportError::io("publish", &self.out, e));
         }
         if let Some(parent) = self.out.parent() {
-            sync_dir(parent);
+            crate::fs::sync_dir(parent);
         }
         if had_out {
             fs::remove_dir_all(&self.previous).map_err(io("remove", &self.previous))?;
@@ -281,10 +282,25 @@ impl RunDir {
     }
 }
 
-/// Reads and parses a manifest.
+/// Reads and parses a manifest. One of another format version (or none, from before versions)
+/// is [`ReportError::FormatVersion`], naming both.
 pub fn read_manifest(path: &Path) -> Result<RunManifest, ReportError> {
     let bytes = fs::read(path).map_err(io("read", path))?;
-    serde_json::from_slice(&bytes).map_err(|source| ReportError::Json { path: path.to_path_buf(), source })
+    let json = |source| ReportError::Json { path: path.to_path_buf(), source };
+    // The version first, so that an old file gets this error rather than a missing field.
+    #[derive(Deserialize)]
+    struct Version {
+        format: Option<u32>,
+    }
+    let version: Version = serde_json::from_slice(&bytes).map_err(json)?;
+    if version.format != Some(MANIFEST_FORMAT) {
+        return Err(ReportError::FormatVersion {
+            path: path.to_path_buf(),
+            found: version.format,
+            expected: MANIFEST_FORMAT,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(json)
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, ReportError> {
@@ -317,13 +333,4 @@ fn list_files(root: &Path, rel: &Path, out: &mut Vec<String>) -> std::io::Result
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }

@@ -1,7 +1,8 @@
 //! Plain-text summary of a [`Report`] for the terminal.
 use std::fmt::Write;
 
-use super::{Report, SplitMetrics};
+use super::Report;
+use crate::confusion::Metrics;
 
 /// Pad `s` on the left (right-align) to `width` characters.
 fn right(s: &str, width: usize) -> String {
@@ -66,7 +67,7 @@ pub fn terminal_table(report: &Report) -> String {
             right("time", 8),
         );
         for stage in &report.stages {
-            let m: &SplitMetrics = if split == "test" { &stage.test } else { &stage.train };
+            let m: &Metrics = if split == "test" { &stage.test } else { &stage.train };
             let worst = match m.worst_class() {
                 Some(k) => {
                     format!("{:>5}% ({})", pct(m.recall[k]), names.get(k).map_or("?", String::as_str))

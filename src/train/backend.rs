@@ -4,8 +4,14 @@
 //!
 //! Buffers are allocated for the largest batch; calls take the batch size `n` and use the prefix
 //! of each buffer that `n` needs.
+//!
+//! The helpers at the end translate the trait's types into the kernel families' own, for both
+//! backends.
+use crate::augment::AugmentSpec;
+use crate::batchnorm::{BnConfig, BnShape};
 use crate::confusion::ConfusionMatrix;
 use crate::conv::Conv2dShape;
+use crate::optim::SgdConfig;
 use crate::Result;
 
 /// Where a batch's images come from and how each is augmented (chosen on the host from the seeded
@@ -237,4 +243,33 @@ pub struct BnState<B> {
     pub save_invstd: B,
     pub momentum: f32,
     pub eps: f32,
+}
+
+/// The augmentation kernels' spec of a batch of 3 x 32 x 32 images.
+pub(super) fn augment_spec(pad: usize, norm: &Normalize) -> AugmentSpec {
+    AugmentSpec {
+        c: 3,
+        h: 32,
+        w: 32,
+        pad,
+        mean: [norm.mean[0], norm.mean[1], norm.mean[2], 0.0],
+        std: [norm.std[0], norm.std[1], norm.std[2], 1.0],
+    }
+}
+
+/// A plan's crop offsets (`dy, dx` per image) and flips as the bytes the kernels read.
+pub(super) fn plan_bytes(plan: &BatchPlan) -> (Vec<u8>, Vec<u8>) {
+    let crops = plan.offsets.iter().flat_map(|&(dy, dx)| [dy, dx]).collect();
+    let flips = plan.flips.iter().map(|&f| f as u8).collect();
+    (crops, flips)
+}
+
+/// The batch-norm kernels' shape and config of a layer on `n` images of geometry `g`.
+pub(super) fn bn_parts(n: usize, g: Chw, bn: &BnState<impl Sized>) -> (BnShape, BnConfig) {
+    (BnShape { n, c: g.c, hw: g.h * g.w }, BnConfig { eps: bn.eps, momentum: bn.momentum })
+}
+
+/// The SGD kernels' config of a step.
+pub(super) fn sgd_config(step: &SgdStep) -> SgdConfig {
+    SgdConfig { momentum: step.momentum, weight_decay: step.weight_decay, nesterov: step.nesterov }
 }

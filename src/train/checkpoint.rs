@@ -7,23 +7,21 @@
 //! [`CheckpointMeta`]: configuration, position (epoch, batch, global step), the RNG's state, the
 //! running loss sum and confusion counts of a partial epoch, and the epoch log so far.
 //!
-//! Files are written atomically: to a temporary file in the same folder, flushed to disk, renamed
-//! over the target, then the folder is flushed. A crash leaves either the previous checkpoint or
-//! the new one, never a torn file.
-use std::io::Write;
+//! Files are written with [`crate::fs::write_atomic`]: a crash leaves either the previous
+//! checkpoint or the new one, never a torn file.
 use std::path::Path;
 
 use rand_pcg::Pcg64;
 use serde::{Deserialize, Serialize};
 
 use super::backend::Backend;
+use super::config::TrainConfig;
+use super::epoch_log::EpochLog;
 use super::model::{Model, ModelConfig};
-use super::trainer::TrainConfig;
-use crate::report::EpochLog;
 use crate::{Error, Result};
 
-/// Version of the checkpoint layout; a file with another version is refused.
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// Version of the checkpoint layout; a file of another version is [`Error::FormatVersion`].
+pub const CHECKPOINT_FORMAT: u32 = 2;
 
 /// The JSON part of a checkpoint (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,12 +50,10 @@ pub struct CheckpointMeta {
     pub lr: f32,
     pub logs: Vec<EpochLog>,
     /// The class weights in force (they differ from `class_weights`, the starting ones, once an
-    /// epoch hook has changed them). Absent in checkpoints written before online weights.
-    #[serde(default)]
+    /// epoch hook has changed them); `None` while they are the starting ones.
     pub weights_now: Option<Vec<f32>>,
     /// Per-class sums of the epoch in progress: loss, gradient norm, sample count (3 x classes;
-    /// see [`EpochLog::class_loss`]). Empty in older checkpoints.
-    #[serde(default)]
+    /// see [`EpochLog::class_loss`]).
     pub class_sums: Vec<f64>,
 }
 
@@ -71,7 +67,7 @@ pub struct Checkpoint {
 }
 
 fn err(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::shape("checkpoint", format!("{}: {msg}", path.display()))
+    Error::InvalidFile { what: "checkpoint", path: path.to_path_buf(), msg: msg.to_string() }
 }
 
 impl Checkpoint {
@@ -104,23 +100,35 @@ impl Checkpoint {
             .collect::<Result<Vec<_>>>()?;
         let meta = std::collections::HashMap::from([("checkpoint".to_string(), meta)]);
         let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e))?;
-        write_atomic(path, &data).map_err(|e| err(path, e))
+        crate::fs::write_atomic(path, &data)
     }
 
-    /// Reads a checkpoint written by [`Checkpoint::save`]. A missing, torn or foreign file is an
-    /// error naming it.
+    /// Reads a checkpoint written by [`Checkpoint::save`]. A missing file is [`Error::Io`], a
+    /// torn or foreign one [`Error::InvalidFile`], one of another format version
+    /// [`Error::FormatVersion`]; each names the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|e| err(path, e))?;
+        let data = crate::fs::read(path)?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| err(path, e))?;
         let meta = header
             .metadata()
             .as_ref()
             .and_then(|m| m.get("checkpoint"))
             .ok_or_else(|| err(path, "not a training checkpoint (no `checkpoint` metadata)"))?;
-        let meta: CheckpointMeta = serde_json::from_str(meta).map_err(|e| err(path, format!("metadata: {e}")))?;
-        if meta.format != CHECKPOINT_FORMAT {
-            return Err(err(path, format!("format {}, this build reads {CHECKPOINT_FORMAT}", meta.format)));
+        // The version first, so that an old file gets this error rather than a missing field.
+        #[derive(Deserialize)]
+        struct Version {
+            format: Option<u32>,
         }
+        let version: Version = serde_json::from_str(meta).map_err(|e| err(path, format!("metadata: {e}")))?;
+        if version.format != Some(CHECKPOINT_FORMAT) {
+            return Err(Error::FormatVersion {
+                what: "checkpoint",
+                path: path.to_path_buf(),
+                found: version.format,
+                expected: CHECKPOINT_FORMAT,
+            });
+        }
+        let meta: CheckpointMeta = serde_json::from_str(meta).map_err(|e| err(path, format!("metadata: {e}")))?;
         let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| err(path, e))?;
         let mut state: Vec<Option<Vec<f32>>> = Vec::new();
         let mut optim: Vec<Option<Vec<f32>>> = Vec::new();
@@ -166,30 +174,6 @@ impl Checkpoint {
             order: order.ok_or_else(|| err(path, "no `order` tensor"))?,
         })
     }
-}
-
-/// Writes `bytes` to `path` via a flushed temporary file in the same folder and a rename, then
-/// flushes the folder (on Unix), so a crash leaves the old file or the new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let prefix = format!(".{name}.");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut tmp = builder.tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    #[cfg(unix)]
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// The first non-finite value of `state` (parameters, statistics) or `optim` (momentum).

@@ -1,14 +1,16 @@
 //! [`Backend`] on the CPU references (rayon-parallel where it pays).
 use ndarray::{ArrayView1, ArrayView2};
 
-use super::backend::{Backend, BatchPlan, BnState, Chw, Normalize, SgdStep};
-use crate::augment::{self, AugmentSpec};
-use crate::batchnorm::{self, BnConfig, BnShape};
+use super::backend::{
+    augment_spec, bn_parts, plan_bytes, sgd_config, Backend, BatchPlan, BnState, Chw, Normalize, SgdStep,
+};
+use crate::augment;
+use crate::batchnorm;
 use crate::confusion::{self, ConfusionMatrix};
 use crate::conv::{self, Conv2dShape};
 use crate::cross_entropy::{self, Options, Reduction};
 use crate::linear::{self, LinearShape};
-use crate::optim::{self, SgdConfig};
+use crate::optim;
 use crate::pool::{self, PoolShape};
 use crate::{Error, Result};
 
@@ -33,31 +35,6 @@ fn prefix<'a>(op: &'static str, v: &'a [f32], len: usize) -> Result<&'a [f32]> {
 fn prefix_mut<'a>(op: &'static str, v: &'a mut [f32], len: usize) -> Result<&'a mut [f32]> {
     let have = v.len();
     v.get_mut(..len).ok_or_else(|| Error::shape(op, format!("buffer of {have} values, need {len}")))
-}
-
-pub(crate) fn augment_spec(pad: usize, norm: &Normalize) -> AugmentSpec {
-    AugmentSpec {
-        c: 3,
-        h: 32,
-        w: 32,
-        pad,
-        mean: [norm.mean[0], norm.mean[1], norm.mean[2], 0.0],
-        std: [norm.std[0], norm.std[1], norm.std[2], 1.0],
-    }
-}
-
-pub(crate) fn plan_bytes(plan: &BatchPlan) -> (Vec<u8>, Vec<u8>) {
-    let crops = plan.offsets.iter().flat_map(|&(dy, dx)| [dy, dx]).collect();
-    let flips = plan.flips.iter().map(|&f| f as u8).collect();
-    (crops, flips)
-}
-
-pub(crate) fn bn_parts(n: usize, g: Chw, bn: &BnState<impl Sized>) -> (BnShape, BnConfig) {
-    (BnShape { n, c: g.c, hw: g.h * g.w }, BnConfig { eps: bn.eps, momentum: bn.momentum })
-}
-
-pub(crate) fn sgd_config(step: &SgdStep) -> SgdConfig {
-    SgdConfig { momentum: step.momentum, weight_decay: step.weight_decay, nesterov: step.nesterov }
 }
 
 impl Backend for CpuBackend {

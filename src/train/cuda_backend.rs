@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
 
-use super::backend::{Backend, BatchPlan, BnState, Chw, Normalize, SgdStep};
-use super::cpu_backend::{augment_spec, bn_parts, plan_bytes, sgd_config};
+use super::backend::{
+    augment_spec, bn_parts, plan_bytes, sgd_config, Backend, BatchPlan, BnState, Chw, Normalize, SgdStep,
+};
 use crate::confusion::ConfusionMatrix;
 use crate::conv::Conv2dShape;
 use crate::cross_entropy::{self, Options, Reduction};

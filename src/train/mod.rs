@@ -2,27 +2,37 @@
 //! [`Backend`], with a CPU backend on the references and a CUDA backend on the kernels.
 mod backend;
 mod checkpoint;
+mod config;
 mod cpu_backend;
 mod cuda_backend;
+mod epoch_log;
 mod model;
 mod trainer;
 
 use std::path::Path;
 
 pub use backend::{Backend, BatchPlan, BnState, Chw, Normalize, SgdStep};
-pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
+pub use checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
+pub use config::TrainConfig;
 pub use cpu_backend::CpuBackend;
 pub use cuda_backend::CudaBackend;
+pub use epoch_log::EpochLog;
 pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
 pub use trainer::{
     evaluate, evaluate_with, per_class_loss, train, train_with, DeviceData, EpochEnd, EpochHook, EvalOptions,
-    Evaluation, Monitor, Progress, TrainConfig, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
+    Evaluation, Monitor, Progress, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
 };
 
 use crate::{Error, Result};
 
+/// [`Error::InvalidFile`] for a model file.
+fn invalid_model(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::InvalidFile { what: "model", path: path.to_path_buf(), msg: msg.to_string() }
+}
+
 /// Saves the model's parameters and running statistics as safetensors (one 1-D f32 tensor per
-/// entry of [`Model::state`], named `t000`, `t001`, ...; the config in the metadata).
+/// entry of [`Model::state`], named `t000`, `t001`, ...; the config in the metadata), with
+/// [`crate::fs::write_atomic`].
 pub fn save_model<B: Backend>(path: &Path, model: &Model<B>, be: &B) -> Result<()> {
     let state = model.state(be)?;
     let bytes: Vec<Vec<u8>> = state.iter().map(|t| bytemuck::cast_slice(t).to_vec()).collect();
@@ -32,27 +42,22 @@ pub fn save_model<B: Backend>(path: &Path, model: &Model<B>, be: &B) -> Result<(
         .enumerate()
         .map(|(i, (t, b))| {
             let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![t.len()], b)
-                .map_err(|e| Error::shape("save_model", e.to_string()))?;
+                .map_err(|e| invalid_model(path, e))?;
             Ok((format!("t{i:03}"), v))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = std::collections::HashMap::from([(
-        "config".to_string(),
-        serde_json::to_string(&model.config).map_err(|e| Error::shape("save_model", e.to_string()))?,
-    )]);
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| Error::shape("save_model", e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::shape("save_model", format!("{}: {e}", path.display())))
+    let config = serde_json::to_string(&model.config).map_err(|e| invalid_model(path, e))?;
+    let meta = std::collections::HashMap::from([("config".to_string(), config)]);
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| invalid_model(path, e))?;
+    crate::fs::write_atomic(path, &data)
 }
 
-/// Loads what [`save_model`] wrote into a model of the same config. A missing or corrupt file, or
-/// one saved from another config, is an error and leaves the model unchanged.
+/// Loads what [`save_model`] wrote into a model of the same config. A missing file is
+/// [`Error::Io`]; a corrupt one, or one saved from another config, [`Error::InvalidFile`]. On
+/// error the model is unchanged.
 pub fn load_model<B: Backend>(path: &Path, model: &mut Model<B>, be: &B) -> Result<()> {
-    let op = "load_model";
-    let data = std::fs::read(path).map_err(|e| Error::shape(op, format!("{}: {e}", path.display())))?;
-    let what = |e: &dyn std::fmt::Display| Error::shape(op, format!("{}: {e}", path.display()));
+    let data = crate::fs::read(path)?;
+    let what = |e: &dyn std::fmt::Display| invalid_model(path, e);
     let (_, meta) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| what(&e))?;
     if let Some(saved) = meta.metadata().as_ref().and_then(|m| m.get("config")) {
         let saved: ModelConfig = serde_json::from_str(saved).map_err(|e| what(&format!("config metadata: {e}")))?;

@@ -14,73 +14,16 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 
 use super::backend::{Backend, BatchPlan, Normalize, SgdStep};
-use super::checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
+use super::checkpoint::{first_non_finite, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
+use super::config::TrainConfig;
+use super::epoch_log::EpochLog;
 use super::model::Model;
 use crate::confusion::ConfusionMatrix;
-use crate::report::EpochLog;
+use crate::json::{describe_diffs, diff_fields};
 use crate::{Error, Result};
 
 /// CIFAR-10's per-channel mean and standard deviation (of the training set, RGB).
 pub const CIFAR10_NORMALIZE: Normalize = Normalize { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
-
-/// Hyper-parameters of one training run.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    pub batch_size: usize,
-    /// Peak learning rate.
-    pub lr: f32,
-    pub momentum: f32,
-    pub nesterov: bool,
-    pub weight_decay: f32,
-    /// Warm-up length in epochs (may be fractional).
-    pub warmup_epochs: f32,
-    /// The warm-up starts at `lr * warmup_start`.
-    pub warmup_start: f32,
-    pub label_smoothing: f32,
-    /// Zero padding of the random crop; 0 disables cropping.
-    pub crop_pad: usize,
-    pub flip: bool,
-    pub seed: u64,
-    /// Evaluate the monitored split ([`Monitor`]) after every epoch (for the log).
-    pub eval_each_epoch: bool,
-    pub eval_batch_size: usize,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            epochs: 10,
-            batch_size: 256,
-            lr: 0.2,
-            momentum: 0.9,
-            nesterov: true,
-            weight_decay: 5e-4,
-            warmup_epochs: 1.0,
-            warmup_start: 0.1,
-            label_smoothing: 0.0,
-            crop_pad: 4,
-            flip: true,
-            seed: 0,
-            eval_each_epoch: true,
-            eval_batch_size: 500,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// Learning rate at `step` of `total` steps (0-based).
-    pub fn lr_at(&self, step: usize, total: usize, steps_per_epoch: usize) -> f32 {
-        let warm = ((self.warmup_epochs * steps_per_epoch as f32).round() as usize).min(total);
-        if step < warm {
-            let t = step as f32 / warm as f32;
-            self.lr * (self.warmup_start + (1.0 - self.warmup_start) * t)
-        } else {
-            let rest = (total - warm).max(1) as f32;
-            self.lr * (1.0 - (step - warm) as f32 / rest).max(0.0)
-        }
-    }
-}
 
 /// A dataset resident on the backend: images there, labels on the host.
 pub struct DeviceData<B: Backend> {
@@ -567,7 +510,7 @@ fn class_diagnostics(sums: &[f64], weights: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<
 
 /// The first non-finite value of the model's parameters, statistics or momentum, if any.
 fn non_finite_state<B: Backend>(be: &B, model: &Model<B>) -> Result<Option<String>> {
-    Ok(super::checkpoint::first_non_finite(&model.state(be)?, &model.optimizer_state(be)?))
+    Ok(first_non_finite(&model.state(be)?, &model.optimizer_state(be)?))
 }
 
 /// Checks the model, then writes the checkpoint at `path` (if any); returns the path written.
@@ -612,7 +555,7 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta) -> Result<()> {
             "train_images": m.train_images,
         })
     };
-    let diffs = crate::report::diff_fields(&pick(saved), &pick(now));
+    let diffs = diff_fields(&pick(saved), &pick(now));
     if diffs.is_empty() && saved.epoch <= now.train.epochs && saved.logs.len() == saved.epoch {
         return Ok(());
     }
@@ -624,7 +567,7 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta) -> Result<()> {
             now.train.epochs
         )
     } else {
-        format!("fields that differ (class weights compared as f32 bits):\n{}", crate::report::describe_diffs(&diffs))
+        format!("fields that differ (class weights compared as f32 bits):\n{}", describe_diffs(&diffs))
     };
     Err(Error::shape("resume", format!("the checkpoint does not belong to this run: {detail}")))
 }
