@@ -55,28 +55,15 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, La
 
 pub use crate::confusion::{ConfusionMatrix, Metrics};
 pub use crate::cross_entropy::{Options, Reduction};
-use crate::error::Error;
 pub use crate::softmax::Kind;
 
+mod common;
 mod cpu;
 #[cfg(feature = "candle-cuda")]
 mod cuda;
 
-/// candle's result type, which every function of this module returns.
-pub type Result<T> = candle_core::Result<T>;
-
-const CE_OP: &str = "cross_entropy (candle)";
-const SM_OP: &str = "softmax (candle)";
-const CM_OP: &str = "confusion (candle)";
-
-/// Converts this crate's typed error into a candle error at the boundary.
-pub(crate) fn to_candle(e: Error) -> candle_core::Error {
-    candle_core::Error::wrap(e)
-}
-
-fn shape_err(op: &'static str, msg: impl Into<String>) -> candle_core::Error {
-    to_candle(Error::shape(op, msg))
-}
+pub use common::Result;
+use common::{shape_err, to_candle, CE_OP, CM_OP, SM_OP};
 
 /// Weighted cross-entropy of `logits` (`N x C`) against class-index `targets` (`N`), with
 /// optional per-class `weight` (`C`), as a differentiable candle op. See the [module docs](self)
