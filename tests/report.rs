@@ -458,3 +458,38 @@ fn synthetic_reports_are_labelled_in_every_file() {
     let v: Value = serde_json::from_slice(&fs::read(&files.json).unwrap()).unwrap();
     assert_eq!(v["synthetic"], true);
 }
+
+/// A run manifest (run.json) of another format version, or of none, is refused naming both
+/// versions, also when the output folder is inspected; a folder with a report but no manifest is
+/// someone else's files, never replaced.
+#[test]
+fn old_manifest_format_is_a_clear_error() {
+    use evenclass::report::run_dir::{read_manifest, OutState, RunDir, RunManifest, MANIFEST, MANIFEST_FORMAT};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = RunDir::lock(&out).unwrap();
+    let mut manifest = RunManifest::new(json!({"n": 1}));
+    assert_eq!(manifest.format, MANIFEST_FORMAT);
+    run.start(&manifest).unwrap();
+    run.publish(&mut manifest).unwrap();
+    let path = out.join(MANIFEST);
+    assert_eq!(read_manifest(&path).unwrap(), manifest);
+
+    let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    for (format, found) in [(Some(1), "format 1,"), (None, "(none: written before format versions)")] {
+        match format {
+            Some(f) => v["format"] = json!(f),
+            None => drop(v.as_object_mut().unwrap().remove("format")),
+        }
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let err = read_manifest(&path).unwrap_err();
+        assert!(matches!(err, ReportError::FormatVersion { found: f, expected: MANIFEST_FORMAT, .. } if f == format));
+        let msg = err.to_string();
+        assert!(msg.contains(found) && msg.contains(&format!("reads format {MANIFEST_FORMAT}")), "{msg}");
+        assert!(matches!(run.published(), Err(ReportError::FormatVersion { .. })));
+    }
+
+    fs::remove_file(&path).unwrap();
+    fs::write(out.join("report.json"), b"{}").unwrap();
+    assert!(matches!(run.published().unwrap(), OutState::Foreign { .. }));
+}

@@ -363,9 +363,17 @@ fn corrupt_or_missing_model_file_is_an_error() {
         assert!(load_model(&p, &mut model, &be).is_err(), "{what}");
         assert_eq!(model.state(&be).unwrap(), before, "{what}: a failed load changed the model");
     }
-    assert!(load_model(&dir.path().join("absent.safetensors"), &mut model, &be).is_err());
-    // Saving into a folder that does not exist is an error too.
-    assert!(save_model(&dir.path().join("no/such/dir/m.safetensors"), &model, &be).is_err());
+    let garbage = dir.path().join("garbage.safetensors");
+    let e = load_model(&garbage, &mut model, &be).unwrap_err();
+    assert!(matches!(&e, evenclass::Error::InvalidFile { what: "model", path, .. } if *path == garbage), "{e}");
+    // A missing file and a failed write are I/O errors naming the file.
+    let absent = dir.path().join("absent.safetensors");
+    let e = load_model(&absent, &mut model, &be).unwrap_err();
+    assert!(matches!(&e, evenclass::Error::Io { path, .. } if *path == absent), "{e}");
+    let nowhere = dir.path().join("no/such/dir/m.safetensors");
+    let e = save_model(&nowhere, &model, &be).unwrap_err();
+    assert!(matches!(&e, evenclass::Error::Io { path, .. } if *path == nowhere), "{e}");
+    assert!(e.to_string().contains("no/such/dir/m.safetensors"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -757,6 +765,39 @@ fn resume_from_a_foreign_checkpoint_names_the_field() {
         std::fs::write(&ck, &bytes[..cut]).unwrap();
         assert!(Checkpoint::load(&ck).is_err(), "cut at {cut}");
     }
+}
+
+/// A checkpoint of another format version is refused with an error naming the version it has
+/// and the one this build reads; a missing one is an I/O error naming the file.
+#[test]
+fn old_checkpoint_format_is_a_clear_error() {
+    use std::sync::atomic::AtomicBool;
+    use train::{train_with, Checkpoint, TrainControl, CHECKPOINT_FORMAT};
+    let be = CpuBackend::new();
+    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
+    let (tr, _) = synthetic_data(&be, 4, 130, 0);
+    let cfg = small_train_config(2, 64, 1);
+    let dir = tmpdir();
+    let ck = dir.path().join("s.ckpt");
+    let stop = AtomicBool::new(true);
+    let mut m = Model::new(&be, config, 64, 1).unwrap();
+    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop), on_epoch: None };
+    train_with(&be, &mut m, &tr, None, &[1.0; 10], &cfg, "s", QUIET, control).unwrap();
+    let mut saved = Checkpoint::load(&ck).unwrap();
+    assert_eq!(saved.meta.format, CHECKPOINT_FORMAT);
+    saved.meta.format = CHECKPOINT_FORMAT - 1;
+    saved.save(&ck).unwrap();
+    let e = Checkpoint::load(&ck).unwrap_err();
+    assert!(
+        matches!(&e, evenclass::Error::FormatVersion { what: "checkpoint", found: Some(f), expected, .. }
+            if *f == CHECKPOINT_FORMAT - 1 && *expected == CHECKPOINT_FORMAT),
+        "{e}"
+    );
+    let msg = e.to_string();
+    let want = format!("has format {}, this build reads format {CHECKPOINT_FORMAT}", CHECKPOINT_FORMAT - 1);
+    assert!(msg.contains(&want) && msg.contains("s.ckpt"), "{msg}");
+    let absent = dir.path().join("absent.ckpt");
+    assert!(matches!(Checkpoint::load(&absent), Err(evenclass::Error::Io { path, .. }) if path == absent));
 }
 
 /// A non-finite parameter or statistic stops the run with an error naming stage, epoch, step and
