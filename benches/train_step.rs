@@ -12,7 +12,8 @@ mod common;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use evenclass::train::{
-    Backend, BatchPlan, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig, SgdStep, CIFAR10_NORMALIZE, INPUT,
+    Backend, BatchPlan, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig, SgdStep, WeightedLoss,
+    CIFAR10_NORMALIZE, INPUT,
 };
 
 const CLASSES: usize = 10;
@@ -80,7 +81,14 @@ impl<B: Backend> Setup<B> {
         self.model.forward(be, n, true).unwrap();
         let labels = be.labels(&b.labels).unwrap();
         let loss = be
-            .cross_entropy(n, CLASSES, self.model.logits(), &labels, &self.weight, LABEL_SMOOTHING, &mut self.dlogits)
+            .cross_entropy(
+                n,
+                CLASSES,
+                self.model.logits(),
+                &labels,
+                &WeightedLoss { weight: &self.weight, label_smoothing: LABEL_SMOOTHING },
+                &mut self.dlogits,
+            )
             .unwrap();
         self.model.backward(be, n, &self.dlogits).unwrap();
         self.model.sgd_step(be, &STEP).unwrap();

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use evenclass::data::synthetic;
 use evenclass::train::{
-    evaluate, Backend, BatchPlan, CpuBackend, DeviceData, Model, ModelConfig, SgdStep, CIFAR10_NORMALIZE,
+    evaluate, Backend, BatchPlan, CpuBackend, DeviceData, Model, ModelConfig, SgdStep, WeightedLoss, CIFAR10_NORMALIZE,
 };
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
@@ -110,7 +110,14 @@ fn run(args: &Args) -> Result<serde_json::Value> {
         be.build_batch(&train.images, &p, PAD, &CIFAR10_NORMALIZE, model.input_mut())?;
         model.forward(&be, batch, true)?;
         let dl = be.labels(&labels)?;
-        last_loss = be.cross_entropy(batch, CLASSES, model.logits(), &dl, &weight, 0.0, &mut dlogits)?;
+        last_loss = be.cross_entropy(
+            batch,
+            CLASSES,
+            model.logits(),
+            &dl,
+            &WeightedLoss { weight: &weight, label_smoothing: 0.0 },
+            &mut dlogits,
+        )?;
         be.confusion(batch, model.logits(), &dl, None, &mut counts)?;
         model.backward(&be, batch, &dlogits)?;
         model.sgd_step(&be, &step_cfg)?;

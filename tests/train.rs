@@ -6,7 +6,7 @@ mod common;
 use evenclass::data::synthetic::synthetic;
 use evenclass::train::{
     self, load_model, save_model, Backend, BatchPlan, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig, Monitor,
-    Progress, SgdStep, TrainConfig, CIFAR10_NORMALIZE, INPUT,
+    Progress, SgdStep, TrainConfig, WeightedLoss, CIFAR10_NORMALIZE, INPUT,
 };
 
 const QUIET: Progress = Progress { bars: false, summaries: false };
@@ -39,7 +39,9 @@ fn loss<B: Backend>(
     let c = model.config.classes;
     model.forward(be, n, true).unwrap();
     let (dl, w) = (be.labels(labels).unwrap(), be.upload(weights).unwrap());
-    let l32 = be.cross_entropy(n, c, model.logits(), &dl, &w, 0.0, dlogits).unwrap();
+    let l32 = be
+        .cross_entropy(n, c, model.logits(), &dl, &WeightedLoss { weight: &w, label_smoothing: 0.0 }, dlogits)
+        .unwrap();
     let z = be.to_host(model.logits(), n * c).unwrap();
     let (mut sum, mut wsum) = (0.0f64, 0.0f64);
     for (row, &y) in z.chunks(c).zip(labels) {
@@ -508,7 +510,16 @@ fn cuda_step_matches_cpu() {
         let mut dlogits = be.zeros(n * config.classes).unwrap();
         model.forward(be, n, true).unwrap();
         let train_logits = be.to_host(model.logits(), n * config.classes).unwrap();
-        let loss = be.cross_entropy(n, config.classes, model.logits(), &dl, &w, 0.0, &mut dlogits).unwrap();
+        let loss = be
+            .cross_entropy(
+                n,
+                config.classes,
+                model.logits(),
+                &dl,
+                &WeightedLoss { weight: &w, label_smoothing: 0.0 },
+                &mut dlogits,
+            )
+            .unwrap();
         model.backward(be, n, &dlogits).unwrap();
         let grads = model.gradients(be).unwrap();
         model.sgd_step(be, step).unwrap();

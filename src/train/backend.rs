@@ -11,6 +11,7 @@ use crate::augment::AugmentSpec;
 use crate::batchnorm::{BnConfig, BnShape};
 use crate::confusion::ConfusionMatrix;
 use crate::conv::Conv2dShape;
+use crate::linear::LinearShape;
 use crate::optim::SgdConfig;
 use crate::Result;
 
@@ -136,7 +137,6 @@ pub trait Backend {
 
     /// Training-mode batch norm followed by ReLU; saves the batch statistics for backward and
     /// updates the running statistics.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_forward_train(
         &self,
         n: usize,
@@ -153,14 +153,13 @@ pub trait Backend {
         bn: &BnState<Self::Buf>,
         y: &mut Self::Buf,
     ) -> Result<()>;
-    /// `dx` overwritten; `bn.dgamma`, `bn.dbeta` overwritten.
-    #[allow(clippy::too_many_arguments)]
+    /// `dx` overwritten; `bn.dgamma`, `bn.dbeta` overwritten. `saved`: the forward pass's input
+    /// and output.
     fn bn_relu_backward(
         &self,
         n: usize,
         g: Chw,
-        x: &Self::Buf,
-        y: &Self::Buf,
+        saved: Saved<'_, Self::Buf>,
         bn: &mut BnState<Self::Buf>,
         dy: &Self::Buf,
         dx: &mut Self::Buf,
@@ -169,43 +168,35 @@ pub trait Backend {
     fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
 
-    /// `y = x W^T + b`, x: n x inp, W: out x inp.
-    #[allow(clippy::too_many_arguments)]
+    /// `y = x W^T + b`, x: batch x in_features, W: out_features x in_features.
     fn linear_forward(
         &self,
-        n: usize,
-        inp: usize,
-        out: usize,
+        s: LinearShape,
         x: &Self::Buf,
         w: &Self::Buf,
         b: &Self::Buf,
         y: &mut Self::Buf,
     ) -> Result<()>;
-    #[allow(clippy::too_many_arguments)]
+    /// The gradients of [`Backend::linear_forward`]'s input, weight and bias from the output's
+    /// `dy` (each overwritten).
     fn linear_backward(
         &self,
-        n: usize,
-        inp: usize,
-        out: usize,
+        s: LinearShape,
         x: &Self::Buf,
         w: &Self::Buf,
         dy: &Self::Buf,
-        dx: &mut Self::Buf,
-        dw: &mut Self::Buf,
-        db: &mut Self::Buf,
+        grads: LinearGrads<'_, Self::Buf>,
     ) -> Result<()>;
 
-    /// Mean class-weighted cross-entropy of the batch and its gradient (one fused pass); returns
-    /// the loss value.
-    #[allow(clippy::too_many_arguments)]
+    /// Mean class-weighted cross-entropy of the batch (`n x classes` logits) and its gradient
+    /// (one fused pass); returns the loss value.
     fn cross_entropy(
         &self,
         n: usize,
         classes: usize,
         logits: &Self::Buf,
         labels: &Self::Labels,
-        weight: &Self::Buf,
-        label_smoothing: f32,
+        weighting: &WeightedLoss<'_, Self::Buf>,
         grad: &mut Self::Buf,
     ) -> Result<f32>;
 
@@ -229,6 +220,31 @@ pub trait Backend {
         bias: Option<&Self::Buf>,
         counts: &mut ConfusionMatrix,
     ) -> Result<()>;
+}
+
+/// What a layer's forward pass read and wrote, for its backward pass.
+#[derive(Clone, Copy)]
+pub struct Saved<'a, B> {
+    pub input: &'a B,
+    pub output: &'a B,
+}
+
+/// Where [`Backend::linear_backward`] writes the gradients (each overwritten).
+pub struct LinearGrads<'a, B> {
+    /// Of the input (`batch x in_features`).
+    pub dx: &'a mut B,
+    /// Of the weight (`out_features x in_features`).
+    pub dw: &'a mut B,
+    /// Of the bias (`out_features`).
+    pub db: &'a mut B,
+}
+
+/// How [`Backend::cross_entropy`] weighs the loss: one weight per class (on the device) and the
+/// label smoothing.
+#[derive(Clone, Copy)]
+pub struct WeightedLoss<'a, B> {
+    pub weight: &'a B,
+    pub label_smoothing: f32,
 }
 
 /// Parameters, running statistics and saved batch statistics of a batch-norm layer.

@@ -2,7 +2,8 @@
 use ndarray::{ArrayView1, ArrayView2};
 
 use super::backend::{
-    augment_spec, bn_parts, plan_bytes, sgd_config, Backend, BatchPlan, BnState, Chw, Normalize, SgdStep,
+    augment_spec, bn_parts, plan_bytes, sgd_config, Backend, BatchPlan, BnState, Chw, LinearGrads, Normalize, Saved,
+    SgdStep, WeightedLoss,
 };
 use crate::augment;
 use crate::batchnorm;
@@ -171,12 +172,12 @@ impl Backend for CpuBackend {
         &self,
         n: usize,
         g: Chw,
-        x: &Vec<f32>,
-        y: &Vec<f32>,
+        saved: Saved<'_, Vec<f32>>,
         bn: &mut BnState<Vec<f32>>,
         dy: &Vec<f32>,
         dx: &mut Vec<f32>,
     ) -> Result<()> {
+        let (x, y) = (saved.input, saved.output);
         let (shape, _) = bn_parts(n, g, bn);
         let len = n * g.len();
         batchnorm::cpu::relu_backward_into(
@@ -203,33 +204,21 @@ impl Backend for CpuBackend {
         pool::cpu::global_avg_pool_backward_into(prefix("gap", dy, n * g.c)?, prefix_mut("gap", dx, s.len())?, s)
     }
 
-    fn linear_forward(
-        &self,
-        n: usize,
-        inp: usize,
-        out: usize,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        b: &Vec<f32>,
-        y: &mut Vec<f32>,
-    ) -> Result<()> {
-        let s = LinearShape { batch: n, in_features: inp, out_features: out };
+    fn linear_forward(&self, s: LinearShape, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        let (n, inp, out) = (s.batch, s.in_features, s.out_features);
         linear::cpu::forward_into(prefix("linear", x, n * inp)?, w, b, prefix_mut("linear", y, n * out)?, s)
     }
 
     fn linear_backward(
         &self,
-        n: usize,
-        inp: usize,
-        out: usize,
+        s: LinearShape,
         x: &Vec<f32>,
         w: &Vec<f32>,
         dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
-        dw: &mut Vec<f32>,
-        db: &mut Vec<f32>,
+        grads: LinearGrads<'_, Vec<f32>>,
     ) -> Result<()> {
-        let s = LinearShape { batch: n, in_features: inp, out_features: out };
+        let (n, inp, out) = (s.batch, s.in_features, s.out_features);
+        let LinearGrads { dx, dw, db } = grads;
         linear::cpu::backward_into(
             prefix("linear", x, n * inp)?,
             w,
@@ -247,10 +236,10 @@ impl Backend for CpuBackend {
         classes: usize,
         logits: &Vec<f32>,
         labels: &Vec<i32>,
-        weight: &Vec<f32>,
-        label_smoothing: f32,
+        weighting: &WeightedLoss<'_, Vec<f32>>,
         grad: &mut Vec<f32>,
     ) -> Result<f32> {
+        let (weight, label_smoothing) = (weighting.weight, weighting.label_smoothing);
         let x = ArrayView2::from_shape((n, classes), prefix("cross_entropy", logits, n * classes)?)
             .map_err(|e| Error::shape("cross_entropy", e.to_string()))?;
         let opts = Options { ignore_index: None, label_smoothing, reduction: Reduction::Mean };

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
 
 use super::backend::{
-    augment_spec, bn_parts, plan_bytes, sgd_config, Backend, BatchPlan, BnState, Chw, Normalize, SgdStep,
+    augment_spec, bn_parts, plan_bytes, sgd_config, Backend, BatchPlan, BnState, Chw, LinearGrads, Normalize, Saved,
+    SgdStep, WeightedLoss,
 };
 use crate::confusion::ConfusionMatrix;
 use crate::conv::Conv2dShape;
@@ -232,12 +233,12 @@ impl Backend for CudaBackend {
         &self,
         n: usize,
         g: Chw,
-        x: &CudaSlice<f32>,
-        y: &CudaSlice<f32>,
+        saved: Saved<'_, CudaSlice<f32>>,
         bn: &mut BnState<CudaSlice<f32>>,
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        let (x, y) = (saved.input, saved.output);
         let (shape, _) = bn_parts(n, g, bn);
         let len = n * g.len();
         batchnorm::cuda::relu_backward(
@@ -277,31 +278,26 @@ impl Backend for CudaBackend {
 
     fn linear_forward(
         &self,
-        n: usize,
-        inp: usize,
-        out: usize,
+        s: LinearShape,
         x: &CudaSlice<f32>,
         w: &CudaSlice<f32>,
         b: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let s = LinearShape { batch: n, in_features: inp, out_features: out };
+        let (n, inp, out) = (s.batch, s.in_features, s.out_features);
         linear::cuda::forward(&self.stream, &view("linear", x, n * inp)?, w, b, &mut view_mut("linear", y, n * out)?, s)
     }
 
     fn linear_backward(
         &self,
-        n: usize,
-        inp: usize,
-        out: usize,
+        s: LinearShape,
         x: &CudaSlice<f32>,
         w: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
-        dw: &mut CudaSlice<f32>,
-        db: &mut CudaSlice<f32>,
+        grads: LinearGrads<'_, CudaSlice<f32>>,
     ) -> Result<()> {
-        let s = LinearShape { batch: n, in_features: inp, out_features: out };
+        let (n, inp, out) = (s.batch, s.in_features, s.out_features);
+        let LinearGrads { dx, dw, db } = grads;
         linear::cuda::backward(
             &self.stream,
             &view("linear", x, n * inp)?,
@@ -320,10 +316,10 @@ impl Backend for CudaBackend {
         classes: usize,
         logits: &CudaSlice<f32>,
         labels: &CudaSlice<i32>,
-        weight: &CudaSlice<f32>,
-        label_smoothing: f32,
+        weighting: &WeightedLoss<'_, CudaSlice<f32>>,
         grad: &mut CudaSlice<f32>,
     ) -> Result<f32> {
+        let (weight, label_smoothing) = (weighting.weight, weighting.label_smoothing);
         let opts = Options { ignore_index: None, label_smoothing, reduction: Reduction::Mean };
         let mut loss = self.loss.borrow_mut();
         let wv = weight.as_view();

@@ -11,7 +11,7 @@ mod trainer;
 
 use std::path::Path;
 
-pub use backend::{Backend, BatchPlan, BnState, Chw, Normalize, SgdStep};
+pub use backend::{Backend, BatchPlan, BnState, Chw, LinearGrads, Normalize, Saved, SgdStep, WeightedLoss};
 pub use checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 pub use config::TrainConfig;
 pub use cpu_backend::CpuBackend;

@@ -12,8 +12,9 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
 use rand_pcg::Pcg64;
 
-use super::backend::{Backend, BnState, Chw, SgdStep};
+use super::backend::{Backend, BnState, Chw, LinearGrads, Saved, SgdStep};
 use crate::conv::{Conv2dOpts, Conv2dShape};
+use crate::linear::LinearShape;
 use crate::{Error, Result};
 
 /// Width (channels of the stem; stages double it three times), depth (convolutions per stage) and
@@ -230,7 +231,7 @@ impl<B: Backend> Model<B> {
                 }
                 Op::Gap { g } => be.global_avg_pool_forward(n, *g, x, y)?,
                 Op::Linear { inp, out, weight, bias } => {
-                    be.linear_forward(n, *inp, *out, x, &weight.value, &bias.value, y)?
+                    be.linear_forward(linear_shape(n, *inp, *out), x, &weight.value, &bias.value, y)?
                 }
             }
         }
@@ -264,10 +265,11 @@ impl<B: Backend> Model<B> {
                     be.conv_backward(&p, x, &weight.value, dy, (i > 0).then_some(dx), &mut weight.grad)?
                 }
                 Op::MaxPool { g, idx } => be.max_pool_backward(n, *g, idx, dy, dx)?,
-                Op::BnRelu { g, bn, .. } => be.bn_relu_backward(n, *g, x, y, bn, dy, dx)?,
+                Op::BnRelu { g, bn, .. } => be.bn_relu_backward(n, *g, Saved { input: x, output: y }, bn, dy, dx)?,
                 Op::Gap { g } => be.global_avg_pool_backward(n, *g, dy, dx)?,
                 Op::Linear { inp, out, weight, bias } => {
-                    be.linear_backward(n, *inp, *out, x, &weight.value, dy, dx, &mut weight.grad, &mut bias.grad)?
+                    let grads = LinearGrads { dx, dw: &mut weight.grad, db: &mut bias.grad };
+                    be.linear_backward(linear_shape(n, *inp, *out), x, &weight.value, dy, grads)?
                 }
             }
             std::mem::swap(&mut self.grad_a, &mut self.grad_b);
@@ -609,4 +611,9 @@ impl std::fmt::Display for MemoryEstimate {
             gib(self.data)
         )
     }
+}
+
+/// The linear head's shape on a batch of `n`.
+fn linear_shape(n: usize, inp: usize, out: usize) -> LinearShape {
+    LinearShape { batch: n, in_features: inp, out_features: out }
 }

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 
-use super::backend::{Backend, BatchPlan, Normalize, SgdStep};
+use super::backend::{Backend, BatchPlan, Normalize, SgdStep, WeightedLoss};
 use super::checkpoint::{first_non_finite, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 use super::config::TrainConfig;
 use super::epoch_log::EpochLog;
@@ -308,7 +308,8 @@ pub fn train_with<B: Backend>(
             let n = cfg.batch_size;
             model.forward(be, n, true)?;
             let dl = be.labels(&labels)?;
-            let loss = be.cross_entropy(n, classes, model.logits(), &dl, &weight, cfg.label_smoothing, &mut dlogits)?;
+            let weighting = WeightedLoss { weight: &weight, label_smoothing: cfg.label_smoothing };
+            let loss = be.cross_entropy(n, classes, model.logits(), &dl, &weighting, &mut dlogits)?;
             if !loss.is_finite() {
                 return Err(diverged(&meta, format!("the loss is {loss} (batch {} of the epoch)", b + 1), &last_good));
             }
