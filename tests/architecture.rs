@@ -46,8 +46,8 @@ struct Found {
     reexport: bool,
 }
 
-/// Removes comments, string and char literals (keeping line structure irrelevant: the result is
-/// only tokenized).
+/// The source without comments, and with every string and char literal emptied: the result is
+/// only tokenized, so paths inside text never count.
 fn strip(src: &str) -> String {
     let b: Vec<char> = src.chars().collect();
     let mut out = String::with_capacity(src.len());
@@ -470,8 +470,8 @@ fn name(m: &[String]) -> String {
     }
 }
 
-/// Every elementary cycle's representative: for each strongly connected component of more than
-/// one file, one cycle through it.
+/// One shortest cycle through each file that lies on a cycle (files already on a reported cycle
+/// start no other search).
 fn cycles(edges: &BTreeSet<(ModPath, ModPath)>) -> Vec<Vec<ModPath>> {
     let mut adj: BTreeMap<&ModPath, Vec<&ModPath>> = BTreeMap::new();
     for (a, b) in edges {
