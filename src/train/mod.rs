@@ -5,6 +5,7 @@ mod checkpoint;
 mod cpu_backend;
 mod cuda_backend;
 mod model;
+mod step;
 mod trainer;
 
 use std::path::Path;
@@ -14,9 +15,10 @@ pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT
 pub use cpu_backend::CpuBackend;
 pub use cuda_backend::CudaBackend;
 pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
+pub use step::{ClassTally, DeviceData, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
 pub use trainer::{
-    evaluate, evaluate_with, per_class_loss, train, train_with, DeviceData, EpochEnd, EpochHook, EvalOptions,
-    Evaluation, Monitor, Progress, TrainConfig, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
+    evaluate, evaluate_with, per_class_loss, train, train_with, EpochEnd, EpochHook, EvalOptions, Evaluation, Monitor,
+    Progress, TrainConfig, TrainControl, TrainOutcome,
 };
 
 use crate::{Error, Result};
