@@ -1,7 +1,10 @@
-//! One full training step of `evenclass::train::Model`, as the training loop runs it: build the
-//! augmented batch, forward (training mode), class-weighted cross-entropy with label smoothing (the
-//! loss value read back), backward, SGD on every parameter. The trainer's per-step confusion
-//! counting and progress bar are left out. Throughput is images per second (elements = batch).
+//! One full training step of `evenclass::train::Model`, the trainer's own `TrainStep`: draw the
+//! batch plan (crop offsets and flips from the run's RNG), build the augmented batch, forward
+//! (training mode), class-weighted cross-entropy with label smoothing (the loss value read back),
+//! backward, SGD on every parameter. Two variants: `step` is the step exactly as the trainer runs
+//! it, with the per-class tally its epoch log needs (confusion counting, the logits downloaded
+//! for per-class sums); `step_no_tally` leaves the tally out. The progress bar is not timed.
+//! Throughput is images per second (elements = batch).
 //!
 //! CPU: `CpuBackend`, width 16, depth 1, batch 256 (the trainer's default model). GPU, when a CUDA
 //! device is present: `CudaBackend`, width 64, depth 2, batch 512, timed as wall time per step
@@ -12,52 +15,26 @@ mod common;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use evenclass::train::{
-    Backend, BatchPlan, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig, SgdStep, WeightedLoss,
-    CIFAR10_NORMALIZE, INPUT,
+    Backend, ClassTally, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig, StepOutcome, TrainConfig, TrainStep,
+    INPUT,
 };
+use rand_pcg::Pcg64;
 
 const CLASSES: usize = 10;
 /// Images in the resident dataset the batches are drawn from.
 const DATASET: usize = 4096;
-/// Distinct batch plans cycled through (drawn before timing).
-const PLANS: usize = 8;
-const PAD: usize = 4;
-const LABEL_SMOOTHING: f32 = 0.1;
-const STEP: SgdStep = SgdStep { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+/// Distinct batches of dataset indices cycled through (drawn before timing).
+const BATCHES: usize = 8;
 
-/// A batch plan and its labels.
-struct Batch {
-    plan: BatchPlan,
-    labels: Vec<i32>,
-}
-
-fn batches(n: usize, dataset_labels: &[u8]) -> Vec<Batch> {
-    (0..PLANS as u64)
-        .map(|k| {
-            let indices = common::labels(100 + k, n, DATASET);
-            let crops = common::bytes(200 + k, 2 * n);
-            let flips = common::bytes(300 + k, n);
-            let plan = BatchPlan {
-                offsets: crops
-                    .chunks_exact(2)
-                    .map(|o| (o[0] % (2 * PAD as u8 + 1), o[1] % (2 * PAD as u8 + 1)))
-                    .collect(),
-                flips: flips.iter().map(|f| f & 1 == 1).collect(),
-                indices,
-            };
-            let labels = plan.indices.iter().map(|&i| dataset_labels[i as usize] as i32).collect();
-            Batch { plan, labels }
-        })
-        .collect()
-}
-
-/// The per-step state: model, data, class weights, logits' gradient and the batches to cycle.
+/// The per-step state: model, data, the step, its tally, and the batches to cycle.
 struct Setup<B: Backend> {
     model: Model<B>,
     data: DeviceData<B>,
-    weight: B::Buf,
-    dlogits: B::Buf,
-    batches: Vec<Batch>,
+    step: TrainStep<B>,
+    tally: ClassTally,
+    rng: Pcg64,
+    lr: f32,
+    batches: Vec<Vec<i32>>,
     next: usize,
 }
 
@@ -66,33 +43,24 @@ fn setup<B: Backend>(be: &B, config: ModelConfig, batch: usize) -> Setup<B> {
     let labels: Vec<u8> = common::labels(2, DATASET, CLASSES).iter().map(|&l| l as u8).collect();
     let model = Model::new(be, config, batch, 3).unwrap();
     let data = DeviceData::new(be, &images, &labels).unwrap();
-    let weight = be.upload(&common::uniform(4, CLASSES, 0.5, 2.0)).unwrap();
-    let dlogits = be.zeros(batch * CLASSES).unwrap();
-    Setup { model, data, weight, dlogits, batches: batches(batch, &labels), next: 0 }
+    // The trainer's defaults with label smoothing and a small learning rate (finite losses).
+    let cfg = TrainConfig { batch_size: batch, lr: 0.01, label_smoothing: 0.1, ..TrainConfig::default() };
+    let step = TrainStep::new(be, &model, &cfg, &common::uniform(4, CLASSES, 0.5, 2.0)).unwrap();
+    let batches = (0..BATCHES as u64).map(|k| common::labels(100 + k, batch, DATASET)).collect();
+    let tally = ClassTally::new(CLASSES).unwrap();
+    Setup { model, data, step, tally, rng: common::rng(5), lr: cfg.lr, batches, next: 0 }
 }
 
 impl<B: Backend> Setup<B> {
-    /// One training step on the next batch; returns the loss.
-    fn step(&mut self, be: &B) -> f32 {
-        let b = &self.batches[self.next];
+    /// One training step on the next batch, with or without the tally; returns the loss.
+    fn step(&mut self, be: &B, tally: bool) -> f32 {
+        let indices = &self.batches[self.next];
         self.next = (self.next + 1) % self.batches.len();
-        let n = b.plan.len();
-        be.build_batch(&self.data.images, &b.plan, PAD, &CIFAR10_NORMALIZE, self.model.input_mut()).unwrap();
-        self.model.forward(be, n, true).unwrap();
-        let labels = be.labels(&b.labels).unwrap();
-        let loss = be
-            .cross_entropy(
-                n,
-                CLASSES,
-                self.model.logits(),
-                &labels,
-                &WeightedLoss { weight: &self.weight, label_smoothing: LABEL_SMOOTHING },
-                &mut self.dlogits,
-            )
-            .unwrap();
-        self.model.backward(be, n, &self.dlogits).unwrap();
-        self.model.sgd_step(be, &STEP).unwrap();
-        loss
+        let plan = self.step.plan(&mut self.rng, indices);
+        let tally = if tally { Some(&mut self.tally) } else { None };
+        match self.step.run(be, &mut self.model, &self.data, &plan, self.lr, tally).unwrap() {
+            StepOutcome::Updated { loss } | StepOutcome::NonFiniteLoss { loss } => loss,
+        }
     }
 }
 
@@ -107,15 +75,17 @@ fn bench_model<B: Backend>(
     let id = format!("w{}_d{}_b{batch}", config.width, config.depth);
     eprintln!("{}: {id}, {} parameters", be.describe(), s.model.parameter_count());
     g.throughput(Throughput::Elements(batch as u64));
-    let mut last = 0.0;
-    g.bench_function(BenchmarkId::new("step", &id), |bn| {
-        bn.iter(|| {
-            last = s.step(be);
-            sync();
-        })
-    });
-    if !last.is_finite() {
-        eprintln!("warning: the loss became {last} while timing {id}; timings may not be representative");
+    for (name, tally) in [("step", true), ("step_no_tally", false)] {
+        let mut last = 0.0;
+        g.bench_function(BenchmarkId::new(name, &id), |bn| {
+            bn.iter(|| {
+                last = s.step(be, tally);
+                sync();
+            })
+        });
+        if !last.is_finite() {
+            eprintln!("warning: the loss became {last} while timing {name} {id}; timings may not be representative");
+        }
     }
 }
 

@@ -3,11 +3,13 @@
 //!
 //! `cargo run --release --example speed -- --width 16 --threads 1`
 //!
-//! Training step, exactly as `train_with` runs it: the random crop/flip plan drawn from a seeded
-//! RNG, `build_batch` (u8 images -> cropped, flipped, normalized floats), forward in training mode,
-//! class-weighted cross-entropy (loss read back), confusion counting, backward, SGD with Nesterov
-//! momentum and weight decay. Evaluation: the library's `evaluate` (build the batch without
-//! augmentation, forward in eval mode, confusion counting), `batch` images per forward.
+//! Training step: the trainer's own `TrainStep` (the random crop/flip plan drawn from a seeded
+//! RNG, `build_batch`, forward in training mode, class-weighted cross-entropy with the loss read
+//! back, backward, SGD with Nesterov momentum and weight decay), with the per-class tally the
+//! trainer keeps for its epoch log (confusion counting and the logits downloaded for per-class
+//! sums) unless `--no-tally`; the JSON's `class_tally` says which. Evaluation: the library's
+//! `evaluate` (build the batch without augmentation, forward in eval mode, confusion counting),
+//! `batch` images per forward.
 //!
 //! Inputs are the built-in synthetic set (the speed does not depend on the pixels). Each repeat
 //! times `--steps` steps (or forwards) together; the median repeat is reported, all are listed.
@@ -19,13 +21,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use evenclass::data::synthetic;
 use evenclass::train::{
-    evaluate, Backend, BatchPlan, CpuBackend, DeviceData, Model, ModelConfig, SgdStep, WeightedLoss, CIFAR10_NORMALIZE,
+    evaluate, Backend, ClassTally, CpuBackend, DeviceData, Model, ModelConfig, StepOutcome, TrainConfig, TrainStep,
 };
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use rand_pcg::Pcg64;
 
 const CLASSES: usize = 10;
-const PAD: usize = 4;
 
 #[derive(Parser, Debug)]
 #[command(about = "Images/s of the CPU training step and evaluation (one JSON line)")]
@@ -52,6 +53,9 @@ struct Args {
     eval_steps: Option<usize>,
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Time the step without the trainer's per-class tally (confusion counts, logits download).
+    #[arg(long)]
+    no_tally: bool,
 }
 
 /// Median of the values (the mean of the middle two for an even count).
@@ -64,19 +68,6 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (s[m - 1] + s[m]) / 2.0
     }
-}
-
-/// The trainer's augmentation plan (`augment_plan` in src/train/trainer.rs): per image a crop
-/// offset in `[0, 2 * PAD]` squared and a coin-flip horizontal flip.
-fn plan(rng: &mut Pcg64, idx: &[i32]) -> BatchPlan {
-    let mut p = BatchPlan { indices: idx.to_vec(), offsets: Vec::with_capacity(idx.len()), flips: Vec::new() };
-    for _ in idx {
-        let dy = rng.random_range(0..=2 * PAD as u8);
-        let dx = rng.random_range(0..=2 * PAD as u8);
-        p.offsets.push((dy, dx));
-        p.flips.push(rng.random_bool(0.5));
-    }
-    p
 }
 
 fn run(args: &Args) -> Result<serde_json::Value> {
@@ -92,35 +83,25 @@ fn run(args: &Args) -> Result<serde_json::Value> {
     let mut model = Model::new(&be, config, batch, 0)?;
     // Class weights as stage 2 of the experiment uses them (values do not change the cost).
     let weights: Vec<f32> = (0..CLASSES).map(|c| 0.5 + 0.15 * c as f32).collect();
-    let weight = be.upload(&weights)?;
-    let mut dlogits = be.zeros(batch * CLASSES)?;
-    let mut counts = evenclass::confusion::ConfusionMatrix::new(CLASSES)?;
+    // The trainer's defaults (crop padding 4, flips, momentum 0.9 with Nesterov, weight decay
+    // 5e-4) at a learning rate small enough that the timed steps stay finite.
+    let cfg = TrainConfig { batch_size: batch, lr: 0.05, ..TrainConfig::default() };
+    let mut train_step = TrainStep::new(&be, &model, &cfg, &weights)?;
+    let mut tally = ClassTally::new(CLASSES)?;
     let mut rng = Pcg64::seed_from_u64(1);
     let batches = train.len() / batch;
-    // The trainer's default peak learning rate, small enough that the timed steps stay finite.
-    let step_cfg = SgdStep { lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
     let mut next = 0usize;
     let mut last_loss = 0.0f32;
     let mut step = |model: &mut Model<CpuBackend>| -> Result<()> {
         let lo = (next % batches) * batch;
         next += 1;
         let idx: Vec<i32> = (lo as i32..(lo + batch) as i32).collect();
-        let p = plan(&mut rng, &idx);
-        let labels: Vec<i32> = idx.iter().map(|&i| train.labels[i as usize] as i32).collect();
-        be.build_batch(&train.images, &p, PAD, &CIFAR10_NORMALIZE, model.input_mut())?;
-        model.forward(&be, batch, true)?;
-        let dl = be.labels(&labels)?;
-        last_loss = be.cross_entropy(
-            batch,
-            CLASSES,
-            model.logits(),
-            &dl,
-            &WeightedLoss { weight: &weight, label_smoothing: 0.0 },
-            &mut dlogits,
-        )?;
-        be.confusion(batch, model.logits(), &dl, None, &mut counts)?;
-        model.backward(&be, batch, &dlogits)?;
-        model.sgd_step(&be, &step_cfg)?;
+        let plan = train_step.plan(&mut rng, &idx);
+        let tally = if args.no_tally { None } else { Some(&mut tally) };
+        match train_step.run(&be, model, &train, &plan, cfg.lr, tally)? {
+            StepOutcome::Updated { loss } => last_loss = loss,
+            StepOutcome::NonFiniteLoss { loss } => anyhow::bail!("the loss became {loss}"),
+        }
         Ok(())
     };
 
@@ -155,6 +136,7 @@ fn run(args: &Args) -> Result<serde_json::Value> {
         "steps": args.steps,
         "eval_steps": eval_steps,
         "repeats": args.repeats,
+        "class_tally": !args.no_tally,
         "train_images_per_s": median(&train_ips),
         "eval_images_per_s": median(&eval_ips),
         "train_repeats": train_ips,

@@ -857,3 +857,61 @@ fn divergence_stops_with_stage_epoch_step_and_last_good_checkpoint() {
     assert!(matches!(&e, evenclass::Error::Diverged { epoch: 1, step: 0, .. }), "{e}");
     assert_eq!(std::fs::read(&ck).unwrap(), good, "the last good checkpoint was overwritten");
 }
+
+/// The trainer's step on its own: the per-class tally only observes (the update is the same
+/// with or without it) and counts every image of the batch once; a non-finite loss stops the
+/// step before the update; a plan that does not fit the model or the data is an error.
+#[test]
+fn the_training_step_tally_only_observes() {
+    use train::{ClassTally, StepOutcome, TrainStep};
+    let be = CpuBackend::new();
+    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
+    let (tr, _) = synthetic_data(&be, 8, 96, 0);
+    let cfg = small_train_config(1, 32, 2);
+    let weights: Vec<f32> = (0..10).map(|c| 0.5 + 0.1 * c as f32).collect();
+    let indices: Vec<i32> = (0..32).map(|i| 95 - 3 * i).collect();
+    let run = |tally: Option<&mut ClassTally>| {
+        let mut model = Model::new(&be, config, 32, 2).unwrap();
+        let mut step = TrainStep::new(&be, &model, &cfg, &weights).unwrap();
+        let plan = step.plan(&mut rand_pcg::Pcg64::new(1, 1), &indices);
+        let outcome = step.run(&be, &mut model, &tr, &plan, cfg.lr, tally).unwrap();
+        (outcome, bits(&model.state(&be).unwrap()))
+    };
+    let mut tally = ClassTally::new(10).unwrap();
+    let (with, state_with) = run(Some(&mut tally));
+    let (without, state_without) = run(None);
+    assert!(matches!(with, StepOutcome::Updated { loss } if loss.is_finite()));
+    assert_eq!(with, without);
+    assert_eq!(state_with, state_without);
+    assert_ne!(state_with, bits(&Model::new(&be, config, 32, 2).unwrap().state(&be).unwrap()), "the step updates");
+    assert_eq!(tally.confusion.total(), 32);
+    let per_class: f64 = tally.sums[20..30].iter().sum();
+    assert_eq!(per_class, 32.0);
+    assert!(tally.class_loss().iter().zip(&tally.sums[20..30]).all(|(l, n)| (*n == 0.0) == l.is_nan()));
+
+    // A non-finite loss: the parameters stay as they were.
+    let mut model = Model::new(&be, config, 32, 2).unwrap();
+    let mut state = model.state(&be).unwrap();
+    state[0][0] = f32::INFINITY;
+    model.load_state(&be, &state).unwrap();
+    let mut step = TrainStep::new(&be, &model, &cfg, &weights).unwrap();
+    let plan = step.plan(&mut rand_pcg::Pcg64::new(1, 1), &indices);
+    let mut tally = ClassTally::new(10).unwrap();
+    let outcome = step.run(&be, &mut model, &tr, &plan, cfg.lr, Some(&mut tally)).unwrap();
+    assert!(matches!(outcome, StepOutcome::NonFiniteLoss { loss } if !loss.is_finite()), "{outcome:?}");
+    assert_eq!(tally.confusion.total(), 0, "nothing tallied");
+    let after = model.state(&be).unwrap();
+    let trainable = [0, 1, 2]; // stem weight, gamma, beta
+    for i in trainable {
+        assert_eq!(bits(&[after[i].clone()]), bits(&[state[i].clone()]), "tensor {i}");
+    }
+
+    // Plans that do not fit: too large for the buffers, an image past the data, an empty one.
+    let big: Vec<i32> = (0..33).collect();
+    for bad in [step.plan(&mut rand_pcg::Pcg64::new(1, 1), &big), step.plan(&mut rand_pcg::Pcg64::new(1, 1), &[96])] {
+        assert!(step.run(&be, &mut model, &tr, &bad, cfg.lr, None).is_err());
+    }
+    assert!(step.run(&be, &mut model, &tr, &BatchPlan::default(), cfg.lr, None).is_err());
+    assert!(step.set_class_weights(&be, &[1.0; 9]).is_err());
+    assert!(step.set_class_weights(&be, &[f32::NAN; 10]).is_err());
+}

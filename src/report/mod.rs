@@ -30,7 +30,10 @@ pub use crate::confusion::Metrics;
 pub use crate::json::{describe_diffs, diff_fields, FieldDiff};
 pub use crate::train::EpochLog;
 pub use chart::{chart_class_labels, CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
-pub use compare::{comparison_markdown, summarize_methods, MethodSummary, Stat};
+pub use compare::{
+    comparison_markdown, merge_comparisons, merged_markdown, paired_effect, paired_entries, paired_markdown,
+    summarize_entries, summarize_methods, ComparisonRun, MergedComparison, MethodSummary, PairedEffect, Stat,
+};
 pub use files::{read_report, write_all, WrittenFiles};
 pub use schema::{Report, StageReport, REPORT_FORMAT};
 pub use table::terminal_table;
@@ -81,6 +84,15 @@ pub enum ReportError {
         lock.display()
     )]
     Locked { out: PathBuf, lock: PathBuf, holder: String },
+
+    /// Reports that cannot be merged or paired: not a comparison, another configuration, other
+    /// data, or a (method, seed) pair that two of them hold differently.
+    #[error("{}: {reason}", path.display())]
+    Incompatible { path: PathBuf, reason: String },
+
+    /// No seed has both methods of a pair.
+    #[error("no seed has both {base:?} and {other:?}")]
+    NoPairedSeeds { base: String, other: String },
 
     /// Drawing the chart failed.
     #[error("chart error: {0}")]

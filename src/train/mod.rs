@@ -7,6 +7,7 @@ mod cpu_backend;
 mod cuda_backend;
 mod epoch_log;
 mod model;
+mod step;
 mod trainer;
 
 use std::path::Path;
@@ -18,9 +19,10 @@ pub use cpu_backend::CpuBackend;
 pub use cuda_backend::CudaBackend;
 pub use epoch_log::EpochLog;
 pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
+pub use step::{ClassTally, DeviceData, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
 pub use trainer::{
-    evaluate, evaluate_with, per_class_loss, train, train_with, DeviceData, EpochEnd, EpochHook, EvalOptions,
-    Evaluation, Monitor, Progress, TrainControl, TrainOutcome, CIFAR10_NORMALIZE,
+    evaluate, evaluate_with, per_class_loss, train, train_with, EpochEnd, EpochHook, EvalOptions, Evaluation, Monitor,
+    Progress, TrainControl, TrainOutcome,
 };
 
 use crate::{Error, Result};

@@ -10,44 +10,18 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::seq::SliceRandom;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use rand_pcg::Pcg64;
 
-use super::backend::{Backend, BatchPlan, Normalize, SgdStep, WeightedLoss};
+use super::backend::{Backend, BatchPlan};
 use super::checkpoint::{first_non_finite, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 use super::config::TrainConfig;
 use super::epoch_log::EpochLog;
 use super::model::Model;
+use super::step::{add_class_sums, ClassTally, DeviceData, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
 use crate::confusion::ConfusionMatrix;
 use crate::json::{describe_diffs, diff_fields};
 use crate::{Error, Result};
-
-/// CIFAR-10's per-channel mean and standard deviation (of the training set, RGB).
-pub const CIFAR10_NORMALIZE: Normalize = Normalize { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
-
-/// A dataset resident on the backend: images there, labels on the host.
-pub struct DeviceData<B: Backend> {
-    pub images: B::Images,
-    pub labels: Vec<u8>,
-}
-
-impl<B: Backend> DeviceData<B> {
-    pub fn new(be: &B, images: &[u8], labels: &[u8]) -> Result<Self> {
-        const IMAGE: usize = 3 * 32 * 32;
-        if images.len() != labels.len() * IMAGE {
-            return Err(Error::shape("dataset", format!("{} image bytes for {} labels", images.len(), labels.len())));
-        }
-        Ok(DeviceData { images: be.images(images, labels.len())?, labels: labels.to_vec() })
-    }
-
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-}
 
 /// Shows progress bars (stderr, only on a terminal) and one summary line per epoch (stdout).
 #[derive(Clone, Copy, Debug, Default)]
@@ -221,9 +195,7 @@ pub fn train_with<B: Backend>(
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(Error::shape("train", format!("learning rate {}: must be finite and > 0", cfg.lr)));
     }
-    check_weights(class_weights, classes)?;
-    let mut weight = be.upload(class_weights)?;
-    let mut dlogits = be.zeros(model.max_batch() * classes)?;
+    let mut step = TrainStep::new(be, model, cfg, class_weights)?;
     // The last partial batch is dropped: every step sees a full batch (batch-norm statistics).
     let steps_per_epoch = train.len() / cfg.batch_size;
     let total = steps_per_epoch * cfg.epochs;
@@ -266,8 +238,7 @@ pub fn train_with<B: Backend>(
             meta.class_sums = vec![0.0; 3 * classes];
         }
         if let Some(w) = &meta.weights_now {
-            check_weights(w, classes)?;
-            weight = be.upload(w)?;
+            step.set_class_weights(be, w)?;
         }
         last_good = control.checkpoint.map(Path::to_path_buf);
     }
@@ -297,36 +268,21 @@ pub fn train_with<B: Backend>(
         bar.set_position(meta.batch as u64);
         let started = Instant::now();
         let seconds_before = meta.epoch_seconds;
-        let mut counts = ConfusionMatrix::from_counts(classes, std::mem::take(&mut meta.counts))?;
+        let mut tally =
+            ClassTally::from_parts(classes, std::mem::take(&mut meta.counts), std::mem::take(&mut meta.class_sums))?;
         let mut stopped = false;
         while meta.batch < steps_per_epoch {
             let b = meta.batch;
-            let idx = &order[b * cfg.batch_size..(b + 1) * cfg.batch_size];
-            let plan = augment_plan(&mut meta.rng, idx, cfg);
-            let labels: Vec<i32> = idx.iter().map(|&i| train.labels[i as usize] as i32).collect();
-            be.build_batch(&train.images, &plan, cfg.crop_pad, &CIFAR10_NORMALIZE, model.input_mut())?;
-            let n = cfg.batch_size;
-            model.forward(be, n, true)?;
-            let dl = be.labels(&labels)?;
-            let weighting = WeightedLoss { weight: &weight, label_smoothing: cfg.label_smoothing };
-            let loss = be.cross_entropy(n, classes, model.logits(), &dl, &weighting, &mut dlogits)?;
-            if !loss.is_finite() {
-                return Err(diverged(&meta, format!("the loss is {loss} (batch {} of the epoch)", b + 1), &last_good));
-            }
-            be.confusion(n, model.logits(), &dl, None, &mut counts)?;
-            let host_logits = be.to_host(model.logits(), n * classes)?;
-            add_class_sums(&mut meta.class_sums, &host_logits, &labels, classes, cfg.label_smoothing);
-            model.backward(be, n, &dlogits)?;
-            meta.lr = cfg.lr_at(meta.step, total, steps_per_epoch);
-            model.sgd_step(
-                be,
-                &SgdStep {
-                    lr: meta.lr,
-                    momentum: cfg.momentum,
-                    weight_decay: cfg.weight_decay,
-                    nesterov: cfg.nesterov,
-                },
-            )?;
+            let plan = step.plan(&mut meta.rng, &order[b * cfg.batch_size..(b + 1) * cfg.batch_size]);
+            let lr = cfg.lr_at(meta.step, total, steps_per_epoch);
+            let loss = match step.run(be, model, train, &plan, lr, Some(&mut tally))? {
+                StepOutcome::Updated { loss } => loss,
+                StepOutcome::NonFiniteLoss { loss } => {
+                    let what = format!("the loss is {loss} (batch {} of the epoch)", b + 1);
+                    return Err(diverged(&meta, what, &last_good));
+                }
+            };
+            meta.lr = lr;
             meta.step += 1;
             meta.batch += 1;
             meta.loss_sum += loss as f64;
@@ -345,7 +301,8 @@ pub fn train_with<B: Backend>(
         bar.finish_and_clear();
         meta.epoch_seconds = seconds_before + started.elapsed().as_secs_f64();
         if stopped {
-            meta.counts = counts.into_counts();
+            meta.counts = tally.confusion.into_counts();
+            meta.class_sums = tally.sums;
             let written = write_checkpoint(be, model, &meta, &order, control.checkpoint, &last_good, stage)?;
             return Ok(TrainOutcome::Stopped { epoch: epoch + 1, step: meta.step, checkpoint: written });
         }
@@ -361,20 +318,20 @@ pub fn train_with<B: Backend>(
             _ => None,
         };
         let weights_now: Vec<f32> = meta.weights_now.clone().unwrap_or_else(|| class_weights.to_vec());
-        let (class_loss, grad_share_uniform, grad_share_weighted) = class_diagnostics(&meta.class_sums, &weights_now);
+        let weights_f64: Vec<f64> = weights_now.iter().map(|&w| w as f64).collect();
         let log = EpochLog {
             epoch: epoch + 1,
             lr: meta.lr as f64,
             train_loss: meta.loss_sum / steps_per_epoch as f64,
-            train_accuracy: counts.accuracy(),
+            train_accuracy: tally.confusion.accuracy(),
             seconds,
             images_per_second: seen as f64 / seconds.max(1e-9),
             test_accuracy: accuracy(false),
             val_accuracy: accuracy(true),
-            class_weights: weights_now.iter().map(|&w| w as f64).collect(),
-            class_loss,
-            grad_share_uniform,
-            grad_share_weighted,
+            class_loss: tally.class_loss(),
+            grad_share_uniform: tally.grad_share(&vec![1.0; classes]),
+            grad_share_weighted: tally.grad_share(&weights_f64),
+            class_weights: weights_f64,
         };
         if progress.summaries {
             println!(
@@ -394,12 +351,13 @@ pub fn train_with<B: Backend>(
         meta.logs.push(log);
         meta.epoch += 1;
         meta.batch = 0;
-        meta.counts = counts.into_counts();
+        meta.counts = tally.confusion.into_counts();
+        meta.class_sums = tally.sums;
         if let (Some(hook), true) = (control.on_epoch, meta.epoch < cfg.epochs) {
             let end =
                 EpochEnd { epoch: meta.epoch, weights: &weights_now, log: &hook_log, monitor: monitored.as_ref() };
             if let Some(w) = hook(be, model, &end)? {
-                check_weights(&w, classes)?;
+                step.set_class_weights(be, &w)?;
                 if progress.summaries {
                     println!(
                         "{stage} class weights from epoch {}: {}",
@@ -407,7 +365,6 @@ pub fn train_with<B: Backend>(
                         w.iter().map(|w| format!("{w:.3}")).collect::<Vec<_>>().join(" ")
                     );
                 }
-                weight = be.upload(&w)?;
                 meta.weights_now = Some(w);
             }
         }
@@ -438,42 +395,6 @@ pub fn train_with<B: Backend>(
     Ok(TrainOutcome::Finished { logs: meta.logs, monitor: last_monitor })
 }
 
-/// Class weights must be one per class, finite and >= 0.
-fn check_weights(w: &[f32], classes: usize) -> Result<()> {
-    if w.len() != classes {
-        return Err(Error::shape("train", format!("{} class weights for {classes} classes", w.len())));
-    }
-    if let Some(w) = w.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
-        return Err(Error::shape("train", format!("class weight {w}: must be finite and >= 0")));
-    }
-    Ok(())
-}
-
-/// Adds a batch's per-class sums to `sums` (3 x classes: cross-entropy, gradient norm at the
-/// logits `||softmax(z) - target||_2`, sample count), from the logits on the host. The target is
-/// the label-smoothed one the loss uses. Rows with a label out of range are skipped (the loss
-/// rejects them before this runs). Computed in f64: a few microseconds per batch.
-fn add_class_sums(sums: &mut [f64], logits: &[f32], labels: &[i32], classes: usize, smoothing: f32) {
-    let (eps, c) = (smoothing as f64, classes);
-    for (row, &y) in logits.chunks_exact(c).zip(labels) {
-        let Some(y) = usize::try_from(y).ok().filter(|&y| y < c) else { continue };
-        let top = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let z: f64 = row.iter().map(|&v| (v as f64 - top).exp()).sum();
-        let log_z = z.ln();
-        let (mut loss, mut g2) = (0.0, 0.0);
-        for (k, &v) in row.iter().enumerate() {
-            let logp = v as f64 - top - log_z;
-            let target = eps / c as f64 + if k == y { 1.0 - eps } else { 0.0 };
-            loss -= target * logp;
-            let g = logp.exp() - target;
-            g2 += g * g;
-        }
-        sums[y] += loss;
-        sums[c + y] += g2.sqrt();
-        sums[2 * c + y] += 1.0;
-    }
-}
-
 /// Mean cross-entropy (no smoothing, unweighted) of each class's samples, from logits
 /// (N x classes, row-major) and labels; NaN for a class without samples. The per-class signal
 /// of online reweighting rules.
@@ -492,21 +413,6 @@ pub fn per_class_loss(logits: &[f32], labels: &[i32], classes: usize) -> Result<
     Ok((0..classes)
         .map(|k| if sums[2 * classes + k] > 0.0 { sums[k] / sums[2 * classes + k] } else { f64::NAN })
         .collect())
-}
-
-/// Per-class mean loss and gradient shares (uniform, weighted) from the epoch's sums.
-fn class_diagnostics(sums: &[f64], weights: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let c = weights.len();
-    if sums.len() != 3 * c {
-        return (Vec::new(), Vec::new(), Vec::new());
-    }
-    let loss = (0..c).map(|k| if sums[2 * c + k] > 0.0 { sums[k] / sums[2 * c + k] } else { f64::NAN }).collect();
-    let share = |scale: &dyn Fn(usize) -> f64| {
-        let g: Vec<f64> = (0..c).map(|k| sums[c + k] * scale(k)).collect();
-        let total: f64 = g.iter().sum();
-        g.into_iter().map(|x| if total > 0.0 { x / total } else { f64::NAN }).collect::<Vec<f64>>()
-    };
-    (loss, share(&|_| 1.0), share(&|k| weights[k] as f64))
 }
 
 /// The first non-finite value of the model's parameters, statistics or momentum, if any.
@@ -648,18 +554,6 @@ pub fn evaluate_with<B: Backend>(
     }
     bar.finish_and_clear();
     Ok(Evaluation { confusion: counts, logits })
-}
-
-fn augment_plan(rng: &mut Pcg64, idx: &[i32], cfg: &TrainConfig) -> BatchPlan {
-    let pad = cfg.crop_pad as u8;
-    let mut plan = BatchPlan { indices: idx.to_vec(), offsets: Vec::with_capacity(idx.len()), flips: Vec::new() };
-    for _ in idx {
-        let dy = if pad > 0 { rng.random_range(0..=2 * pad) } else { 0 };
-        let dx = if pad > 0 { rng.random_range(0..=2 * pad) } else { 0 };
-        plan.offsets.push((dy, dx));
-        plan.flips.push(cfg.flip && rng.random_bool(0.5));
-    }
-    plan
 }
 
 fn bar(show: bool, len: u64, prefix: String) -> ProgressBar {
