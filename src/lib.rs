@@ -33,7 +33,11 @@ pub mod cuda;
 #[cfg(feature = "trainer")]
 pub mod data;
 pub mod error;
+#[cfg(feature = "trainer")]
+pub mod experiment;
 pub mod linear;
+#[cfg(feature = "trainer")]
+pub mod methods;
 pub mod optim;
 pub mod pool;
 #[cfg(feature = "trainer")]

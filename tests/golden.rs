@@ -20,15 +20,12 @@
 //!
 //! On a CPU like the recording one (x86-64 with AVX2 + FMA, without AVX-512) every number must
 //! be equal bit for bit. `EVENCLASS_WRITE_GOLDEN=1` rewrites the file instead of comparing.
-#![allow(dead_code)]
 
-#[path = "../examples/cifar10.rs"]
-mod cifar10;
+mod experiment_flags;
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
-use clap::Parser;
+use evenclass::experiment::{self, RunOptions, RunOutcome};
 use evenclass::report::{read_report, Report, SplitMetrics, StageReport};
 use evenclass::train::CpuBackend;
 use serde::{Deserialize, Serialize};
@@ -126,10 +123,15 @@ fn flags(run: &[&str]) -> Vec<String> {
 
 /// Runs the experiment with `flags` into `out` and reads its report back.
 fn run_experiment(out: &Path, flags: &[String]) -> Report {
-    let argv = ["cifar10", "--out", out.to_str().unwrap()].into_iter().map(String::from).chain(flags.iter().cloned());
-    let args = cifar10::Args::try_parse_from(argv).expect("valid flags");
-    let ended = cifar10::run(&args, &CpuBackend::new(), false, &AtomicBool::new(false)).expect("the run");
-    assert_eq!(ended, cifar10::Ended::Finished);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let spec = experiment_flags::spec_of_flags(out, &flags);
+    let opts = RunOptions { quiet: true, ..Default::default() };
+    match experiment::run(&CpuBackend::new(), &spec, &opts).expect("the run") {
+        RunOutcome::Finished { report, .. } => {
+            assert_eq!(report.run_id, read_report(out.join("report.json")).unwrap().run_id)
+        }
+        RunOutcome::Stopped { .. } => panic!("stopped without a stop request"),
+    }
     read_report(out.join("report.json")).unwrap()
 }
 
@@ -193,7 +195,11 @@ fn compare_matrix(what: &str, a: &[Vec<u64>], b: &[Vec<u64>], exact: bool, error
 
 fn compare_entry(what: &str, a: &Entry, b: &Entry, exact: bool, errors: &mut Vec<String>) {
     if (&a.name, &a.method, a.seed) != (&b.name, &b.method, b.seed) {
-        errors.push(format!("{what}: golden {:?}, now {:?}", (&a.name, &a.method, a.seed), (&b.name, &b.method, b.seed)));
+        errors.push(format!(
+            "{what}: golden {:?}, now {:?}",
+            (&a.name, &a.method, a.seed),
+            (&b.name, &b.method, b.seed)
+        ));
         return;
     }
     let w = |f: &str| format!("{what} ({}) {f}", a.name);
