@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use evenclass::experiment::{self, ExperimentError, ExperimentSpec, RunOptions, RunOutcome};
+use evenclass::experiment::{self, Diagnostics, ExperimentError, ExperimentSpec, RunOptions, RunOutcome};
 use evenclass::report::run_dir::{read_manifest, RunDir, RunManifest, MANIFEST};
+use evenclass::report::{terminal_table, Report};
 use evenclass::train::CpuBackend;
 
 mod experiment_flags;
@@ -58,6 +59,42 @@ fn run(out: &Path, extra: &[&str]) -> Result<Ended, ExperimentError> {
 /// A run whose stop flag is already set: it stops after the first step.
 fn run_interrupted(out: &Path, extra: &[&str]) -> Result<Ended, ExperimentError> {
     run_with(out, extra, true)
+}
+
+/// A run that must finish: its report and diagnostics.
+fn run_report(out: &Path, extra: &[&str]) -> (Report, Option<Diagnostics>) {
+    let opts = RunOptions { quiet: true, ..Default::default() };
+    match experiment::run(&CpuBackend::new(), &spec(out, extra), &opts).unwrap() {
+        RunOutcome::Finished { report, diagnostics, .. } => (*report, diagnostics),
+        RunOutcome::Stopped { .. } => panic!("stopped without a stop request"),
+    }
+}
+
+/// Every table the run prints to the terminal fits 80 columns, and still names every method
+/// and class (the legend and the column headers).
+fn assert_fits_80_columns(report: &Report, diagnostics: Option<&Diagnostics>) {
+    let mut texts = vec![("stage table", terminal_table(report))];
+    if let Some(d) = diagnostics {
+        texts.push(("comparison", experiment::comparison_text(report)));
+        texts.push(("diagnostics", experiment::diagnostics_text(d, &report.class_names)));
+    }
+    for (what, text) in &texts {
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{what}: {} columns: {line:?}\n{text}", line.chars().count());
+        }
+    }
+    let table = &texts[0].1;
+    for s in &report.stages {
+        assert!(table.contains(&s.name), "the stage legend lacks {}:\n{table}", s.name);
+    }
+    if diagnostics.is_some() {
+        let cmp = &texts[1].1;
+        for m in &report.methods {
+            let key = m.method.as_deref().unwrap();
+            assert!(cmp.lines().any(|l| l.starts_with(&format!("{key} "))), "no row of {key}:\n{cmp}");
+            assert!(cmp.contains(&m.name), "the legend lacks {}:\n{cmp}", m.name);
+        }
+    }
 }
 
 fn is_usage(e: &ExperimentError) -> bool {
@@ -467,8 +504,9 @@ fn compare_writes_every_method_for_every_seed() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
     let flags = ["--synthetic", "--compare", "--seeds", "2", "--epochs", "1", "--sweep", "1", "--long-epochs", "2"];
-    assert_eq!(run(&out, &flags).unwrap(), Ended::Finished);
+    let (report, diagnostics) = run_report(&out, &flags);
     assert_one_run(&out);
+    assert_fits_80_columns(&report, diagnostics.as_ref());
     let r = evenclass::report::read_report(out.join("report.json")).unwrap();
     let mut keys: Vec<String> = ALL_METHODS.iter().map(|s| s.to_string()).collect();
     let long =
@@ -659,4 +697,42 @@ fn bad_validation_split_or_compare_flags_are_errors_before_training() {
     let r = evenclass::report::read_report(out.join("report.json")).unwrap();
     assert!(r.stages[1].name.contains("TEST"), "{}", r.stages[1].name);
     assert!(r.stages.iter().all(|s| s.val.is_none()));
+}
+
+/// Without --val-size the validation split is a tenth of the training images, at most 5,000:
+/// a small --train-subset works without it.
+#[test]
+fn the_validation_split_defaults_to_a_tenth_of_the_training_images() {
+    assert_eq!(experiment::default_val_size(50_000), 5000);
+    assert_eq!(experiment::default_val_size(60_000), 5000);
+    assert_eq!(experiment::default_val_size(1000), 100);
+    assert_eq!(experiment::default_val_size(256), 25);
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let mut spec = spec(&out, &["--synthetic", "--epochs", "1"]);
+    spec.val_size = None;
+    let opts = RunOptions { quiet: true, ..Default::default() };
+    let RunOutcome::Finished { report, .. } = experiment::run(&CpuBackend::new(), &spec, &opts).unwrap() else {
+        panic!("stopped")
+    };
+    assert_eq!(report.config["val_images"], 25);
+    assert_eq!(report.config["train_images"], 256 - 25);
+    assert_eq!(report.stages[0].val.as_ref().unwrap().support.iter().sum::<u64>(), 25);
+    assert_fits_80_columns(&report, None);
+}
+
+/// A validation split that cannot be made is refused with a size that works.
+#[test]
+fn a_bad_validation_size_suggests_one_that_works() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    for bad in ["256", "255", "5", "3"] {
+        let e = run(&out, &["--synthetic", "--val-size", bad]).unwrap_err();
+        assert!(e.is_usage(), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("--val-size {bad}:")), "{msg}");
+        assert!(msg.contains("try --val-size 25 (a tenth of the 256 training images"), "{msg}");
+    }
+    // The suggestion works.
+    assert_eq!(run(&out, &["--synthetic", "--val-size", "25", "--epochs", "1"]).unwrap(), Ended::Finished);
 }

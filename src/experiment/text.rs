@@ -48,9 +48,28 @@ fn num(v: Option<&f64>, digits: usize) -> String {
     }
 }
 
-/// A class name cut to `n` characters (the header of a per-class column).
-fn short(name: &str, n: usize) -> String {
-    name.chars().take(n).collect()
+/// Class labels of at most `max` characters for table columns: the names without the prefix
+/// they all share (`synthetic-`), cut to `max` characters, or `c1`, `c2`, ... where cutting would
+/// make two alike. Where a label is not its class's name, the tables print a legend.
+fn short_labels(names: &[String], max: usize) -> Vec<String> {
+    let first = names.first().map_or("", String::as_str);
+    let mut prefix =
+        names.iter().fold(first.len(), |n, s| first.bytes().zip(s.bytes()).take(n).take_while(|(a, b)| a == b).count());
+    // Only a prefix that ends at a separator, and never a whole name.
+    while prefix > 0
+        && (!first.is_char_boundary(prefix)
+            || !first[..prefix].ends_with(['-', '_', ' '])
+            || names.iter().any(|n| n.len() <= prefix))
+    {
+        prefix -= 1;
+    }
+    let labels: Vec<String> = names.iter().map(|n| n[prefix..].chars().take(max).collect()).collect();
+    let unique = labels.iter().enumerate().all(|(i, l)| !labels[..i].contains(l) && !l.is_empty());
+    if unique {
+        labels
+    } else {
+        (1..=names.len()).map(|k| format!("c{k}")).collect()
+    }
 }
 
 /// A line cut to [`COLUMNS`] characters.
@@ -92,9 +111,10 @@ pub fn comparison_text(report: &Report) -> String {
         let _ = writeln!(out, "{}", cut(&line));
     }
     let _ = writeln!(out, "\nMean test recall per class (%):");
+    let classes = short_labels(&report.class_names, 5);
     let mut header = format!("{:<key_w$}", "method");
-    for n in &report.class_names {
-        let _ = write!(header, " {:>5}", short(n, 5));
+    for n in &classes {
+        let _ = write!(header, " {n:>5}");
     }
     let _ = writeln!(out, "{}", cut(&header));
     for s in &sums {
@@ -103,6 +123,12 @@ pub fn comparison_text(report: &Report) -> String {
             let _ = write!(line, " {:>5}", pct(Some(r)));
         }
         let _ = writeln!(out, "{}", cut(&line));
+    }
+    if classes != report.class_names {
+        let _ = writeln!(out, "\nClasses:");
+        for (l, name) in classes.iter().zip(&report.class_names) {
+            let _ = writeln!(out, "{}", cut(&format!("  {l:<5}  {name}")));
+        }
     }
     let _ = writeln!(out, "\nMethods:");
     for s in &sums {
@@ -139,7 +165,7 @@ pub fn diagnostics_text(d: &Diagnostics, class_names: &[String]) -> String {
         let _ = writeln!(out, "{:<name_w$} {:>6} {:>6} {:>6}", "class", "train", "val", "test");
         for (k, n) in class_names.iter().enumerate() {
             let (a, b, c) = (f.train.recall.get(k), f.val.recall.get(k), f.test.recall.get(k));
-            let _ = writeln!(out, "{n:<name_w$} {:>6} {:>6} {:>6}", pct(a), pct(b), pct(c));
+            let _ = writeln!(out, "{}", cut(&format!("{n:<name_w$} {:>6} {:>6} {:>6}", pct(a), pct(b), pct(c))));
         }
     }
     for key in ["uniform", "reweight"] {
@@ -207,6 +233,23 @@ pub fn diagnostics_text(d: &Diagnostics, class_names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn class_labels_are_short_and_distinct() {
+        let cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+        let short = short_labels(&strings(&cifar), 5);
+        assert_eq!(short, strings(&["airpl", "autom", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]));
+        // The shared prefix goes; names that stay alike when cut are numbered.
+        let synthetic = ["synthetic-disk", "synthetic-stripes-coarse", "synthetic-stripes-fine"];
+        assert_eq!(short_labels(&strings(&synthetic), 16), strings(&["disk", "stripes-coarse", "stripes-fine"]));
+        assert_eq!(short_labels(&strings(&synthetic), 5), strings(&["c1", "c2", "c3"]));
+        // A prefix that is a whole name is kept.
+        assert_eq!(short_labels(&strings(&["a-", "a-b"]), 5), strings(&["a-", "a-b"]));
+    }
 
     #[test]
     fn durations_read_as_people_say_them() {
