@@ -165,7 +165,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     say!(opts, "device: {}", be.describe());
     say!(
         opts,
-        "data: {dataset}: {} training, {val_images} validation and {} test images, {classes} classes",
+        "data: {dataset}\n  {} training, {val_images} validation and {} test images, {classes} classes",
         train_set.len(),
         test_set.len()
     );
@@ -214,7 +214,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
                 std::fs::copy(&from, &to).map_err(ExperimentError::io("copy (--stage2-only)", &from))?;
             }
             let path = dir.out().join(format!("{key}.json"));
-            say!(opts, "{}: reusing {} of run {}", specs[0].name, path.display(), prev.run_id);
+            say!(opts, "{}:\n  reusing {} of run {}", specs[0].name, path.display(), prev.run_id);
         }
         m
     };
@@ -267,7 +267,10 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
             continue;
         }
         let weights: Vec<f32> = match st.weights {
-            Weights::Uniform | Weights::Online(_) => vec![1.0; classes],
+            Weights::Uniform | Weights::Online(_) => {
+                say!(opts, "\n{}", st.name);
+                vec![1.0; classes]
+            }
             Weights::FromRecall { of, exponent, split, compose } => {
                 let base = &done[of];
                 let m = match split {
@@ -278,8 +281,9 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
                 };
                 let w = weights_from_metrics(m, &base.class_weights, exponent, compose)?;
                 let from = if split == RecallSplit::Test { "TEST" } else { "validation" };
-                say!(opts, "{}: class weights (p = {exponent}) from the {from} recall of {}:", st.name, specs[of].name);
-                say!(opts, "  {}", w.iter().map(|w| format!("{w:.3}")).collect::<Vec<_>>().join(" "));
+                say!(opts, "\n{}", st.name);
+                say!(opts, "  weights (p = {exponent}) from {from} recall of {}:", specs[of].name);
+                say!(opts, "  {}", w.iter().map(|&w| compact(w)).collect::<Vec<_>>().join(" "));
                 w.iter().map(|&w| w as f32).collect()
             }
         };
@@ -390,6 +394,17 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     }
     say!(opts, "total wall time {}", format_duration(started.elapsed().as_secs_f64()));
     Ok(RunOutcome::Finished { report: Box::new(report), diagnostics: diag, out: dir.out().to_path_buf() })
+}
+
+/// A class weight in at most 6 characters: `0.123`, `597.9`, `1.3e5`.
+fn compact(w: f64) -> String {
+    if w.abs() < 10.0 {
+        format!("{w:.3}")
+    } else if w.abs() < 1000.0 {
+        format!("{w:.1}")
+    } else {
+        format!("{w:.1e}")
+    }
 }
 
 /// Spec values and combinations that no run can use; usage errors before any work. The names
@@ -535,11 +550,7 @@ fn print_plan<B: Backend>(
         return Ok(());
     }
     let each = counts.iter().map(|(e, n)| format!("{n} x {e}")).collect::<Vec<_>>().join(" + ");
-    println!(
-        "plan: {} trainings of {} training images: {each} epochs, {total} epochs in all",
-        todo.len(),
-        train_images
-    );
+    println!("plan: {} trainings ({each} epochs, {total} in all) on {train_images} images", todo.len());
     let speed = warm_up_speed(be, plan, train_set)?;
     let train_s = (total * train_images) as f64 / speed;
     let eval_s = EVAL_COST * (total * eval_images + todo.len() * (train_images + eval_images)) as f64 / speed;
@@ -623,7 +634,7 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
     let mut model = Model::new(be, st.model_cfg, max_batch, cfg.seed)?;
     say!(
         opts,
-        "{name}: {} parameters, {:.1} M multiply-adds per image, {} epochs of batch {}",
+        "  {} parameters, {:.1} M multiply-adds per image, {} epochs of batch {}",
         model.parameter_count(),
         model.forward_macs() as f64 / 1e6,
         cfg.epochs,
@@ -683,11 +694,12 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
     let seconds = before + t0.elapsed().as_secs_f64();
     say!(
         opts,
-        "{name}: test acc. {:.2}%, balanced {:.2}%, worst class {:.2}%, train acc. {:.2}% ({seconds:.1} s)",
+        "  test acc. {:.1}%, balanced {:.1}%, worst class {:.1}%, train acc. {:.1}% ({})",
         100.0 * test.accuracy,
         100.0 * test.balanced_accuracy,
         100.0 * test.worst_recall(),
-        100.0 * train_m.accuracy
+        100.0 * train_m.accuracy,
+        format_duration(seconds)
     );
     // The hook does not run after the last epoch.
     if epochs.len() > st.resume.map_or(0, |c| c.meta.logs.len()) {
@@ -734,8 +746,7 @@ fn fit_bias<B: Backend>(
     let method = kind.method();
     say!(
         opts,
-        "{name}: {method} fitted on {} validation images in {} steps:\n  validation worst-class recall {:.1}% -> {:.1}%",
-        val.len(),
+        "  {method} fitted ({} steps): worst validation class {:.1}% -> {:.1}%",
         fit.steps,
         100.0 * fit.worst_recall_before(),
         100.0 * fit.worst_recall()
@@ -747,7 +758,7 @@ fn fit_bias<B: Backend>(
     let val_m = metrics(be, model, val, cfg, bars, bias)?;
     say!(
         opts,
-        "{name} + {method}: test acc. {:.2}%, worst class {:.2}%, spread {:.1} points",
+        "  with {method}: test acc. {:.1}%, worst class {:.1}%, spread {:.1} points",
         100.0 * test.accuracy,
         100.0 * test.worst_recall(),
         100.0 * test.recall_spread()

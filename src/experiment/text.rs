@@ -174,14 +174,14 @@ pub fn diagnostics_text(d: &Diagnostics, class_names: &[String]) -> String {
         let _ = writeln!(out, "(share in %; uniform: every sample weighted 1; weighted: as trained)");
         let _ = writeln!(
             out,
-            "{:<name_w$} {:>6} {:>14} {:>13} {:>13}",
+            "{:<name_w$} {:>6} {:>15} {:>13} {:>13}",
             "class", "weight", "loss", "share unif.", "share weight."
         );
         let (a, b) = (&g.first_epoch, &g.last_epoch);
         for (k, n) in class_names.iter().enumerate() {
             let pair = |x: String, y: String| format!("{x} -> {y}");
             let line = format!(
-                "{n:<name_w$} {:>6} {:>14} {:>13} {:>13}",
+                "{n:<name_w$} {:>6} {:>15} {:>13} {:>13}",
                 num(b.class_weights.get(k), 2),
                 pair(num(a.class_loss.get(k), 3), num(b.class_loss.get(k), 3)),
                 pair(pct(a.grad_share_uniform.get(k)), pct(b.grad_share_uniform.get(k))),

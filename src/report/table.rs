@@ -182,7 +182,12 @@ pub fn terminal_table(report: &Report) -> String {
             let mut line = left(name, class_w);
             for (_, stage) in block {
                 let w = get(&stage.class_weights, k);
-                let cell = if w.is_finite() { format!("{w:.4}") } else { "-".to_string() };
+                // Four decimals while they fit the column, else three significant digits.
+                let cell = match w {
+                    w if !w.is_finite() => "-".to_string(),
+                    w if w.abs() < 1000.0 => format!("{w:.4}"),
+                    w => format!("{w:.2e}"),
+                };
                 let _ = write!(line, "  {}", right(&cell, weight_w));
             }
             let _ = writeln!(out, "{line}");
