@@ -17,6 +17,8 @@
 //!   the golden file the arithmetic differs by rounding, which training amplifies and which can
 //!   flip a few argmax decisions; there the test compares with the tolerances of [`Tolerance`]
 //!   (stated with their reason) instead of exactly.
+//! - the `matrixmultiply` crate (linear layer) takes its AVX2 + FMA kernel on both kinds of
+//!   CPU, and `exp` / `ln` come from the platform's libm: neither depends on AVX-512.
 //!
 //! On a CPU like the recording one (x86-64 with AVX2 + FMA, without AVX-512) every number must
 //! be equal bit for bit. `EVENCLASS_WRITE_GOLDEN=1` rewrites the file instead of comparing.

@@ -43,7 +43,7 @@ macro_rules! warn {
 pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> Result<RunOutcome> {
     let started = Instant::now();
     check_spec(spec)?;
-    // The device's defaults: a backend with device memory to report is not the CPU's.
+    // The device's defaults: the CPU backend describes itself as `cpu (N threads)`.
     let gpu = !be.describe().starts_with("cpu");
 
     // ---- the output folder: lock it, and decide what may be replaced, before any work ----
@@ -550,7 +550,9 @@ fn print_plan<B: Backend>(
         return Ok(());
     }
     let each = counts.iter().map(|(e, n)| format!("{n} x {e}")).collect::<Vec<_>>().join(" + ");
-    println!("plan: {} trainings ({each} epochs, {total} in all) on {train_images} images", todo.len());
+    let n = todo.len();
+    let trainings = if n == 1 { "training" } else { "trainings" };
+    println!("plan: {n} {trainings} ({each} epochs, {total} in all) on {train_images} images");
     let speed = warm_up_speed(be, plan, train_set)?;
     let train_s = (total * train_images) as f64 / speed;
     let eval_s = EVAL_COST * (total * eval_images + todo.len() * (train_images + eval_images)) as f64 / speed;
