@@ -34,10 +34,14 @@ pub mod cuda;
 pub mod data;
 pub mod error;
 #[cfg(feature = "trainer")]
+pub mod experiment;
+#[cfg(feature = "trainer")]
 pub mod fs;
 #[cfg(feature = "trainer")]
 pub mod json;
 pub mod linear;
+#[cfg(feature = "trainer")]
+pub mod methods;
 pub mod optim;
 pub mod pool;
 #[cfg(feature = "trainer")]

@@ -1,18 +1,18 @@
-//! The experiment's runs (examples/cifar10.rs, included here as a module): results are never
-//! lost or mixed, and bad input is refused before any work. Everything on the CPU with tiny
-//! configurations on synthetic data or generated CIFAR-format files.
-#![allow(dead_code)]
-
-#[path = "../examples/cifar10.rs"]
-mod cifar10;
-
+//! The experiment's runs (`evenclass::experiment`): results are never lost or mixed, and bad
+//! input is refused before any work. Everything on the CPU with tiny configurations on synthetic
+//! data or generated CIFAR-format files. The runs are described with the command line's flags,
+//! turned into an [`ExperimentSpec`] as `examples/cifar10.rs` does.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use cifar10::{Args, Ended, UsageError};
-use clap::Parser;
+use evenclass::experiment::{self, Diagnostics, ExperimentError, ExperimentSpec, RunOptions, RunOutcome};
 use evenclass::report::run_dir::{read_manifest, RunDir, RunManifest, MANIFEST};
+use evenclass::report::{terminal_table, Report};
 use evenclass::train::CpuBackend;
+
+mod experiment_flags;
+
+use experiment_flags::spec_of_flags;
 
 /// Flags of a tiny CPU run (flag, value).
 const TINY: &[(&str, &str)] = &[
@@ -21,33 +21,84 @@ const TINY: &[(&str, &str)] = &[
     ("--epochs", "2"),
     ("--width", "2"),
     ("--batch-size", "64"),
-    ("--device", "cpu"),
     ("--val-size", "40"),
 ];
 
-fn args(out: &Path, extra: &[&str]) -> Args {
-    let mut v: Vec<String> = vec!["cifar10".into(), "--out".into(), out.display().to_string(), "--quiet".into()];
-    // TINY's flags, except those that `extra` sets.
+/// How a run ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Finished,
+    Stopped,
+}
+
+/// The spec of the command line `--out OUT` + TINY's flags (except those `extra` sets) + `extra`.
+fn spec(out: &Path, extra: &[&str]) -> ExperimentSpec {
+    let mut flags: Vec<&str> = Vec::new();
     for (flag, value) in TINY {
         if !extra.contains(flag) {
-            v.extend([flag.to_string(), value.to_string()]);
+            flags.extend([*flag, *value]);
         }
     }
-    v.extend(extra.iter().map(|s| s.to_string()));
-    Args::try_parse_from(v).expect("valid flags")
+    flags.extend(extra);
+    spec_of_flags(out, &flags)
 }
 
-fn run(out: &Path, extra: &[&str]) -> anyhow::Result<Ended> {
-    cifar10::run(&args(out, extra), &CpuBackend::new(), false, &AtomicBool::new(false))
+fn run_with(out: &Path, extra: &[&str], stop: bool) -> Result<Ended, ExperimentError> {
+    let stop = AtomicBool::new(stop);
+    let opts = RunOptions { stop: Some(&stop), quiet: true, ..Default::default() };
+    match experiment::run(&CpuBackend::new(), &spec(out, extra), &opts)? {
+        RunOutcome::Finished { .. } => Ok(Ended::Finished),
+        RunOutcome::Stopped { .. } => Ok(Ended::Stopped),
+    }
 }
 
-/// A run whose Ctrl-C flag is already set: it stops after the first step.
-fn run_interrupted(out: &Path, extra: &[&str]) -> anyhow::Result<Ended> {
-    cifar10::run(&args(out, extra), &CpuBackend::new(), false, &AtomicBool::new(true))
+fn run(out: &Path, extra: &[&str]) -> Result<Ended, ExperimentError> {
+    run_with(out, extra, false)
 }
 
-fn is_usage(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<UsageError>().is_some()
+/// A run whose stop flag is already set: it stops after the first step.
+fn run_interrupted(out: &Path, extra: &[&str]) -> Result<Ended, ExperimentError> {
+    run_with(out, extra, true)
+}
+
+/// A run that must finish: its report and diagnostics.
+fn run_report(out: &Path, extra: &[&str]) -> (Report, Option<Diagnostics>) {
+    let opts = RunOptions { quiet: true, ..Default::default() };
+    match experiment::run(&CpuBackend::new(), &spec(out, extra), &opts).unwrap() {
+        RunOutcome::Finished { report, diagnostics, .. } => (*report, diagnostics),
+        RunOutcome::Stopped { .. } => panic!("stopped without a stop request"),
+    }
+}
+
+/// Every table the run prints to the terminal fits 80 columns, and still names every method
+/// and class (the legend and the column headers).
+fn assert_fits_80_columns(report: &Report, diagnostics: Option<&Diagnostics>) {
+    let mut texts = vec![("stage table", terminal_table(report))];
+    if let Some(d) = diagnostics {
+        texts.push(("comparison", experiment::comparison_text(report)));
+        texts.push(("diagnostics", experiment::diagnostics_text(d, &report.class_names)));
+    }
+    for (what, text) in &texts {
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{what}: {} columns: {line:?}\n{text}", line.chars().count());
+        }
+    }
+    let table = &texts[0].1;
+    for s in &report.stages {
+        assert!(table.contains(&s.name), "the stage legend lacks {}:\n{table}", s.name);
+    }
+    if diagnostics.is_some() {
+        let cmp = &texts[1].1;
+        for m in &report.methods {
+            let key = m.method.as_deref().unwrap();
+            assert!(cmp.lines().any(|l| l.starts_with(&format!("{key} "))), "no row of {key}:\n{cmp}");
+            assert!(cmp.contains(&m.name), "the legend lacks {}:\n{cmp}", m.name);
+        }
+    }
+}
+
+fn is_usage(e: &ExperimentError) -> bool {
+    e.is_usage()
 }
 
 /// CIFAR-format files (5 x 60 training records, 150 test records) of pseudo-random images.
@@ -282,7 +333,9 @@ fn publication_cut_short_by_a_crash_is_repaired() {
 // ---- bad input: exit status 2, the flag and its range ----
 
 #[test]
-fn invalid_flags_exit_2_naming_flag_and_range() {
+fn invalid_flags_are_usage_errors_naming_flag_and_range() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
     let bad: &[(&[&str], &str)] = &[
         (&["--epochs", "0"], "from 1 to 10000"),
         (&["--batch-size", "0"], "from 1 to 8192"),
@@ -293,22 +346,21 @@ fn invalid_flags_exit_2_naming_flag_and_range() {
         (&["--lr", "inf"], "(0, 100]"),
         (&["--exponent", "nan"], "[-8, 8]"),
         (&["--exponent", "100"], "[-8, 8]"),
+        (&["--compare", "--sweep", "1,9"], "[-8, 8]"),
         (&["--train-subset", "0"], "at least 1"),
-        (&["--test-subset", "x"], "at least 1"),
+        (&["--test-subset", "0"], "at least 1"),
         (&["--synthetic", "--data-dir", "x"], "cannot be used with"),
         (&["--resume", "--stage2-only"], "cannot be used with"),
     ];
     for (flags, expect) in bad {
-        let e = Args::try_parse_from(std::iter::once(&"cifar10").chain(flags.iter())).unwrap_err();
-        assert_eq!(e.exit_code(), 2, "{flags:?}");
+        let e = run(&out, flags).unwrap_err();
+        assert!(e.is_usage(), "{flags:?}: {e}");
         let msg = e.to_string();
-        assert!(msg.contains(flags[0]), "{flags:?}: {msg}");
+        let flag = if flags[0] == "--compare" { flags[1] } else { flags[0] };
+        assert!(msg.contains(flag), "{flags:?}: {msg}");
         assert!(msg.contains(expect), "{flags:?}: {msg}");
+        assert!(!out.exists(), "{flags:?}: refused, but the output folder was created");
     }
-    let a = Args::try_parse_from(["cifar10", "--exponent", "-3"]).unwrap();
-    assert_eq!(a.exponent, -3.0);
-    let a = Args::try_parse_from(["cifar10", "--exponent=-0.5"]).unwrap();
-    assert_eq!(a.exponent, -0.5);
 }
 
 #[test]
@@ -452,8 +504,9 @@ fn compare_writes_every_method_for_every_seed() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
     let flags = ["--synthetic", "--compare", "--seeds", "2", "--epochs", "1", "--sweep", "1", "--long-epochs", "2"];
-    assert_eq!(run(&out, &flags).unwrap(), Ended::Finished);
+    let (report, diagnostics) = run_report(&out, &flags);
     assert_one_run(&out);
+    assert_fits_80_columns(&report, diagnostics.as_ref());
     let r = evenclass::report::read_report(out.join("report.json")).unwrap();
     let mut keys: Vec<String> = ALL_METHODS.iter().map(|s| s.to_string()).collect();
     let long =
@@ -644,4 +697,42 @@ fn bad_validation_split_or_compare_flags_are_errors_before_training() {
     let r = evenclass::report::read_report(out.join("report.json")).unwrap();
     assert!(r.stages[1].name.contains("TEST"), "{}", r.stages[1].name);
     assert!(r.stages.iter().all(|s| s.val.is_none()));
+}
+
+/// Without --val-size the validation split is a tenth of the training images, at most 5,000:
+/// a small --train-subset works without it.
+#[test]
+fn the_validation_split_defaults_to_a_tenth_of_the_training_images() {
+    assert_eq!(experiment::default_val_size(50_000), 5000);
+    assert_eq!(experiment::default_val_size(60_000), 5000);
+    assert_eq!(experiment::default_val_size(1000), 100);
+    assert_eq!(experiment::default_val_size(256), 25);
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let mut spec = spec(&out, &["--synthetic", "--epochs", "1"]);
+    spec.val_size = None;
+    let opts = RunOptions { quiet: true, ..Default::default() };
+    let RunOutcome::Finished { report, .. } = experiment::run(&CpuBackend::new(), &spec, &opts).unwrap() else {
+        panic!("stopped")
+    };
+    assert_eq!(report.config["val_images"], 25);
+    assert_eq!(report.config["train_images"], 256 - 25);
+    assert_eq!(report.stages[0].val.as_ref().unwrap().support.iter().sum::<u64>(), 25);
+    assert_fits_80_columns(&report, None);
+}
+
+/// A validation split that cannot be made is refused with a size that works.
+#[test]
+fn a_bad_validation_size_suggests_one_that_works() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    for bad in ["256", "255", "5", "3"] {
+        let e = run(&out, &["--synthetic", "--val-size", bad]).unwrap_err();
+        assert!(e.is_usage(), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("--val-size {bad}:")), "{msg}");
+        assert!(msg.contains("try --val-size 25 (a tenth of the 256 training images"), "{msg}");
+    }
+    // The suggestion works.
+    assert_eq!(run(&out, &["--synthetic", "--val-size", "25", "--epochs", "1"]).unwrap(), Ended::Finished);
 }

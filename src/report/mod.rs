@@ -36,7 +36,7 @@ pub use compare::{
 };
 pub use files::{read_report, write_all, WrittenFiles};
 pub use schema::{Report, StageReport, REPORT_FORMAT};
-pub use table::terminal_table;
+pub use table::{short_labels, terminal_table};
 
 /// Errors while validating, writing or reading a report.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,8 @@ use rand::RngExt;
 use rand_pcg::Pcg64;
 
 use super::backend::{Backend, BatchPlan, Normalize, SgdStep, WeightedLoss};
-use super::model::Model;
 use super::config::TrainConfig;
+use super::model::Model;
 use crate::confusion::ConfusionMatrix;
 use crate::{Error, Result};
 
@@ -245,15 +245,14 @@ impl<B: Backend> TrainStep<B> {
         be.build_batch(&data.images, plan, self.crop_pad, &CIFAR10_NORMALIZE, model.input_mut())?;
         model.forward(be, n, true)?;
         let dl = be.labels(&labels)?;
-        let loss =
-            be.cross_entropy(
-                n,
-                classes,
-                model.logits(),
-                &dl,
-                &WeightedLoss { weight: &self.weight, label_smoothing: self.label_smoothing },
-                &mut self.dlogits,
-            )?;
+        let loss = be.cross_entropy(
+            n,
+            classes,
+            model.logits(),
+            &dl,
+            &WeightedLoss { weight: &self.weight, label_smoothing: self.label_smoothing },
+            &mut self.dlogits,
+        )?;
         if !loss.is_finite() {
             return Ok(StepOutcome::NonFiniteLoss { loss });
         }

@@ -1,0 +1,171 @@
+//! What an experiment runs: [`ExperimentSpec`], plain data with defaults and serde.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::methods::{Method, RecallSplit};
+
+/// Where the images come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataSpec {
+    /// A CIFAR-10 binary folder (it must exist); `None`: `$CIFAR10_DIR`, else
+    /// `data/cifar-10-batches-bin` (downloaded when missing, see [`crate::data::resolve`]).
+    pub dir: Option<PathBuf>,
+    /// The built-in synthetic set (shapes and textures, not CIFAR-10).
+    pub synthetic: bool,
+    /// Whether the default folder may be downloaded.
+    pub download: bool,
+    /// Train on the first N training images only.
+    pub train_subset: Option<usize>,
+    /// Evaluate on the first N test images only.
+    pub test_subset: Option<usize>,
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        DataSpec { dir: None, synthetic: false, download: true, train_subset: None, test_subset: None }
+    }
+}
+
+impl DataSpec {
+    /// The built-in synthetic set, never downloading.
+    pub fn synthetic() -> Self {
+        DataSpec { synthetic: true, download: false, ..DataSpec::default() }
+    }
+}
+
+/// The method comparison's settings (used when [`ExperimentSpec::compare`] is set).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CompareSpec {
+    /// The methods (the uniform baseline is always included).
+    pub methods: Vec<Method>,
+    /// Seeds per method: `seed`, `seed + 1`, ... [[`DEFAULT_SEEDS`]].
+    pub seeds: Option<usize>,
+    /// Rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10.
+    pub rounds: usize,
+    /// Step of the online exponentiated-gradient weights.
+    pub eg_step: f64,
+    /// Exponent tau of the online difficulty weights.
+    pub tau: f64,
+    /// Weight decay of reweight-wd and uniform-wd.
+    pub strong_wd: f64,
+    /// Further reweighting exponents (the exponent sweep).
+    pub sweep: Vec<f64>,
+    /// Accuracy budget of bias-budget, in percentage points of validation accuracy.
+    pub bias_budget: f64,
+    /// Also train the long forms of the methods for this many epochs (the fit regime).
+    pub long_epochs: Option<usize>,
+}
+
+impl Default for CompareSpec {
+    fn default() -> Self {
+        CompareSpec {
+            methods: Method::ALL.to_vec(),
+            seeds: None,
+            rounds: 3,
+            eg_step: 0.3,
+            tau: 1.0,
+            strong_wd: 5e-3,
+            sweep: Vec::new(),
+            bias_budget: 1.0,
+            long_epochs: None,
+        }
+    }
+}
+
+/// Everything a run needs to know. Sizes left `None` take the device's default (the CPU's are
+/// smaller, see [`ExperimentSpec::resolve`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExperimentSpec {
+    pub data: DataSpec,
+    /// Output folder; it always holds one complete run.
+    pub out: PathBuf,
+    /// Replace the finished run in `out` (or discard an interrupted one).
+    pub overwrite: bool,
+    /// Continue the interrupted run of `out` from its last checkpoint.
+    pub resume: bool,
+    /// Reuse stage 1 of the finished run in `out` and run stage 2 again.
+    pub stage2_only: bool,
+    /// Epochs per training [8 on the CPU, 30 on a GPU].
+    pub epochs: Option<usize>,
+    /// Training batch size [256 on the CPU, 512 on a GPU].
+    pub batch_size: Option<usize>,
+    /// Peak learning rate [0.2 x batch size / 256].
+    pub lr: Option<f32>,
+    /// Channels of the stem [16 on the CPU, 64 on a GPU].
+    pub width: Option<usize>,
+    /// Convolutions per stage [1 on the CPU, 2 on a GPU].
+    pub depth: Option<usize>,
+    /// Exponent p of the reweighting `w_c = (mean(r) / r_c)^p`.
+    pub exponent: f64,
+    /// Seed of the initialization, shuffling and augmentation (and of the synthetic set).
+    pub seed: u64,
+    /// Train without augmentation (no random crop, no flip).
+    pub no_augment: bool,
+    /// Images held out of the training set for validation; `None`: a tenth of the training
+    /// images, at most 5,000 ([`default_val_size`]); 0 for none.
+    pub val_size: Option<usize>,
+    /// Seed of the validation split [`seed`](Self::seed).
+    pub split_seed: Option<u64>,
+    /// Where the two-stage run's stage-2 weights come from.
+    pub weights_from: RecallSplit,
+    /// Run the method comparison instead of the two-stage run.
+    pub compare: bool,
+    pub comparison: CompareSpec,
+}
+
+impl Default for ExperimentSpec {
+    fn default() -> Self {
+        ExperimentSpec {
+            data: DataSpec::default(),
+            out: PathBuf::from("out/cifar10"),
+            overwrite: false,
+            resume: false,
+            stage2_only: false,
+            epochs: None,
+            batch_size: None,
+            lr: None,
+            width: None,
+            depth: None,
+            exponent: 4.0,
+            seed: 0,
+            no_augment: false,
+            val_size: None,
+            split_seed: None,
+            weights_from: RecallSplit::Val,
+            compare: false,
+            comparison: CompareSpec::default(),
+        }
+    }
+}
+
+/// Seeds per method of a comparison when [`CompareSpec::seeds`] is not set.
+pub const DEFAULT_SEEDS: usize = 3;
+
+/// The most images the default validation split holds.
+pub const MAX_DEFAULT_VAL_SIZE: usize = 5000;
+
+/// The default validation split: a tenth of the training images, at most
+/// [`MAX_DEFAULT_VAL_SIZE`] (5,000 of CIFAR-10's 50,000).
+pub fn default_val_size(train_images: usize) -> usize {
+    (train_images / 10).min(MAX_DEFAULT_VAL_SIZE)
+}
+
+impl ExperimentSpec {
+    /// The seeds of the run: one for the two-stage run, [`CompareSpec::seeds`] for a comparison.
+    pub fn seed_count(&self) -> usize {
+        if self.compare {
+            self.comparison.seeds.unwrap_or(DEFAULT_SEEDS)
+        } else {
+            1
+        }
+    }
+
+    /// The seed of the validation split.
+    pub fn split_seed(&self) -> u64 {
+        self.split_seed.unwrap_or(self.seed)
+    }
+}

@@ -1,0 +1,237 @@
+//! The comparison and its diagnostics as terminal text: every line at most 80 columns (short
+//! method names in the tables, the full names in a legend). The Markdown files written beside
+//! the report keep the wide tables.
+use std::fmt::Write;
+
+use crate::report::{short_labels, summarize_methods, Report, Stat};
+
+use super::diagnostics::{Diagnostics, SplitFit};
+
+/// The terminal width the tables fit.
+pub const COLUMNS: usize = 80;
+
+/// A duration for people: `45 s`, `12 min`, `2 h 05 min`.
+pub fn format_duration(seconds: f64) -> String {
+    if !seconds.is_finite() {
+        return "?".into();
+    }
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", (s + 30) / 60),
+        _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `78.8±0.4` (percentage points), `78.8` for one seed, `-` for none.
+fn stat(s: &Stat) -> String {
+    if !s.mean.is_finite() {
+        "-".into()
+    } else if s.sd.is_finite() {
+        format!("{:.1}±{:.1}", 100.0 * s.mean, 100.0 * s.sd)
+    } else {
+        format!("{:.1}", 100.0 * s.mean)
+    }
+}
+
+fn pct(v: Option<&f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{:.1}", 100.0 * x),
+        _ => "-".into(),
+    }
+}
+
+fn num(v: Option<&f64>, digits: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.digits$}"),
+        _ => "-".into(),
+    }
+}
+
+/// A line cut to [`COLUMNS`] characters.
+fn cut(line: &str) -> String {
+    if line.chars().count() <= COLUMNS {
+        line.to_string()
+    } else {
+        let mut s: String = line.chars().take(COLUMNS - 1).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// The comparison on the test set (mean ± sd over seeds): one line per method, then the mean
+/// recall per class, then the legend of the method names.
+pub fn comparison_text(report: &Report) -> String {
+    let sums = summarize_methods(report);
+    let mut out = String::new();
+    let key_w = sums.iter().map(|s| s.key.chars().count()).max().unwrap_or(0).max("method".len());
+    let images = report.methods.first().map_or(0, |m| m.test.support.iter().sum::<u64>());
+    let _ = writeln!(out, "Methods on the test set ({images} images), % (mean±sd over seeds):");
+    let cols = [
+        ("accuracy", "acc."),
+        ("balanced_accuracy", "bal. acc."),
+        ("worst_recall", "worst"),
+        ("recall_spread", "spread"),
+        ("macro_f1", "macro F1"),
+    ];
+    let mut header = format!("{:<key_w$} {:>5}", "method", "seeds");
+    for (_, title) in cols {
+        let _ = write!(header, " {title:>10}");
+    }
+    let _ = writeln!(out, "{header}");
+    for s in &sums {
+        let mut line = format!("{:<key_w$} {:>5}", s.key, s.seeds.len());
+        for (k, _) in cols {
+            let _ = write!(line, " {:>10}", s.get(k).map_or("-".into(), |v| stat(&v)));
+        }
+        let _ = writeln!(out, "{}", cut(&line));
+    }
+    let _ = writeln!(out, "\nMean test recall per class (%):");
+    let classes = short_labels(&report.class_names, 5);
+    let mut header = format!("{:<key_w$}", "method");
+    for n in &classes {
+        let _ = write!(header, " {n:>5}");
+    }
+    let _ = writeln!(out, "{}", cut(&header));
+    for s in &sums {
+        let mut line = format!("{:<key_w$}", s.key);
+        for r in &s.recall {
+            let _ = write!(line, " {:>5}", pct(Some(r)));
+        }
+        let _ = writeln!(out, "{}", cut(&line));
+    }
+    if classes != report.class_names {
+        let _ = writeln!(out, "\nClasses:");
+        for (l, name) in classes.iter().zip(&report.class_names) {
+            let _ = writeln!(out, "{}", cut(&format!("  {l:<5}  {name}")));
+        }
+    }
+    let _ = writeln!(out, "\nMethods:");
+    for s in &sums {
+        let _ = writeln!(out, "{}", cut(&format!("  {:<key_w$}  {}", s.key, s.name)));
+    }
+    out
+}
+
+/// The diagnostics as terminal text (means over seeds).
+pub fn diagnostics_text(d: &Diagnostics, class_names: &[String]) -> String {
+    let mut out = String::new();
+    let key_w = d.fit.iter().map(|f| f.method.to_string().chars().count()).max().unwrap_or(0).max("method".len());
+    let split_table = |out: &mut String, title: &str, get: &dyn Fn(&SplitFit) -> &Stat| {
+        let _ = writeln!(out, "{title}");
+        let _ = writeln!(out, "{:<key_w$} {:>11} {:>11} {:>11}", "method", "train", "val", "test");
+        for f in &d.fit {
+            let line = format!(
+                "{:<key_w$} {:>11} {:>11} {:>11}",
+                f.method.to_string(),
+                stat(get(&f.train)),
+                stat(get(&f.val)),
+                stat(get(&f.test))
+            );
+            let _ = writeln!(out, "{}", cut(&line));
+        }
+    };
+    split_table(&mut out, "Fit per method: accuracy on train / validation / test (%)", &|s| &s.accuracy);
+    let _ = writeln!(out);
+    split_table(&mut out, "Fit per method: recall spread on train / validation / test (points)", &|s| &s.recall_spread);
+    let name_w = class_names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max("class".len());
+    for key in ["uniform", "reweight"] {
+        let Some(f) = d.fit.iter().find(|f| f.method.to_string() == key) else { continue };
+        let _ = writeln!(out, "\nPer-class recall of {key} (%): train / val / test");
+        let _ = writeln!(out, "{:<name_w$} {:>6} {:>6} {:>6}", "class", "train", "val", "test");
+        for (k, n) in class_names.iter().enumerate() {
+            let (a, b, c) = (f.train.recall.get(k), f.val.recall.get(k), f.test.recall.get(k));
+            let _ = writeln!(out, "{}", cut(&format!("{n:<name_w$} {:>6} {:>6} {:>6}", pct(a), pct(b), pct(c))));
+        }
+    }
+    for key in ["uniform", "reweight"] {
+        let Some(g) = d.gradient.iter().find(|g| g.method.to_string() == key) else { continue };
+        let _ = writeln!(out, "\nTraining loss and loss-gradient share per class, {key}: first -> last epoch");
+        let _ = writeln!(out, "(share in %; uniform: every sample weighted 1; weighted: as trained)");
+        let _ = writeln!(
+            out,
+            "{:<name_w$} {:>6} {:>15} {:>13} {:>13}",
+            "class", "weight", "loss", "share unif.", "share weight."
+        );
+        let (a, b) = (&g.first_epoch, &g.last_epoch);
+        for (k, n) in class_names.iter().enumerate() {
+            let pair = |x: String, y: String| format!("{x} -> {y}");
+            let line = format!(
+                "{n:<name_w$} {:>6} {:>15} {:>13} {:>13}",
+                num(b.class_weights.get(k), 2),
+                pair(num(a.class_loss.get(k), 3), num(b.class_loss.get(k), 3)),
+                pair(pct(a.grad_share_uniform.get(k)), pct(b.grad_share_uniform.get(k))),
+                pair(pct(a.grad_share_weighted.get(k)), pct(b.grad_share_weighted.get(k)))
+            );
+            let _ = writeln!(out, "{}", cut(&line));
+        }
+    }
+    if d.exponent_sweep.len() > 2 {
+        let _ = writeln!(out, "\nExponent sweep (weights from validation recall; test set, %):");
+        let _ = writeln!(out, "{:>6} {:>11} {:>11} {:>11} {:>11}", "p", "test acc.", "worst", "spread", "train acc.");
+        for s in &d.exponent_sweep {
+            let line = format!(
+                "{:>6} {:>11} {:>11} {:>11} {:>11}",
+                s.exponent,
+                stat(&s.accuracy),
+                stat(&s.worst_recall),
+                stat(&s.recall_spread),
+                stat(&s.train_accuracy)
+            );
+            let _ = writeln!(out, "{}", cut(&line));
+        }
+    }
+    if !d.regime.is_empty() {
+        let _ = writeln!(out, "\nShort vs long training (%): does reweighting still move the test spread");
+        let _ = writeln!(out, "once the training set is fit? (U: uniform, R: reweight)");
+        let _ = writeln!(
+            out,
+            "{:<8} {:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "regime", "epochs", "U train acc", "U spread", "R spread", "U test acc", "R test acc"
+        );
+        for r in &d.regime {
+            let line = format!(
+                "{:<8} {:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
+                r.regime,
+                r.epochs.map_or("-".into(), |e| e.to_string()),
+                stat(&r.uniform_train_accuracy),
+                stat(&r.uniform_test_spread),
+                stat(&r.reweight_test_spread),
+                stat(&r.uniform_test_accuracy),
+                stat(&r.reweight_test_accuracy)
+            );
+            let _ = writeln!(out, "{}", cut(&line));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn class_labels_are_short_and_distinct() {
+        let cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+        let short = short_labels(&strings(&cifar), 5);
+        assert_eq!(short, strings(&["airpl", "autom", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]));
+        // The shared prefix goes; names that stay alike when cut are numbered.
+        let synthetic = ["synthetic-disk", "synthetic-stripes-coarse", "synthetic-stripes-fine"];
+        assert_eq!(short_labels(&strings(&synthetic), 16), strings(&["disk", "stripes-coarse", "stripes-fine"]));
+        assert_eq!(short_labels(&strings(&synthetic), 5), strings(&["c1", "c2", "c3"]));
+        // A prefix that is a whole name is kept.
+        assert_eq!(short_labels(&strings(&["a-", "a-b"]), 5), strings(&["a-", "a-b"]));
+    }
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(format_duration(12.4), "12 s");
+        assert_eq!(format_duration(90.0), "2 min");
+        assert_eq!(format_duration(7260.0), "2 h 01 min");
+        assert_eq!(format_duration(f64::NAN), "?");
+    }
+}

@@ -1,0 +1,360 @@
+//! The methods that try to even out per-class recall (feature `trainer`): the names they go by,
+//! the class-weight rules (the practitioner's recipe and its iteration), the online rules run as
+//! epoch hooks, and the post-hoc logit bias.
+//!
+//! [`Method`] is the single source of every method name: its serde names (kebab-case) are the
+//! names of the command line, report.json, the CSV files, the tables and the charts.
+//! [`MethodId`] adds the forms with a parameter (a method trained for the long run's epochs,
+//! `uniform-long`; a reweighting of the exponent sweep, `sweep-p2`) with one
+//! [`Display`](std::fmt::Display) and one [`FromStr`].
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::confusion::bias::{fit_recall_bias, BiasFit, FitOptions};
+use crate::confusion::ConfusionMatrix;
+use crate::confusion::Metrics;
+use crate::cross_entropy::weights::{difficulty_weights, eg_update};
+use crate::cross_entropy::weights_from_recall;
+use crate::train::{self, Backend, DeviceData, EvalOptions, Model};
+
+/// A method of the comparison.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Stage 1: uniform class weights (the baseline).
+    Uniform,
+    /// The practitioner's recipe: weights (mean(r)/r_c)^p from stage 1's validation recall.
+    Reweight,
+    /// The same with stage 1's TEST recall (the practitioner's exact variant; leaks the test set).
+    ReweightTest,
+    /// Iterated reweighting: each round multiplies the weights by (mean(r)/r_c)^p of the
+    /// previous round's validation recall.
+    Iterated,
+    /// Online exponentiated-gradient weights from per-class validation loss, every epoch.
+    OnlineEg,
+    /// Online difficulty weights (1 - validation recall_c)^tau, every epoch.
+    OnlineDifficulty,
+    /// Post-hoc per-class logit bias fitted on validation logits of stage 1 (no retraining),
+    /// for the highest worst-class recall.
+    Bias,
+    /// The same bias, for the highest worst-class recall that costs at most a budget of
+    /// validation accuracy.
+    BiasBudget,
+    /// Reweighting with strong weight decay.
+    ReweightWd,
+    /// Uniform weights with the same strong weight decay (the control of reweight-wd).
+    UniformWd,
+}
+
+impl Method {
+    /// Every method, in the order of the comparison.
+    pub const ALL: [Method; 10] = [
+        Method::Uniform,
+        Method::Reweight,
+        Method::ReweightTest,
+        Method::Iterated,
+        Method::OnlineEg,
+        Method::OnlineDifficulty,
+        Method::Bias,
+        Method::BiasBudget,
+        Method::ReweightWd,
+        Method::UniformWd,
+    ];
+
+    /// The method's name (its serde name): `online-eg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Uniform => "uniform",
+            Method::Reweight => "reweight",
+            Method::ReweightTest => "reweight-test",
+            Method::Iterated => "iterated",
+            Method::OnlineEg => "online-eg",
+            Method::OnlineDifficulty => "online-difficulty",
+            Method::Bias => "bias",
+            Method::BiasBudget => "bias-budget",
+            Method::ReweightWd => "reweight-wd",
+            Method::UniformWd => "uniform-wd",
+        }
+    }
+
+    /// One line on what the method does (the command line's help).
+    pub fn help(self) -> &'static str {
+        match self {
+            Method::Uniform => "uniform class weights (the baseline)",
+            Method::Reweight => "weights (mean(r)/r_c)^p from stage 1's validation recall",
+            Method::ReweightTest => "the same from stage 1's TEST recall (the practitioner's variant)",
+            Method::Iterated => "reweighting iterated over --rounds rounds",
+            Method::OnlineEg => "online exponentiated-gradient weights from validation loss",
+            Method::OnlineDifficulty => "online weights (1 - validation recall_c)^tau",
+            Method::Bias => "post-hoc logit bias for the highest worst-class recall",
+            Method::BiasBudget => "the same within --bias-budget points of accuracy",
+            Method::ReweightWd => "reweighting with strong weight decay (--strong-wd)",
+            Method::UniformWd => "uniform weights with the same weight decay",
+        }
+    }
+
+    /// Whether the method is a post-hoc bias on a trained model (it trains nothing itself).
+    pub fn is_bias(self) -> bool {
+        matches!(self, Method::Bias | Method::BiasBudget)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a method, with the names that are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown method {name:?}: one of {}", Method::ALL.map(Method::name).join(", "))]
+pub struct UnknownMethod {
+    pub name: String,
+}
+
+impl FromStr for Method {
+    type Err = UnknownMethod;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Method::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| UnknownMethod { name: s.to_string() })
+    }
+}
+
+/// One row of the comparison: a method, possibly with a parameter.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum MethodId {
+    /// The method as the run's epochs train it: `reweight`.
+    Plain(Method),
+    /// The method trained (or, for a bias, fitted on a model trained) for the run's long
+    /// epochs (the fit regime): `reweight-long`.
+    Long(Method),
+    /// Reweighting with another exponent (the exponent sweep): `sweep-p2`, `sweep-p-0.5`.
+    Sweep { exponent: f64 },
+}
+
+impl MethodId {
+    /// The method without its parameter (reweighting for a sweep point).
+    pub fn method(self) -> Method {
+        match self {
+            MethodId::Plain(m) | MethodId::Long(m) => m,
+            MethodId::Sweep { .. } => Method::Reweight,
+        }
+    }
+
+    /// Whether it is a post-hoc bias.
+    pub fn is_bias(self) -> bool {
+        matches!(self, MethodId::Plain(m) | MethodId::Long(m) if m.is_bias())
+    }
+}
+
+impl From<Method> for MethodId {
+    fn from(m: Method) -> Self {
+        MethodId::Plain(m)
+    }
+}
+
+impl fmt::Display for MethodId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MethodId::Plain(m) => write!(f, "{m}"),
+            MethodId::Long(m) => write!(f, "{m}-long"),
+            MethodId::Sweep { exponent } => write!(f, "sweep-p{exponent}"),
+        }
+    }
+}
+
+impl FromStr for MethodId {
+    type Err = UnknownMethod;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(p) = s.strip_prefix("sweep-p") {
+            return match p.parse::<f64>() {
+                Ok(exponent) if exponent.is_finite() => Ok(MethodId::Sweep { exponent }),
+                _ => Err(UnknownMethod { name: s.to_string() }),
+            };
+        }
+        if let Ok(m) = s.parse::<Method>() {
+            return Ok(MethodId::Plain(m));
+        }
+        match s.strip_suffix("-long").map(str::parse::<Method>) {
+            Some(Ok(m)) => Ok(MethodId::Long(m)),
+            _ => Err(UnknownMethod { name: s.to_string() }),
+        }
+    }
+}
+
+impl Serialize for MethodId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MethodId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The split whose recall gives a reweighting's class weights.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecallSplit {
+    /// The validation split held out of the training set.
+    Val,
+    /// The test set (the practitioner's variant: the test set is then no longer unseen).
+    Test,
+}
+
+/// How a training's class weights are chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Weights {
+    Uniform,
+    /// `(mean(r) / r_c)^exponent` from the recall of training `of` (an earlier one) on `split`;
+    /// with `compose`, multiplied by that training's own weights (iterated reweighting) and
+    /// renormalized to mean 1.
+    FromRecall {
+        of: usize,
+        exponent: f64,
+        split: RecallSplit,
+        compose: bool,
+    },
+    /// Uniform at first, then updated after every epoch from the validation split.
+    Online(OnlineRule),
+}
+
+/// The class weights of a reweighting from the earlier training's metrics on the chosen split
+/// (`metrics`) and, with `compose`, its weights (`base_weights`).
+pub fn weights_from_metrics(
+    metrics: &Metrics,
+    base_weights: &[f64],
+    exponent: f64,
+    compose: bool,
+) -> crate::Result<Vec<f64>> {
+    // A class with no correct sample counts as one sample's recall, so its weight stays finite.
+    let per_class = metrics.support.iter().copied().max().unwrap_or(1).max(1);
+    let mut w = weights_from_recall(&metrics.recall, exponent, 1.0 / per_class as f64)?;
+    if compose {
+        w.iter_mut().zip(base_weights).for_each(|(w, b)| *w *= b);
+        let mean = w.iter().sum::<f64>() / w.len() as f64;
+        w.iter_mut().for_each(|w| *w /= mean);
+    }
+    Ok(w)
+}
+
+/// An online reweighting rule (see [`crate::cross_entropy::weights`]), run after every epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OnlineRule {
+    /// `w_c <- w_c exp(step * validation loss_c)`, mean 1 (group-DRO's exponentiated gradient).
+    Eg { step: f64 },
+    /// `w_c ∝ (1 - validation recall_c)^tau`.
+    Difficulty { tau: f64 },
+}
+
+impl OnlineRule {
+    /// The weights after an epoch, from the model on the validation split `val`. `val_counts`:
+    /// the trainer's evaluation of that split at this epoch's end, which the difficulty rule
+    /// reuses; the EG rule needs the logits and evaluates again.
+    pub fn next_weights<B: Backend>(
+        self,
+        be: &B,
+        model: &mut Model<B>,
+        val: &DeviceData<B>,
+        val_counts: Option<&ConfusionMatrix>,
+        now: &[f32],
+        eval_batch: usize,
+    ) -> crate::Result<Vec<f32>> {
+        let classes = model.config.classes;
+        let eval = |be: &B, model: &mut Model<B>, keep_logits: bool| {
+            let opts = EvalOptions { batch_size: eval_batch, keep_logits, ..Default::default() };
+            train::evaluate_with(be, model, val, &opts)
+        };
+        let w = match self {
+            OnlineRule::Eg { step } => {
+                let ev = eval(be, model, true)?;
+                let labels: Vec<i32> = val.labels.iter().map(|&l| l as i32).collect();
+                let loss = train::per_class_loss(&ev.logits, &labels, classes)?;
+                let now: Vec<f64> = now.iter().map(|&w| f64::from(w)).collect();
+                eg_update(&now, &loss, step)?
+            }
+            OnlineRule::Difficulty { tau } => {
+                let recall = match val_counts {
+                    Some(c) => c.metrics().recall,
+                    None => eval(be, model, false)?.confusion.metrics().recall,
+                };
+                difficulty_weights(&recall, tau, 0.01)?
+            }
+        };
+        Ok(w.into_iter().map(|w| w as f32).collect())
+    }
+}
+
+/// How a post-hoc bias is fitted (see [`crate::confusion::bias`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BiasKind {
+    /// The highest worst-class recall, whatever it costs.
+    MaxMin,
+    /// The highest worst-class recall that costs at most this much validation accuracy
+    /// (a fraction).
+    Budget(f64),
+}
+
+impl BiasKind {
+    /// The method it is.
+    pub fn method(self) -> Method {
+        match self {
+            BiasKind::MaxMin => Method::Bias,
+            BiasKind::Budget(_) => Method::BiasBudget,
+        }
+    }
+
+    /// Fits the bias on `model`'s logits of `val` (the validation split).
+    pub fn fit<B: Backend>(
+        self,
+        be: &B,
+        model: &mut Model<B>,
+        val: &DeviceData<B>,
+        eval_batch: usize,
+    ) -> crate::Result<BiasFit> {
+        let classes = model.config.classes;
+        let opts = EvalOptions { batch_size: eval_batch, keep_logits: true, ..Default::default() };
+        let ev = train::evaluate_with(be, model, val, &opts)?;
+        let logits = ndarray::ArrayView2::from_shape((val.len(), classes), &ev.logits)
+            .map_err(|e| crate::Error::shape("post-hoc bias", e.to_string()))?;
+        let labels: Vec<i32> = val.labels.iter().map(|&l| l as i32).collect();
+        let max_accuracy_drop = match self {
+            BiasKind::MaxMin => None,
+            BiasKind::Budget(b) => Some(b),
+        };
+        fit_recall_bias(logits, &labels, &FitOptions { max_accuracy_drop, ..Default::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_id_reads_back_what_it_writes() {
+        let mut ids: Vec<MethodId> = Method::ALL.iter().map(|&m| MethodId::Plain(m)).collect();
+        ids.extend(Method::ALL.iter().map(|&m| MethodId::Long(m)));
+        ids.extend([0.5, -3.0, 2.0].map(|exponent| MethodId::Sweep { exponent }));
+        for id in ids {
+            let s = id.to_string();
+            assert_eq!(s.parse::<MethodId>().unwrap(), id, "{s}");
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(MethodId::Long(Method::UniformWd).to_string(), "uniform-wd-long");
+        assert_eq!(MethodId::Sweep { exponent: -0.5 }.to_string(), "sweep-p-0.5");
+        // The serde names are the names.
+        for m in Method::ALL {
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.name()));
+        }
+        let e = "reweigh".parse::<MethodId>().unwrap_err();
+        assert!(e.to_string().contains("online-difficulty"), "{e}");
+        assert!("sweep-pnan".parse::<MethodId>().is_err());
+        assert!("nothing-long".parse::<MethodId>().is_err());
+    }
+}
