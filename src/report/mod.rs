@@ -20,6 +20,7 @@
 mod chart;
 mod compare;
 mod files;
+mod merge;
 pub mod run_dir;
 mod schema;
 mod table;
@@ -30,11 +31,12 @@ pub use crate::confusion::Metrics;
 pub use crate::json::{describe_diffs, diff_fields, FieldDiff};
 pub use crate::train::EpochLog;
 pub use chart::{chart_class_labels, CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
-pub use compare::{
-    comparison_markdown, merge_comparisons, merged_markdown, paired_effect, paired_entries, paired_markdown,
-    summarize_entries, summarize_methods, ComparisonRun, MergedComparison, MethodSummary, PairedEffect, Stat,
-};
+pub use compare::{comparison_markdown, summarize_entries, summarize_methods, MethodSummary, Stat};
 pub use files::{read_report, write_all, WrittenFiles};
+pub use merge::{
+    merge_comparisons, merged_markdown, paired_effect, paired_entries, paired_markdown, ComparisonRun,
+    MergedComparison, PairedEffect,
+};
 pub use schema::{Report, StageReport, REPORT_FORMAT};
 pub use table::{short_labels, terminal_table};
 
