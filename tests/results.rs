@@ -11,7 +11,7 @@ use evenclass::report::{
 
 /// Result folders, relative to the crate root (the tests' working directory), as the published
 /// `merged.md` files name them.
-const SEED0: &str = "docs/results/compare-seed0/report.json";
+const SEED0: &str = "docs/results/2026-12-02-compare-seed0-a786a9d/report.json";
 
 fn read(path: &str) -> ComparisonRun {
     ComparisonRun::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -28,22 +28,22 @@ fn published(path: &str) -> String {
 
 #[test]
 fn merged_tables_reproduce_the_published_merged_md() {
-    for folder in ["online-seeds", "remaining-seeds"] {
+    for folder in ["2026-12-03-online-seeds-b6433b2", "2026-12-03-remaining-seeds-39ae14e"] {
         let got = merged(&[SEED0, &format!("docs/results/{folder}/seeds12/report.json")]);
         assert_eq!(got, published(&format!("docs/results/{folder}/merged.md")), "{folder}");
     }
     // Merged on the machine that ran it, from its own run folders: the first line names those
     // paths. The seed-0 run is the one published as compare-seed0.
     let got = merged(&[
-        "docs/results/compare-seed0",
-        "docs/results/compare-seeds/cmp-a0",
-        "docs/results/compare-seeds/cmp-a12",
+        "docs/results/2026-12-02-compare-seed0-a786a9d",
+        "docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a0",
+        "docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a12",
     ]);
-    let want = published("docs/results/compare-seeds/merged.md");
+    let want = published("docs/results/2026-12-02-compare-seeds-5d2fa7a/merged.md");
     let (got_first, got_rest) = got.split_once('\n').unwrap();
     let (want_first, want_rest) = want.split_once('\n').unwrap();
     assert_eq!(got_rest, want_rest);
-    assert_eq!(got_first, "Merged from: docs/results/compare-seed0/report.json, docs/results/compare-seeds/cmp-a0/report.json, docs/results/compare-seeds/cmp-a12/report.json");
+    assert_eq!(got_first, "Merged from: docs/results/2026-12-02-compare-seed0-a786a9d/report.json, docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a0/report.json, docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a12/report.json");
     assert!(want_first.starts_with("Merged from: /work/runs/cmp-seed0/report.json, "), "{want_first}");
 }
 
@@ -67,13 +67,13 @@ const PAIRED_HEADER: &str = "| base → other | seeds | weight ratio max/min | m
 /// The whole tables of the three published pairings, then the cells the findings publish.
 #[test]
 fn paired_tables_reproduce_the_published_rows() {
-    let underfit = paired(&[SEED0, "docs/results/compare-seeds/cmp-a12/report.json"], &[("uniform", "reweight")]);
+    let underfit = paired(&[SEED0, "docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a12/report.json"], &[("uniform", "reweight")]);
     let long = paired(
-        &["docs/results/long-regime/report.json"],
+        &["docs/results/2026-12-03-long-regime-b6433b2/report.json"],
         &[("uniform", "reweight"), ("uniform-long", "reweight-long")],
     );
     let wd = paired(
-        &["docs/results/long-regime-wd/report.json"],
+        &["docs/results/2026-12-04-long-regime-wd-8841edb/report.json"],
         &[
             ("uniform-long", "reweight-long"),
             ("uniform-wd-long", "reweight-wd-long"),
@@ -136,7 +136,7 @@ fn paired_tables_reproduce_the_published_rows() {
 #[test]
 fn merging_refuses_runs_that_do_not_belong_together() {
     let base = read(SEED0);
-    let other = read("docs/results/online-seeds/seeds12/report.json");
+    let other = read("docs/results/2026-12-03-online-seeds-b6433b2/seeds12/report.json");
     let reason = |runs: &[ComparisonRun]| match merge_comparisons(runs) {
         Err(ReportError::Incompatible { path, reason }) => format!("{}: {reason}", path.display()),
         other => panic!("expected a refusal, got {other:?}"),
@@ -154,7 +154,7 @@ fn merging_refuses_runs_that_do_not_belong_together() {
     let mut data = other.clone();
     data.data["train_md5"] = serde_json::json!("0123");
     assert!(reason(&[base.clone(), data]).contains("other data than"));
-    let long = read("docs/results/long-regime/report.json");
+    let long = read("docs/results/2026-12-03-long-regime-b6433b2/report.json");
     assert!(!reason(&[base.clone(), long]).is_empty());
 
     let mut disagree = base.clone();
@@ -176,8 +176,8 @@ fn merging_refuses_runs_that_do_not_belong_together() {
 #[test]
 fn nan_metrics_are_left_out_of_the_summaries() {
     let base = read(SEED0);
-    let mut seeds12 = read("docs/results/online-seeds/seeds12/report.json");
-    let all = merged(&[SEED0, "docs/results/online-seeds/seeds12/report.json"]);
+    let mut seeds12 = read("docs/results/2026-12-03-online-seeds-b6433b2/seeds12/report.json");
+    let all = merged(&[SEED0, "docs/results/2026-12-03-online-seeds-b6433b2/seeds12/report.json"]);
     for m in seeds12.report.methods.iter_mut().filter(|m| m.method.as_deref() == Some("online-eg")) {
         m.test.accuracy = f64::NAN;
     }
@@ -193,7 +193,7 @@ fn nan_metrics_are_left_out_of_the_summaries() {
 
 #[test]
 fn pairing_refuses_what_it_cannot_pair() {
-    let long = read("docs/results/long-regime/report.json");
+    let long = read("docs/results/2026-12-03-long-regime-b6433b2/report.json");
     let entries = paired_entries(std::slice::from_ref(&long)).unwrap();
     assert!(matches!(paired_effect(&entries, "uniform", "no-such-method", 3), Err(ReportError::NoPairedSeeds { .. })));
     match paired_entries(&[long.clone(), long]) {
