@@ -32,8 +32,10 @@ fn main() -> ExitCode {
     match result {
         Ok(RunOutcome::Finished { report, .. }) => {
             print!("{}", experiment::comparison_text(&report));
-            let reweight = report.methods.iter().find(|m| m.method.as_deref() == Some("reweight"));
-            println!("\nreweight, seed 0: class weights {:.2?}", reweight.map(|m| &m.class_weights));
+            let key = Method::Reweight.to_string();
+            if let Some(m) = report.methods.iter().find(|m| m.method.as_deref() == Some(key.as_str())) {
+                println!("\n{key}, seed {}: class weights {:.2?}", m.seed.unwrap_or(0), m.class_weights);
+            }
             ExitCode::SUCCESS
         }
         Ok(RunOutcome::Stopped { .. }) => ExitCode::from(130),

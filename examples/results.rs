@@ -15,7 +15,7 @@
 //! the mean and sd over seeds; a cell with no value left reads `-`.
 //!
 //! ```sh
-//! cargo run --release --example results -- merge docs/results/compare-seed0 out/online12
+//! cargo run --release --example results -- merge docs/results/2026-12-02-compare-seed0-a786a9d out/online12
 //! cargo run --release --example results -- paired out/long/report.json \
 //!     uniform:reweight uniform-long:reweight-long --class cat
 //! ```
