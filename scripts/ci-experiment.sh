@@ -186,7 +186,7 @@ if [ "$before" != "$(reused)" ]; then
     exit 1
 fi
 
-# The comparison of methods (issue 8) on the same subset: every method on 2 seeds, one epoch.
+# The comparison of methods on the same subset: every method on 2 seeds, one epoch.
 cmp="$out-compare"
 trap 'rm -rf "$out" "$lock" "$(dirname "$out")/.$(basename "$out").partial" "$logs" "$cmp" "$(dirname "$cmp")/.$(basename "$cmp").lock"' EXIT
 cmp_args=()

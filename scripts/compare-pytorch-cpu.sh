@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side CPU speed of our trainer and PyTorch on the same network and recipe (issue 10;
-# docs/performance.md): images/s of a training step and of evaluation at each width and thread
+# Side-by-side CPU speed of our trainer and PyTorch on the same network and recipe
+# (docs/performance.md): images/s of a training step and of evaluation at each width and thread
 # count, ours (examples/speed.rs) and PyTorch's (scripts/compare_pytorch_cpu.py), one table.
 #
 #   scripts/compare-pytorch-cpu.sh [--quick] [--widths 16,32,64] [--threads 1,2] [--depth 1]

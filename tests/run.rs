@@ -453,7 +453,7 @@ fn interrupted_at_every_step_of_both_stages_publishes_only_the_whole_run() {
     assert_eq!(a.stages[1].test, b.stages[1].test);
 }
 
-// ---- issue 8: the comparison of methods ----
+// ---- the comparison of methods ----
 
 /// CIFAR-format files where every class is a flat colour plus noise (easy), except class 3,
 /// whose images are drawn like class 5's: 3 and 5 cannot be told apart, so they are the hard
