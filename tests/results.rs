@@ -67,7 +67,10 @@ const PAIRED_HEADER: &str = "| base → other | seeds | weight ratio max/min | m
 /// The whole tables of the three published pairings, then the cells the findings publish.
 #[test]
 fn paired_tables_reproduce_the_published_rows() {
-    let underfit = paired(&[SEED0, "docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a12/report.json"], &[("uniform", "reweight")]);
+    let underfit = paired(
+        &[SEED0, "docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a12/report.json"],
+        &[("uniform", "reweight")],
+    );
     let long = paired(
         &["docs/results/2026-12-03-long-regime-b6433b2/report.json"],
         &[("uniform", "reweight"), ("uniform-long", "reweight-long")],
