@@ -8,7 +8,7 @@
 //! That a dry run counts exactly what a real run does is checked here on a small network.
 use std::fmt;
 
-use evenclass::train::{self, CudaBackend, DeviceData, Model, ModelConfig, Progress, TrainConfig};
+use evenclass::train::{self, CudaBackend, DeviceData, Model, ModelConfig, TrainConfig, TrainJob};
 
 /// Mirrors `evenclass_emu_counters_t` in tests/emulator/driver.cpp.
 #[repr(C)]
@@ -158,12 +158,11 @@ fn count_train(emu: &Emulator, be: &CudaBackend, net: &Net, steps: usize, dry: b
         eval_each_epoch: false,
         ..TrainConfig::default()
     };
-    let quiet = Progress { bars: false, summaries: false };
     let set = data(be, net.batch * steps);
     let mut model = Model::new(be, net.config, net.batch, 7).unwrap();
     emu.set_dry_run(dry);
     emu.reset();
-    train::train(be, &mut model, &set, None, &[1.0; 10], &cfg, "count", quiet).unwrap();
+    train::train(be, &mut model, &TrainJob::new(&set, &[1.0; 10], &cfg, "count")).unwrap();
     let c = emu.read();
     emu.set_dry_run(false);
     c

@@ -6,10 +6,8 @@ mod common;
 use evenclass::data::synthetic::synthetic;
 use evenclass::train::{
     self, load_model, save_model, Backend, BatchPlan, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig, Monitor,
-    Progress, SgdStep, TrainConfig, WeightedLoss, CIFAR10_NORMALIZE, INPUT,
+    SgdStep, TrainConfig, TrainJob, WeightedLoss, CIFAR10_NORMALIZE, INPUT,
 };
-
-const QUIET: Progress = Progress { bars: false, summaries: false };
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -217,7 +215,12 @@ fn short_run_learns_synthetic_data() {
     let config = ModelConfig { width: 8, depth: 1, classes: 10 };
     let cfg = TrainConfig { eval_each_epoch: true, ..small_train_config(4, 64, 5) };
     let mut model = Model::new(&be, config, 64, cfg.seed).unwrap();
-    let logs = train::train(&be, &mut model, &tr, Some(Monitor::Test(&te)), &[1.0; 10], &cfg, "test", QUIET).unwrap();
+    let logs = train::train(
+        &be,
+        &mut model,
+        &TrainJob { monitor: Some(Monitor::Test(&te)), ..TrainJob::new(&tr, &[1.0; 10], &cfg, "test") },
+    )
+    .unwrap();
     assert_eq!(logs.len(), 4);
     for (e, l) in logs.iter().enumerate() {
         assert_eq!(l.epoch, e + 1);
@@ -249,9 +252,8 @@ fn the_monitored_split_is_logged_and_its_last_evaluation_returned() {
     let cfg = TrainConfig { eval_each_epoch: true, eval_batch_size: 48, ..small_train_config(3, 64, 11) };
     let mut model = Model::new(&be, config, 64, cfg.seed).unwrap();
     let control = TrainControl::default();
-    let TrainOutcome::Finished { logs, monitor } =
-        train_with(&be, &mut model, &tr, Some(Monitor::Val(&val)), &[1.0; 10], &cfg, "v", QUIET, control).unwrap()
-    else {
+    let job = TrainJob { monitor: Some(Monitor::Val(&val)), ..TrainJob::new(&tr, &[1.0; 10], &cfg, "v") };
+    let TrainOutcome::Finished { logs, monitor } = train_with(&be, &mut model, &job, control).unwrap() else {
         panic!("no stop flag was given")
     };
     assert!(logs.iter().all(|l| l.val_accuracy.is_some() && l.test_accuracy.is_none()), "{logs:?}");
@@ -261,11 +263,10 @@ fn the_monitored_split_is_logged_and_its_last_evaluation_returned() {
     assert_eq!(fresh.total(), 130);
 
     // Without per-epoch evaluation there is nothing to return.
-    let cfg = TrainConfig { eval_each_epoch: false, ..cfg };
+    let no_eval = TrainConfig { eval_each_epoch: false, ..cfg.clone() };
     let mut model = Model::new(&be, config, 64, cfg.seed).unwrap();
-    let TrainOutcome::Finished { logs, monitor } =
-        train_with(&be, &mut model, &tr, Some(Monitor::Val(&val)), &[1.0; 10], &cfg, "v", QUIET, control).unwrap()
-    else {
+    let job = TrainJob { config: &no_eval, ..job };
+    let TrainOutcome::Finished { logs, monitor } = train_with(&be, &mut model, &job, control).unwrap() else {
         panic!("no stop flag was given")
     };
     assert!(monitor.is_none() && logs.iter().all(|l| l.val_accuracy.is_none() && l.test_accuracy.is_none()));
@@ -280,7 +281,7 @@ fn cpu_training_is_deterministic() {
     let run = |seed: u64| {
         let cfg = small_train_config(1, 32, seed);
         let mut model = Model::new(&be, config, 32, seed).unwrap();
-        let logs = train::train(&be, &mut model, &tr, None, &[1.0; 10], &cfg, "det", QUIET).unwrap();
+        let logs = train::train(&be, &mut model, &TrainJob::new(&tr, &[1.0; 10], &cfg, "det")).unwrap();
         (model.state(&be).unwrap(), logs[0].train_loss)
     };
     let (a, la) = run(1);
@@ -425,7 +426,11 @@ fn bad_training_input_is_an_error() {
     let cfg = small_train_config(1, 16, 0);
     let w = [1.0f32; 10];
     let mut run = |weights: &[f32], cfg: &TrainConfig, data: &DeviceData<CpuBackend>| {
-        train::train(&be, &mut model, data, Some(Monitor::Test(&te)), weights, cfg, "bad", QUIET)
+        train::train(
+            &be,
+            &mut model,
+            &TrainJob { monitor: Some(Monitor::Test(&te)), ..TrainJob::new(data, weights, cfg, "bad") },
+        )
     };
     assert!(run(&w[..9], &cfg, &tr).is_err(), "9 class weights for 10 classes");
     assert!(run(&[1.0; 11], &cfg, &tr).is_err(), "11 class weights for 10 classes");
@@ -544,7 +549,7 @@ fn cuda_short_run_learns_like_cpu() {
         let config = ModelConfig { width: 8, depth: 1, classes: 10 };
         let cfg = small_train_config(2, 64, 5);
         let mut model = Model::new(be, config, 64, cfg.seed).unwrap();
-        let logs = train::train(be, &mut model, &tr, None, &[1.0; 10], &cfg, "gpu", QUIET).unwrap();
+        let logs = train::train(be, &mut model, &TrainJob::new(&tr, &[1.0; 10], &cfg, "gpu")).unwrap();
         (train::evaluate(be, &mut model, &te, 100, false).unwrap().accuracy(), logs[1].train_loss)
     }
     let (acc_cpu, loss_cpu) = accuracy(&CpuBackend::new());
@@ -597,11 +602,10 @@ fn resume_is_bit_identical(online: bool) {
     };
     let on_epoch = online.then_some(&hook as EpochHook<'_, CpuBackend>);
 
+    let job = TrainJob { monitor: Some(Monitor::Test(&te)), ..TrainJob::new(&tr, &weights, &cfg, "s") };
     let mut reference = Model::new(&be, config, 64, 9).unwrap();
     let control = TrainControl { on_epoch, ..TrainControl::default() };
-    let TrainOutcome::Finished { logs, .. } =
-        train_with(&be, &mut reference, &tr, Some(Monitor::Test(&te)), &weights, &cfg, "s", QUIET, control).unwrap()
-    else {
+    let TrainOutcome::Finished { logs, .. } = train_with(&be, &mut reference, &job, control).unwrap() else {
         panic!("no stop flag was given")
     };
     let (want_state, want_optim) = (reference.state(&be).unwrap(), reference.optimizer_state(&be).unwrap());
@@ -623,7 +627,7 @@ fn resume_is_bit_identical(online: bool) {
         let seed = if resume.is_some() { 1234 } else { 9 };
         let mut fresh = Model::new(&be, config, 64, seed).unwrap();
         let control = TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop), on_epoch };
-        match train_with(&be, &mut fresh, &tr, Some(Monitor::Test(&te)), &weights, &cfg, "s", QUIET, control).unwrap() {
+        match train_with(&be, &mut fresh, &job, control).unwrap() {
             TrainOutcome::Finished { logs: l, .. } => {
                 model = fresh;
                 break l;
@@ -665,7 +669,7 @@ fn epoch_log_has_per_class_loss_and_gradient_shares() {
     let cfg = small_train_config(2, 64, 3);
     let weights: Vec<f32> = (0..10).map(|c| if c == 3 { 5.0 } else { 0.5 + c as f32 / 20.0 }).collect();
     let mut model = Model::new(&be, config, 64, 3).unwrap();
-    let logs = train::train(&be, &mut model, &tr, None, &weights, &cfg, "d", QUIET).unwrap();
+    let logs = train::train(&be, &mut model, &TrainJob::new(&tr, &weights, &cfg, "d")).unwrap();
     for log in &logs {
         assert_eq!(log.class_loss.len(), 10);
         assert!(log.class_loss.iter().all(|l| l.is_finite() && *l > 0.0), "{:?}", log.class_loss);
@@ -762,14 +766,35 @@ fn resume_from_a_foreign_checkpoint_names_the_field() {
     let stop = AtomicBool::new(true);
     let mut m = Model::new(&be, config, 64, 1).unwrap();
     let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop), on_epoch: None };
-    train_with(&be, &mut m, &tr, None, &[1.0; 10], &cfg, "s", QUIET, control).unwrap();
+    train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &cfg, "s"), control).unwrap();
     let saved = Checkpoint::load(&ck).unwrap();
     let other = TrainConfig { lr: 0.3, ..cfg.clone() };
     let control = TrainControl { checkpoint: None, resume: Some(&saved), stop: None, on_epoch: None };
-    let e = train_with(&be, &mut m, &tr, None, &[1.0; 10], &other, "s", QUIET, control).unwrap_err().to_string();
+    let e = train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &other, "s"), control).unwrap_err().to_string();
     assert!(e.contains("train.lr"), "{e}");
-    let e = train_with(&be, &mut m, &tr, None, &[2.0; 10], &cfg, "s", QUIET, control).unwrap_err().to_string();
+    let e = train_with(&be, &mut m, &TrainJob::new(&tr, &[2.0; 10], &cfg, "s"), control).unwrap_err().to_string();
     assert!(e.contains("class_weights[0]"), "{e}");
+    // Per-class sums that do not fit the classes: refused before the model is touched.
+    let mut short = saved.clone();
+    short.meta.class_sums.pop();
+    let before = bits(&m.state(&be).unwrap());
+    let control = TrainControl { resume: Some(&short), ..control };
+    let e = train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &cfg, "s"), control).unwrap_err();
+    assert!(matches!(&e, evenclass::Error::Shape { op: "resume", .. }), "{e}");
+    assert!(e.to_string().contains("29 per-class sums, 30 expected"), "{e}");
+    assert!(bits(&m.state(&be).unwrap()) == before, "a refused checkpoint changed the model");
+    // A file without them (same length, so the safetensors header stays valid) does not load.
+    let bytes = std::fs::read(&ck).unwrap();
+    let at: Vec<usize> = (0..bytes.len() - 10).filter(|&i| &bytes[i..i + 10] == b"class_sums").collect();
+    assert_eq!(at.len(), 1, "the key occurs once in the checkpoint");
+    let mut renamed = bytes.clone();
+    renamed[at[0]..at[0] + 10].copy_from_slice(b"class_sumz");
+    std::fs::write(&ck, &renamed).unwrap();
+    let e = Checkpoint::load(&ck).unwrap_err();
+    assert!(matches!(&e, evenclass::Error::InvalidFile { what: "checkpoint", .. }), "{e}");
+    assert!(e.to_string().contains("class_sums"), "{e}");
+    std::fs::write(&ck, &bytes).unwrap();
+    assert!(Checkpoint::load(&ck).is_ok(), "the unrenamed file loads");
     // Torn files are errors, not panics.
     let bytes = std::fs::read(&ck).unwrap();
     for cut in [0, 8, bytes.len() / 2, bytes.len() - 1] {
@@ -793,7 +818,7 @@ fn old_checkpoint_format_is_a_clear_error() {
     let stop = AtomicBool::new(true);
     let mut m = Model::new(&be, config, 64, 1).unwrap();
     let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop), on_epoch: None };
-    train_with(&be, &mut m, &tr, None, &[1.0; 10], &cfg, "s", QUIET, control).unwrap();
+    train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &cfg, "s"), control).unwrap();
     let mut saved = Checkpoint::load(&ck).unwrap();
     assert_eq!(saved.meta.format, CHECKPOINT_FORMAT);
     saved.meta.format = CHECKPOINT_FORMAT - 1;
@@ -825,7 +850,7 @@ fn divergence_stops_with_stage_epoch_step_and_last_good_checkpoint() {
     let mut state = m.state(&be).unwrap();
     state[3][0] = f32::NAN; // the stem batch norm's running mean
     m.load_state(&be, &state).unwrap();
-    let e = train::train(&be, &mut m, &tr, None, &[1.0; 10], &cfg, "stage X", QUIET).unwrap_err();
+    let e = train::train(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &cfg, "stage X")).unwrap_err();
     assert!(matches!(e, evenclass::Error::Diverged { epoch: 1, step: 2, .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("stage X") && msg.contains("epoch 1") && msg.contains("NaN"), "{msg}");
@@ -836,7 +861,7 @@ fn divergence_stops_with_stage_epoch_step_and_last_good_checkpoint() {
     let mut m = Model::new(&be, config, 64, 1).unwrap();
     let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: None, on_epoch: None };
     let one = TrainConfig { epochs: 1, ..cfg.clone() };
-    train_with(&be, &mut m, &tr, None, &[1.0; 10], &one, "s", QUIET, control).unwrap();
+    train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &one, "s"), control).unwrap();
     let good = std::fs::read(&ck).unwrap();
     let mut m = Model::new(&be, config, 64, 1).unwrap();
     let mut state = m.state(&be).unwrap();
@@ -845,12 +870,7 @@ fn divergence_stops_with_stage_epoch_step_and_last_good_checkpoint() {
     let e = train_with(
         &be,
         &mut m,
-        &tr,
-        None,
-        &[1.0; 10],
-        &cfg,
-        "s",
-        QUIET,
+        &TrainJob::new(&tr, &[1.0; 10], &cfg, "s"),
         TrainControl { checkpoint: Some(&ck), ..control },
     )
     .unwrap_err();

@@ -12,7 +12,7 @@ use crate::report::run_dir::{OutState, RunDir, RunManifest};
 use crate::report::{self, Report, StageReport};
 use crate::train::{
     self, Backend, Checkpoint, DeviceData, EpochEnd, EpochHook, EvalOptions, MemoryEstimate, Model, ModelConfig,
-    Monitor, Progress, TrainConfig, TrainControl, TrainOutcome,
+    Monitor, Progress, TrainConfig, TrainControl, TrainJob, TrainOutcome,
 };
 
 use super::plan::{plan, stages, Plan, StageSpec};
@@ -567,8 +567,7 @@ fn warm_up_speed<B: Backend>(be: &B, plan: &Plan, train_set: &Dataset) -> Result
     let cfg = TrainConfig { epochs: 1, eval_each_epoch: false, ..plan.train.clone() };
     let weights = vec![1.0; plan.model.classes];
     let t0 = Instant::now();
-    let quiet = Progress { bars: false, summaries: false };
-    train::train_with(be, &mut model, &data, None, &weights, &cfg, "warm-up", quiet, TrainControl::default())?;
+    train::train(be, &mut model, &TrainJob::new(&data, &weights, &cfg, "warm-up"))?;
     Ok(n as f64 / t0.elapsed().as_secs_f64().max(1e-6))
 }
 
@@ -665,8 +664,12 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
         Some(v) => Monitor::Val(v),
         None => Monitor::Test(st.test_data),
     };
-    let outcome =
-        train::train_with(be, &mut model, st.train_data, Some(monitor), st.weights, cfg, name, st.progress, control)?;
+    let job = TrainJob {
+        monitor: Some(monitor),
+        progress: st.progress,
+        ..TrainJob::new(st.train_data, st.weights, cfg, name)
+    };
+    let outcome = train::train_with(be, &mut model, &job, control)?;
     let (epochs, last) = match outcome {
         TrainOutcome::Finished { logs, monitor } => (logs, monitor),
         TrainOutcome::Stopped { .. } => return Ok(None),

@@ -22,7 +22,7 @@ pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
 pub use step::{ClassTally, DeviceData, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
 pub use trainer::{
     evaluate, evaluate_with, per_class_loss, train, train_with, EpochEnd, EpochHook, EvalOptions, Evaluation, Monitor,
-    Progress, TrainControl, TrainOutcome,
+    Progress, TrainControl, TrainJob, TrainOutcome,
 };
 
 use crate::{Error, Result};

@@ -119,26 +119,56 @@ pub enum TrainOutcome {
     Stopped { epoch: usize, step: usize, checkpoint: Option<PathBuf> },
 }
 
-/// Trains `model` on `train` with per-class loss weights `class_weights`; returns one log entry
-/// per epoch. `stage` names the run in the progress output. [`train_with`] without checkpoints.
-#[allow(clippy::too_many_arguments)]
-pub fn train<B: Backend>(
-    be: &B,
-    model: &mut Model<B>,
-    train: &DeviceData<B>,
-    monitor: Option<Monitor<'_, B>>,
-    class_weights: &[f32],
-    cfg: &TrainConfig,
-    stage: &str,
-    progress: Progress,
-) -> Result<Vec<EpochLog>> {
-    match train_with(be, model, train, monitor, class_weights, cfg, stage, progress, TrainControl::default())? {
-        TrainOutcome::Finished { logs, .. } => Ok(logs),
-        TrainOutcome::Stopped { .. } => unreachable!("no stop flag was given"),
+/// One training: the data, the starting class weights, the hyper-parameters and the name of
+/// what [`train`] or [`train_with`] runs. The backend and the model are passed beside it.
+/// [`TrainJob::new`] gives the defaults: `TrainJob { monitor, ..TrainJob::new(..) }` sets one.
+pub struct TrainJob<'a, B: Backend> {
+    /// The training set (the last partial batch of each epoch is dropped).
+    pub train_data: &'a DeviceData<B>,
+    /// The held-out split evaluated after every epoch, if any (see [`Monitor`]).
+    pub monitor: Option<Monitor<'a, B>>,
+    /// Per-class loss weights, one per class, at the start (an [`EpochHook`] may change them).
+    pub class_weights: &'a [f32],
+    pub config: &'a TrainConfig,
+    /// Names the training in the progress output, in errors and in its checkpoints (a
+    /// checkpoint resumes only a training of the same name).
+    pub name: &'a str,
+    pub progress: Progress,
+}
+
+impl<'a, B: Backend> TrainJob<'a, B> {
+    /// A training without a monitored split and without progress output.
+    pub fn new(
+        train_data: &'a DeviceData<B>,
+        class_weights: &'a [f32],
+        config: &'a TrainConfig,
+        name: &'a str,
+    ) -> Self {
+        TrainJob { train_data, monitor: None, class_weights, config, name, progress: Progress::default() }
     }
 }
 
-/// [`train`] with checkpoints, resume and a stop flag ([`TrainControl`]).
+impl<B: Backend> Clone for TrainJob<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for TrainJob<'_, B> {}
+
+/// Trains `model` as `job` says; returns one log entry per epoch. [`train_with`] without
+/// checkpoints, resume, stop flag or epoch hook.
+pub fn train<B: Backend>(be: &B, model: &mut Model<B>, job: &TrainJob<'_, B>) -> Result<Vec<EpochLog>> {
+    match train_with(be, model, job, TrainControl::default())? {
+        TrainOutcome::Finished { logs, .. } => Ok(logs),
+        // Only a stop flag stops a training, and the default control has none.
+        TrainOutcome::Stopped { epoch, step, .. } => {
+            Err(Error::shape("train", format!("stopped in epoch {epoch} after step {step} without a stop flag")))
+        }
+    }
+}
+
+/// [`train`] with checkpoints, resume, a stop flag and an epoch hook ([`TrainControl`]).
 ///
 /// Resuming from a checkpoint continues with the same RNG state, sample order, momentum, step
 /// count and partial-epoch sums, so on the CPU (same thread count) the final model is
@@ -146,20 +176,15 @@ pub fn train<B: Backend>(
 ///
 /// A non-finite loss (checked every step) or a non-finite parameter, running statistic or
 /// momentum (checked at the end of every epoch, before the checkpoint is written) is
-/// [`Error::Diverged`], naming the stage, epoch and step and the last good checkpoint, which is
-/// left in place.
-#[allow(clippy::too_many_arguments)]
+/// [`Error::Diverged`], naming the training, epoch and step and the last good checkpoint, which
+/// is left in place.
 pub fn train_with<B: Backend>(
     be: &B,
     model: &mut Model<B>,
-    train: &DeviceData<B>,
-    monitor: Option<Monitor<'_, B>>,
-    class_weights: &[f32],
-    cfg: &TrainConfig,
-    stage: &str,
-    progress: Progress,
+    job: &TrainJob<'_, B>,
     control: TrainControl<'_, B>,
 ) -> Result<TrainOutcome> {
+    let TrainJob { train_data: train, monitor, class_weights, config: cfg, name: stage, progress } = *job;
     let classes = model.config.classes;
     if class_weights.len() != classes {
         return Err(Error::shape("train", format!("{} class weights for {classes} classes", class_weights.len())));
@@ -229,14 +254,20 @@ pub fn train_with<B: Backend>(
         if ck.meta.counts.len() != classes * classes || ck.meta.batch >= steps_per_epoch.max(1) {
             return Err(Error::shape("resume", "checkpoint's position does not fit the configuration"));
         }
+        if ck.meta.class_sums.len() != 3 * classes {
+            return Err(Error::shape(
+                "resume",
+                format!(
+                    "checkpoint has {} per-class sums, {} expected for {classes} classes",
+                    ck.meta.class_sums.len(),
+                    3 * classes
+                ),
+            ));
+        }
         model.load_state(be, &ck.state)?;
         model.load_optimizer_state(be, &ck.optim)?;
         meta = ck.meta.clone();
         order = ck.order.clone();
-        if meta.class_sums.len() != 3 * classes {
-            // A checkpoint from before the per-class sums: the epoch's diagnostics restart.
-            meta.class_sums = vec![0.0; 3 * classes];
-        }
         if let Some(w) = &meta.weights_now {
             step.set_class_weights(be, w)?;
         }
