@@ -176,7 +176,7 @@ fi
 echo "ci-experiment: --stage2-only"
 run "${args[@]}" --stage2-only | tee "$logs/run2.log"
 grep -q "reusing .*stage1.json of run $id1" "$logs/run2.log" || { echo "ci-experiment: --stage2-only did not reuse stage 1" >&2; exit 1; }
-if grep -q "^stage 1 (uniform weights) epoch" "$logs/run2.log"; then
+if grep -qE "^stage 1 \(uniform weights\)( epoch|:$)" "$logs/run2.log"; then
     echo "ci-experiment: --stage2-only trained stage 1 again" >&2
     exit 1
 fi

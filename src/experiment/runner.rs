@@ -632,10 +632,11 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
     let mut model = Model::new(be, st.model_cfg, max_batch, cfg.seed)?;
     say!(
         opts,
-        "  {} parameters, {:.1} M multiply-adds per image, {} epochs of batch {}",
+        "  {} parameters, {:.1} M multiply-adds per image, {} epoch{} of batch {}",
         model.parameter_count(),
         model.forward_macs() as f64 / 1e6,
         cfg.epochs,
+        if cfg.epochs == 1 { "" } else { "s" },
         cfg.batch_size
     );
     if online.is_some() && st.val_data.is_none() {

@@ -23,6 +23,32 @@ use crate::confusion::ConfusionMatrix;
 use crate::json::{describe_diffs, diff_fields};
 use crate::{Error, Result};
 
+/// The per-epoch summary: `NAME epoch E/N  loss ...  img/s` when that fits 80 columns, else the
+/// numbers indented, under a `NAME:` line printed before the first of them (`named` says whether
+/// it has been).
+fn epoch_line(name: &str, log: &EpochLog, epochs: usize, named: &mut bool) -> String {
+    let held_out = |what: &str, a: Option<f64>| a.map(|a| format!("  {what} {:.1}%", 100.0 * a)).unwrap_or_default();
+    let seconds = if log.seconds < 100.0 { format!("{:.1}s", log.seconds) } else { format!("{:.0}s", log.seconds) };
+    let numbers = format!(
+        "epoch {:>3}/{epochs}  loss {:.4}  train {:.1}%{}{}  lr {:.4}  {seconds}  {:.0} img/s",
+        log.epoch,
+        log.train_loss,
+        100.0 * log.train_accuracy,
+        held_out("val", log.val_accuracy),
+        held_out("test", log.test_accuracy),
+        log.lr,
+        log.images_per_second
+    );
+    if name.chars().count() + 1 + numbers.chars().count() <= 80 {
+        format!("{name} {numbers}")
+    } else if *named {
+        format!("  {numbers}")
+    } else {
+        *named = true;
+        format!("{name}:\n  {numbers}")
+    }
+}
+
 /// Shows progress bars (stderr, only on a terminal) and one summary line per epoch (stdout).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
@@ -284,6 +310,7 @@ pub fn train_with<B: Backend>(
     // The monitored split's confusion after the latest epoch of this call (no hook runs after
     // the last epoch, so at the end it is the final model's).
     let mut last_monitor: Option<ConfusionMatrix> = None;
+    let mut named = false; // the epoch lines' `NAME:` header is printed
     while meta.epoch < cfg.epochs {
         let epoch = meta.epoch;
         if meta.batch == 0 {
@@ -365,18 +392,7 @@ pub fn train_with<B: Backend>(
             class_weights: weights_f64,
         };
         if progress.summaries {
-            println!(
-                "{stage} epoch {:>3}/{}: loss {:.4}  train acc {:5.1}%{}{}  lr {:.4}  {:.1}s  {:.0} img/s",
-                log.epoch,
-                cfg.epochs,
-                log.train_loss,
-                100.0 * log.train_accuracy,
-                log.val_accuracy.map(|a| format!("  val acc {:5.1}%", 100.0 * a)).unwrap_or_default(),
-                log.test_accuracy.map(|a| format!("  test acc {:5.1}%", 100.0 * a)).unwrap_or_default(),
-                log.lr,
-                log.seconds,
-                log.images_per_second
-            );
+            println!("{}", epoch_line(stage, &log, cfg.epochs, &mut named));
         }
         let hook_log = log.clone();
         meta.logs.push(log);
