@@ -752,11 +752,19 @@ fn biased_evaluation_matches_reference<B: Backend>(be: &B) {
     }
 }
 
-/// A checkpoint from another configuration, weights or data size is refused naming the field.
-#[test]
-fn resume_from_a_foreign_checkpoint_names_the_field() {
+/// A tiny training stopped after its first step, with its checkpoint written to `ck`.
+struct Interrupted {
+    be: CpuBackend,
+    tr: DeviceData<CpuBackend>,
+    cfg: TrainConfig,
+    dir: tempfile::TempDir,
+    ck: std::path::PathBuf,
+    m: Model<CpuBackend>,
+}
+
+fn interrupted_after_one_step() -> Interrupted {
     use std::sync::atomic::AtomicBool;
-    use train::{train_with, Checkpoint, TrainControl};
+    use train::{train_with, TrainControl};
     let be = CpuBackend::new();
     let config = ModelConfig { width: 2, depth: 1, classes: 10 };
     let (tr, _) = synthetic_data(&be, 4, 130, 0);
@@ -767,6 +775,14 @@ fn resume_from_a_foreign_checkpoint_names_the_field() {
     let mut m = Model::new(&be, config, 64, 1).unwrap();
     let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop), on_epoch: None };
     train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &cfg, "s"), control).unwrap();
+    Interrupted { be, tr, cfg, dir, ck, m }
+}
+
+/// A checkpoint from another configuration, weights or data size is refused naming the field.
+#[test]
+fn resume_from_a_foreign_checkpoint_names_the_field() {
+    use train::{train_with, Checkpoint, TrainControl};
+    let Interrupted { be, tr, cfg, dir: _dir, ck, mut m } = interrupted_after_one_step();
     let saved = Checkpoint::load(&ck).unwrap();
     let other = TrainConfig { lr: 0.3, ..cfg.clone() };
     let control = TrainControl { checkpoint: None, resume: Some(&saved), stop: None, on_epoch: None };
@@ -807,18 +823,8 @@ fn resume_from_a_foreign_checkpoint_names_the_field() {
 /// and the one this build reads; a missing one is an I/O error naming the file.
 #[test]
 fn old_checkpoint_format_is_a_clear_error() {
-    use std::sync::atomic::AtomicBool;
-    use train::{train_with, Checkpoint, TrainControl, CHECKPOINT_FORMAT};
-    let be = CpuBackend::new();
-    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
-    let (tr, _) = synthetic_data(&be, 4, 130, 0);
-    let cfg = small_train_config(2, 64, 1);
-    let dir = tmpdir();
-    let ck = dir.path().join("s.ckpt");
-    let stop = AtomicBool::new(true);
-    let mut m = Model::new(&be, config, 64, 1).unwrap();
-    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop), on_epoch: None };
-    train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &cfg, "s"), control).unwrap();
+    use train::{Checkpoint, CHECKPOINT_FORMAT};
+    let Interrupted { dir, ck, .. } = interrupted_after_one_step();
     let mut saved = Checkpoint::load(&ck).unwrap();
     assert_eq!(saved.meta.format, CHECKPOINT_FORMAT);
     saved.meta.format = CHECKPOINT_FORMAT - 1;

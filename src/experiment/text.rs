@@ -25,13 +25,7 @@ pub fn format_duration(seconds: f64) -> String {
 
 /// `78.8±0.4` (percentage points), `78.8` for one seed, `-` for none.
 fn stat(s: &Stat) -> String {
-    if !s.mean.is_finite() {
-        "-".into()
-    } else if s.sd.is_finite() {
-        format!("{:.1}±{:.1}", 100.0 * s.mean, 100.0 * s.sd)
-    } else {
-        format!("{:.1}", 100.0 * s.mean)
-    }
+    s.pct_with("±")
 }
 
 fn pct(v: Option<&f64>) -> String {

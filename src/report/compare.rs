@@ -31,10 +31,16 @@ impl Stat {
 
     /// As percentage points: `78.8 ± 0.4`, or `78.8` for one seed.
     pub(super) fn pct(&self) -> String {
+        self.pct_with(" ± ")
+    }
+
+    /// As percentage points with `sep` between mean and sd (`"±"` for narrow columns): `78.8±0.4`,
+    /// `78.8` for one seed, `-` for none.
+    pub fn pct_with(&self, sep: &str) -> String {
         if !self.mean.is_finite() {
             "-".into()
         } else if self.sd.is_finite() {
-            format!("{:.1} ± {:.1}", 100.0 * self.mean, 100.0 * self.sd)
+            format!("{:.1}{sep}{:.1}", 100.0 * self.mean, 100.0 * self.sd)
         } else {
             format!("{:.1}", 100.0 * self.mean)
         }
