@@ -191,8 +191,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     });
     let mut reuse: Vec<Option<StageReport>> = vec![None; specs.len()];
     let mut biased: Vec<Vec<(Method, StageReport)>> = vec![Vec::new(); specs.len()];
-    let mut manifest = if spec.resume {
-        let m = in_progress.expect("checked above");
+    let mut manifest = if let (true, Some(m)) = (spec.resume, in_progress) {
         check_same_run(&m.meta, &config, &fingerprint, "the interrupted run", &[])?;
         say!(opts, "resuming run {} (started {})", m.run_id, m.started_utc);
         m
