@@ -5,8 +5,12 @@
 //!
 //! - `.OUT.lock`: locked (an OS advisory lock, `flock` on Unix) for as long as a [`RunDir`] lives.
 //!   A second run on the same `OUT` is refused with [`ReportError::Locked`]. The lock dies with
-//!   the process (Ctrl-C, kill, power cut), so a stale lock file never blocks anyone; the file
-//!   itself stays (it only names the last holder).
+//!   the process (Ctrl-C, kill, power cut), so a stale lock file never blocks anyone. When a
+//!   [`RunDir`] is dropped it deletes the file while still holding the lock; a process that had
+//!   opened the file before the deletion and locks it afterwards holds a lock on a file no longer
+//!   at that path, so [`RunDir::lock`] checks after locking that the path still names the locked
+//!   file (same device and inode) and starts over when it does not. (Elsewhere than Unix the file
+//!   stays: only its name, not its identity, can be checked there.)
 //! - `.OUT.partial/`: the run in progress. Every file (stage results, models, checkpoints, the
 //!   report and charts) is written here, each atomically. Its manifest `run.json` names the run id
 //!   and says `"complete": false`. An interrupted run stays here, for `--resume`.
@@ -102,7 +106,7 @@ pub struct RunDir {
     staging: PathBuf,
     previous: PathBuf,
     lock_path: PathBuf,
-    _lock: File,
+    lock_file: File,
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ReportError + 'a {
@@ -121,22 +125,7 @@ impl RunDir {
         };
         fs::create_dir_all(&parent).map_err(io("create directory", &parent))?;
         let lock_path = parent.join(format!(".{name}.lock"));
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = lock.read_to_string(&mut holder);
-                return Err(ReportError::Locked { out, lock: lock_path, holder: holder.trim().replace('\n', ", ") });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(ReportError::io("lock", &lock_path, e)),
-        }
+        let mut lock = take_lock(&out, &lock_path)?;
         let _ = lock.set_len(0);
         let _ = lock.seek(SeekFrom::Start(0));
         let _ = write!(lock, "pid {}\nsince {}\n", std::process::id(), super::utc_now_rfc3339());
@@ -146,7 +135,7 @@ impl RunDir {
             previous: parent.join(format!(".{name}.previous")),
             out,
             lock_path,
-            _lock: lock,
+            lock_file: lock,
         };
         dir.recover()?;
         Ok(dir)
@@ -279,6 +268,76 @@ impl RunDir {
             Ok(Some(m)) if m.complete => self.swap_in(),
             _ => fs::rename(&self.previous, &self.out).map_err(io("restore", &self.out)),
         }
+    }
+}
+
+impl Drop for RunDir {
+    /// Deletes the lock file while the lock is still held (see the module documentation), if
+    /// the path still names it.
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if same_file(&self.lock_file, &self.lock_path) {
+            let _ = fs::remove_file(&self.lock_path);
+        }
+    }
+}
+
+/// How often [`take_lock`] starts over when the lock file it locked was deleted or replaced
+/// meanwhile (each time another run released the lock in between).
+const LOCK_ATTEMPTS: usize = 100;
+
+/// Opens (creating it if need be) and locks `lock_path`, making sure the file locked is the one
+/// the path names once the lock is held: a releasing run deletes the file, and a lock taken on a
+/// deleted file excludes nobody.
+fn take_lock(out: &Path, lock_path: &Path) -> Result<File, ReportError> {
+    for _ in 0..LOCK_ATTEMPTS {
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock_path)
+            .map_err(io("open", lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = lock.read_to_string(&mut holder);
+                return Err(ReportError::Locked {
+                    out: out.to_path_buf(),
+                    lock: lock_path.to_path_buf(),
+                    holder: holder.trim().replace('\n', ", "),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(ReportError::io("lock", lock_path, e)),
+        }
+        if same_file(&lock, lock_path) {
+            return Ok(lock);
+        }
+        // Locked a file that its holder deleted on release: drop it and open the path again.
+    }
+    Err(ReportError::io(
+        "lock",
+        lock_path,
+        std::io::Error::other(format!("the lock file was replaced {LOCK_ATTEMPTS} times while being locked")),
+    ))
+}
+
+/// Whether `path` names the open file `file` (same device and inode). Elsewhere than Unix, only
+/// whether the path exists.
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
     }
 }
 
