@@ -297,7 +297,9 @@ fn resolve_picks_the_source() {
 
     write_dataset(&dir, 3);
     let loaded = data::resolve(Some(dir.clone()), false, false, Some(4), 1).unwrap();
-    assert_eq!(loaded.source, DataSource::Cifar10 { dir: dir.clone(), downloaded: false });
+    let nonstandard = data::nonstandard_counts(&dir).unwrap();
+    assert_eq!(nonstandard.len(), 6, "3 records in each file: {nonstandard:?}");
+    assert_eq!(loaded.source, DataSource::Cifar10 { dir: dir.clone(), downloaded: false, nonstandard });
     assert_eq!((loaded.train.len(), loaded.test.len()), (4, 3));
 
     // Present but corrupt: an error, not a silent fallback.
@@ -307,6 +309,83 @@ fn resolve_picks_the_source() {
     std::fs::remove_file(dir.join(TEST_FILE)).unwrap();
     let e = data::resolve(Some(dir), false, true, None, 1).unwrap_err();
     assert!(matches!(&e, DataError::Incomplete { missing, .. } if missing == &["test_batch.bin"]), "{e}");
+}
+
+/// The six files at the official size, 10,000 records each: `real` generated records, then
+/// zero bytes (label 0, a black image) up to the size, written sparse so the test stays cheap.
+fn write_official_size(dir: &Path, real: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (f, name) in all_files().enumerate() {
+        let file = std::fs::File::create(dir.join(name)).unwrap();
+        (&file).write_all(&batch_bytes(f, real)).unwrap();
+        file.set_len((data::RECORDS_PER_FILE * RECORD_BYTES) as u64).unwrap();
+    }
+}
+
+/// Batch files that hold a whole number of records, but not the official 10,000 (a
+/// `test_batch.bin` cut at a record boundary, a reduced copy), load but are named as such: the
+/// source, its name and the fingerprint say "non-standard counts", never plain "CIFAR-10".
+#[test]
+fn nonstandard_record_counts_are_named_and_recorded() {
+    let t = tmp();
+    let dir = t.path().join("cifar");
+    write_official_size(&dir, 30);
+    assert_eq!(data::nonstandard_counts(&dir).unwrap(), []);
+    assert_eq!(data::cifar10_name(&[]), "CIFAR-10");
+    let loaded = data::resolve(Some(dir.clone()), false, false, Some(20), 1).unwrap();
+    assert_eq!(loaded.source.to_string(), format!("CIFAR-10 from {}", dir.display()));
+    let official = data::DataFingerprint::new(&loaded.source, &loaded.train, &loaded.test, Some(20), None, 1);
+    assert_eq!(official.nonstandard_counts, []);
+    let json = serde_json::to_string(&official).unwrap();
+    assert!(!json.contains("nonstandard"), "the official files' fingerprint is unchanged: {json}");
+
+    // test_batch.bin cut to 5,000 records, at a record boundary.
+    let test_file = std::fs::OpenOptions::new().write(true).open(dir.join(TEST_FILE)).unwrap();
+    test_file.set_len((5000 * RECORD_BYTES) as u64).unwrap();
+    let counts = data::nonstandard_counts(&dir).unwrap();
+    let cut = data::NonStandardCount { file: TEST_FILE.into(), records: 5000, expected: 10_000 };
+    assert_eq!(counts, [cut]);
+    let name = "CIFAR-10 format with non-standard counts (test_batch.bin: 5000 records, 10000 expected)";
+    assert_eq!(data::cifar10_name(&counts), name);
+    let loaded = data::resolve(Some(dir.clone()), false, false, Some(20), 1).unwrap();
+    assert_eq!(loaded.test.len(), 5000);
+    assert_eq!(loaded.source.to_string(), format!("{name} from {}", dir.display()));
+    let fp = data::DataFingerprint::new(&loaded.source, &loaded.train, &loaded.test, Some(20), None, 1);
+    assert_eq!(fp.nonstandard_counts, counts);
+    let fields: Vec<String> = official.diff(&fp).iter().map(|d| d.to_string()).collect();
+    assert!(fields.iter().any(|f| f.starts_with("nonstandard_counts")), "{fields:?}");
+
+    // A small generated copy: every file is named, the training files together.
+    let small = t.path().join("small");
+    write_dataset(&small, 3);
+    assert_eq!(
+        data::cifar10_name(&data::nonstandard_counts(&small).unwrap()),
+        "CIFAR-10 format with non-standard counts (data_batch_1.bin to data_batch_5.bin: 3 records each; \
+         test_batch.bin: 3 records; 10000 expected in each)"
+    );
+}
+
+/// A file named as the data folder (or standing where one of its parent folders should be) is
+/// one clear error naming it, whoever named the folder.
+#[test]
+fn a_file_named_as_the_data_folder_is_a_clear_error() {
+    let t = tmp();
+    let file = t.path().join("cifar.bin");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let below = file.join("cifar-10-batches-bin");
+    let f = file.display();
+    for (dir, from, start) in [
+        (&file, DirSource::Explicit, format!("{f} (from --data-dir): is a file, where a folder is expected")),
+        (&below, DirSource::Env, format!("{} (from CIFAR10_DIR): {f} is a file, where", below.display())),
+        (&below, DirSource::Default, format!("{} (from default): {f} is a file, where", below.display())),
+    ] {
+        let e = data::resolve_with(dir, from, false, true, &DownloadSpec::default(), None, 1).unwrap_err();
+        assert!(matches!(&e, DataError::NotAFolder { file: f, .. } if *f == file), "{e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&start), "{msg}");
+        assert!(!msg.contains("os error"), "{msg}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -581,6 +660,7 @@ fn real_cifar10_when_present() {
     let opts = LoadOptions { train_limit: Some(12_345), test_limit: None };
     let (part, _) = data::load_cifar10_with(&dir, &opts).unwrap();
     assert_eq!(part, train.first(12_345));
+    assert_eq!(data::nonstandard_counts(&dir).unwrap(), [], "the official files have the official counts");
 }
 
 // ---- stratified validation split -------------------------------------------------------------------

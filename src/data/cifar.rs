@@ -3,15 +3,18 @@
 //! Each of `data_batch_1.bin` … `data_batch_5.bin` (training) and `test_batch.bin` (test) is a
 //! sequence of 3,073-byte records: one label byte (0-9), then 1,024 red, 1,024 green and 1,024
 //! blue bytes (each plane 32 x 32, row-major). The official files hold 10,000 records each; any
-//! whole number of records is accepted here (reduced copies may hold fewer). `batches.meta.txt`,
-//! when present, gives the class names, one a line, in label order.
+//! whole number of records is accepted here (reduced copies may hold fewer), and
+//! [`nonstandard_counts`] names the files that differ, so that such data are never mistaken for
+//! the official set. `batches.meta.txt`, when present, gives the class names, one a line, in
+//! label order.
+use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
 use super::{
-    DataError, Dataset, Result, CIFAR10_CLASS_NAMES, IMAGE_BYTES, META_FILE, NUM_CLASSES, RECORD_BYTES, TEST_FILE,
-    TRAIN_FILES,
+    DataError, Dataset, Result, CIFAR10_CLASS_NAMES, IMAGE_BYTES, META_FILE, NUM_CLASSES, RECORDS_PER_FILE,
+    RECORD_BYTES, TEST_FILE, TRAIN_FILES,
 };
 
 /// What to load.
@@ -64,6 +67,76 @@ pub fn load_cifar10_with(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<(D
     }
     let test = Dataset { images, labels, class_names, name: "CIFAR-10 test".into() };
     Ok((train, test))
+}
+
+/// A batch file whose record count is not the official archive's ([`RECORDS_PER_FILE`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NonStandardCount {
+    /// The file's name, e.g. `test_batch.bin`.
+    pub file: String,
+    /// The records it holds.
+    pub records: usize,
+    /// The records the official file holds.
+    pub expected: usize,
+}
+
+/// `test_batch.bin: 5000 records, 10000 expected`.
+impl fmt::Display for NonStandardCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} records, {} expected", self.file, self.records, self.expected)
+    }
+}
+
+/// The batch files of `dir`, in order, whose record count differs from the official archive's
+/// ([`RECORDS_PER_FILE`] records, 30,730,000 bytes each); empty for the official files. The
+/// files must hold a whole number of records, as for loading.
+pub fn nonstandard_counts(dir: &Path) -> Result<Vec<NonStandardCount>> {
+    let mut out = Vec::new();
+    for f in TRAIN_FILES.iter().chain([&TEST_FILE]) {
+        let records = record_count(&dir.join(f))?;
+        if records != RECORDS_PER_FILE {
+            out.push(NonStandardCount { file: f.to_string(), records, expected: RECORDS_PER_FILE });
+        }
+    }
+    Ok(out)
+}
+
+/// The name of CIFAR-format data with these counts: `CIFAR-10` for the official counts, else
+/// e.g. `CIFAR-10 format with non-standard counts (test_batch.bin: 5000 records, 10000
+/// expected)`; training files in a row with the same count are named together
+/// (`data_batch_1.bin to data_batch_5.bin: 60 records each`).
+pub fn cifar10_name(nonstandard: &[NonStandardCount]) -> String {
+    if nonstandard.is_empty() {
+        return "CIFAR-10".into();
+    }
+    // Training files in a row with the same count form one group; the test file its own.
+    let is_train = |c: &NonStandardCount| TRAIN_FILES.contains(&c.file.as_str());
+    let mut groups: Vec<&[NonStandardCount]> = Vec::new();
+    let mut rest = nonstandard;
+    while let Some(first) = rest.first() {
+        let same = |c: &&NonStandardCount| {
+            is_train(first) && is_train(c) && c.records == first.records && c.expected == first.expected
+        };
+        let n = rest.iter().take_while(same).count().max(1);
+        groups.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    let describe = |g: &[NonStandardCount]| match g {
+        [one] => format!("{}: {} records", one.file, one.records),
+        [first, .., last] => format!("{} to {}: {} records each", first.file, last.file, first.records),
+        [] => String::new(),
+    };
+    let expected = nonstandard[0].expected;
+    let same_expected = nonstandard.iter().all(|c| c.expected == expected);
+    let text = match (groups.as_slice(), same_expected) {
+        ([one], _) => format!("{}, {expected} expected", describe(one)),
+        (_, true) => format!(
+            "{}; {expected} expected in each",
+            groups.iter().map(|g| describe(g)).collect::<Vec<_>>().join("; ")
+        ),
+        (_, false) => nonstandard.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("; "),
+    };
+    format!("CIFAR-10 format with non-standard counts ({text})")
 }
 
 /// Number of records in a batch file, from its size: it must exist and hold a non-empty whole

@@ -23,8 +23,9 @@ mod source;
 pub mod split;
 pub mod synthetic;
 
-pub use cifar::{load_cifar10, load_cifar10_with, LoadOptions};
+pub use cifar::{cifar10_name, load_cifar10, load_cifar10_with, nonstandard_counts, LoadOptions, NonStandardCount};
 pub use download::{download_cifar10, extract_archive, DownloadSpec, ARCHIVE_DIR};
+pub(crate) use source::file_in_place_of_folder;
 pub use source::{cifar10_present, resolve, resolve_with, DataFingerprint, DataSource, LoadedData};
 pub use split::{stratified_split, Split};
 pub use synthetic::synthetic;
@@ -142,6 +143,14 @@ pub enum DataError {
     /// A data directory the user named (`--data-dir`, `$CIFAR10_DIR`) does not hold CIFAR-10.
     #[error("{}: no CIFAR-10 batch files here (from {from}); {hint}", dir.display())]
     NotFound { dir: PathBuf, from: DirSource, hint: String },
+
+    /// The data directory is a file, or lies under one (`file`): a folder is expected there.
+    #[error(
+        "{} (from {from}): {}, where a folder is expected; name the folder that holds the CIFAR-10 batch files",
+        dir.display(),
+        if file == dir { "is a file".to_string() } else { format!("{} is a file", file.display()) }
+    )]
+    NotAFolder { dir: PathBuf, file: PathBuf, from: DirSource },
 
     /// Arguments that do not describe a dataset (mismatched lengths, bad range).
     #[error("{0}")]

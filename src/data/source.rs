@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::cifar::{load_cifar10_with, LoadOptions};
+use super::cifar::{cifar10_name, load_cifar10_with, nonstandard_counts, LoadOptions, NonStandardCount};
 use super::download::{download_cifar10, DownloadSpec, ARCHIVE_DIR};
 use super::{
     resolve_data_dir, synthetic, DataError, Dataset, DirSource, Result, DATA_DIR_ENV, DEFAULT_DATA_DIR, SYNTHETIC_TEST,
@@ -13,8 +13,10 @@ use super::{
 /// Where the data of a [`LoadedData`] came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataSource {
-    /// Real CIFAR-10, loaded from `dir` (possibly just downloaded there).
-    Cifar10 { dir: PathBuf, downloaded: bool },
+    /// CIFAR-10's format, loaded from `dir` (possibly just downloaded there): the official set
+    /// when `nonstandard` is empty, else files with other record counts (a reduced or altered
+    /// copy), which must not be reported as CIFAR-10.
+    Cifar10 { dir: PathBuf, downloaded: bool, nonstandard: Vec<NonStandardCount> },
     /// The synthetic stand-in, and why it was used.
     Synthetic { reason: String },
 }
@@ -29,8 +31,10 @@ impl DataSource {
 impl fmt::Display for DataSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DataSource::Cifar10 { dir, downloaded: false } => write!(f, "CIFAR-10 from {}", dir.display()),
-            DataSource::Cifar10 { dir, downloaded: true } => write!(f, "CIFAR-10 downloaded to {}", dir.display()),
+            DataSource::Cifar10 { dir, downloaded, nonstandard } => {
+                let how = if *downloaded { "downloaded to" } else { "from" };
+                write!(f, "{} {how} {}", cifar10_name(nonstandard), dir.display())
+            }
             DataSource::Synthetic { reason } => write!(f, "{} ({reason})", synthetic::NAME),
         }
     }
@@ -100,10 +104,17 @@ pub fn resolve_with(
         return Ok(make_synthetic("asked for with --synthetic".into()));
     }
     let dir = dir.to_path_buf();
-    let opts = LoadOptions { train_limit: train_subset, test_limit: None };
-    if cifar10_present(&dir) {
+    if let Some(file) = file_in_place_of_folder(&dir) {
+        return Err(DataError::NotAFolder { dir, file, from });
+    }
+    let load = |dir: PathBuf, downloaded: bool| {
+        let opts = LoadOptions { train_limit: train_subset, test_limit: None };
         let (train, test) = load_cifar10_with(&dir, &opts)?;
-        return Ok(LoadedData { train, test, source: DataSource::Cifar10 { dir, downloaded: false } });
+        let nonstandard = nonstandard_counts(&dir)?;
+        Ok(LoadedData { train, test, source: DataSource::Cifar10 { dir, downloaded, nonstandard } })
+    };
+    if cifar10_present(&dir) {
+        return load(dir, false);
     }
     let empty_or_absent = match std::fs::read_dir(&dir) {
         Ok(mut entries) => entries.next().is_none(),
@@ -134,15 +145,24 @@ pub fn resolve_with(
         )));
     }
     match download_cifar10(&dir, spec) {
-        Ok(()) => {
-            let (train, test) = load_cifar10_with(&dir, &opts)?;
-            Ok(LoadedData { train, test, source: DataSource::Cifar10 { dir, downloaded: true } })
-        }
+        Ok(()) => load(dir, true),
         Err(e) => Ok(make_synthetic(format!(
             "no CIFAR-10 at the default location {} and the download failed: {e}",
             dir.display()
         ))),
     }
+}
+
+/// The file that stands where folder `path` is expected: `path` itself, or the nearest of its
+/// ancestors that exists, when that is not a folder. `None` when the path is (or can become) a
+/// folder.
+pub(crate) fn file_in_place_of_folder(path: &Path) -> Option<PathBuf> {
+    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(meta) = std::fs::metadata(p) {
+            return (!meta.is_dir()).then(|| p.to_path_buf());
+        }
+    }
+    None
 }
 
 /// What a run trained and tested on, recorded with its results so that results are never
@@ -162,6 +182,10 @@ pub struct DataFingerprint {
     pub train_subset: Option<usize>,
     pub test_subset: Option<usize>,
     pub class_names: Vec<String>,
+    /// The batch files whose record count is not the official set's (CIFAR-format data only;
+    /// absent for the official files and the synthetic set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nonstandard_counts: Vec<NonStandardCount>,
     /// MD5 (hex) of the labels, then the images, of the training records used.
     pub train_md5: String,
     /// The same of the test records used.
@@ -185,12 +209,12 @@ impl DataFingerprint {
             h.update(&d.images);
             h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()
         };
-        let (name, dir, synthetic_seed) = match source {
-            DataSource::Cifar10 { dir, .. } => {
+        let (name, dir, synthetic_seed, nonstandard) = match source {
+            DataSource::Cifar10 { dir, nonstandard, .. } => {
                 let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-                ("cifar10", Some(abs.display().to_string()), None)
+                ("cifar10", Some(abs.display().to_string()), None, nonstandard.clone())
             }
-            DataSource::Synthetic { .. } => ("synthetic", None, Some(seed)),
+            DataSource::Synthetic { .. } => ("synthetic", None, Some(seed), Vec::new()),
         };
         DataFingerprint {
             source: name.into(),
@@ -201,6 +225,7 @@ impl DataFingerprint {
             train_subset,
             test_subset,
             class_names: train.class_names.clone(),
+            nonstandard_counts: nonstandard,
             train_md5: md5(train),
             test_md5: md5(test),
         }
