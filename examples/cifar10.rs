@@ -111,30 +111,30 @@ struct Args {
     /// Compare the methods of --methods over --seeds seeds (comparison.md, comparison.csv, methods.svg/.png too).
     #[arg(long, conflicts_with = "stage2_only")]
     compare: bool,
-    /// Methods to compare (comma-separated; the uniform baseline is always included) [default: all].
+    /// With --compare: the methods (comma-separated; the uniform baseline is always included) [default: all].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     methods: Vec<MethodArg>,
     /// Seeds per method with --compare: --seed, --seed + 1, ... [default: 3 with --compare, else 1].
     #[arg(long, value_name = "N")]
     seeds: Option<usize>,
-    /// Rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    rounds: usize,
-    /// Step of the online exponentiated-gradient weights (per epoch, on validation loss).
-    #[arg(long, value_name = "ETA", default_value_t = 0.3)]
-    eg_step: f64,
-    /// Exponent tau of the online difficulty weights (1 - validation recall)^tau.
-    #[arg(long, value_name = "TAU", default_value_t = 1.0)]
-    tau: f64,
-    /// Weight decay of the strongly regularized methods (reweight-wd, uniform-wd) [the usual one is 5e-4].
-    #[arg(long, value_name = "WD", default_value_t = 5e-3)]
-    strong_wd: f64,
+    /// With --compare: rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10 [default: 3].
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// With --compare: step of the online exponentiated-gradient weights (per epoch, on val. loss) [default: 0.3].
+    #[arg(long, value_name = "ETA")]
+    eg_step: Option<f64>,
+    /// With --compare: exponent tau of the online difficulty weights (1 - validation recall)^tau [default: 1].
+    #[arg(long, value_name = "TAU")]
+    tau: Option<f64>,
+    /// With --compare: weight decay of reweight-wd and uniform-wd [default: 5e-3; the usual one is 5e-4].
+    #[arg(long, value_name = "WD")]
+    strong_wd: Option<f64>,
     /// With --compare: also reweight with these exponents (comma-separated, each in [-8, 8]): the exponent sweep.
     #[arg(long, value_name = "LIST", value_delimiter = ',', allow_negative_numbers = true)]
     sweep: Vec<f64>,
-    /// Accuracy budget of the bias-budget method, in percentage points of validation accuracy.
-    #[arg(long, value_name = "POINTS", default_value_t = 1.0)]
-    bias_budget: f64,
+    /// With --compare: accuracy budget of the bias-budget method, in points of validation accuracy [default: 1].
+    #[arg(long, value_name = "POINTS")]
+    bias_budget: Option<f64>,
     /// With --compare: also train uniform, reweight (and reweight-wd, uniform-wd if chosen) for N epochs (fit regime).
     #[arg(long, value_name = "N")]
     long_epochs: Option<usize>,
@@ -142,7 +142,6 @@ struct Args {
 
 impl Args {
     fn spec(&self) -> ExperimentSpec {
-        let methods: Vec<Method> = self.methods.iter().map(|m| m.0).collect();
         ExperimentSpec {
             data: DataSpec {
                 dir: self.data_dir.clone(),
@@ -168,7 +167,7 @@ impl Args {
             weights_from: if self.weights_from == "test" { RecallSplit::Test } else { RecallSplit::Val },
             compare: self.compare,
             comparison: CompareSpec {
-                methods: if methods.is_empty() { Method::ALL.to_vec() } else { methods },
+                methods: (!self.methods.is_empty()).then(|| self.methods.iter().map(|m| m.0).collect()),
                 seeds: self.seeds,
                 rounds: self.rounds,
                 eg_step: self.eg_step,

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # CI_CIFAR10_DIR: another location (tests of this script).
 data_dir=${CI_CIFAR10_DIR:-../shared/datasets/cifar-10-batches-bin}
 out=$(mktemp -d "${TMPDIR:-/tmp}/evenclass-ci-experiment.XXXXXX")
-# A run also uses .NAME.lock (and, while running, .NAME.partial) beside its output folder.
+# A run also uses .NAME.lock and .NAME.partial beside its output folder while it runs.
 lock="$(dirname "$out")/.$(basename "$out").lock"
 trap 'rm -rf "$out" "$lock" "$(dirname "$out")/.$(basename "$out").partial"' EXIT
 
@@ -33,6 +33,8 @@ trap 'rm -rf "$out" "$lock" "$(dirname "$out")/.$(basename "$out").partial" "$lo
 
 echo "ci-experiment: cifar10 ${args[*]}"
 run "${args[@]}" | tee "$logs/run1.log"
+# The lock file goes with the lock when the run ends.
+[ ! -e "$lock" ] || { echo "ci-experiment: $lock was left after the run" >&2; exit 1; }
 
 # Checks report.json and the other files; $2 = 1 when the data must be synthetic.
 check() {
@@ -174,7 +176,17 @@ if [ "$rc" != 2 ] || ! grep -q -- "--overwrite" "$logs/refused.log"; then
 fi
 
 echo "ci-experiment: --stage2-only"
-run "${args[@]}" --stage2-only | tee "$logs/run2.log"
+# It replaces the finished run, so without --overwrite it is refused (exit status 2).
+set +e
+run "${args[@]}" --stage2-only > "$logs/refused2.log" 2>&1
+rc=$?
+set -e
+if [ "$rc" != 2 ] || ! grep -q -- "--stage2-only replaces" "$logs/refused2.log"; then
+    echo "ci-experiment: --stage2-only without --overwrite exited $rc:" >&2
+    cat "$logs/refused2.log" >&2
+    exit 1
+fi
+run "${args[@]}" --stage2-only --overwrite | tee "$logs/run2.log"
 grep -q "reusing .*stage1.json of run $id1" "$logs/run2.log" || { echo "ci-experiment: --stage2-only did not reuse stage 1" >&2; exit 1; }
 if grep -qE "^stage 1 \(uniform weights\)( epoch|:$)" "$logs/run2.log"; then
     echo "ci-experiment: --stage2-only trained stage 1 again" >&2

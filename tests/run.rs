@@ -171,7 +171,7 @@ fn stage2_only_refuses_stage1_of_other_data_naming_the_field() {
     // Same sizes, other images: a CIFAR-format folder.
     let other = t.path().join("other");
     write_cifar(&other, 0x5a);
-    let e = run(&out, &["--stage2-only", "--data-dir", other.to_str().unwrap()]).unwrap_err();
+    let e = run(&out, &["--stage2-only", "--overwrite", "--data-dir", other.to_str().unwrap()]).unwrap_err();
     let msg = format!("{e:#}");
     assert!(is_usage(&e), "{msg}");
     assert!(msg.contains("other data"), "{msg}");
@@ -180,18 +180,19 @@ fn stage2_only_refuses_stage1_of_other_data_naming_the_field() {
     assert_eq!(snapshot(&out), before, "a refused run changed the output folder");
 
     // Same data, another configuration: the field is named (not two whole JSON documents).
-    let e = run(&out, &["--synthetic", "--stage2-only", "--lr", "0.07"]).unwrap_err();
+    let e = run(&out, &["--synthetic", "--stage2-only", "--overwrite", "--lr", "0.07"]).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("train.lr: saved 0.05") && msg.contains("now 0.07"), "{msg}");
     assert!(!msg.contains("\"model\""), "whole configs printed: {msg}");
     // Training without augmentation (--no-augment) is another stage-1 recipe too.
-    let e = run(&out, &["--synthetic", "--stage2-only", "--no-augment"]).unwrap_err();
+    let e = run(&out, &["--synthetic", "--stage2-only", "--overwrite", "--no-augment"]).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("train.crop_pad: saved 4") && msg.contains("train.flip: saved true"), "{msg}");
 
     // Another exponent is the point of --stage2-only: accepted, stage 1 carried over unchanged.
     let stage1 = std::fs::read(out.join("stage1.json")).unwrap();
-    assert_eq!(run(&out, &["--synthetic", "--stage2-only", "--exponent", "-3"]).unwrap(), Ended::Finished);
+    let flags = ["--synthetic", "--stage2-only", "--overwrite", "--exponent", "-3"];
+    assert_eq!(run(&out, &flags).unwrap(), Ended::Finished);
     assert_eq!(std::fs::read(out.join("stage1.json")).unwrap(), stage1);
     assert_one_run(&out);
 }
@@ -203,13 +204,34 @@ fn stage2_only_on_two_cifar_folders_with_different_content_is_refused() {
     write_cifar(&a, 1);
     write_cifar(&b, 2);
     run(&out, &["--data-dir", a.to_str().unwrap()]).unwrap();
-    let e = run(&out, &["--stage2-only", "--data-dir", b.to_str().unwrap()]).unwrap_err();
+    let e = run(&out, &["--stage2-only", "--overwrite", "--data-dir", b.to_str().unwrap()]).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("train_md5: saved"), "{msg}");
     // A copy of the same files elsewhere is the same data.
     let c = t.path().join("c");
     write_cifar(&c, 1);
-    run(&out, &["--stage2-only", "--data-dir", c.to_str().unwrap()]).unwrap();
+    run(&out, &["--stage2-only", "--overwrite", "--data-dir", c.to_str().unwrap()]).unwrap();
+}
+
+/// --stage2-only publishes a new run in place of the finished one: without --overwrite it is
+/// refused, naming both flags, and the finished run stays as it was.
+#[test]
+fn stage2_only_replaces_the_finished_run_only_with_overwrite() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    run(&out, &["--synthetic"]).unwrap();
+    let before = snapshot(&out);
+    let e = run(&out, &["--synthetic", "--stage2-only", "--exponent", "2"]).unwrap_err();
+    assert!(is_usage(&e), "{e:#}");
+    let msg = e.to_string();
+    assert!(msg.contains("--stage2-only") && msg.contains("--overwrite"), "{msg}");
+    assert_eq!(snapshot(&out), before, "a refused --stage2-only changed the finished run");
+    assert_eq!(
+        run(&out, &["--synthetic", "--stage2-only", "--overwrite", "--exponent", "2"]).unwrap(),
+        Ended::Finished
+    );
+    assert_ne!(snapshot(&out), before);
+    assert_one_run(&out);
 }
 
 // ---- 2. outputs are never overwritten without --overwrite, and never mixed ----
@@ -231,11 +253,59 @@ fn finished_run_is_replaced_only_with_overwrite_and_whole() {
     run(&out, &["--synthetic", "--seed", "3", "--overwrite"]).unwrap();
     assert_one_run(&out);
     assert_ne!(run_id(&out), id1);
-    // Nothing but the run folder and its lock is left beside it.
+    // Nothing but the run folder is left beside it: no lock file either.
+    assert_eq!(names_in(t.path()), ["out"]);
+}
+
+/// The names in folder `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> =
-        std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, [".out.lock", "out"]);
+    names
+}
+
+/// The lock file goes with the lock: after a finished run, a run refused after taking the lock,
+/// and a stopped one, none is left beside --out.
+#[test]
+fn no_lock_file_is_left_after_a_run() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    run(&out, &["--synthetic"]).unwrap();
+    assert_eq!(names_in(t.path()), ["out"], "after a finished run");
+    // Refused after the lock was taken: the finished run is there and --overwrite is missing.
+    assert!(is_usage(&run(&out, &["--synthetic"]).unwrap_err()));
+    assert_eq!(names_in(t.path()), ["out"], "after a refused run");
+    assert_eq!(run_interrupted(&out, &["--synthetic", "--overwrite"]).unwrap(), Ended::Stopped);
+    assert_eq!(names_in(t.path()), [".out.partial", "out"], "after a stopped run");
+}
+
+/// Runs taking and releasing the lock of one folder from many threads at once never hold it
+/// together, though each release deletes the lock file: a lock taken on a file deleted
+/// meanwhile is not taken for the folder.
+#[test]
+fn the_lock_excludes_even_while_its_file_is_deleted_and_recreated() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let holders = AtomicUsize::new(0);
+    let taken = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..2000 {
+                    let Ok(dir) = RunDir::lock(&out) else { continue };
+                    assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders of the lock at once");
+                    taken.fetch_add(1, Ordering::SeqCst);
+                    std::thread::yield_now();
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    drop(dir);
+                }
+            });
+        }
+    });
+    assert!(taken.load(Ordering::SeqCst) > 100, "the lock was taken {} times", taken.load(Ordering::SeqCst));
+    assert_eq!(names_in(t.path()), Vec::<String>::new(), "a lock file was left");
 }
 
 #[test]
@@ -386,6 +456,71 @@ fn explicit_data_dir_must_exist_and_gets_a_subfolder_hint() {
     write_cifar(&parent.join("cifar-10-batches-bin"), 3);
     let e = run(&out, &["--data-dir", parent.to_str().unwrap()]).unwrap_err();
     assert!(format!("{e}").contains("cifar-10-batches-bin"), "{e}");
+}
+
+/// --out or --data-dir naming a file (or a path under one): one usage error that names the
+/// file and says a folder is expected, before any work.
+#[test]
+fn a_file_named_as_out_or_data_dir_is_a_usage_error() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("notes.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    let f = file.display();
+    let below = file.join("run");
+    let cases: [(&Path, Vec<&str>, String); 3] = [
+        (&file, vec!["--synthetic"], format!("--out {f}: is a file, where a folder is expected")),
+        (&below, vec!["--synthetic"], format!("--out {}: {f} is a file, where a folder", below.display())),
+        (
+            &t.path().join("out"),
+            vec!["--data-dir", file.to_str().unwrap()],
+            format!("{f} (from --data-dir): is a file, where a folder is expected"),
+        ),
+    ];
+    for (out, flags, want) in &cases {
+        let e = run(out, flags).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(is_usage(&e), "{flags:?}: {msg}");
+        assert!(msg.contains(want.as_str()), "{flags:?}: {msg}");
+        assert!(!msg.contains("os error"), "{flags:?}: {msg}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert_eq!(names_in(t.path()), ["notes.txt"], "a refused run left files");
+}
+
+/// A CIFAR-format folder whose files hold a whole number of records but not the official
+/// 10,000 (here test_batch.bin cut to 5,000 at a record boundary) is never reported as CIFAR-10:
+/// the report's dataset and the run's data fingerprint name the file and its count. The official
+/// counts keep the plain label.
+#[test]
+fn nonstandard_record_counts_are_recorded_in_the_report() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("cifar");
+    write_cifar(&data, 7);
+    // Every file at the official size: the generated records, then zeros (valid records of
+    // label 0), written sparse.
+    let official = (10_000 * 3073) as u64;
+    for name in (1..=5).map(|f| format!("data_batch_{f}.bin")).chain(["test_batch.bin".into()]) {
+        std::fs::OpenOptions::new().write(true).open(data.join(name)).unwrap().set_len(official).unwrap();
+    }
+    let flags = ["--data-dir", data.to_str().unwrap(), "--epochs", "1"];
+    let (report, _) = run_report(&t.path().join("a"), &flags);
+    assert!(report.dataset.starts_with("CIFAR-10 ("), "{}", report.dataset);
+    let meta = read_manifest(&t.path().join("a").join(MANIFEST)).unwrap().meta;
+    assert!(meta["data"].get("nonstandard_counts").is_none(), "{}", meta["data"]);
+
+    let test_file = std::fs::OpenOptions::new().write(true).open(data.join("test_batch.bin")).unwrap();
+    test_file.set_len(5000 * 3073).unwrap();
+    let out = t.path().join("b");
+    let (report, _) = run_report(&out, &flags);
+    let name = "CIFAR-10 format with non-standard counts (test_batch.bin: 5000 records, 10000 expected)";
+    assert!(report.dataset.starts_with(name), "{}", report.dataset);
+    let saved = evenclass::report::read_report(out.join("report.json")).unwrap();
+    assert_eq!(saved.dataset, report.dataset);
+    let csv = std::fs::read_to_string(out.join("per_class.csv")).unwrap();
+    assert!(csv.lines().skip(1).all(|l| l.contains("non-standard counts")), "{csv}");
+    let meta = read_manifest(&out.join(MANIFEST)).unwrap().meta;
+    let counts = serde_json::json!([{"file": "test_batch.bin", "records": 5000, "expected": 10000}]);
+    assert_eq!(meta["data"]["nonstandard_counts"], counts);
 }
 
 #[test]
@@ -680,6 +815,13 @@ fn bad_validation_split_or_compare_flags_are_errors_before_training() {
         (&["--synthetic", "--val-size", "0"], "--weights-from test"),
         (&["--synthetic", "--seeds", "2"], "--seeds only applies with --compare"),
         (&["--synthetic", "--sweep", "1,2"], "--sweep only applies with --compare"),
+        (&["--synthetic", "--methods", "reweight"], "--methods only applies with --compare"),
+        // Given at all, even at its default value: the value would be ignored.
+        (&["--synthetic", "--rounds", "3"], "--rounds only applies with --compare"),
+        (&["--synthetic", "--tau", "2"], "--tau only applies with --compare"),
+        (&["--synthetic", "--eg-step", "0.5"], "--eg-step only applies with --compare"),
+        (&["--synthetic", "--strong-wd", "0.01"], "--strong-wd only applies with --compare"),
+        (&["--synthetic", "--bias-budget", "2"], "--bias-budget only applies with --compare"),
     ];
     for (flags, want) in cases {
         let e = run(&out, flags).unwrap_err();

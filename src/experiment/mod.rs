@@ -16,7 +16,7 @@
 //! use evenclass::train::CpuBackend;
 //!
 //! let mut spec = ExperimentSpec { data: DataSpec::synthetic(), compare: true, ..Default::default() };
-//! spec.comparison.methods = vec![Method::Reweight, Method::Bias];
+//! spec.comparison.methods = Some(vec![Method::Reweight, Method::Bias]);
 //! let outcome = run(&CpuBackend::new(), &spec, &RunOptions::default())?;
 //! # Ok::<(), evenclass::experiment::ExperimentError>(())
 //! ```

@@ -93,15 +93,15 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
         return (specs, Vec::new());
     }
     let cmp = &spec.comparison;
-    let want = |m: Method| m == Method::Uniform || cmp.methods.contains(&m);
+    let want = |m: Method| m == Method::Uniform || cmp.methods().contains(&m);
     let mut biases = Vec::new();
     if want(Method::Bias) {
         biases.push(BiasKind::MaxMin);
     }
     if want(Method::BiasBudget) {
-        biases.push(BiasKind::Budget(cmp.bias_budget / 100.0));
+        biases.push(BiasKind::Budget(cmp.bias_budget() / 100.0));
     }
-    let wd = cmp.strong_wd as f32;
+    let wd = cmp.strong_wd() as f32;
     let mut specs: Vec<StageSpec> = Vec::new();
     let mut methods: Vec<MethodSpec> = Vec::new();
     for k in 0..spec.seed_count() as u64 {
@@ -161,29 +161,29 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             method(&mut methods, Method::ReweightTest.into(), label, r);
         }
         if let (true, Some(mut prev)) = (want(Method::Iterated), reweight) {
-            for round in 2..=cmp.rounds {
+            for round in 2..=cmp.rounds() {
                 let w = from(prev, RecallSplit::Val, true);
                 prev =
                     add(&mut specs, stage(format!("iterated-{round}"), format!("iterated reweight round {round}"), w));
             }
-            let label = format!("iterated reweight, {} rounds", cmp.rounds);
+            let label = format!("iterated reweight, {} rounds", cmp.rounds());
             method(&mut methods, Method::Iterated.into(), label, prev);
         }
         if want(Method::OnlineEg) {
-            let w = Weights::Online(OnlineRule::Eg { step: cmp.eg_step });
+            let w = Weights::Online(OnlineRule::Eg { step: cmp.eg_step() });
             let r = add(&mut specs, stage("online-eg".into(), "online EG".into(), w));
-            method(&mut methods, Method::OnlineEg.into(), format!("online EG (val loss, step {})", cmp.eg_step), r);
+            method(&mut methods, Method::OnlineEg.into(), format!("online EG (val loss, step {})", cmp.eg_step()), r);
         }
         if want(Method::OnlineDifficulty) {
-            let w = Weights::Online(OnlineRule::Difficulty { tau: cmp.tau });
+            let w = Weights::Online(OnlineRule::Difficulty { tau: cmp.tau() });
             let r = add(&mut specs, stage("online-difficulty".into(), "online difficulty".into(), w));
-            method(&mut methods, Method::OnlineDifficulty.into(), format!("online (1 - val recall)^{}", cmp.tau), r);
+            method(&mut methods, Method::OnlineDifficulty.into(), format!("online (1 - val recall)^{}", cmp.tau()), r);
         }
         if want(Method::Bias) {
             method(&mut methods, Method::Bias.into(), "post-hoc logit bias (val) on uniform".into(), u);
         }
         if want(Method::BiasBudget) {
-            let name = format!("post-hoc logit bias (val), budget {} pt, on uniform", cmp.bias_budget);
+            let name = format!("post-hoc logit bias (val), budget {} pt, on uniform", cmp.bias_budget());
             method(&mut methods, Method::BiasBudget.into(), name, u);
         }
         wd_pair(&mut specs, &mut methods, u, None);
@@ -215,7 +215,7 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
                 method(&mut methods, MethodId::Long(Method::Bias), label, ul);
             }
             if want(Method::BiasBudget) {
-                let label = format!("post-hoc logit bias, budget {} pt, on uniform, {n} epochs", cmp.bias_budget);
+                let label = format!("post-hoc logit bias, budget {} pt, on uniform, {n} epochs", cmp.bias_budget());
                 method(&mut methods, MethodId::Long(Method::BiasBudget), label, ul);
             }
         }

@@ -90,6 +90,14 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
                 out.display()
             )));
         }
+        // The new run replaces the finished one (stage 1 is carried over, the rest is new).
+        if let (false, Some(id)) = (spec.overwrite, &finished_id) {
+            return Err(usage(format!(
+                "--stage2-only replaces the finished run in {} ({id}) with a new one: add --overwrite to \
+                 replace it, or copy the folder first to keep it",
+                out.display()
+            )));
+        }
     } else if !spec.resume && !spec.overwrite {
         if let Some(id) = &finished_id {
             return Err(usage(format!(
@@ -103,8 +111,11 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     let d = &spec.data;
     let loaded = match data::resolve(d.dir.clone(), d.synthetic, d.download, d.train_subset, spec.seed) {
         Ok(l) => l,
-        // A folder the user named that does not hold the data is a usage error.
-        Err(e @ data::DataError::NotFound { .. }) => return Err(usage(e.to_string())),
+        // A folder the user named that does not hold the data, or a file named as the folder,
+        // is a usage error.
+        Err(e @ (data::DataError::NotFound { .. } | data::DataError::NotAFolder { .. })) => {
+            return Err(usage(e.to_string()))
+        }
         Err(e) => return Err(e.into()),
     };
     let (mut train_set, mut test_set) = (loaded.train, loaded.test);
@@ -116,14 +127,28 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     }
     let synthetic = loaded.source.is_synthetic();
     let dataset = match &loaded.source {
-        DataSource::Cifar10 { dir, downloaded } => {
+        DataSource::Cifar10 { dir, downloaded, nonstandard } => {
             // Where the folder came from: --data-dir, $CIFAR10_DIR or the default location.
             let from = match data::resolve_data_dir(d.dir.clone()).1 {
                 data::DirSource::Explicit => "from --data-dir",
                 data::DirSource::Env => "from $CIFAR10_DIR",
                 data::DirSource::Default => "the default location",
             };
-            format!("CIFAR-10 ({}, {from}{})", dir.display(), if *downloaded { ", just downloaded" } else { "" })
+            if !nonstandard.is_empty() {
+                let official = data::RECORDS_PER_FILE;
+                let bytes = official * data::RECORD_BYTES;
+                warn!(opts, "==================================================================");
+                warn!(opts, " NOT THE OFFICIAL CIFAR-10 FILES: the official ones hold {official}");
+                warn!(opts, " records ({bytes} bytes) each; the numbers below are not");
+                warn!(opts, " CIFAR-10's. Files with other counts:");
+                for c in nonstandard {
+                    let size = c.records * data::RECORD_BYTES;
+                    warn!(opts, "   {}: {} records ({size} bytes)", c.file, c.records);
+                }
+                warn!(opts, "==================================================================");
+            }
+            let name = data::cifar10_name(nonstandard);
+            format!("{name} ({}, {from}{})", dir.display(), if *downloaded { ", just downloaded" } else { "" })
         }
         DataSource::Synthetic { reason } => {
             warn!(opts, "==================================================================");
@@ -413,13 +438,21 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
         }
         _ => Ok(()),
     };
+    // A file where the output folder is expected: one clear error, not the OS's.
+    if let Some(file) = data::file_in_place_of_folder(&spec.out) {
+        let what = if file == spec.out { "is a file".to_string() } else { format!("{} is a file", file.display()) };
+        return Err(usage(format!(
+            "--out {}: {what}, where a folder is expected: choose a folder for --out",
+            spec.out.display()
+        )));
+    }
     range("--epochs", spec.epochs, 1, 10_000)?;
     range("--batch-size", spec.batch_size, 1, 8192)?;
     range("--width", spec.width, 1, 1024)?;
     range("--depth", spec.depth, 1, 16)?;
     range("--train-subset", spec.data.train_subset, 1, usize::MAX)?;
     range("--test-subset", spec.data.test_subset, 1, usize::MAX)?;
-    range("--rounds", Some(spec.comparison.rounds), 2, 10)?;
+    range("--rounds", spec.comparison.rounds, 2, 10)?;
     range("--long-epochs", spec.comparison.long_epochs, 1, 10_000)?;
     if let Some(lr) = spec.lr {
         if !(lr.is_finite() && lr > 0.0 && lr <= 100.0) {
@@ -436,7 +469,7 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
     for (flag, v) in
         [("--eg-step", c.eg_step), ("--tau", c.tau), ("--strong-wd", c.strong_wd), ("--bias-budget", c.bias_budget)]
     {
-        if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && (0.0..=100.0).contains(v))) {
             return Err(usage(format!("{flag} {v}: must be a finite number in [0, 100]")));
         }
     }
@@ -450,9 +483,16 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
         }
     }
     if !spec.compare {
+        // Settings that only a comparison uses: given without it, they would be ignored.
         for (set, flag) in [
+            (c.methods.is_some(), "--methods"),
             (c.seeds.is_some_and(|n| n > 1), "--seeds"),
+            (c.rounds.is_some(), "--rounds"),
+            (c.eg_step.is_some(), "--eg-step"),
+            (c.tau.is_some(), "--tau"),
+            (c.strong_wd.is_some(), "--strong-wd"),
             (!c.sweep.is_empty(), "--sweep"),
+            (c.bias_budget.is_some(), "--bias-budget"),
             (c.long_epochs.is_some(), "--long-epochs"),
         ] {
             if set {
@@ -504,13 +544,13 @@ fn config_json(spec: &ExperimentSpec, plan: &Plan, train: usize, test: usize, va
         "split_seed": spec.split_seed(),
         "weights_from": if spec.compare { None } else { Some(spec.weights_from) },
         "compare": spec.compare.then(|| serde_json::json!({
-            "methods": c.methods,
+            "methods": c.methods(),
             "seeds": spec.seed_count(),
-            "rounds": c.rounds,
-            "eg_step": c.eg_step,
-            "tau": c.tau,
-            "strong_wd": c.strong_wd,
-            "bias_budget": c.bias_budget,
+            "rounds": c.rounds(),
+            "eg_step": c.eg_step(),
+            "tau": c.tau(),
+            "strong_wd": c.strong_wd(),
+            "bias_budget": c.bias_budget(),
             "sweep": c.sweep,
             "long_epochs": c.long_epochs,
         })),

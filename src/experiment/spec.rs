@@ -35,43 +35,61 @@ impl DataSpec {
     }
 }
 
-/// The method comparison's settings (used when [`ExperimentSpec::compare`] is set).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The method comparison's settings (used when [`ExperimentSpec::compare`] is set). Settings
+/// left `None` take their default (the accessors of the same name give the value a run uses);
+/// a setting given without `compare` is refused, since nothing would use it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CompareSpec {
-    /// The methods (the uniform baseline is always included).
-    pub methods: Vec<Method>,
+    /// The methods (the uniform baseline is always included) [all, [`Method::ALL`]].
+    pub methods: Option<Vec<Method>>,
     /// Seeds per method: `seed`, `seed + 1`, ... [[`DEFAULT_SEEDS`]].
     pub seeds: Option<usize>,
-    /// Rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10.
-    pub rounds: usize,
-    /// Step of the online exponentiated-gradient weights.
-    pub eg_step: f64,
-    /// Exponent tau of the online difficulty weights.
-    pub tau: f64,
-    /// Weight decay of reweight-wd and uniform-wd.
-    pub strong_wd: f64,
+    /// Rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10 [3].
+    pub rounds: Option<usize>,
+    /// Step of the online exponentiated-gradient weights [0.3].
+    pub eg_step: Option<f64>,
+    /// Exponent tau of the online difficulty weights [1].
+    pub tau: Option<f64>,
+    /// Weight decay of reweight-wd and uniform-wd [5e-3].
+    pub strong_wd: Option<f64>,
     /// Further reweighting exponents (the exponent sweep).
     pub sweep: Vec<f64>,
-    /// Accuracy budget of bias-budget, in percentage points of validation accuracy.
-    pub bias_budget: f64,
+    /// Accuracy budget of bias-budget, in percentage points of validation accuracy [1].
+    pub bias_budget: Option<f64>,
     /// Also train the long forms of the methods for this many epochs (the fit regime).
     pub long_epochs: Option<usize>,
 }
 
-impl Default for CompareSpec {
-    fn default() -> Self {
-        CompareSpec {
-            methods: Method::ALL.to_vec(),
-            seeds: None,
-            rounds: 3,
-            eg_step: 0.3,
-            tau: 1.0,
-            strong_wd: 5e-3,
-            sweep: Vec::new(),
-            bias_budget: 1.0,
-            long_epochs: None,
-        }
+impl CompareSpec {
+    /// The methods compared.
+    pub fn methods(&self) -> &[Method] {
+        self.methods.as_deref().unwrap_or(&Method::ALL)
+    }
+
+    /// Rounds of iterated reweighting.
+    pub fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(3)
+    }
+
+    /// Step of the online exponentiated-gradient weights.
+    pub fn eg_step(&self) -> f64 {
+        self.eg_step.unwrap_or(0.3)
+    }
+
+    /// Exponent tau of the online difficulty weights.
+    pub fn tau(&self) -> f64 {
+        self.tau.unwrap_or(1.0)
+    }
+
+    /// Weight decay of reweight-wd and uniform-wd.
+    pub fn strong_wd(&self) -> f64 {
+        self.strong_wd.unwrap_or(5e-3)
+    }
+
+    /// Accuracy budget of bias-budget, in percentage points of validation accuracy.
+    pub fn bias_budget(&self) -> f64 {
+        self.bias_budget.unwrap_or(1.0)
     }
 }
 
