@@ -188,7 +188,9 @@ if [ "$rc" != 2 ] || ! grep -q -- "--stage2-only replaces" "$logs/refused2.log";
 fi
 run "${args[@]}" --stage2-only --overwrite | tee "$logs/run2.log"
 grep -q "reusing .*stage1.json of run $id1" "$logs/run2.log" || { echo "ci-experiment: --stage2-only did not reuse stage 1" >&2; exit 1; }
-if grep -qE "^stage 1 \(uniform weights\)( epoch|:$)" "$logs/run2.log"; then
+# A training prints its name alone on a line before it starts (and "NAME epoch ..." lines); the
+# reuse prints "NAME:" then "reusing ...".
+if grep -qE "^stage 1 \(uniform weights\)( epoch|$)" "$logs/run2.log"; then
     echo "ci-experiment: --stage2-only trained stage 1 again" >&2
     exit 1
 fi
