@@ -17,8 +17,11 @@
 //! | batch augmentation (crop, flip, normalize) | `kernels/augment.cu` | [`augment::cuda`] / [`augment::cpu`] |
 //!
 //! The CUDA side launches on the caller's `cudarc` stream and device buffers; the CPU side takes
-//! `ndarray` views. With the `trainer` feature (default), [`report`] writes an experiment's results
-//! (JSON, CSV, recall bar chart) and prints them as a table. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
+//! `ndarray` views. With the `trainer` feature (default): [`data`] loads CIFAR-10, [`train`] holds
+//! the model, the one training step and the training loop over a CPU or CUDA backend,
+//! [`methods`] the ways of evening out the classes, [`experiment`] the whole two-stage experiment
+//! and the method comparison (`ExperimentSpec`, `run`), and [`report`] writes and prints the
+//! results. See `README.md` for the project and `examples/embed_loss.rs` for embedding.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod activation;

@@ -45,17 +45,17 @@ pub struct CompareSpec {
     pub methods: Option<Vec<Method>>,
     /// Seeds per method: `seed`, `seed + 1`, ... [[`DEFAULT_SEEDS`]].
     pub seeds: Option<usize>,
-    /// Rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10 [3].
+    /// Rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10 (default 3).
     pub rounds: Option<usize>,
-    /// Step of the online exponentiated-gradient weights [0.3].
+    /// Step of the online exponentiated-gradient weights (default 0.3).
     pub eg_step: Option<f64>,
-    /// Exponent tau of the online difficulty weights [1].
+    /// Exponent tau of the online difficulty weights (default 1).
     pub tau: Option<f64>,
-    /// Weight decay of reweight-wd and uniform-wd [5e-3].
+    /// Weight decay of reweight-wd and uniform-wd (default 5e-3).
     pub strong_wd: Option<f64>,
     /// Further reweighting exponents (the exponent sweep).
     pub sweep: Vec<f64>,
-    /// Accuracy budget of bias-budget, in percentage points of validation accuracy [1].
+    /// Accuracy budget of bias-budget, in percentage points of validation accuracy (default 1).
     pub bias_budget: Option<f64>,
     /// Also train the long forms of the methods for this many epochs (the fit regime).
     pub long_epochs: Option<usize>,
@@ -94,7 +94,7 @@ impl CompareSpec {
 }
 
 /// Everything a run needs to know. Sizes left `None` take the device's default (the CPU's are
-/// smaller, see [`ExperimentSpec::resolve`]).
+/// smaller, see [`plan`](super::plan)).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ExperimentSpec {

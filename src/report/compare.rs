@@ -88,7 +88,7 @@ pub struct MethodSummary {
     pub key: String,
     pub name: String,
     pub seeds: Vec<u64>,
-    /// One [`Stat`] per entry of [`METRICS`], same order.
+    /// One [`Stat`] per column of the comparison table, in its order.
     pub metrics: Vec<Stat>,
     /// Mean test recall per class over the seeds.
     pub recall: Vec<f64>,
