@@ -210,7 +210,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok(RunOutcome::Finished { .. }) => ExitCode::SUCCESS,
         Ok(RunOutcome::Stopped { stage, checkpoint }) => {
-            let (ck, cmd) = (checkpoint.display(), resume_command());
+            let cmd = experiment::resume_command("cargo run --release --example cifar10 --", std::env::args().skip(1));
+            let ck = checkpoint.display();
             eprintln!("stopped: {stage} is checkpointed in {ck}\nto continue, run:\n  {cmd}");
             ExitCode::from(130)
         }
@@ -227,23 +228,9 @@ fn want_gpu(device: &str) -> bool {
     if device != "auto" {
         return device == "cuda";
     }
-    match evenclass::cuda::device_count() {
-        Ok(n) if n > 0 && evenclass::cuda::kernels_not_compiled().is_none() => true,
-        r => {
-            let why = r.map_or_else(|e| e.to_string(), |_| "no CUDA device found".to_string());
-            eprintln!("device auto: {why}; using the CPU");
-            false
-        }
+    let why = evenclass::cuda::why_not_usable();
+    if let Some(why) = &why {
+        eprintln!("device auto: {why}; using the CPU");
     }
-}
-
-/// The command line to continue this run: the same flags plus `--resume` (without `--overwrite`, which discards it).
-fn resume_command() -> String {
-    let quote = |s: &str| match s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c)) {
-        true if !s.is_empty() => s.to_string(),
-        _ => format!("'{}'", s.replace('\'', "'\\''")),
-    };
-    let args: Vec<String> =
-        std::env::args().skip(1).filter(|a| a != "--overwrite" && a != "--resume").map(|a| quote(&a)).collect();
-    format!("cargo run --release --example cifar10 -- {} --resume", args.join(" "))
+    why.is_none()
 }

@@ -51,6 +51,16 @@ pub fn is_available() -> bool {
     device_count().is_ok_and(|n| n > 0)
 }
 
+/// Why `--device auto` should not pick the GPU: no driver, no device, or kernels not compiled
+/// into this build; `None` when the GPU is usable.
+pub fn why_not_usable() -> Option<String> {
+    match device_count() {
+        Ok(n) if n > 0 => kernels_not_compiled().map(str::to_string),
+        Ok(_) => Some("no CUDA device found".to_string()),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 /// Number of CUDA devices, or an error when there is no usable driver.
 pub fn device_count() -> Result<usize> {
     check_driver_library()?;

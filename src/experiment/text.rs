@@ -10,6 +10,24 @@ use super::diagnostics::{Diagnostics, SplitFit};
 /// The terminal width the tables fit.
 pub const COLUMNS: usize = 80;
 
+/// The command that continues an interrupted run: `prefix` (how the program is started, e.g.
+/// `cargo run --release --example cifar10 --`), then the run's own arguments quoted for a POSIX
+/// shell, without `--overwrite` (which would discard the run) and with `--resume`.
+pub fn resume_command(prefix: &str, args: impl IntoIterator<Item = String>) -> String {
+    let quote = |s: &str| match s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c)) {
+        true if !s.is_empty() => s.to_string(),
+        _ => format!("'{}'", s.replace('\'', "'\\''")),
+    };
+    let kept: Vec<String> =
+        args.into_iter().filter(|a| a != "--overwrite" && a != "--resume").map(|a| quote(&a)).collect();
+    let mut line = prefix.to_string();
+    for a in kept {
+        line.push(' ');
+        line.push_str(&a);
+    }
+    line + " --resume"
+}
+
 /// A duration for people: `45 s`, `12 min`, `2 h 05 min`.
 pub fn format_duration(seconds: f64) -> String {
     if !seconds.is_finite() {
@@ -206,6 +224,12 @@ mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn resume_command_drops_overwrite_and_quotes_for_the_shell() {
+        let args = strings(&["--out", "my runs/a", "--overwrite", "--lr", "0.1", "--resume", "it's", ""]);
+        assert_eq!(resume_command("prog --", args), "prog -- --out 'my runs/a' --lr 0.1 'it'\\''s' '' --resume");
     }
 
     #[test]
