@@ -39,7 +39,7 @@ fi
 # build.rs's nvcc flags, for sm_90 only.
 nvccflags=(-O3 -std=c++17 -lineinfo --expt-relaxed-constexpr -arch=sm_90 -I "$root/kernels")
 
-common_inputs=("$root"/kernels/*.cuh "$emu/cuda_shim.h" "$emu/emu.h" "$emu/registry.h" "$emu/gen_registry.py"
+common_inputs=("$root"/kernels/*.cuh "$emu/cuda_shim.h" "$emu/emu.h" "$emu/tensor_core.h" "$emu/registry.h" "$emu/gen_registry.py"
     "$root/scripts/build-emulator.sh")
 
 build_module() {
