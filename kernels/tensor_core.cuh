@@ -158,39 +158,48 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 #elif defined(EC_EMULATED_CUDA)
 
 // ---- the emulated twins (tests/emulator/tensor_core.cpp) ----------------------------------------
+// mma and ldmatrix are .aligned: every lane of the warp must execute the same instruction. The
+// twins take the caller's source location as default arguments (evaluated where the kernel calls
+// them), so the emulator can fail a warp whose lanes meet at two different call sites.
+#define EC_TC_CALL_SITE const char *ec_site_file = __builtin_FILE(), int ec_site_line = __builtin_LINE()
 
 __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2],
-                                                 const float c[4]) {
-    ::ec_emu::tc_mma(::ec_emu::MmaKind::Tf32, d, a, b, c);
+                                                 const float c[4],
+                                                 EC_TC_CALL_SITE) {
+    ::ec_emu::tc_mma(::ec_emu::MmaKind::Tf32, d, a, b, c, ec_site_file, ec_site_line);
 }
 __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2],
-                                                  const float c[4]) {
-    ::ec_emu::tc_mma(::ec_emu::MmaKind::Bf16, d, a, b, c);
+                                                  const float c[4],
+                                                  EC_TC_CALL_SITE) {
+    ::ec_emu::tc_mma(::ec_emu::MmaKind::Bf16, d, a, b, c, ec_site_file, ec_site_line);
 }
 __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2],
-                                                 const float c[4]) {
-    ::ec_emu::tc_mma(::ec_emu::MmaKind::F16, d, a, b, c);
+                                                 const float c[4],
+                                                 EC_TC_CALL_SITE) {
+    ::ec_emu::tc_mma(::ec_emu::MmaKind::F16, d, a, b, c, ec_site_file, ec_site_line);
 }
 __device__ __forceinline__ uint32_t f32_to_tf32(float x) { return ::ec_emu::tc_f32_to_tf32(x); }
 
-__device__ __forceinline__ void ldmatrix_x1(uint32_t r[1], const void* smem_row) {
-    ::ec_emu::tc_ldmatrix(r, 1, false, smem_row);
+__device__ __forceinline__ void ldmatrix_x1(uint32_t r[1], const void* smem_row, EC_TC_CALL_SITE) {
+    ::ec_emu::tc_ldmatrix(r, 1, false, smem_row, ec_site_file, ec_site_line);
 }
-__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* smem_row) {
-    ::ec_emu::tc_ldmatrix(r, 2, false, smem_row);
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* smem_row, EC_TC_CALL_SITE) {
+    ::ec_emu::tc_ldmatrix(r, 2, false, smem_row, ec_site_file, ec_site_line);
 }
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem_row) {
-    ::ec_emu::tc_ldmatrix(r, 4, false, smem_row);
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem_row, EC_TC_CALL_SITE) {
+    ::ec_emu::tc_ldmatrix(r, 4, false, smem_row, ec_site_file, ec_site_line);
 }
-__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t r[1], const void* smem_row) {
-    ::ec_emu::tc_ldmatrix(r, 1, true, smem_row);
+__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t r[1], const void* smem_row, EC_TC_CALL_SITE) {
+    ::ec_emu::tc_ldmatrix(r, 1, true, smem_row, ec_site_file, ec_site_line);
 }
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* smem_row) {
-    ::ec_emu::tc_ldmatrix(r, 2, true, smem_row);
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* smem_row, EC_TC_CALL_SITE) {
+    ::ec_emu::tc_ldmatrix(r, 2, true, smem_row, ec_site_file, ec_site_line);
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* smem_row) {
-    ::ec_emu::tc_ldmatrix(r, 4, true, smem_row);
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* smem_row, EC_TC_CALL_SITE) {
+    ::ec_emu::tc_ldmatrix(r, 4, true, smem_row, ec_site_file, ec_site_line);
 }
+
+#undef EC_TC_CALL_SITE
 
 __device__ __forceinline__ void cp_async_ca_4(void* smem, const void* gmem) {
     ::ec_emu::tc_cp_async(smem, gmem, 4, 4, "cp.async.ca (4 bytes)");

@@ -88,6 +88,8 @@ struct FiberImpl {
     uint64_t result = 0;
     const char* what = "";
     ExchangeFn exchange = nullptr;  // Coll::Exchange: completes the collective (value: payload)
+    const char* site_file = "";     // Coll::Exchange: the kernel's call site
+    int site_line = 0;
 };
 
 struct Launch {
@@ -351,7 +353,9 @@ void arrive_collective(Sched& s, int w0, int l) {
         if (!(m >> k & 1)) continue;
         const FiberImpl& o = warp[k];
         if (o.st != St::AtWarp || o.kind != f.kind || o.mask != m) return;  // not yet (or a deadlock)
-        if (f.kind == Coll::Exchange && (o.arg != f.arg || o.exchange != f.exchange)) return;
+        if (f.kind == Coll::Exchange && (o.arg != f.arg || o.exchange != f.exchange || o.site_line != f.site_line ||
+                                         strcmp(o.site_file, f.site_file) != 0))
+            return;
     }
     complete(warp, m);
     for (int k = 0; k < 32; ++k)
@@ -504,8 +508,27 @@ uint64_t warp_collective(Coll kind, unsigned mask, uint64_t value, int arg, int 
     return f.result;
 }
 
-void warp_exchange(unsigned mask, int op, void* payload, ExchangeFn complete, const char* what) {
-    self().exchange = complete;
+void warp_exchange(unsigned mask, int op, void* payload, ExchangeFn complete, const char* what,
+                   const char* site_file, int site_line) {
+    FiberImpl& f = self();
+    const int idx = self_index();
+    const int w0 = idx & ~31, n = g_launch->nthreads;
+    const int lanes = n - w0 < 32 ? n - w0 : 32;
+    for (int k = 0; k < lanes; ++k) {
+        const FiberImpl& o = g_fibers[w0 + k];
+        if (!(mask >> k & 1) || o.st != St::AtWarp || o.kind != Coll::Exchange) continue;
+        if (o.arg == op && o.exchange == complete && o.site_line == site_line && strcmp(o.site_file, site_file) == 0)
+            continue;
+        set_error(kIllegalInstruction, "thread " + thread_name(f) + " executes " + what + " at " + site_file + ":" +
+                                           std::to_string(site_line) + " while thread " + thread_name(o) +
+                                           " of its warp waits in " + o.what + " at " + o.site_file + ":" +
+                                           std::to_string(o.site_line) +
+                                           ": every lane must execute the same warp-wide instruction");
+        stop_self();
+    }
+    f.exchange = complete;
+    f.site_file = site_file;
+    f.site_line = site_line;
     warp_collective(Coll::Exchange, mask, reinterpret_cast<uint64_t>(payload), op, 32, what);
 }
 

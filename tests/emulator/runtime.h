@@ -35,10 +35,13 @@ uint64_t schedule_seed();
 // passes a pointer to its own payload (on its stack, alive while it waits). When the last lane of
 // `mask` has arrived, `complete` runs once with the payload pointers of the 32 lanes (null for
 // lanes outside the mask) and writes each lane's results into its payload. Lanes waiting with a
-// different `op` (another instruction or variant) do not complete each other. The mask checks
-// and fault messages are warp_collective's.
+// different `op` (another instruction or variant) or from another call site (`site_file`:
+// `site_line`, the kernel's source) never complete each other: a lane that arrives while another
+// lane of its mask waits at a different op or site fails the launch, naming both. The other mask
+// checks and fault messages are warp_collective's.
 using ExchangeFn = void (*)(void* const lanes[32]);
-void warp_exchange(unsigned mask, int op, void* payload, ExchangeFn complete, const char* what);
+void warp_exchange(unsigned mask, int op, void* payload, ExchangeFn complete, const char* what,
+                   const char* site_file, int site_line);
 
 // The running CUDA thread's linear index in its block, and the block's thread count.
 int current_thread_index();

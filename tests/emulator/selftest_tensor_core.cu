@@ -166,3 +166,14 @@ extern "C" __global__ void selftest_tc_mma_skipped_lane(const float* A, float* D
     mma_m16n8k8_tf32(c, a, b, c);
     D[threadIdx.x] = c[0];
 }
+
+// Half a warp at one mma, the other half at another (the same instruction in the source twice):
+// on the GPU each .aligned mma needs the whole warp, so neither completes.
+extern "C" __global__ void selftest_tc_mma_two_sites(const float* A, float* D) {
+    const int lane = threadIdx.x & 31;
+    uint32_t a[4] = {f32_to_tf32(A[lane]), 0, 0, 0}, b[2] = {f32_to_tf32(A[lane]), 0};
+    float c[4] = {0, 0, 0, 0};
+    if (lane < 16) mma_m16n8k8_tf32(c, a, b, c);
+    else mma_m16n8k8_tf32(c, a, b, c);
+    D[threadIdx.x] = c[0];
+}

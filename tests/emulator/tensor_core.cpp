@@ -222,9 +222,10 @@ void land_until(AsyncState& st, int first_kept_group, bool include_open) {
 
 // ---- the twins --------------------------------------------------------------------------------------
 
-void tc_mma(MmaKind kind, float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+void tc_mma(MmaKind kind, float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4],
+            const char* site_file, int site_line) {
     MmaLane lane{kind, d, a, b, c};
-    warp_exchange(0xFFFFFFFFu, 100 + (int)kind, &lane, &mma_complete, mma_name(kind));
+    warp_exchange(0xFFFFFFFFu, 100 + (int)kind, &lane, &mma_complete, mma_name(kind), site_file, site_line);
 }
 
 uint32_t tc_f32_to_tf32(float x) {
@@ -239,7 +240,7 @@ uint32_t tc_f32_to_tf32(float x) {
     return (u + 0x1000u) & 0xFFFFE000u;
 }
 
-void tc_ldmatrix(uint32_t* r, int matrices, bool trans, const void* smem_row) {
+void tc_ldmatrix(uint32_t* r, int matrices, bool trans, const void* smem_row, const char* site_file, int site_line) {
     static const char* const kNames[2][5] = {
         {"", "ldmatrix.sync.aligned.m8n8.x1.shared.b16", "ldmatrix.sync.aligned.m8n8.x2.shared.b16", "",
          "ldmatrix.sync.aligned.m8n8.x4.shared.b16"},
@@ -259,7 +260,8 @@ void tc_ldmatrix(uint32_t* r, int matrices, bool trans, const void* smem_row) {
                                                  ", which is not 16-byte aligned");
     }
     LdmatrixLane payload{smem_row, r, matrices, trans};
-    warp_exchange(0xFFFFFFFFu, 200 + 2 * matrices + (trans ? 1 : 0), &payload, &ldmatrix_complete, what);
+    warp_exchange(0xFFFFFFFFu, 200 + 2 * matrices + (trans ? 1 : 0), &payload, &ldmatrix_complete, what, site_file,
+                  site_line);
 }
 
 void tc_cp_async(void* dst, const void* src, int size, int src_bytes, const char* what) {
