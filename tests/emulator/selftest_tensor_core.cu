@@ -108,7 +108,10 @@ extern "C" __global__ void selftest_tc_ldmatrix(const uint16_t* rows, const int*
     case 12: ldmatrix_x4_trans(r, row); break;
     default: return;
     }
-    for (int i = 0; i < (variant & 7); ++i) out[lane * 4 + i] = r[i];
+    const int loaded = variant & 7;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)  // unrolled: r stays in registers (no stack frame)
+        if (i < loaded) out[lane * 4 + i] = r[i];
 }
 
 // cp.async in three groups per thread, read by the thread's neighbour after the waits and a
