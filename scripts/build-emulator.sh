@@ -4,7 +4,7 @@
 #   scripts/build-emulator.sh OUT_DIR [--asan]
 #
 # writes OUT_DIR/libcuda.so.1 (+ the libcuda.so symlink; cudarc dlopens "libcuda.so" first) and
-# OUT_DIR/selftest. Every kernels/*.cu (and tests/emulator/selftest_kernels.cu) goes through
+# OUT_DIR/selftest. Every kernels/*.cu (and tests/emulator/selftest*.cu) goes through
 #   1. nvcc for sm_90 with build.rs's flags and `-Xptxas -v --keep`: the PTX names the entry
 #      points and their parameter sizes and __launch_bounds__, ptxas reports registers, spills and
 #      static shared memory;
@@ -39,7 +39,7 @@ fi
 # build.rs's nvcc flags, for sm_90 only.
 nvccflags=(-O3 -std=c++17 -lineinfo --expt-relaxed-constexpr -arch=sm_90 -I "$root/kernels")
 
-common_inputs=("$root"/kernels/*.cuh "$emu/cuda_shim.h" "$emu/emu.h" "$emu/registry.h" "$emu/gen_registry.py"
+common_inputs=("$root"/kernels/*.cuh "$emu/cuda_shim.h" "$emu/emu.h" "$emu/tensor_core.h" "$emu/registry.h" "$emu/gen_registry.py"
     "$root/scripts/build-emulator.sh")
 
 build_module() {
@@ -66,7 +66,7 @@ build_module() {
     echo "$want" >"$stamp"
 }
 
-sources=("$root"/kernels/*.cu "$emu/selftest_kernels.cu")
+sources=("$root"/kernels/*.cu "$emu/selftest_kernels.cu" "$emu/selftest_tensor_core.cu")
 pids=()
 fail=0
 for src in "${sources[@]}"; do
@@ -79,7 +79,8 @@ for p in "${pids[@]}"; do wait "$p" || fail=1; done
 
 "$CXX" "${cxxflags[@]}" -c "$emu/runtime.cpp" -o "$out/obj/runtime.o"
 "$CXX" "${cxxflags[@]}" -c "$emu/driver.cpp" -o "$out/obj/driver.o"
-objs=("$out/obj/runtime.o" "$out/obj/driver.o")
+"$CXX" "${cxxflags[@]}" -c "$emu/tensor_core.cpp" -o "$out/obj/tensor_core.o"
+objs=("$out/obj/runtime.o" "$out/obj/driver.o" "$out/obj/tensor_core.o")
 for src in "${sources[@]}"; do objs+=("$out/obj/$(basename "$src" .cu)/reg.o"); done
 ldflags=(-shared -Wl,-soname,libcuda.so.1 -Wl,--no-undefined -lpthread)
 [ "$asan" = 1 ] && ldflags+=(-fsanitize=address)

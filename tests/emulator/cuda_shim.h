@@ -23,6 +23,10 @@
 #include <type_traits>
 
 #include "emu.h"
+#include "tensor_core.h"
+
+// kernels/tensor_core.cuh picks the emulated twins of the tensor-core instructions with this.
+#define EC_EMULATED_CUDA 1
 
 #undef __global__
 #undef __device__

@@ -27,8 +27,9 @@ struct Current {
 };
 extern Current cur;
 
-// Warp collectives and barriers (runtime.cpp). `value` carries up to 8 bytes of the operand.
-enum class Coll : int { Syncwarp, ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All };
+// Warp collectives and barriers (runtime.cpp). `value` carries up to 8 bytes of the operand
+// (Exchange: a pointer to a larger payload, see runtime.h's warp_exchange).
+enum class Coll : int { Syncwarp, ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, Exchange };
 uint64_t warp_collective(Coll kind, unsigned mask, uint64_t value, int arg, int width, const char* what);
 void syncthreads(const char* what);
 [[noreturn]] void kernel_trap(const char* what);

@@ -87,6 +87,9 @@ struct FiberImpl {
     uint64_t value = 0;
     uint64_t result = 0;
     const char* what = "";
+    ExchangeFn exchange = nullptr;  // Coll::Exchange: completes the collective (value: payload)
+    const char* site_file = "";     // Coll::Exchange: the kernel's call site
+    int site_line = 0;
 };
 
 struct Launch {
@@ -97,6 +100,7 @@ struct Launch {
     int nthreads;
     int code;
     std::string message;
+    size_t dyn_smem_bytes;
 };
 
 std::vector<FiberImpl> g_fibers;
@@ -182,6 +186,7 @@ void to_scheduler() {
     __sanitizer_finish_switch_fiber(nullptr, &g_sched_stack_bottom, &g_sched_stack_size);
 #endif
     g_launch->entry->invoke(g_launch->entry->fn, g_launch->params);
+    tc_thread_exit();
     self().st = St::Exited;
     to_scheduler();
     abort();  // an exited fiber is never resumed
@@ -240,6 +245,7 @@ const char* kind_name(Coll k) {
     case Coll::Ballot: return "__ballot_sync";
     case Coll::Any: return "__any_sync";
     case Coll::All: return "__all_sync";
+    case Coll::Exchange: return "warp exchange";
     }
     return "?";
 }
@@ -250,6 +256,14 @@ constexpr uint64_t kPoison = 0xFFFFFFFFFFFFFFFFull;
 // Completes the collective of the lanes in `group` (all waiting with the same kind and mask).
 void complete(FiberImpl* warp, unsigned group) {
     const Coll kind = warp[__builtin_ctz(group)].kind;
+    if (kind == Coll::Exchange) {
+        void* lanes[32];
+        for (int l = 0; l < 32; ++l) lanes[l] = (group >> l & 1) ? reinterpret_cast<void*>(warp[l].value) : nullptr;
+        warp[__builtin_ctz(group)].exchange(lanes);
+        for (int l = 0; l < 32; ++l)
+            if (group >> l & 1) warp[l].st = St::Runnable;
+        return;
+    }
     unsigned ballot = 0;
     for (int l = 0; l < 32; ++l)
         if ((group >> l & 1) && warp[l].value != 0) ballot |= 1u << l;
@@ -277,6 +291,7 @@ void complete(FiberImpl* warp, unsigned group) {
             src = l ^ f.arg;
             own = src >= seg + w || src > 31 || src < 0;
             break;
+        case Coll::Exchange: break;  // completed above
         }
         if (kind == Coll::ShflIdx || kind == Coll::ShflUp || kind == Coll::ShflDown || kind == Coll::ShflXor) {
             if (own) f.result = f.value;
@@ -338,6 +353,9 @@ void arrive_collective(Sched& s, int w0, int l) {
         if (!(m >> k & 1)) continue;
         const FiberImpl& o = warp[k];
         if (o.st != St::AtWarp || o.kind != f.kind || o.mask != m) return;  // not yet (or a deadlock)
+        if (f.kind == Coll::Exchange && (o.arg != f.arg || o.exchange != f.exchange || o.site_line != f.site_line ||
+                                         strcmp(o.site_file, f.site_file) != 0))
+            return;
     }
     complete(warp, m);
     for (int k = 0; k < 32; ++k)
@@ -398,6 +416,7 @@ void run_block(uint64_t rng, bool first_block) {
         f.tid = Dim3{(unsigned)i % b.x, ((unsigned)i / b.x) % b.y, (unsigned)i / (b.x * b.y)};
         s.make_runnable(i);
     }
+    tc_block_begin(n);
     // Shared memory starts as garbage: 0xFF bytes read as NaN floats and -1 integers.
     char* const lo = __start_ec_shared;
     char* const hi = __stop_ec_shared;
@@ -489,6 +508,49 @@ uint64_t warp_collective(Coll kind, unsigned mask, uint64_t value, int arg, int 
     return f.result;
 }
 
+void warp_exchange(unsigned mask, int op, void* payload, ExchangeFn complete, const char* what,
+                   const char* site_file, int site_line) {
+    FiberImpl& f = self();
+    const int idx = self_index();
+    const int w0 = idx & ~31, n = g_launch->nthreads;
+    const int lanes = n - w0 < 32 ? n - w0 : 32;
+    for (int k = 0; k < lanes; ++k) {
+        const FiberImpl& o = g_fibers[w0 + k];
+        if (!(mask >> k & 1) || o.st != St::AtWarp || o.kind != Coll::Exchange) continue;
+        if (o.arg == op && o.exchange == complete && o.site_line == site_line && strcmp(o.site_file, site_file) == 0)
+            continue;
+        set_error(kIllegalInstruction, "thread " + thread_name(f) + " executes " + what + " at " + site_file + ":" +
+                                           std::to_string(site_line) + " while thread " + thread_name(o) +
+                                           " of its warp waits in " + o.what + " at " + o.site_file + ":" +
+                                           std::to_string(o.site_line) +
+                                           ": every lane must execute the same warp-wide instruction");
+        stop_self();
+    }
+    f.exchange = complete;
+    f.site_file = site_file;
+    f.site_line = site_line;
+    warp_collective(Coll::Exchange, mask, reinterpret_cast<uint64_t>(payload), op, 32, what);
+}
+
+int current_thread_index() { return self_index(); }
+int block_thread_count() { return g_launch->nthreads; }
+std::string current_thread_name() { return thread_name(self()); }
+
+bool in_shared_memory(const void* p, size_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    const char* lo = __start_ec_shared;
+    const char* hi = __stop_ec_shared;
+    if (lo && c >= lo && c <= hi && bytes <= (size_t)(hi - c)) return true;
+    const char* dyn = static_cast<const char*>(cur.dyn_smem);
+    const size_t dn = g_launch->dyn_smem_bytes;
+    return dyn && c >= dyn && c <= dyn + dn && bytes <= (size_t)(dyn + dn - c);
+}
+
+void kernel_fault(int code, const std::string& what) {
+    set_error(code, "thread " + thread_name(self()) + " " + what);
+    stop_self();
+}
+
 void syncthreads(const char* what) {
     FiberImpl& f = self();
     f.what = what;
@@ -503,7 +565,7 @@ void kernel_trap(const char* what) {
 
 int run_kernel(const EntryInfo& entry, Dim3 grid, Dim3 block, size_t dyn_smem_bytes, void** params,
                std::string* message) {
-    Launch launch{&entry, params, grid, block, 0, (int)(block.x * block.y * block.z), kSuccess, {}};
+    Launch launch{&entry, params, grid, block, 0, (int)(block.x * block.y * block.z), kSuccess, {}, dyn_smem_bytes};
     g_launch = &launch;
     if ((int)g_fibers.size() < launch.nthreads) g_fibers.resize(launch.nthreads);
     // Exactly the requested size, so AddressSanitizer sees an access past its end.
