@@ -11,6 +11,10 @@
 //! recall, the change of one class's recall and of accuracy, and both methods' training accuracy
 //! and last-epoch training loss.
 //!
+//! `intervals RUN... [--base uniform]`: every method's difference from BASE on the same seed over
+//! the merged runs (as `merge` merges them), with its paired 95% confidence interval (Student t,
+//! n - 1 degrees of freedom) for each headline metric.
+//!
 //! A RUN or REPORT is a run folder or its `report.json`. A NaN metric of one seed is left out of
 //! the mean and sd over seeds; a cell with no value left reads `-`.
 //!
@@ -24,7 +28,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use evenclass::report::{
-    merge_comparisons, merged_markdown, paired_effect, paired_entries, paired_markdown, ComparisonRun,
+    differences, differences_markdown, merge_comparisons, merged_markdown, paired_effect, paired_entries,
+    paired_markdown, ComparisonRun,
 };
 
 #[derive(Parser, Debug)]
@@ -41,6 +46,15 @@ enum Command {
         /// Run folders or their report.json files.
         #[arg(required = true)]
         runs: Vec<String>,
+    },
+    /// Every method's paired difference from a baseline, with 95% confidence intervals.
+    Intervals {
+        /// Run folders or their report.json files.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// The method every other is compared with, seed by seed.
+        #[arg(long, default_value = "uniform")]
+        base: String,
     },
     /// Effects of one method against another, paired by seed.
     Paired {
@@ -62,6 +76,14 @@ fn main() -> Result<()> {
         Command::Merge { runs } => {
             let runs = runs.iter().map(|p| read(p)).collect::<Result<Vec<_>>>()?;
             print!("{}", merged_markdown(&merge_comparisons(&runs)?));
+        }
+        Command::Intervals { runs, base } => {
+            let runs = runs.iter().map(|p| read(p)).collect::<Result<Vec<_>>>()?;
+            let merged = merge_comparisons(&runs)?;
+            if !merged.methods.iter().any(|m| m.method.as_deref() == Some(base.as_str())) {
+                bail!("no method {base:?} in these runs");
+            }
+            print!("{}", differences_markdown(&differences(&merged.methods, &base), &base));
         }
         Command::Paired { args, class } => {
             // An argument that names a file or folder is a report; any other is a pair.

@@ -214,7 +214,7 @@ python3 - "$cmp" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 r = json.load(open(os.path.join(out, "report.json")))
-want = ["uniform", "reweight", "reweight-test", "iterated", "online-eg", "online-difficulty", "bias", "bias-budget",
+want = ["uniform", "null", "reweight", "reweight-test", "iterated", "online-eg", "online-difficulty", "bias", "bias-budget",
         "reweight-wd", "uniform-wd"]
 errors = []
 got = {}
@@ -227,7 +227,7 @@ for m in r.get("methods", []):
         errors.append(f"{m.get('name')}: bias present = {m.get('bias') is not None}")
 if list(got) != want or any(sorted(v) != [0, 1] for v in got.values()):
     errors.append(f"methods and seeds: {got}")
-for f in ("comparison.md", "comparison.csv", "methods.svg", "methods.png"):
+for f in ("comparison.md", "comparison.csv", "intervals.csv", "methods.svg", "methods.png"):
     if not os.path.isfile(os.path.join(out, f)):
         errors.append(f"{f} missing")
 md = open(os.path.join(out, "comparison.md")).read()

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use evenclass::report::{
-    merge_comparisons, merged_markdown, paired_effect, paired_entries, paired_markdown, ComparisonRun, ReportError,
+    differences, merge_comparisons, merged_markdown, paired_effect, paired_entries, paired_markdown, ComparisonRun,
+    ReportError,
 };
 
 /// Result folders, relative to the crate root (the tests' working directory), as the published
@@ -204,4 +205,27 @@ fn pairing_refuses_what_it_cannot_pair() {
         other => panic!("{other:?}"),
     }
     assert!(Path::new(SEED0).exists());
+}
+
+/// The paired 95% intervals over the three published seeds reproduce the ones the method
+/// comparison's audit quoted: reweighting's change of the F1 spread, -3.5 [-7.1, +0.2] points,
+/// and the bias's, +3.4 [-0.5, +7.3].
+#[test]
+fn paired_intervals_reproduce_the_audit() {
+    let runs: Vec<ComparisonRun> = [
+        "docs/results/2026-12-02-compare-seed0-a786a9d",
+        "docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a0",
+        "docs/results/2026-12-02-compare-seeds-5d2fa7a/cmp-a12",
+    ]
+    .iter()
+    .map(|p| read(p))
+    .collect();
+    let merged = merge_comparisons(&runs).unwrap();
+    let diffs = differences(&merged.methods, "uniform");
+    let get = |key: &str| diffs.iter().find(|d| d.key == key).unwrap_or_else(|| panic!("{key}"));
+    let reweight = get("reweight");
+    assert_eq!(reweight.seeds, vec![0, 1, 2]);
+    assert_eq!(reweight.get("f1_spread").unwrap().pct(), "-3.5 [-7.1, +0.2]");
+    assert_eq!(get("bias").get("f1_spread").unwrap().pct(), "+3.4 [-0.5, +7.3]");
+    assert!(diffs.iter().all(|d| d.key != "uniform"));
 }

@@ -618,8 +618,9 @@ fn write_hard_class_cifar(dir: &Path, per_batch: usize, test: usize) {
     std::fs::write(dir.join("test_batch.bin"), bytes).unwrap();
 }
 
-const ALL_METHODS: [&str; 10] = [
+const ALL_METHODS: [&str; 11] = [
     "uniform",
+    "null",
     "reweight",
     "reweight-test",
     "iterated",
@@ -877,4 +878,43 @@ fn a_bad_validation_size_suggests_one_that_works() {
     }
     // The suggestion works.
     assert_eq!(run(&out, &["--synthetic", "--val-size", "25", "--epochs", "1"]).unwrap(), Ended::Finished);
+}
+
+/// The null row is uniform trained with another seed (`null_seed`) on the run's one split, and is
+/// paired with the seed it is the null of; its results differ from uniform's (another training).
+#[test]
+fn null_row_is_uniform_with_another_training_seed() {
+    let spec = ExperimentSpec {
+        compare: true,
+        seed: 3,
+        comparison: experiment::CompareSpec {
+            methods: Some(vec![evenclass::methods::Method::Null]),
+            seeds: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (stages, methods) = experiment::stages(&spec);
+    let null: Vec<_> = stages.iter().filter(|s| s.key.ends_with("-null")).map(|s| (s.key.as_str(), s.seed)).collect();
+    assert_eq!(null, vec![("s3-null", experiment::null_seed(3)), ("s4-null", experiment::null_seed(4))]);
+    assert!(stages.iter().filter(|s| !s.key.ends_with("-null")).all(|s| [3, 4].contains(&s.seed)));
+    let rows: Vec<_> = methods.iter().filter(|m| m.id.to_string() == "null").map(|m| m.seed).collect();
+    assert_eq!(rows, vec![3, 4]);
+
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let flags = ["--synthetic", "--compare", "--methods", "null", "--seeds", "2", "--epochs", "1"];
+    run_report(&out, &flags);
+    let r = evenclass::report::read_report(out.join("report.json")).unwrap();
+    let entry = |key: &str, seed: u64| {
+        r.methods.iter().find(|m| m.method.as_deref() == Some(key) && m.seed == Some(seed)).unwrap().clone()
+    };
+    for seed in [0, 1] {
+        let (u, n) = (entry("uniform", seed), entry("null", seed));
+        assert_eq!(n.model.as_deref(), Some(format!("s{seed}-null").as_str()));
+        assert_ne!(u.test.confusion, n.test.confusion, "seed {seed}: null trained like uniform");
+        assert_eq!(u.val.as_ref().unwrap().support, n.val.as_ref().unwrap().support, "another split");
+    }
+    let csv = std::fs::read_to_string(out.join("intervals.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.contains(",uniform,null,") && l.contains(",f1_spread,2,")), "{csv}");
 }

@@ -31,6 +31,12 @@ pub fn plan(spec: &ExperimentSpec, gpu: bool, classes: usize) -> Plan {
     Plan { model, train }
 }
 
+/// The training seed of the null row of `seed`: far from the seeds a comparison uses
+/// (`--seed`, `--seed + 1`, ...), so no null training repeats another row's training.
+pub fn null_seed(seed: u64) -> u64 {
+    seed.wrapping_add(1_000_000)
+}
+
 /// One training of a run: a file-name key, a display name, its weights, seed and overrides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageSpec {
@@ -120,6 +126,15 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
         let u = add(&mut specs, stage("uniform".into(), "uniform".into(), Weights::Uniform));
         specs[u].fit_bias = biases.clone();
         method(&mut methods, Method::Uniform.into(), "uniform (stage 1)".into(), u);
+        if want(Method::Null) {
+            // Paired with `seed` like every method, but trained with another seed: the same split,
+            // another initialisation, batch order and augmentation.
+            let mut st = stage("null".into(), "uniform, other training seed".into(), Weights::Uniform);
+            st.seed = null_seed(seed);
+            st.name = format!("uniform, training seed {} (null for seed {seed})", st.seed);
+            let r = add(&mut specs, st);
+            method(&mut methods, Method::Null.into(), "null: uniform, training seed + 1000000".into(), r);
+        }
         let from = |of, split, compose| Weights::FromRecall { of, exponent: p, split, compose };
         // Reweighting with strong weight decay (weights from `base`'s validation recall) and its
         // uniform control, for the run's epochs or `long` of them.

@@ -3,7 +3,9 @@
 //! the report keep the wide tables.
 use std::fmt::Write;
 
-use crate::report::{short_labels, summarize_methods, Report, Stat};
+use crate::report::{
+    differences, metric, short_labels, summarize_methods, MethodSummary, Report, StageReport, Stat, BASELINE, HEADLINE,
+};
 
 use super::diagnostics::{Diagnostics, SplitFit};
 
@@ -71,32 +73,61 @@ fn cut(line: &str) -> String {
     }
 }
 
-/// The comparison on the test set (mean ± sd over seeds): one line per method, then the mean
-/// recall per class, then the legend of the method names.
+/// The comparison on the test set: the headline metrics (mean ± sd over seeds), the paired
+/// differences from uniform with their 95% intervals, the mean recall per class, then the legend
+/// of the method names.
 pub fn comparison_text(report: &Report) -> String {
     let sums = summarize_methods(report);
     let mut out = String::new();
     let key_w = sums.iter().map(|s| s.key.chars().count()).max().unwrap_or(0).max("method".len());
     let images = report.methods.first().map_or(0, |m| m.test.support.iter().sum::<u64>());
-    let _ = writeln!(out, "Methods on the test set ({images} images), % (mean±sd over seeds):");
-    let cols = [
-        ("accuracy", "acc."),
-        ("balanced_accuracy", "bal. acc."),
-        ("worst_recall", "worst"),
-        ("recall_spread", "spread"),
-        ("macro_f1", "macro F1"),
-    ];
-    let mut header = format!("{:<key_w$} {:>5}", "method", "seeds");
-    for (_, title) in cols {
-        let _ = write!(header, " {title:>10}");
+    let seeds: Vec<String> = sums.iter().map(|s| s.seeds.len().to_string()).collect();
+    let mut seeds_line = seeds.clone();
+    seeds_line.dedup();
+    let _ = writeln!(out, "Methods on the test set ({images} images, {} seeds), %, mean±sd:", seeds_line.join("/"));
+    // The headline metrics that are a method's own (not a difference), in 9-character columns.
+    let own: Vec<(&str, &str)> = HEADLINE
+        .iter()
+        .filter(|(k, ..)| !matches!(*k, "mean_abs_recall_change" | "worst_precision"))
+        .map(|(k, _, t)| (*k, *t))
+        .collect();
+    let mut header = format!("{:<key_w$}", "method");
+    for (_, title) in &own {
+        let _ = write!(header, " {title:>9}");
     }
-    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", cut(&header));
+    let summary_of = |s: &MethodSummary, key: &str| -> String {
+        let runs: Vec<&StageReport> = report.methods.iter().filter(|m| m.method.as_deref() == Some(&s.key)).collect();
+        stat(&Stat::of(&runs.iter().map(|r| metric(&r.test, key)).collect::<Vec<_>>()))
+    };
     for s in &sums {
-        let mut line = format!("{:<key_w$} {:>5}", s.key, s.seeds.len());
-        for (k, _) in cols {
-            let _ = write!(line, " {:>10}", s.get(k).map_or("-".into(), |v| stat(&v)));
+        let mut line = format!("{:<key_w$}", s.key);
+        for (k, _) in &own {
+            let _ = write!(line, " {:>9}", summary_of(s, k));
         }
         let _ = writeln!(out, "{}", cut(&line));
+    }
+    let diffs = differences(&report.methods, BASELINE);
+    if diffs.iter().any(|d| d.seeds.len() > 1) {
+        let _ = writeln!(out, "\nChange from {BASELINE}, same seed, points: mean±half-width of the paired 95%");
+        let _ = writeln!(out, "interval (t, n-1 df); * where it excludes 0; null = the noise floor:");
+        let cols: Vec<(&str, &str)> = HEADLINE
+            .iter()
+            .filter(|(k, ..)| !matches!(*k, "recall_spread" | "macro_f1" | "worst_precision"))
+            .map(|(k, _, t)| (*k, *t))
+            .collect();
+        let mut header = format!("{:<key_w$}", "method");
+        for (_, title) in &cols {
+            let _ = write!(header, " {title:>11}");
+        }
+        let _ = writeln!(out, "{}", cut(&header));
+        for d in &diffs {
+            let mut line = format!("{:<key_w$}", d.key);
+            for (k, _) in &cols {
+                let _ = write!(line, " {:>11}", d.get(k).map_or("-".into(), |i| i.pct_short()));
+            }
+            let _ = writeln!(out, "{}", cut(&line));
+        }
     }
     let _ = writeln!(out, "\nMean test recall per class (%):");
     let classes = short_labels(&report.class_names, 5);

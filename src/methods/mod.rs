@@ -25,6 +25,9 @@ use crate::train::{self, Backend, DeviceData, EvalOptions, Model};
 pub enum Method {
     /// Stage 1: uniform class weights (the baseline).
     Uniform,
+    /// Uniform again with another training seed (initialisation, batch order, augmentation) on
+    /// the same split: its difference from uniform is the noise floor of every comparison.
+    Null,
     /// The practitioner's recipe: weights (mean(r)/r_c)^p from stage 1's validation recall.
     Reweight,
     /// The same with stage 1's TEST recall (the practitioner's exact variant; leaks the test set).
@@ -50,8 +53,9 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order of the comparison.
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::Uniform,
+        Method::Null,
         Method::Reweight,
         Method::ReweightTest,
         Method::Iterated,
@@ -67,6 +71,7 @@ impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Method::Uniform => "uniform",
+            Method::Null => "null",
             Method::Reweight => "reweight",
             Method::ReweightTest => "reweight-test",
             Method::Iterated => "iterated",
@@ -83,6 +88,7 @@ impl Method {
     pub fn help(self) -> &'static str {
         match self {
             Method::Uniform => "uniform class weights (the baseline)",
+            Method::Null => "uniform with another training seed: the noise floor",
             Method::Reweight => "weights (mean(r)/r_c)^p from stage 1's validation recall",
             Method::ReweightTest => "the same from stage 1's TEST recall (the practitioner's variant)",
             Method::Iterated => "reweighting iterated over --rounds rounds",

@@ -6,8 +6,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::intervals::{differences, differences_markdown, HEADLINE};
+use super::metric::metric;
 use super::{Report, ReportError, StageReport};
-use crate::confusion::{mean_ignoring_nan, spread, Metrics};
 
 /// Mean and sample standard deviation (n - 1) of one metric over seeds; `sd` is NaN for one seed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -58,29 +59,6 @@ pub const METRICS: [(&str, &str); 8] = [
     ("precision_spread", "precision spread"),
     ("f1_spread", "F1 spread"),
 ];
-
-/// One metric of one split, by its key in [`METRICS`].
-pub fn metric(m: &Metrics, key: &str) -> f64 {
-    match key {
-        "accuracy" => m.accuracy,
-        "balanced_accuracy" => m.balanced_accuracy,
-        "worst_recall" => m.worst_recall(),
-        "recall_spread" => m.recall_spread(),
-        "recall_sd" => {
-            let mean = m.mean_recall();
-            let v: Vec<f64> = m.recall.iter().copied().filter(|x| !x.is_nan()).collect();
-            if v.is_empty() {
-                f64::NAN
-            } else {
-                (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
-            }
-        }
-        "macro_f1" => mean_ignoring_nan(&m.f1),
-        "precision_spread" => spread(&m.precision),
-        "f1_spread" => spread(&m.f1),
-        _ => f64::NAN,
-    }
-}
 
 /// A method summarized over its seeds (test split).
 #[derive(Clone, Debug, Serialize)]
@@ -165,6 +143,10 @@ pub fn comparison_markdown(report: &Report) -> String {
             s.metrics.iter().map(Stat::pct).collect::<Vec<_>>().join(" | ")
         );
     }
+    let diffs = differences(&report.methods, BASELINE);
+    if diffs.iter().any(|d| !d.seeds.is_empty()) {
+        let _ = writeln!(out, "\n{}", differences_markdown(&diffs, BASELINE));
+    }
     let _ = writeln!(out, "\nMean test recall per class (%):\n");
     let _ = writeln!(out, "| method | {} |", report.class_names.join(" | "));
     let _ = writeln!(out, "|---|{}", "---:|".repeat(report.class_names.len()));
@@ -201,6 +183,46 @@ pub(super) fn comparison_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
                 &stat.sd.to_string(),
                 &s.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
                 &values.join(" "),
+            ])?;
+        }
+    }
+    w.into_inner().map_err(|e| ReportError::Csv(e.into_error().into()))
+}
+
+/// The method every other is paired with in the intervals.
+pub const BASELINE: &str = "uniform";
+
+/// `intervals.csv`: one row per method other than [`BASELINE`] and headline metric: the mean
+/// paired difference from the baseline, its 95% confidence interval, and the paired seeds.
+pub(super) fn intervals_csv(report: &Report) -> Result<Vec<u8>, ReportError> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "run_id",
+        "dataset",
+        "baseline",
+        "method_key",
+        "method",
+        "metric",
+        "n",
+        "mean",
+        "ci_lo",
+        "ci_hi",
+        "seeds",
+    ])?;
+    for d in differences(&report.methods, BASELINE) {
+        for ((k, ..), i) in HEADLINE.iter().zip(&d.metrics) {
+            w.write_record([
+                report.run_id.as_str(),
+                report.dataset.as_str(),
+                BASELINE,
+                d.key.as_str(),
+                d.name.as_str(),
+                k,
+                &i.n.to_string(),
+                &i.mean.to_string(),
+                &i.lo.to_string(),
+                &i.hi.to_string(),
+                &d.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
             ])?;
         }
     }

@@ -41,6 +41,7 @@ pub fn write_all(report: &Report, out_dir: &Path) -> Result<WrittenFiles, Report
     if !report.methods.is_empty() {
         write_atomic(&out_dir.join("comparison.md"), compare::comparison_markdown(report).as_bytes())?;
         write_atomic(&out_dir.join("comparison.csv"), &compare::comparison_csv(report)?)?;
+        write_atomic(&out_dir.join("intervals.csv"), &compare::intervals_csv(report)?)?;
         let chart = compare::methods_chart_report(report);
         write_atomic(&out_dir.join("methods.svg"), chart::render_svg(&chart)?.as_bytes())?;
         write_atomic(&out_dir.join("methods.png"), &chart::render_png(&chart)?)?;

@@ -14,13 +14,16 @@
 //! with DejaVu Sans embedded in the binary, so charts need no system fonts.
 //!
 //! Layout: `schema.rs` holds the report's types (what `report.json` is), `files.rs` reads and
-//! writes the files, `chart.rs`, `compare.rs` and `table.rs` render; this file only names them
+//! writes the files, `chart.rs`, `compare.rs`, `intervals.rs` (paired confidence intervals) and
+//! `table.rs` render; this file only names them
 //! and holds the error type, so no file of the module imports one that imports it back.
 
 mod chart;
 mod compare;
 mod files;
+mod intervals;
 mod merge;
+mod metric;
 pub mod run_dir;
 mod schema;
 mod table;
@@ -31,12 +34,14 @@ pub use crate::confusion::Metrics;
 pub use crate::json::{describe_diffs, diff_fields, FieldDiff};
 pub use crate::train::EpochLog;
 pub use chart::{chart_class_labels, CHART_HEIGHT, CHART_TITLE, CHART_WIDTH, STAGE_COLORS};
-pub use compare::{comparison_markdown, summarize_entries, summarize_methods, MethodSummary, Stat};
+pub use compare::{comparison_markdown, summarize_entries, summarize_methods, MethodSummary, Stat, BASELINE};
 pub use files::{read_report, write_all, WrittenFiles};
+pub use intervals::{differences, differences_markdown, t_975, Interval, MethodDifferences, HEADLINE};
 pub use merge::{
     merge_comparisons, merged_markdown, paired_effect, paired_entries, paired_markdown, ComparisonRun,
     MergedComparison, PairedEffect,
 };
+pub use metric::metric;
 pub use schema::{Report, StageReport, REPORT_FORMAT};
 pub use table::{short_labels, terminal_table};
 
