@@ -132,7 +132,7 @@ struct Args {
     /// With --compare: also reweight with these exponents (comma-separated, each in [-8, 8]): the exponent sweep.
     #[arg(long, value_name = "LIST", value_delimiter = ',', allow_negative_numbers = true)]
     sweep: Vec<f64>,
-    /// With --compare: accuracy budget of the bias-budget method, in points of validation accuracy [default: 1].
+    /// With --compare: accuracy budget of bias-budget and bias-f1-budget, in points of validation accuracy [default: 1].
     #[arg(long, value_name = "POINTS")]
     bias_budget: Option<f64>,
     /// With --compare: also train uniform, reweight (and reweight-wd, uniform-wd if chosen) for N epochs (fit regime).

@@ -215,7 +215,7 @@ import json, os, sys
 out = sys.argv[1]
 r = json.load(open(os.path.join(out, "report.json")))
 want = ["uniform", "null", "reweight", "reweight-test", "iterated", "online-eg", "online-difficulty", "bias", "bias-budget",
-        "reweight-wd", "uniform-wd"]
+        "bias-f1", "bias-f1-budget", "reweight-wd", "uniform-wd"]
 errors = []
 got = {}
 for m in r.get("methods", []):

@@ -655,3 +655,74 @@ fn bias_fit_edge_cases_and_bad_input() {
     let empty = Array2::<f32>::zeros((0, 2));
     assert!(matches!(fit_recall_bias(empty.view(), &[], &opts), Err(Error::Shape { .. })));
 }
+
+/// The F1 fit raises the worst class's F1 on the fitted data, its reported recalls and F1s are
+/// exactly what the biased argmax gives, it beats the recall fit on the F1 objective it targets,
+/// and it is deterministic.
+#[test]
+fn f1_bias_fit_raises_the_worst_f1() {
+    use evenclass::confusion::bias::{fit_f1_bias, fit_recall_bias, FitOptions};
+    let (n, c) = (4_000, 4);
+    let (x, targets) = hard_class_case(11, n);
+    let view = ArrayView2::from_shape((n, c), &x).unwrap();
+    let fit = fit_f1_bias(view, &targets, &FitOptions::default()).unwrap();
+    let before = cpu::from_logits(view, &targets, None).unwrap().metrics();
+    let after = cpu::from_logits_biased(view, Some(&fit.bias), &targets, None).unwrap().metrics();
+    assert_eq!((fit.recall_before.clone(), fit.f1_before.clone()), (before.recall.clone(), before.f1.clone()));
+    assert_eq!((fit.recall.clone(), fit.f1.clone()), (after.recall.clone(), after.f1.clone()));
+    let worst = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(worst(&after.f1) > worst(&before.f1) + 0.05, "{:?} -> {:?}", before.f1, after.f1);
+    assert!(fit.steps > 0);
+    let recall_fit = fit_recall_bias(view, &targets, &FitOptions::default()).unwrap();
+    assert!(fit.worst_f1() >= recall_fit.worst_f1(), "{} < {}", fit.worst_f1(), recall_fit.worst_f1());
+    assert_eq!(fit, fit_f1_bias(view, &targets, &FitOptions::default()).unwrap());
+    // Within an accuracy budget of 0, the accuracy never drops and the worst F1 never falls.
+    let opts = FitOptions { max_accuracy_drop: Some(0.0), ..Default::default() };
+    let held = fit_f1_bias(view, &targets, &opts).unwrap();
+    let a = cpu::from_logits_biased(view, Some(&held.bias), &targets, None).unwrap().metrics().accuracy;
+    assert!(a >= before.accuracy && held.worst_f1() >= held.worst_f1_before());
+    assert!(held.worst_f1() <= fit.worst_f1());
+}
+
+/// With two classes only the difference of the biases matters, so coordinate ascent reaches the
+/// global optimum: on random continuous logits (margins far apart compared with f32 rounding) it
+/// must match a brute force over every prediction state, the midpoints between sorted margins.
+/// On any input (ties, NaN rows, 1 to 5 classes) the reported F1s are the kernel's and the fit
+/// never lowers the worst F1 of the fitted data.
+#[test]
+fn f1_bias_fit_is_optimal_for_two_classes_and_never_worse() {
+    use evenclass::confusion::bias::{fit_f1_bias, FitOptions};
+    let mut rng = rand::rng();
+    for case in 0..300 {
+        let c = if case < 150 { 2 } else { rng.random_range(1..6usize) };
+        let n = rng.random_range(1..60usize);
+        let mut x: Vec<f32> = if case < 150 {
+            (0..n * c).map(|_| rng.random_range(-4.0..4.0f32)).collect()
+        } else {
+            (0..n * c).map(|_| (rng.random_range(-8..8i32) as f32) * 0.25).collect()
+        };
+        if case >= 150 && case % 7 == 0 {
+            x[rng.random_range(0..n * c)] = f32::NAN;
+        }
+        let targets: Vec<i32> = (0..n).map(|_| rng.random_range(0..c as i32)).collect();
+        let view = ArrayView2::from_shape((n, c), &x).unwrap();
+        let fit = fit_f1_bias(view, &targets, &FitOptions::default()).unwrap();
+        let m = cpu::from_logits_biased(view, Some(&fit.bias), &targets, None).unwrap().metrics();
+        assert_eq!(fit.f1, m.f1, "case {case}");
+        assert!(fit.worst_f1() >= fit.worst_f1_before(), "case {case}");
+        if case < 150 {
+            let support: Vec<usize> = (0..2).map(|k| targets.iter().filter(|&&t| t == k).count()).collect();
+            let mut margins: Vec<f32> = (0..n).map(|i| x[2 * i] - x[2 * i + 1]).collect();
+            margins.sort_by(f32::total_cmp);
+            let mut ds = vec![margins[0] - 1.0, margins[n - 1] + 1.0];
+            ds.extend(margins.windows(2).map(|w| (w[0] + w[1]) / 2.0));
+            let mut best = f64::NEG_INFINITY;
+            for d in ds {
+                let f1 = cpu::from_logits_biased(view, Some(&[0.0, d]), &targets, None).unwrap().metrics().f1;
+                let w = (0..2).filter(|&k| support[k] > 0).map(|k| f1[k]).fold(f64::INFINITY, f64::min);
+                best = best.max(w);
+            }
+            assert_eq!(fit.worst_f1(), best, "case {case}: bias {:?}", fit.bias);
+        }
+    }
+}

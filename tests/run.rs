@@ -618,7 +618,7 @@ fn write_hard_class_cifar(dir: &Path, per_batch: usize, test: usize) {
     std::fs::write(dir.join("test_batch.bin"), bytes).unwrap();
 }
 
-const ALL_METHODS: [&str; 11] = [
+const ALL_METHODS: [&str; 13] = [
     "uniform",
     "null",
     "reweight",
@@ -628,6 +628,8 @@ const ALL_METHODS: [&str; 11] = [
     "online-difficulty",
     "bias",
     "bias-budget",
+    "bias-f1",
+    "bias-f1-budget",
     "reweight-wd",
     "uniform-wd",
 ];
@@ -645,8 +647,16 @@ fn compare_writes_every_method_for_every_seed() {
     assert_fits_80_columns(&report, diagnostics.as_ref());
     let r = evenclass::report::read_report(out.join("report.json")).unwrap();
     let mut keys: Vec<String> = ALL_METHODS.iter().map(|s| s.to_string()).collect();
-    let long =
-        ["uniform-long", "reweight-long", "bias-long", "bias-budget-long", "reweight-wd-long", "uniform-wd-long"];
+    let long = [
+        "uniform-long",
+        "reweight-long",
+        "bias-long",
+        "bias-budget-long",
+        "bias-f1-long",
+        "bias-f1-budget-long",
+        "reweight-wd-long",
+        "uniform-wd-long",
+    ];
     keys.push("sweep-p1".into());
     keys.extend(long.map(String::from));
     for key in &keys {

@@ -107,6 +107,12 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
     if want(Method::BiasBudget) {
         biases.push(BiasKind::Budget(cmp.bias_budget() / 100.0));
     }
+    if want(Method::BiasF1) {
+        biases.push(BiasKind::F1MaxMin);
+    }
+    if want(Method::BiasF1Budget) {
+        biases.push(BiasKind::F1Budget(cmp.bias_budget() / 100.0));
+    }
     let wd = cmp.strong_wd() as f32;
     let mut specs: Vec<StageSpec> = Vec::new();
     let mut methods: Vec<MethodSpec> = Vec::new();
@@ -201,6 +207,13 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             let name = format!("post-hoc logit bias (val), budget {} pt, on uniform", cmp.bias_budget());
             method(&mut methods, Method::BiasBudget.into(), name, u);
         }
+        if want(Method::BiasF1) {
+            method(&mut methods, Method::BiasF1.into(), "post-hoc bias for worst F1 (val) on uniform".into(), u);
+        }
+        if want(Method::BiasF1Budget) {
+            let name = format!("post-hoc bias for worst F1 (val), budget {} pt", cmp.bias_budget());
+            method(&mut methods, Method::BiasF1Budget.into(), name, u);
+        }
         wd_pair(&mut specs, &mut methods, u, None);
         for &q in &cmp.sweep {
             if q == 0.0 || q == p {
@@ -232,6 +245,15 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             if want(Method::BiasBudget) {
                 let label = format!("post-hoc logit bias, budget {} pt, on uniform, {n} epochs", cmp.bias_budget());
                 method(&mut methods, MethodId::Long(Method::BiasBudget), label, ul);
+            }
+            if want(Method::BiasF1) {
+                let label = format!("post-hoc bias for worst F1, uniform {n} epochs");
+                method(&mut methods, MethodId::Long(Method::BiasF1), label, ul);
+            }
+            if want(Method::BiasF1Budget) {
+                let b = cmp.bias_budget();
+                let label = format!("post-hoc bias for worst F1, budget {b} pt, {n} epochs");
+                method(&mut methods, MethodId::Long(Method::BiasF1Budget), label, ul);
             }
         }
     }

@@ -786,12 +786,16 @@ fn fit_bias<B: Backend>(
     let (cfg, opts, name) = (st.train_cfg, st.opts, st.spec.name.as_str());
     let fit = kind.fit(be, model, val, cfg.eval_batch_size)?;
     let method = kind.method();
+    let (what, before, after) = match kind.targets_f1() {
+        true => ("F1", fit.worst_f1_before(), fit.worst_f1()),
+        false => ("recall", fit.worst_recall_before(), fit.worst_recall()),
+    };
     say!(
         opts,
-        "  {method} fitted ({} steps): worst validation class {:.1}% -> {:.1}%",
+        "  {method} fitted ({} steps): worst validation {what} {:.1}% -> {:.1}%",
         fit.steps,
-        100.0 * fit.worst_recall_before(),
-        100.0 * fit.worst_recall()
+        100.0 * before,
+        100.0 * after
     );
     let bias = Some(fit.bias.as_slice());
     let bars = st.progress.bars;

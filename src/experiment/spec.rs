@@ -55,7 +55,7 @@ pub struct CompareSpec {
     pub strong_wd: Option<f64>,
     /// Further reweighting exponents (the exponent sweep).
     pub sweep: Vec<f64>,
-    /// Accuracy budget of bias-budget, in percentage points of validation accuracy (default 1).
+    /// Accuracy budget of bias-budget and bias-f1-budget, in percentage points of validation accuracy (default 1).
     pub bias_budget: Option<f64>,
     /// Also train the long forms of the methods for this many epochs (the fit regime).
     pub long_epochs: Option<usize>,
@@ -87,7 +87,7 @@ impl CompareSpec {
         self.strong_wd.unwrap_or(5e-3)
     }
 
-    /// Accuracy budget of bias-budget, in percentage points of validation accuracy.
+    /// Accuracy budget of bias-budget and bias-f1-budget, in percentage points of validation accuracy.
     pub fn bias_budget(&self) -> f64 {
         self.bias_budget.unwrap_or(1.0)
     }

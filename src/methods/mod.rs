@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::confusion::bias::{fit_recall_bias, BiasFit, FitOptions};
+use crate::confusion::bias::{fit_f1_bias, fit_recall_bias, BiasFit, FitOptions};
 use crate::confusion::ConfusionMatrix;
 use crate::confusion::Metrics;
 use crate::cross_entropy::weights::{difficulty_weights, eg_update};
@@ -45,6 +45,11 @@ pub enum Method {
     /// The same bias, for the highest worst-class recall that costs at most a budget of
     /// validation accuracy.
     BiasBudget,
+    /// Post-hoc per-class logit bias fitted on validation logits of stage 1 for the highest
+    /// worst-class F1.
+    BiasF1,
+    /// The same F1 bias within a budget of validation accuracy.
+    BiasF1Budget,
     /// Reweighting with strong weight decay.
     ReweightWd,
     /// Uniform weights with the same strong weight decay (the control of reweight-wd).
@@ -53,7 +58,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order of the comparison.
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 13] = [
         Method::Uniform,
         Method::Null,
         Method::Reweight,
@@ -63,6 +68,8 @@ impl Method {
         Method::OnlineDifficulty,
         Method::Bias,
         Method::BiasBudget,
+        Method::BiasF1,
+        Method::BiasF1Budget,
         Method::ReweightWd,
         Method::UniformWd,
     ];
@@ -79,6 +86,8 @@ impl Method {
             Method::OnlineDifficulty => "online-difficulty",
             Method::Bias => "bias",
             Method::BiasBudget => "bias-budget",
+            Method::BiasF1 => "bias-f1",
+            Method::BiasF1Budget => "bias-f1-budget",
             Method::ReweightWd => "reweight-wd",
             Method::UniformWd => "uniform-wd",
         }
@@ -96,6 +105,8 @@ impl Method {
             Method::OnlineDifficulty => "online weights (1 - validation recall_c)^tau",
             Method::Bias => "post-hoc logit bias for the highest worst-class recall",
             Method::BiasBudget => "the same within --bias-budget points of accuracy",
+            Method::BiasF1 => "post-hoc logit bias for the highest worst-class F1",
+            Method::BiasF1Budget => "the same within --bias-budget points of accuracy",
             Method::ReweightWd => "reweighting with strong weight decay (--strong-wd)",
             Method::UniformWd => "uniform weights with the same weight decay",
         }
@@ -103,7 +114,7 @@ impl Method {
 
     /// Whether the method is a post-hoc bias on a trained model (it trains nothing itself).
     pub fn is_bias(self) -> bool {
-        matches!(self, Method::Bias | Method::BiasBudget)
+        matches!(self, Method::Bias | Method::BiasBudget | Method::BiasF1 | Method::BiasF1Budget)
     }
 }
 
@@ -305,6 +316,10 @@ pub enum BiasKind {
     /// The highest worst-class recall that costs at most this much validation accuracy
     /// (a fraction).
     Budget(f64),
+    /// The highest worst-class F1, whatever it costs.
+    F1MaxMin,
+    /// The highest worst-class F1 that costs at most this much validation accuracy.
+    F1Budget(f64),
 }
 
 impl BiasKind {
@@ -313,7 +328,14 @@ impl BiasKind {
         match self {
             BiasKind::MaxMin => Method::Bias,
             BiasKind::Budget(_) => Method::BiasBudget,
+            BiasKind::F1MaxMin => Method::BiasF1,
+            BiasKind::F1Budget(_) => Method::BiasF1Budget,
         }
+    }
+
+    /// Whether it targets F1 (else recall).
+    pub fn targets_f1(self) -> bool {
+        matches!(self, BiasKind::F1MaxMin | BiasKind::F1Budget(_))
     }
 
     /// Fits the bias on `model`'s logits of `val` (the validation split).
@@ -331,10 +353,14 @@ impl BiasKind {
             .map_err(|e| crate::Error::shape("post-hoc bias", e.to_string()))?;
         let labels: Vec<i32> = val.labels.iter().map(|&l| l as i32).collect();
         let max_accuracy_drop = match self {
-            BiasKind::MaxMin => None,
-            BiasKind::Budget(b) => Some(b),
+            BiasKind::MaxMin | BiasKind::F1MaxMin => None,
+            BiasKind::Budget(b) | BiasKind::F1Budget(b) => Some(b),
         };
-        fit_recall_bias(logits, &labels, &FitOptions { max_accuracy_drop, ..Default::default() })
+        let opts = FitOptions { max_accuracy_drop, ..Default::default() };
+        match self {
+            BiasKind::MaxMin | BiasKind::Budget(_) => fit_recall_bias(logits, &labels, &opts),
+            BiasKind::F1MaxMin | BiasKind::F1Budget(_) => fit_f1_bias(logits, &labels, &opts),
+        }
     }
 }
 
