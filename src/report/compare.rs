@@ -7,7 +7,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::intervals::{differences, differences_markdown, HEADLINE};
-use super::metric::metric;
+use super::metric::{mean_sd, metric};
 use super::{Report, ReportError, StageReport};
 
 /// Mean and sample standard deviation (n - 1) of one metric over seeds; `sd` is NaN for one seed.
@@ -19,14 +19,7 @@ pub struct Stat {
 
 impl Stat {
     pub fn of(values: &[f64]) -> Stat {
-        let v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-        let n = v.len();
-        if n == 0 {
-            return Stat { mean: f64::NAN, sd: f64::NAN };
-        }
-        let mean = v.iter().sum::<f64>() / n as f64;
-        let sd =
-            if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { f64::NAN };
+        let (_, mean, sd) = mean_sd(values);
         Stat { mean, sd }
     }
 

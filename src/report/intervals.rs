@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::metric::metric;
+use super::metric::{mean_sd, metric};
 use super::StageReport;
 
 /// The headline metrics of a comparison, in table order: key (as in [`metric`], plus
@@ -63,17 +63,8 @@ pub struct Interval {
 impl Interval {
     /// The interval of the per-seed differences `diffs` (NaN entries left out).
     pub fn of(diffs: &[f64]) -> Interval {
-        let v: Vec<f64> = diffs.iter().copied().filter(|x| !x.is_nan()).collect();
-        let n = v.len();
-        if n == 0 {
-            return Interval { n, mean: f64::NAN, lo: f64::NAN, hi: f64::NAN };
-        }
-        let mean = v.iter().sum::<f64>() / n as f64;
-        if n < 2 {
-            return Interval { n, mean, lo: f64::NAN, hi: f64::NAN };
-        }
-        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
-        let half = t_975(n - 1) * sd / (n as f64).sqrt();
+        let (n, mean, sd) = mean_sd(diffs);
+        let half = if n < 2 { f64::NAN } else { t_975(n - 1) * sd / (n as f64).sqrt() };
         Interval { n, mean, lo: mean - half, hi: mean + half }
     }
 

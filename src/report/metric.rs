@@ -32,3 +32,16 @@ pub fn metric(m: &Metrics, key: &str) -> f64 {
 fn lowest(values: &[f64]) -> f64 {
     values.iter().copied().filter(|v| !v.is_nan()).fold(f64::NAN, f64::min)
 }
+
+/// The count, mean and sample standard deviation (n - 1) of `values`, NaN entries left out; the
+/// mean is NaN with no value, the sd with fewer than two.
+pub(super) fn mean_sd(values: &[f64]) -> (usize, f64, f64) {
+    let v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    let n = v.len();
+    if n == 0 {
+        return (0, f64::NAN, f64::NAN);
+    }
+    let mean = v.iter().sum::<f64>() / n as f64;
+    let sd = if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { f64::NAN };
+    (n, mean, sd)
+}
