@@ -28,16 +28,8 @@ impl ValueEnum for MethodArg {
 #[derive(Parser, Debug)]
 #[command(
     about = "Two-stage class-reweighting experiment on CIFAR-10 (evenclass)",
-    long_about = "Two-stage class-reweighting experiment on CIFAR-10 (evenclass).\n\nStage 1 trains with uniform class \
-        weights; stage 2 retrains from scratch with weights w_c = (mean(r) / r_c)^p from stage 1's per-class \
-        recall on a validation split held out of the training set (--val-size; --weights-from test gives the \
-        practitioner's original variant). With --compare, trains and compares the methods of --methods over \
-        --seeds seeds instead (comparison.md, comparison.csv, methods.svg/.png). Writes report.json, \
-        per_class.csv, recall.png/.svg and the models to --out, which always holds one complete run: a run in \
-        progress lives in .OUT.partial beside it (checkpointed every epoch) and replaces --out only when finished. \
-        The plan and its estimated duration print first.\n\nCtrl-C finishes the current step, writes a checkpoint \
-        and exits (status 130); rerun with the same flags plus --resume to continue. A second Ctrl-C exits at \
-        once.\n\nInvalid flags exit with status 2, other errors with 1."
+    long_about = experiment::LONG_HELP,
+    max_term_width = 80
 )]
 struct Args {
     /// CIFAR-10 binary folder (must exist) [default: $CIFAR10_DIR, else data/cifar-10-batches-bin, downloaded when
@@ -199,7 +191,7 @@ fn main() -> ExitCode {
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let opts = RunOptions { stop: Some(&STOP), quiet: args.quiet, silent: false, command };
-    let outcome = match want_gpu(&args.device).then(|| CudaBackend::new(0)) {
+    let outcome = match evenclass::cuda::wants_gpu(&args.device).then(|| CudaBackend::new(0)) {
         Some(Ok(be)) => experiment::run(&be, &args.spec(), &opts),
         Some(Err(e)) => {
             eprintln!("error: opening the GPU (try --device cpu): {e}");
@@ -221,16 +213,4 @@ fn main() -> ExitCode {
             ExitCode::from(if e.is_usage() { 2 } else { 1 })
         }
     }
-}
-
-/// Whether `--device` asks for the GPU (`auto`: when one is usable).
-fn want_gpu(device: &str) -> bool {
-    if device != "auto" {
-        return device == "cuda";
-    }
-    let why = evenclass::cuda::why_not_usable();
-    if let Some(why) = &why {
-        eprintln!("device auto: {why}; using the CPU");
-    }
-    why.is_none()
 }

@@ -61,6 +61,20 @@ pub fn why_not_usable() -> Option<String> {
     }
 }
 
+/// Whether a command line's `--device` value asks for the GPU: `cuda` does, `cpu` does not, and
+/// `auto` does when [`why_not_usable`] finds nothing against it (the reason it does not is
+/// printed to stderr, so a user who expected the GPU learns why the CPU runs instead).
+pub fn wants_gpu(device: &str) -> bool {
+    if device != "auto" {
+        return device == "cuda";
+    }
+    let why = why_not_usable();
+    if let Some(why) = &why {
+        eprintln!("device auto: {why}; using the CPU");
+    }
+    why.is_none()
+}
+
 /// Number of CUDA devices, or an error when there is no usable driver.
 pub fn device_count() -> Result<usize> {
     check_driver_library()?;

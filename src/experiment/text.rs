@@ -12,6 +12,20 @@ use super::diagnostics::{Diagnostics, SplitFit};
 /// The terminal width the tables fit.
 pub const COLUMNS: usize = 80;
 
+/// The long `--help` text of a command line that runs the experiment (the `cifar10` example's):
+/// what a run does, where it writes, how to stop and resume it, and the exit statuses.
+pub const LONG_HELP: &str =
+    "Two-stage class-reweighting experiment on CIFAR-10 (evenclass).\n\nStage 1 trains with uniform class \
+    weights; stage 2 retrains from scratch with weights w_c = (mean(r) / r_c)^p from stage 1's per-class \
+    recall on a validation split held out of the training set (--val-size; --weights-from test gives the \
+    practitioner's original variant). With --compare, trains and compares the methods of --methods over \
+    --seeds seeds instead (comparison.md, comparison.csv, methods.svg/.png). Writes report.json, \
+    per_class.csv, recall.png/.svg and the models to --out, which always holds one complete run: a run in \
+    progress lives in .OUT.partial beside it (checkpointed every epoch) and replaces --out only when finished. \
+    The plan and its estimated duration print first.\n\nCtrl-C finishes the current step, writes a checkpoint \
+    and exits (status 130); rerun with the same flags plus --resume to continue. A second Ctrl-C exits at \
+    once.\n\nInvalid flags exit with status 2, other errors with 1.";
+
 /// The command that continues an interrupted run: `prefix` (how the program is started, e.g.
 /// `cargo run --release --example cifar10 --`), then the run's own arguments quoted for a POSIX
 /// shell, without `--overwrite` (which would discard the run) and with `--resume`.
