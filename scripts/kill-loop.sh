@@ -48,23 +48,7 @@ fail() { echo "kill-loop: FAILED: $*" >&2; exit 1; }
 check_whole() {
     local dir=$1
     [ -f "$dir/run.json" ] || fail "$dir has no run.json: $(ls -A "$dir" | tr '\n' ' ')"
-    python3 - "$dir" <<'EOF' || fail "$dir is not one whole run"
-import json, os, sys
-d = sys.argv[1]
-run = json.load(open(os.path.join(d, "run.json")))
-listed = set(run["files"])
-present = set(os.listdir(d)) - {"run.json"}
-problems = []
-if not run.get("complete"):
-    problems.append("run.json does not say complete")
-if listed - present:
-    problems.append("missing: " + ", ".join(sorted(listed - present)))
-if present - listed:
-    problems.append("not of this run: " + ", ".join(sorted(present - listed)))
-if problems:
-    sys.exit("; ".join(problems))
-print(run["run_id"])
-EOF
+    python3 scripts/check-run-folder.py "$dir" || fail "$dir is not one whole run"
 }
 
 models() { (cd "$1" && sha256sum stage1.safetensors stage2.safetensors); }

@@ -190,7 +190,11 @@ impl RunDir {
     pub fn start(&self, manifest: &RunManifest) -> Result<(), ReportError> {
         self.discard_in_progress()?;
         fs::create_dir(&self.staging).map_err(io("create directory", &self.staging))?;
-        self.write_manifest(manifest)
+        // A folder without its manifest is no run: leave nothing behind that `--resume` would
+        // find and refuse (a full disk fails here first).
+        self.write_manifest(manifest).inspect_err(|_| {
+            let _ = fs::remove_dir_all(&self.staging);
+        })
     }
 
     /// Rewrites the manifest of the run in progress.
