@@ -8,6 +8,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use evenclass::conv::{cpu, cuda as conv_cuda, Conv2dOpts, Conv2dShape};
 
+mod common;
+
 /// (name, input channels, output channels, input size, filter size, stride, pad)
 const LAYERS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
     ("16to16_32x32", 16, 16, 32, 3, 1, 1),
@@ -242,5 +244,48 @@ fn bench_gpu(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_cpu, bench_cpu_peak, bench_gpu);
+/// The seven convolutions of the default GPU network (width 64, depth 2; `src/train/model.rs`) at
+/// its batch, every pass, per algorithm: `net_gpu/{forward,backward_data,backward_weight}_ALGO/LAYER`.
+/// `scripts/compare_pytorch_gpu.py` times the same shapes in PyTorch and reads these ids.
+const GPU_NET_LAYERS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("net_stem_3to64_32x32", 3, 64, 32, 3, 1, 1),
+    ("net_64to128_32x32", 64, 128, 32, 3, 1, 1),
+    ("net_128to128_16x16", 128, 128, 16, 3, 1, 1),
+    ("net_128to256_16x16", 128, 256, 16, 3, 1, 1),
+    ("net_256to256_8x8", 256, 256, 8, 3, 1, 1),
+    ("net_256to512_8x8", 256, 512, 8, 3, 1, 1),
+    ("net_512to512_4x4", 512, 512, 4, 3, 1, 1),
+];
+const GPU_NET_BATCH: usize = 512;
+
+fn bench_gpu_net(c: &mut Criterion) {
+    let Some(stream) = common::gpu_stream("net_gpu") else { return };
+    let mut g = c.benchmark_group("net_gpu");
+    g.sample_size(10);
+    for &layer in GPU_NET_LAYERS {
+        let sh = shape(GPU_NET_BATCH, layer);
+        let up = |v: Vec<f32>| stream.clone_htod(&v).expect("upload");
+        let (x, w, dy) = (up(values(sh.input_len(), 1)), up(values(sh.filter_len(), 2)), up(values(sh.output_len(), 4)));
+        let mut y = stream.alloc_zeros::<f32>(sh.output_len()).expect("alloc");
+        let mut dx = stream.alloc_zeros::<f32>(sh.input_len()).expect("alloc");
+        let mut dw = stream.alloc_zeros::<f32>(sh.filter_len()).expect("alloc");
+        let none: Option<&cudarc::driver::CudaSlice<f32>> = None;
+        g.throughput(Throughput::Elements(sh.flops() as u64));
+        g.bench_function(BenchmarkId::new("forward_fp32", layer.0), |bn| {
+            common::gpu_iter(bn, &stream, || conv_cuda::forward(&stream, &sh, &x, &w, none, &mut y).unwrap())
+        });
+        if layer.1 > 3 {
+            // The stem's input gradient is never needed (the images are not trained).
+            g.bench_function(BenchmarkId::new("backward_data_fp32", layer.0), |bn| {
+                common::gpu_iter(bn, &stream, || conv_cuda::backward_data(&stream, &sh, &dy, &w, &mut dx).unwrap())
+            });
+        }
+        g.bench_function(BenchmarkId::new("backward_weight_fp32", layer.0), |bn| {
+            common::gpu_iter(bn, &stream, || conv_cuda::backward_weight(&stream, &sh, &x, &dy, &mut dw, 0.0).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_cpu, bench_cpu_peak, bench_gpu, bench_gpu_net);
 criterion_main!(benches);

@@ -48,6 +48,7 @@ git rev-parse HEAD > "$stage/COMMIT" 2>/dev/null || true
 # Every binary embeds the same kernel images: one xz stream with a large window stores them once.
 tar -C "$stage" -cf - . | xz -9e --lzma2=preset=9e,dict=192MiB -T1 > "$dest/bin.tar.xz"
 cp scripts/run-gpu.sh "$dest/run-gpu.sh"
+cp scripts/compare_pytorch_gpu.py "$dest/compare_pytorch_gpu.py"
 
 # The compact CIFAR-10 copy and its unpacker, when ../shared has them (the training pack cut to
 # TRAIN_LIMIT records to fit the transfer limit).
