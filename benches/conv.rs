@@ -265,7 +265,8 @@ fn bench_gpu_net(c: &mut Criterion) {
     for &layer in GPU_NET_LAYERS {
         let sh = shape(GPU_NET_BATCH, layer);
         let up = |v: Vec<f32>| stream.clone_htod(&v).expect("upload");
-        let (x, w, dy) = (up(values(sh.input_len(), 1)), up(values(sh.filter_len(), 2)), up(values(sh.output_len(), 4)));
+        let (x, w, dy) =
+            (up(values(sh.input_len(), 1)), up(values(sh.filter_len(), 2)), up(values(sh.output_len(), 4)));
         let mut y = stream.alloc_zeros::<f32>(sh.output_len()).expect("alloc");
         let mut dx = stream.alloc_zeros::<f32>(sh.input_len()).expect("alloc");
         let mut dw = stream.alloc_zeros::<f32>(sh.filter_len()).expect("alloc");

@@ -55,7 +55,8 @@ fn files() -> &'static Files {
         };
         let stop = AtomicBool::new(true);
         let stopping = RunOptions { stop: Some(&stop), silent: true, ..Default::default() };
-        let RunOutcome::Stopped { checkpoint, .. } = experiment::run(&be, &spec(dir.path().join("stopped")), &stopping).unwrap()
+        let RunOutcome::Stopped { checkpoint, .. } =
+            experiment::run(&be, &spec(dir.path().join("stopped")), &stopping).unwrap()
         else {
             panic!("the tiny run did not stop")
         };

@@ -928,3 +928,82 @@ fn null_row_is_uniform_with_another_training_seed() {
     let csv = std::fs::read_to_string(out.join("intervals.csv")).unwrap();
     assert!(csv.lines().any(|l| l.contains(",uniform,null,") && l.contains(",f1_spread,2,")), "{csv}");
 }
+
+/// Every file `--resume` and `--stage2-only` read back, truncated, bit-flipped or replaced by
+/// another run's, is refused with an error that names it, and the run folder is left as it was:
+/// the checkpoint checks its own checksum, the finished trainings' files are checked against the
+/// checksums the manifest recorded when they were written.
+#[test]
+fn corrupted_files_are_refused_naming_them() {
+    type Damage = fn(&[u8], &[u8]) -> Vec<u8>;
+    let damages: [(&str, Damage); 3] = [
+        ("truncated", |b, _| b[..b.len() / 2].to_vec()),
+        ("bit-flipped", |b, _| {
+            let mut v = b.to_vec();
+            let i = v.len() * 3 / 4;
+            v[i] ^= 0x10;
+            v
+        }),
+        ("another run's", |_, other| other.to_vec()),
+    ];
+    let t = tempfile::tempdir().unwrap();
+    // Another run's files, with another seed: same names, other contents.
+    let other = t.path().join("other");
+    assert_eq!(run_interrupted(&other, &["--synthetic", "--seed", "9"]).unwrap(), Ended::Stopped);
+    let other_ck = std::fs::read(t.path().join(".other.partial/checkpoints/stage1.ckpt")).unwrap();
+    let other_done = t.path().join("other-done");
+    run(&other_done, &["--synthetic", "--seed", "9"]).unwrap();
+
+    // The checkpoint of an interrupted run.
+    for (what, damage) in damages {
+        let out = t.path().join(format!("ck-{}", what.replace(' ', "-").replace('\'', "")));
+        assert_eq!(run_interrupted(&out, &["--synthetic"]).unwrap(), Ended::Stopped);
+        let ck = out
+            .with_file_name(format!(".{}.partial/checkpoints/stage1.ckpt", out.file_name().unwrap().to_str().unwrap()));
+        let good = std::fs::read(&ck).unwrap();
+        std::fs::write(&ck, damage(&good, &other_ck)).unwrap();
+        let e = run(&out, &["--synthetic", "--resume"]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&ck.display().to_string()), "{what} checkpoint: {msg}");
+        assert!(!is_usage(&e), "{what} checkpoint: a data error, exit status 1: {msg}");
+        std::fs::write(&ck, &good).unwrap();
+        assert_eq!(run(&out, &["--synthetic", "--resume"]).unwrap(), Ended::Finished, "{what}: intact again");
+    }
+
+    // The files --stage2-only reads from a finished run.
+    for name in ["stage1.json", "stage1.safetensors"] {
+        for (what, damage) in damages {
+            let out = t.path().join(format!("s2-{name}-{}", what.replace(' ', "-").replace('\'', "")));
+            run(&out, &["--synthetic"]).unwrap();
+            let path = out.join(name);
+            let good = std::fs::read(&path).unwrap();
+            let before = std::fs::read(out.join(MANIFEST)).unwrap();
+            std::fs::write(&path, damage(&good, &std::fs::read(other_done.join(name)).unwrap())).unwrap();
+            let e = run(&out, &["--synthetic", "--stage2-only", "--exponent", "2", "--overwrite"]).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(&path.display().to_string()) && msg.contains("corrupted"), "{what} {name}: {msg}");
+            assert_eq!(std::fs::read(out.join(MANIFEST)).unwrap(), before, "{what} {name}: the run was changed");
+            assert!(!out.with_file_name(format!(".{}.partial", out.file_name().unwrap().to_str().unwrap())).exists());
+        }
+    }
+
+    // A finished training's file in an interrupted comparison: checked before it is reused.
+    let out = t.path().join("cmp");
+    let flags = ["--synthetic", "--compare", "--methods", "uniform,reweight", "--seeds", "1"];
+    let mut stops = 0;
+    assert_eq!(run_interrupted(&out, &[&flags[..], &["--overwrite"]].concat()).unwrap(), Ended::Stopped);
+    let partial = t.path().join(".cmp.partial");
+    let resume = [&flags[..], &["--resume"]].concat();
+    while !partial.join("s0-uniform.json").exists() {
+        assert_eq!(run_interrupted(&out, &resume).unwrap(), Ended::Stopped);
+        stops += 1;
+        assert!(stops < 100, "uniform never finished");
+    }
+    let path = partial.join("s0-uniform.json");
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &good[..good.len() - 3]).unwrap();
+    let e = run(&out, &resume).unwrap_err();
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(run(&out, &resume).unwrap(), Ended::Finished);
+}

@@ -8,7 +8,7 @@ use crate::confusion::Metrics;
 use crate::data::{self, DataFingerprint, DataSource, Dataset};
 use crate::json::{describe_diffs, diff_fields};
 use crate::methods::{weights_from_metrics, BiasKind, Method, RecallSplit, Weights};
-use crate::report::run_dir::{OutState, RunDir, RunManifest};
+use crate::report::run_dir::{Checked, OutState, RunDir, RunManifest};
 use crate::report::{self, Report, StageReport};
 use crate::train::{
     self, Backend, Checkpoint, DeviceData, EpochEnd, EpochHook, EvalOptions, MemoryEstimate, Model, ModelConfig,
@@ -225,14 +225,27 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
             // The exponent only shapes stage 2: rerunning stage 2 with another p is the point.
             check_same_run(&prev.meta, &config, &fingerprint, "stage 1", &["exponent", "weights_from"])?;
         }
-        let m = RunManifest::new(meta);
+        if let (true, OutState::Run(prev)) = (spec.stage2_only, &published) {
+            // Before anything is written: a corrupted stage 1 leaves no trace.
+            for ext in ["json", "safetensors"] {
+                let name = format!("{}.{ext}", specs[0].key);
+                if RunDir::verify(dir.out(), prev, &name)? == Checked::NotRecorded {
+                    say!(opts, "note: {} has no checksum (a run of an older build): not verified", name);
+                }
+            }
+        }
+        let mut m = RunManifest::new(meta);
         dir.start(&m)?;
         if let (true, OutState::Run(prev)) = (spec.stage2_only, &published) {
             let key = &specs[0].key;
+            let mut copied = Vec::new();
             for ext in ["json", "safetensors"] {
-                let (from, to) = (dir.out().join(format!("{key}.{ext}")), dir.staging().join(format!("{key}.{ext}")));
+                let name = format!("{key}.{ext}");
+                let (from, to) = (dir.out().join(&name), dir.staging().join(&name));
                 std::fs::copy(&from, &to).map_err(ExperimentError::io("copy (--stage2-only)", &from))?;
+                copied.push(name);
             }
+            dir.record(&mut m, &copied)?;
             let path = dir.out().join(format!("{key}.json"));
             say!(opts, "{}:\n  reusing {} of run {}", specs[0].name, path.display(), prev.run_id);
         }
@@ -250,7 +263,13 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     // Trainings already finished in the run folder (a resumed run, or stage 1 for --stage2-only).
     for (i, st) in specs.iter().enumerate() {
         let path = dir.staging().join(format!("{}.json", st.key));
-        if path.exists() {
+        if path.exists() && !finished_intact(&dir, &manifest, st)? {
+            say!(
+                opts,
+                "{}: its files were written but not recorded before the interruption: training it again",
+                st.name
+            );
+        } else if path.exists() {
             let s: StageReport = read_json(&path)?;
             if s.class_weights.len() != classes {
                 return Err(ExperimentError::Refused(format!(
@@ -347,11 +366,18 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
         match run_stage(be, &stage)? {
             Some((mut s, b)) => {
                 s.seed = Some(st.seed);
+                let mut written = vec![format!("{}.safetensors", st.key)];
                 for (method, b) in b {
-                    write_json(&dir.staging().join(format!("{}.{method}.json", st.key)), &b)?;
+                    let name = format!("{}.{method}.json", st.key);
+                    write_json(&dir.staging().join(&name), &b)?;
+                    written.push(name);
                     biased[i].push((method, b));
                 }
                 write_json(&dir.staging().join(format!("{}.json", st.key)), &s)?;
+                written.push(format!("{}.json", st.key));
+                written.retain(|f| dir.staging().join(f).exists());
+                // Checksums before the checkpoint goes: a file read back later is checked first.
+                dir.record(&mut manifest, &written)?;
                 let _ = std::fs::remove_file(&ck_path);
                 done.push(s);
             }
@@ -818,6 +844,20 @@ fn fit_bias<B: Backend>(
         epochs: Vec::new(),
         ..plain.clone()
     })
+}
+
+/// Whether the files of a finished training in the run in progress were recorded and are intact:
+/// `Ok(false)` when they were not recorded (the run stopped between writing and recording them:
+/// train it again), an error naming the file when one no longer matches its checksum.
+fn finished_intact(dir: &RunDir, manifest: &RunManifest, st: &StageSpec) -> Result<bool> {
+    let mut names = vec![format!("{}.json", st.key), format!("{}.safetensors", st.key)];
+    names.extend(st.fit_bias.iter().map(|kind| format!("{}.{}.json", st.key, kind.method())));
+    for name in &names {
+        if dir.staging().join(name).exists() && RunDir::verify(dir.staging(), manifest, name)? == Checked::NotRecorded {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {

@@ -61,6 +61,17 @@ pub enum ReportError {
         source: std::io::Error,
     },
 
+    /// A file of a run does not match the checksum its manifest recorded when it was written:
+    /// it was changed, truncated or replaced since.
+    #[error(
+        "{} is corrupted: its MD5 is {found}, but {} recorded {expected} when the run wrote it \
+         (truncated, changed or replaced since); run it again from the start (--overwrite, without \
+         --resume or --stage2-only)",
+        path.display(),
+        manifest.display()
+    )]
+    Corrupted { path: PathBuf, manifest: PathBuf, expected: String, found: String },
+
     /// A file was written in another format version than this build reads (`found` is `None`
     /// when it carries no version, as files from before versioning).
     #[error(

@@ -59,6 +59,11 @@ pub struct RunManifest {
     pub files: Vec<String>,
     /// The caller's description of the run: configuration, data fingerprint, stages...
     pub meta: serde_json::Value,
+    /// MD5 (hex) of each file the run may read back (relative path), recorded by
+    /// [`RunDir::record`] when the file is written and for every file at publication; checked by
+    /// [`RunDir::verify`] before a file is used again. Empty in runs of older builds.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub checksums: std::collections::BTreeMap<String, String>,
 }
 
 impl RunManifest {
@@ -72,6 +77,7 @@ impl RunManifest {
             finished_utc: None,
             files: Vec::new(),
             meta,
+            checksums: Default::default(),
         }
     }
 }
@@ -206,6 +212,30 @@ impl RunDir {
         crate::fs::write_atomic(&path, &json).map_err(ReportError::from)
     }
 
+    /// Records the checksums of `files` (relative to the run in progress, each just written) in
+    /// `manifest` and rewrites it. Written after the files, so a crash in between leaves files
+    /// without a checksum, which [`RunDir::verify`] reports as [`Checked::NotRecorded`] (redo
+    /// them), never as corrupted.
+    pub fn record(&self, manifest: &mut RunManifest, files: &[String]) -> Result<(), ReportError> {
+        for f in files {
+            manifest.checksums.insert(f.clone(), file_md5(&self.staging.join(f))?);
+        }
+        self.write_manifest(manifest)
+    }
+
+    /// Checks the file `rel` of the run in `folder` (the run in progress or a published one)
+    /// against the checksum `manifest` recorded for it.
+    pub fn verify(folder: &Path, manifest: &RunManifest, rel: &str) -> Result<Checked, ReportError> {
+        let Some(expected) = manifest.checksums.get(rel) else { return Ok(Checked::NotRecorded) };
+        let path = folder.join(rel);
+        let found = file_md5(&path)?;
+        if found.eq_ignore_ascii_case(expected) {
+            Ok(Checked::Intact)
+        } else {
+            Err(ReportError::Corrupted { path, manifest: folder.join(MANIFEST), expected: expected.clone(), found })
+        }
+    }
+
     /// Deletes the run in progress, if any.
     pub fn discard_in_progress(&self) -> Result<(), ReportError> {
         match fs::remove_dir_all(&self.staging) {
@@ -223,6 +253,9 @@ impl RunDir {
         list_files(&self.staging, Path::new(""), &mut files).map_err(io("read", &self.staging))?;
         files.retain(|f| f != MANIFEST);
         files.sort();
+        for f in &files {
+            manifest.checksums.insert(f.clone(), file_md5(&self.staging.join(f))?);
+        }
         manifest.files = files;
         manifest.complete = true;
         manifest.finished_utc = Some(super::utc_now_rfc3339());
@@ -284,6 +317,24 @@ impl Drop for RunDir {
             let _ = fs::remove_file(&self.lock_path);
         }
     }
+}
+
+/// What [`RunDir::verify`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// The file matches its recorded checksum.
+    Intact,
+    /// The manifest has no checksum for it: written by an older build, or the run stopped between
+    /// writing the file and recording it.
+    NotRecorded,
+}
+
+/// MD5 (hex) of a file's bytes: it detects truncation, bit flips and another run's file; it is
+/// not meant to resist tampering.
+fn file_md5(path: &Path) -> Result<String, ReportError> {
+    use md5::{Digest, Md5};
+    let bytes = fs::read(path).map_err(io("read", path))?;
+    Ok(Md5::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// How often [`take_lock`] starts over when the lock file it locked was deleted or replaced

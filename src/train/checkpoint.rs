@@ -8,7 +8,10 @@
 //! running loss sum and confusion counts of a partial epoch, and the epoch log so far.
 //!
 //! Files are written with [`crate::fs::write_atomic`]: a crash leaves either the previous
-//! checkpoint or the new one, never a torn file.
+//! checkpoint or the new one, never a torn file. The metadata key `checksum` holds the MD5 of the
+//! JSON metadata and of every tensor's bytes (state, optim, order, in that order): a file changed
+//! on disk afterwards (truncated, a flipped bit, another run's checkpoint under this name) is
+//! refused by [`Checkpoint::load`] naming the file, never resumed from.
 use std::path::Path;
 
 use rand_pcg::Pcg64;
@@ -21,7 +24,7 @@ use super::model::{Model, ModelConfig};
 use crate::{Error, Result};
 
 /// Version of the checkpoint layout; a file of another version is [`Error::FormatVersion`].
-pub const CHECKPOINT_FORMAT: u32 = 2;
+pub const CHECKPOINT_FORMAT: u32 = 3;
 
 /// The JSON part of a checkpoint (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +67,9 @@ pub struct Checkpoint {
     pub state: Vec<Vec<f32>>,
     pub optim: Vec<Vec<f32>>,
     pub order: Vec<i32>,
+    /// The file it was loaded from ([`Checkpoint::load`]), to name it in errors; `None` when
+    /// captured in memory.
+    pub source: Option<std::path::PathBuf>,
 }
 
 fn err(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -73,7 +79,7 @@ fn err(path: &Path, msg: impl std::fmt::Display) -> Error {
 impl Checkpoint {
     /// Captures `model`'s state and optimizer state with `meta` and `order`.
     pub fn capture<B: Backend>(be: &B, model: &Model<B>, meta: CheckpointMeta, order: Vec<i32>) -> Result<Self> {
-        Ok(Checkpoint { meta, state: model.state(be)?, optim: model.optimizer_state(be)?, order })
+        Ok(Checkpoint { meta, state: model.state(be)?, optim: model.optimizer_state(be)?, order, source: None })
     }
 
     /// The first non-finite value of the model's state or momentum, as a description.
@@ -98,7 +104,9 @@ impl Checkpoint {
                 Ok((name.clone(), v))
             })
             .collect::<Result<Vec<_>>>()?;
-        let meta = std::collections::HashMap::from([("checkpoint".to_string(), meta)]);
+        let checksum = checksum(&meta, bytes.iter().map(|(_, b, _)| b.as_slice()));
+        let meta =
+            std::collections::HashMap::from([("checkpoint".to_string(), meta), ("checksum".to_string(), checksum)]);
         let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e))?;
         crate::fs::write_atomic(path, &data)
     }
@@ -128,8 +136,36 @@ impl Checkpoint {
                 expected: CHECKPOINT_FORMAT,
             });
         }
+        let recorded = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("checksum"))
+            .ok_or_else(|| err(path, "no `checksum` metadata"))?
+            .clone();
+        let meta_json = meta.clone();
         let meta: CheckpointMeta = serde_json::from_str(meta).map_err(|e| err(path, format!("metadata: {e}")))?;
         let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| err(path, e))?;
+        // The tensors in the order `save` hashed them.
+        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        let rank = |n: &str| match n.split_once(".t") {
+            Some(("state", i)) => (0, i.parse::<usize>().unwrap_or(usize::MAX)),
+            Some(("optim", i)) => (1, i.parse::<usize>().unwrap_or(usize::MAX)),
+            _ => (2, 0),
+        };
+        names.sort_by_key(|n| rank(n));
+        let tensors =
+            names.iter().map(|n| st.tensor(n).map(|t| t.data().to_vec())).collect::<std::result::Result<Vec<_>, _>>();
+        let tensors = tensors.map_err(|e| err(path, e))?;
+        let found = checksum(&meta_json, tensors.iter().map(Vec::as_slice));
+        if found != recorded {
+            return Err(err(
+                path,
+                format!(
+                    "corrupted: its contents hash to {found}, but it was written with {recorded} (truncated, \
+                     changed or replaced since); run again from the start with --overwrite"
+                ),
+            ));
+        }
         let mut state: Vec<Option<Vec<f32>>> = Vec::new();
         let mut optim: Vec<Option<Vec<f32>>> = Vec::new();
         let mut order = None;
@@ -172,8 +208,21 @@ impl Checkpoint {
             state: complete(state, "state")?,
             optim: complete(optim, "optim")?,
             order: order.ok_or_else(|| err(path, "no `order` tensor"))?,
+            source: Some(path.to_path_buf()),
         })
     }
+}
+
+/// MD5 (hex) of the metadata JSON and the tensors' bytes, in order.
+fn checksum<'a>(meta: &str, tensors: impl Iterator<Item = &'a [u8]>) -> String {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    h.update(meta.as_bytes());
+    for t in tensors {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first non-finite value of `state` (parameters, statistics) or `optim` (momentum).

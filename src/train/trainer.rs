@@ -273,7 +273,7 @@ pub fn train_with<B: Backend>(
     let mut order: Vec<i32> = (0..train.len() as i32).collect();
     let mut last_good: Option<PathBuf> = None;
     if let Some(ck) = control.resume {
-        check_resume(&ck.meta, &meta)?;
+        check_resume(&ck.meta, &meta, ck.source.as_deref())?;
         if ck.order.len() != train.len() || ck.order.iter().any(|&i| i < 0 || i as usize >= train.len()) {
             return Err(Error::shape("resume", "checkpoint's sample order does not fit the training set"));
         }
@@ -499,7 +499,7 @@ fn write_checkpoint<B: Backend>(
 
 /// A checkpoint fits this run when stage, model, hyper-parameters, class weights and training-set
 /// size are the same; otherwise an error naming each field that differs.
-fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta) -> Result<()> {
+fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta, source: Option<&std::path::Path>) -> Result<()> {
     let pick = |m: &CheckpointMeta| {
         serde_json::json!({
             "stage": m.stage,
@@ -523,7 +523,8 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta) -> Result<()> {
     } else {
         format!("fields that differ (class weights compared as f32 bits):\n{}", describe_diffs(&diffs))
     };
-    Err(Error::shape("resume", format!("the checkpoint does not belong to this run: {detail}")))
+    let which = source.map_or("the checkpoint".to_string(), |p| format!("the checkpoint {}", p.display()));
+    Err(Error::shape("resume", format!("{which} does not belong to this run: {detail}")))
 }
 
 /// Confusion counts (classes x classes, row = true class) of `model` on `data`, in eval mode
