@@ -222,6 +222,10 @@ fn reports_with_the_former_name_online_eg_read_and_merge_as_online_dro() {
     let seeds: Vec<u64> =
         merged.methods.iter().filter(|m| m.method.as_deref() == Some("online-dro")).filter_map(|m| m.seed).collect();
     assert_eq!(seeds, [0, 1, 2]);
+    // Pairing asked for under the old name finds the method under the new one.
+    let entries = paired_entries(&[read(SEED0)]).unwrap();
+    let effect = paired_effect(&entries, "uniform", "online-eg", 3).unwrap();
+    assert_eq!((effect.other.as_str(), effect.seeds.as_slice()), ("online-dro", &[0][..]));
 }
 
 #[test]
