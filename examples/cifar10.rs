@@ -21,7 +21,7 @@ impl ValueEnum for MethodArg {
         ALL.get_or_init(|| Method::ALL.map(MethodArg).to_vec())
     }
     fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(PossibleValue::new(self.0.name()).help(self.0.help()))
+        Some(PossibleValue::new(self.0.name()).help(self.0.help()).aliases(self.0.aliases().iter().copied()))
     }
 }
 
@@ -112,12 +112,18 @@ struct Args {
     /// With --compare: rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10 [default: 3].
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
-    /// With --compare: step of the online exponentiated-gradient weights (per epoch, on val. loss) [default: 0.3].
+    /// With --compare: step eta of online-dro, w_c *= exp(eta * val. loss_c) after each epoch [default: 0.3].
     #[arg(long, value_name = "ETA")]
     eg_step: Option<f64>,
     /// With --compare: exponent tau of the online difficulty weights (1 - validation recall)^tau [default: 1].
     #[arg(long, value_name = "TAU")]
     tau: Option<f64>,
+    /// With --compare: online-difficulty with CDB's dynamic tau = 2 sigmoid(max r / (min r + 0.01) - 1), not --tau.
+    #[arg(long, conflicts_with = "tau")]
+    cdb_dynamic: bool,
+    /// With --compare: epochs K that drw trains reweighted (its last K), 1 to epochs - 1 [default: ceil(epochs / 5)].
+    #[arg(long, value_name = "K")]
+    drw_epochs: Option<usize>,
     /// With --compare: weight decay of reweight-wd and uniform-wd [default: 5e-3; the usual one is 5e-4].
     #[arg(long, value_name = "WD")]
     strong_wd: Option<f64>,
@@ -164,6 +170,8 @@ impl Args {
                 rounds: self.rounds,
                 eg_step: self.eg_step,
                 tau: self.tau,
+                cdb_dynamic: self.cdb_dynamic,
+                drw_epochs: self.drw_epochs,
                 strong_wd: self.strong_wd,
                 sweep: self.sweep.clone(),
                 bias_budget: self.bias_budget,

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         compare: true,
         ..ExperimentSpec::default()
     };
-    spec.comparison.methods = Some(vec![Method::Reweight, Method::OnlineEg, Method::Bias]);
+    spec.comparison.methods = Some(vec![Method::Reweight, Method::OnlineDro, Method::Bias]);
     spec.comparison.seeds = Some(2);
     // Our own output: the run prints nothing; we print the table.
     let opts = RunOptions { silent: true, ..RunOptions::default() };

@@ -44,7 +44,7 @@ const COMPARE: &[&str] = &[
     "--seeds",
     "2",
     "--methods",
-    "reweight,iterated,online-eg,bias,bias-budget",
+    "reweight,iterated,online-dro,bias,bias-budget",
     "--rounds",
     "2",
     "--eg-step",

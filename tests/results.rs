@@ -182,17 +182,50 @@ fn nan_metrics_are_left_out_of_the_summaries() {
     let base = read(SEED0);
     let mut seeds12 = read("docs/results/2026-12-03-online-seeds-b6433b2/seeds12/report.json");
     let all = merged(&[SEED0, "docs/results/2026-12-03-online-seeds-b6433b2/seeds12/report.json"]);
-    for m in seeds12.report.methods.iter_mut().filter(|m| m.method.as_deref() == Some("online-eg")) {
+    for m in seeds12.report.methods.iter_mut().filter(|m| m.method.as_deref() == Some("online-dro")) {
         m.test.accuracy = f64::NAN;
     }
     let merged = merge_comparisons(&[base, seeds12]).unwrap();
-    let eg = merged.summaries().into_iter().find(|s| s.key == "online-eg").unwrap();
-    let seed0 = merged.methods.iter().find(|m| m.method.as_deref() == Some("online-eg")).unwrap();
+    let eg = merged.summaries().into_iter().find(|s| s.key == "online-dro").unwrap();
+    let seed0 = merged.methods.iter().find(|m| m.method.as_deref() == Some("online-dro")).unwrap();
     assert_eq!(eg.get("accuracy").unwrap().mean, seed0.test.accuracy);
     assert!(eg.get("accuracy").unwrap().sd.is_nan());
     let row = |table: &str| table.lines().find(|l| l.starts_with("| online EG")).unwrap().to_string();
     assert!(row(&all).contains("| 0,1,2 | 76.8 ± 0.1 |"), "{}", row(&all));
     assert!(row(&merged_markdown(&merged)).contains("| 0,1,2 | 76.7 | 76.8 ± 0.1 |"));
+}
+
+/// The published reports name online-dro by its former name, `online-eg`: read, it is
+/// `online-dro`, and a report written under the new name merges with them into the same table.
+#[test]
+fn reports_with_the_former_name_online_eg_read_and_merge_as_online_dro() {
+    let on_disk = published(SEED0);
+    assert!(on_disk.contains("\"method\": \"online-eg\""), "the fixture must use the old name");
+    let seed0 = read(SEED0);
+    let keys: Vec<&str> = seed0.report.methods.iter().filter_map(|m| m.method.as_deref()).collect();
+    assert!(keys.contains(&"online-dro") && !keys.contains(&"online-eg"), "{keys:?}");
+    // Seeds 1 and 2 as a new build writes them: the method key under the new name.
+    let folder = "docs/results/2026-12-03-online-seeds-b6433b2";
+    let text = published(&format!("{folder}/seeds12/report.json"));
+    let renamed = text.replace("\"method\": \"online-eg\"", "\"method\": \"online-dro\"");
+    assert_ne!(renamed, text);
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("report.json");
+    std::fs::write(&path, renamed).unwrap();
+    let mut new = ComparisonRun::read(&path).unwrap();
+    new.data = read(&format!("{folder}/seeds12/report.json")).data; // the manifest stays behind
+    let merged = merge_comparisons(&[seed0, new]).unwrap();
+    let got = merged_markdown(&merged);
+    let want = published(&format!("{folder}/merged.md"));
+    // Only the first line (the file names) differs.
+    assert_eq!(got.split_once('\n').unwrap().1, want.split_once('\n').unwrap().1);
+    let seeds: Vec<u64> =
+        merged.methods.iter().filter(|m| m.method.as_deref() == Some("online-dro")).filter_map(|m| m.seed).collect();
+    assert_eq!(seeds, [0, 1, 2]);
+    // Pairing asked for under the old name finds the method under the new one.
+    let entries = paired_entries(&[read(SEED0)]).unwrap();
+    let effect = paired_effect(&entries, "uniform", "online-eg", 3).unwrap();
+    assert_eq!((effect.other.as_str(), effect.seeds.as_slice()), ("online-dro", &[0][..]));
 }
 
 #[test]

@@ -618,14 +618,15 @@ fn write_hard_class_cifar(dir: &Path, per_batch: usize, test: usize) {
     std::fs::write(dir.join("test_batch.bin"), bytes).unwrap();
 }
 
-const ALL_METHODS: [&str; 13] = [
+const ALL_METHODS: [&str; 14] = [
     "uniform",
     "null",
     "reweight",
     "reweight-test",
     "iterated",
-    "online-eg",
+    "online-dro",
     "online-difficulty",
+    "drw",
     "bias",
     "bias-budget",
     "bias-f1",
@@ -727,7 +728,7 @@ fn online_weights_rise_for_the_hard_classes() {
         "--seeds",
         "1",
         "--methods",
-        "online-eg,online-difficulty,bias",
+        "online-dro,online-difficulty,drw,bias",
         "--train-subset",
         "1000",
         "--val-size",
@@ -750,7 +751,7 @@ fn online_weights_rise_for_the_hard_classes() {
     let hard = [3usize, 5];
     let easy_worst = (0..10).filter(|c| !hard.contains(c)).map(|c| val.recall[c]).fold(1.0, f64::min);
     assert!(val.recall[3].min(val.recall[5]) < easy_worst, "the data must make 3 and 5 hard: {:?}", val.recall);
-    for key in ["online-eg", "online-difficulty"] {
+    for key in ["online-dro", "online-difficulty"] {
         let m = r.methods.iter().find(|m| m.method.as_deref() == Some(key)).unwrap();
         let first = &m.epochs[0].class_weights;
         assert!(first.iter().all(|&w| w == 1.0), "{key} starts uniform");
@@ -767,10 +768,59 @@ fn online_weights_rise_for_the_hard_classes() {
         let last = &m.epochs.last().unwrap().class_weights;
         assert_eq!(m.class_weights, *last, "{key}: the method reports the last epoch's weights");
     }
+    // DRW (8 epochs: the last 2 reweighted) weights a hard class highest from epoch 7 on.
+    let drw = r.methods.iter().find(|m| m.method.as_deref() == Some("drw")).unwrap();
+    let w = &drw.class_weights;
+    let top = (0..10).max_by(|&a, &b| w[a].total_cmp(&w[b])).unwrap();
+    assert!(hard.contains(&top), "drw: weights {w:?}");
     let bias = r.methods.iter().find(|m| m.method.as_deref() == Some("bias")).unwrap();
     let b = bias.val.as_ref().unwrap();
     assert!(b.worst_recall() >= val.worst_recall(), "{} < {}", b.worst_recall(), val.worst_recall());
     assert!(b.recall_spread() <= val.recall_spread() + 1e-12);
+}
+
+/// drw trains uniform weights for exactly E - K epochs, then the weights (mean(r)/r_c)^p of its
+/// own validation recall for the last K, unchanged to the end; K defaults to the last fifth
+/// (rounded up) and enters the run's configuration only when drw is among the methods.
+#[test]
+fn drw_is_uniform_for_e_minus_k_epochs_then_reweighted() {
+    let t = tempfile::tempdir().unwrap();
+    for (k_flag, k) in [(None, 2), (Some("3"), 3)] {
+        let out = t.path().join(format!("out-{k}"));
+        let mut flags = vec!["--synthetic", "--compare", "--seeds", "1", "--methods", "drw", "--epochs", "6"];
+        flags.extend(["--train-subset", "300", "--val-size", "100"]);
+        if let Some(v) = k_flag {
+            flags.extend(["--drw-epochs", v]);
+        }
+        let (r, _) = run_report(&out, &flags);
+        let drw = r.methods.iter().find(|m| m.method.as_deref() == Some("drw")).unwrap();
+        assert_eq!(drw.epochs.len(), 6);
+        for (i, e) in drw.epochs.iter().enumerate() {
+            let uniform = e.class_weights.iter().all(|&w| w == 1.0);
+            assert_eq!(uniform, i < 6 - k, "K {k}, epoch {}: {:?}", i + 1, e.class_weights);
+            if i >= 6 - k {
+                assert_eq!(e.class_weights, drw.class_weights, "K {k}: one set of weights to the end");
+            }
+        }
+        // (mean(r)/r_c)^p with p = 4: r_c is proportional to w_c^(-1/4). The validation split
+        // holds 10 images of each class (a class with none correct counts as one), so
+        // r_c / r_max = n_c / n_max with whole n_c, n_max in [1, 10]: some n_max makes every
+        // ratio whole (tolerance 1e-4: the weights passed through f32, 7 digits).
+        let w = &drw.class_weights;
+        assert!(w.iter().all(|w| w.is_finite() && *w > 0.0) && w.iter().any(|&x| x != w[0]), "{w:?}");
+        let roots: Vec<f64> = w.iter().map(|w| w.powf(-0.25)).collect();
+        let top = roots.iter().copied().fold(0.0, f64::max);
+        let whole = |n: f64| roots.iter().all(|r| (r / top * n - (r / top * n).round()).abs() < 1e-4);
+        assert!((1..=10).any(|n| whole(n as f64)), "K {k}: {w:?} are not (mean(r)/r_c)^4 of a recall");
+        assert_eq!(r.config["compare"]["drw_epochs"], k, "{}", r.config);
+        assert!(drw.name.contains(&format!("last {k} ep")), "{}", drw.name);
+    }
+    // Without drw, the configuration has no drw_epochs (earlier runs' configurations stay valid).
+    let (r, _) = run_report(
+        &t.path().join("none"),
+        &["--synthetic", "--compare", "--seeds", "1", "--methods", "null", "--epochs", "1"],
+    );
+    assert!(r.config["compare"].get("drw_epochs").is_none(), "{}", r.config);
 }
 
 /// A compare run interrupted after every step and resumed each time publishes the same
@@ -785,7 +835,8 @@ fn compare_interrupted_at_every_step_resumes_to_the_same_results() {
         "--seeds",
         "1",
         "--methods",
-        "bias,online-eg",
+        "bias,online-eg,online-difficulty,drw",
+        "--cdb-dynamic",
         "--train-subset",
         "150",
         "--val-size",
@@ -806,7 +857,12 @@ fn compare_interrupted_at_every_step_resumes_to_the_same_results() {
         evenclass::report::read_report(out.join("report.json")).unwrap(),
         evenclass::report::read_report(fresh.join("report.json")).unwrap(),
     );
-    assert_eq!(a.methods.len(), 3);
+    assert_eq!(a.methods.len(), 5);
+    // The rules changed the weights (so that the comparison below compares something).
+    for key in ["online-dro", "online-difficulty", "drw"] {
+        let m = a.methods.iter().find(|m| m.method.as_deref() == Some(key)).unwrap();
+        assert!(m.class_weights.iter().any(|&w| w != 1.0), "{key}: {:?}", m.class_weights);
+    }
     for (x, y) in a.methods.iter().zip(&b.methods) {
         assert_eq!((&x.name, &x.class_weights, &x.bias), (&y.name, &y.class_weights, &y.bias));
         assert_eq!((&x.test, &x.val), (&y.test, &y.val), "{}", x.name);
@@ -831,6 +887,12 @@ fn bad_validation_split_or_compare_flags_are_errors_before_training() {
         (&["--synthetic", "--rounds", "3"], "--rounds only applies with --compare"),
         (&["--synthetic", "--tau", "2"], "--tau only applies with --compare"),
         (&["--synthetic", "--eg-step", "0.5"], "--eg-step only applies with --compare"),
+        (&["--synthetic", "--drw-epochs", "1"], "--drw-epochs only applies with --compare"),
+        (&["--synthetic", "--cdb-dynamic"], "--cdb-dynamic only applies with --compare"),
+        (&["--synthetic", "--compare", "--cdb-dynamic", "--tau", "2"], "--cdb-dynamic cannot be used with --tau"),
+        (&["--synthetic", "--compare", "--epochs", "3", "--drw-epochs", "0"], "--drw-epochs 0: out of range"),
+        (&["--synthetic", "--compare", "--epochs", "3", "--drw-epochs", "3"], "from 1 to 2"),
+        (&["--synthetic", "--compare", "--epochs", "1", "--drw-epochs", "1"], "drw needs --epochs 2"),
         (&["--synthetic", "--strong-wd", "0.01"], "--strong-wd only applies with --compare"),
         (&["--synthetic", "--bias-budget", "2"], "--bias-budget only applies with --compare"),
     ];

@@ -1,6 +1,6 @@
 //! The planner: which trainings a spec runs, in dependency order, and which comparison rows
 //! are read from them.
-use crate::methods::{BiasKind, Method, MethodId, OnlineRule, RecallSplit, Weights};
+use crate::methods::{drw_default_epochs, BiasKind, Method, MethodId, OnlineRule, RecallSplit, Weights};
 use crate::train::{ModelConfig, TrainConfig};
 
 use super::spec::ExperimentSpec;
@@ -190,15 +190,33 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
             let label = format!("iterated reweight, {} rounds", cmp.rounds());
             method(&mut methods, Method::Iterated.into(), label, prev);
         }
-        if want(Method::OnlineEg) {
+        if want(Method::OnlineDro) {
             let w = Weights::Online(OnlineRule::Eg { step: cmp.eg_step() });
-            let r = add(&mut specs, stage("online-eg".into(), "online EG".into(), w));
-            method(&mut methods, Method::OnlineEg.into(), format!("online EG (val loss, step {})", cmp.eg_step()), r);
+            let r = add(&mut specs, stage("online-dro".into(), "online DRO".into(), w));
+            let label = format!("online DRO (val loss, step {})", cmp.eg_step());
+            method(&mut methods, Method::OnlineDro.into(), label, r);
         }
         if want(Method::OnlineDifficulty) {
-            let w = Weights::Online(OnlineRule::Difficulty { tau: cmp.tau() });
+            let w = Weights::Online(OnlineRule::Difficulty { tau: cmp.tau(), dynamic: cmp.cdb_dynamic });
             let r = add(&mut specs, stage("online-difficulty".into(), "online difficulty".into(), w));
-            method(&mut methods, Method::OnlineDifficulty.into(), format!("online (1 - val recall)^{}", cmp.tau()), r);
+            let label = if cmp.cdb_dynamic {
+                "online (1 - val recall)^tau, CDB's dynamic tau".to_string()
+            } else {
+                format!("online (1 - val recall)^{}", cmp.tau())
+            };
+            method(&mut methods, Method::OnlineDifficulty.into(), label, r);
+        }
+        if want(Method::Drw) {
+            let w = Weights::Online(OnlineRule::Drw { reweighted: cmp.drw_epochs, exponent: p });
+            let r = add(&mut specs, stage("drw".into(), format!("DRW p={p}"), w));
+            // The reweighted epochs, when the run's epochs are known here.
+            let k = cmp.drw_epochs.or_else(|| spec.epochs.map(drw_default_epochs));
+            let label = match k {
+                Some(0) => format!("DRW p={p} (uniform: no epoch to defer to)"),
+                Some(k) => format!("DRW p={p} (val recall, last {k} ep)"),
+                None => format!("DRW p={p} (val recall, last fifth)"),
+            };
+            method(&mut methods, Method::Drw.into(), label, r);
         }
         if want(Method::Bias) {
             method(&mut methods, Method::Bias.into(), "post-hoc logit bias (val) on uniform".into(), u);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::confusion::Metrics;
 use crate::data::{self, DataFingerprint, DataSource, Dataset};
 use crate::json::{describe_diffs, diff_fields};
-use crate::methods::{weights_from_metrics, BiasKind, Method, RecallSplit, Weights};
+use crate::methods::{drw_default_epochs, weights_from_metrics, BiasKind, Method, RecallSplit, Weights};
 use crate::report::run_dir::{Checked, OutState, RunDir, RunManifest};
 use crate::report::{self, Report, StageReport};
 use crate::train::{
@@ -173,6 +173,14 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
         None
     };
     let plan = plan(spec, gpu, classes);
+    if let Some(k) = spec.comparison.drw_epochs {
+        // Uniform for at least one epoch, reweighted for at least one.
+        let e = plan.train.epochs;
+        if !(1..e).contains(&k) {
+            let fix = if e < 2 { "drw needs --epochs 2 or more".to_string() } else { format!("from 1 to {}", e - 1) };
+            return Err(usage(format!("--drw-epochs {k}: out of range for {e} epoch(s): {fix}")));
+        }
+    }
     if plan.train.batch_size > train_set.len() {
         return Err(usage(format!(
             "--batch-size {} is larger than the {} training images: use at most {}",
@@ -207,7 +215,8 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     }
 
     // ---- the run folder ----
-    let (specs, method_specs) = stages(spec);
+    // With the run's epochs resolved, so that drw's label says how many epochs it reweights.
+    let (specs, method_specs) = stages(&ExperimentSpec { epochs: Some(plan.train.epochs), ..spec.clone() });
     let meta = serde_json::json!({
         "config": config,
         "data": fingerprint,
@@ -503,6 +512,7 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
         (spec.data.synthetic && spec.data.dir.is_some(), "--synthetic", "--data-dir"),
         (spec.resume && spec.stage2_only, "--resume", "--stage2-only"),
         (spec.compare && spec.stage2_only, "--compare", "--stage2-only"),
+        (c.cdb_dynamic && c.tau.is_some(), "--cdb-dynamic", "--tau"),
     ] {
         if set {
             return Err(usage(format!("{a} cannot be used with {b}")));
@@ -516,6 +526,8 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
             (c.rounds.is_some(), "--rounds"),
             (c.eg_step.is_some(), "--eg-step"),
             (c.tau.is_some(), "--tau"),
+            (c.cdb_dynamic, "--cdb-dynamic"),
+            (c.drw_epochs.is_some(), "--drw-epochs"),
             (c.strong_wd.is_some(), "--strong-wd"),
             (!c.sweep.is_empty(), "--sweep"),
             (c.bias_budget.is_some(), "--bias-budget"),
@@ -560,7 +572,7 @@ fn val_size_error(val_size: usize, e: &data::DataError, train: usize, classes: u
 /// have the same).
 fn config_json(spec: &ExperimentSpec, plan: &Plan, train: usize, test: usize, val: usize) -> serde_json::Value {
     let c = &spec.comparison;
-    serde_json::json!({
+    let mut config = serde_json::json!({
         "model": plan.model,
         "train": plan.train,
         "exponent": spec.exponent,
@@ -580,7 +592,19 @@ fn config_json(spec: &ExperimentSpec, plan: &Plan, train: usize, test: usize, va
             "sweep": c.sweep,
             "long_epochs": c.long_epochs,
         })),
-    })
+    });
+    // Settings added later enter only the runs that use them, so that earlier runs (and their
+    // report.json) keep the configuration they were written with and still resume and merge.
+    if let Some(cmp) = config.get_mut("compare").and_then(serde_json::Value::as_object_mut) {
+        if c.methods().contains(&Method::Drw) {
+            let k = c.drw_epochs.unwrap_or_else(|| drw_default_epochs(plan.train.epochs));
+            cmp.insert("drw_epochs".into(), k.into());
+        }
+        if c.cdb_dynamic && c.methods().contains(&Method::OnlineDifficulty) {
+            cmp.insert("tau".into(), "cdb-dynamic".into());
+        }
+    }
+    config
 }
 
 /// Estimated seconds of evaluation per image relative to a training image (a forward pass
@@ -712,9 +736,15 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
         say!(opts, "{}", st.clock.tick());
         match (online, st.val_data) {
             // The trainer monitors the validation split here (see `monitor` below).
-            (Some(rule), Some(val)) => {
-                rule.next_weights(be, model, val, end.monitor, end.weights, cfg.eval_batch_size).map(Some)
-            }
+            (Some(rule), Some(val)) => rule.next_weights(
+                be,
+                model,
+                val,
+                end.monitor,
+                end.weights,
+                (end.epoch, cfg.epochs),
+                cfg.eval_batch_size,
+            ),
             _ => Ok(None),
         }
     };

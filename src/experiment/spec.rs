@@ -47,10 +47,16 @@ pub struct CompareSpec {
     pub seeds: Option<usize>,
     /// Rounds of iterated reweighting (round 1 is the practitioner's recipe), 2 to 10 (default 3).
     pub rounds: Option<usize>,
-    /// Step of the online exponentiated-gradient weights (default 0.3).
+    /// Step eta of online-dro's exponentiated-gradient weights (default 0.3).
     pub eg_step: Option<f64>,
     /// Exponent tau of the online difficulty weights (default 1).
     pub tau: Option<f64>,
+    /// CDB's dynamic tau for the online difficulty weights instead of a fixed one (see
+    /// [`cdb_dynamic_tau`](crate::methods::cdb_dynamic_tau)).
+    pub cdb_dynamic: bool,
+    /// Epochs K of drw trained with the recall weights (its last K; 1 to epochs - 1) [the last
+    /// fifth, [`drw_default_epochs`](crate::methods::drw_default_epochs)].
+    pub drw_epochs: Option<usize>,
     /// Weight decay of reweight-wd and uniform-wd (default 5e-3).
     pub strong_wd: Option<f64>,
     /// Further reweighting exponents (the exponent sweep).
@@ -72,7 +78,7 @@ impl CompareSpec {
         self.rounds.unwrap_or(3)
     }
 
-    /// Step of the online exponentiated-gradient weights.
+    /// Step of online-dro's exponentiated-gradient weights.
     pub fn eg_step(&self) -> f64 {
         self.eg_step.unwrap_or(0.3)
     }

@@ -35,10 +35,19 @@ pub enum Method {
     /// Iterated reweighting: each round multiplies the weights by (mean(r)/r_c)^p of the
     /// previous round's validation recall.
     Iterated,
-    /// Online exponentiated-gradient weights from per-class validation loss, every epoch.
-    OnlineEg,
-    /// Online difficulty weights (1 - validation recall_c)^tau, every epoch.
+    /// Online group-DRO weights: after every epoch, `w_c <- w_c exp(eta * validation loss_c)`,
+    /// mean 1 (a per-epoch, validation-loss variant of the exponentiated-gradient update of
+    /// group DRO, Sagawa et al., ICLR 2020, which updates per minibatch on training loss).
+    /// Formerly `online-eg`, still read under that name.
+    #[serde(alias = "online-eg")]
+    OnlineDro,
+    /// Online difficulty weights (1 - validation recall_c)^tau, every epoch (CDB-CE of Sinha et
+    /// al., ACCV 2020, with a fixed tau, or their dynamic tau with `--cdb-dynamic`).
     OnlineDifficulty,
+    /// Deferred re-weighting (DRW, Cao et al., NeurIPS 2019): one training, uniform weights for
+    /// its first epochs, then `(mean(r)/r_c)^p` from its own validation recall for the last
+    /// `--drw-epochs`.
+    Drw,
     /// Post-hoc per-class logit bias fitted on validation logits of stage 1 (no retraining),
     /// for the highest worst-class recall.
     Bias,
@@ -58,14 +67,15 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order of the comparison.
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 14] = [
         Method::Uniform,
         Method::Null,
         Method::Reweight,
         Method::ReweightTest,
         Method::Iterated,
-        Method::OnlineEg,
+        Method::OnlineDro,
         Method::OnlineDifficulty,
+        Method::Drw,
         Method::Bias,
         Method::BiasBudget,
         Method::BiasF1,
@@ -74,7 +84,7 @@ impl Method {
         Method::UniformWd,
     ];
 
-    /// The method's name (its serde name): `online-eg`.
+    /// The method's name (its serde name): `online-dro`.
     pub fn name(self) -> &'static str {
         match self {
             Method::Uniform => "uniform",
@@ -82,8 +92,9 @@ impl Method {
             Method::Reweight => "reweight",
             Method::ReweightTest => "reweight-test",
             Method::Iterated => "iterated",
-            Method::OnlineEg => "online-eg",
+            Method::OnlineDro => "online-dro",
             Method::OnlineDifficulty => "online-difficulty",
+            Method::Drw => "drw",
             Method::Bias => "bias",
             Method::BiasBudget => "bias-budget",
             Method::BiasF1 => "bias-f1",
@@ -101,14 +112,41 @@ impl Method {
             Method::Reweight => "weights (mean(r)/r_c)^p from stage 1's validation recall",
             Method::ReweightTest => "the same from stage 1's TEST recall (the practitioner's variant)",
             Method::Iterated => "reweighting iterated over --rounds rounds",
-            Method::OnlineEg => "online exponentiated-gradient weights from validation loss",
-            Method::OnlineDifficulty => "online weights (1 - validation recall_c)^tau",
+            Method::OnlineDro => "group DRO per epoch: w_c *= exp(eta * val. loss_c) (was online-eg)",
+            Method::OnlineDifficulty => "online weights (1 - val. recall_c)^tau (CDB-CE)",
+            Method::Drw => "uniform, then (mean(r)/r_c)^p for the last --drw-epochs (DRW)",
             Method::Bias => "post-hoc logit bias for the highest worst-class recall",
             Method::BiasBudget => "the same within --bias-budget points of accuracy",
             Method::BiasF1 => "post-hoc logit bias for the highest worst-class F1",
             Method::BiasF1Budget => "the same within --bias-budget points of accuracy",
             Method::ReweightWd => "reweighting with strong weight decay (--strong-wd)",
             Method::UniformWd => "uniform weights with the same weight decay",
+        }
+    }
+
+    /// The method's former names, still accepted on the command line and in report.json.
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Method::OnlineDro => &["online-eg"],
+            _ => &[],
+        }
+    }
+
+    /// The method of a name or former name ([`aliases`](Self::aliases)).
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name || m.aliases().contains(&name))
+    }
+
+    /// The current key of a method key read from a report (`online-eg` is `online-dro`; a
+    /// parameterized key such as `online-eg-long` too); other keys unchanged.
+    pub fn canonical_key(key: &str) -> String {
+        let (base, long) = match key.strip_suffix("-long") {
+            Some(b) => (b, "-long"),
+            None => (key, ""),
+        };
+        match Method::ALL.into_iter().find(|m| m.aliases().contains(&base)) {
+            Some(m) => format!("{}{long}", m.name()),
+            None => key.to_string(),
         }
     }
 
@@ -135,7 +173,7 @@ impl FromStr for Method {
     type Err = UnknownMethod;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Method::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| UnknownMethod { name: s.to_string() })
+        Method::from_name(s).ok_or_else(|| UnknownMethod { name: s.to_string() })
     }
 }
 
@@ -261,19 +299,58 @@ pub fn weights_from_metrics(
     Ok(w)
 }
 
-/// An online reweighting rule (see [`crate::cross_entropy::weights`]), run after every epoch.
+/// An online reweighting rule (see [`crate::cross_entropy::weights`]), run after every epoch
+/// but the last.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OnlineRule {
-    /// `w_c <- w_c exp(step * validation loss_c)`, mean 1 (group-DRO's exponentiated gradient).
+    /// `w_c <- w_c exp(step * validation loss_c)`, mean 1: group DRO's exponentiated-gradient
+    /// update, once per epoch on validation loss (`online-dro`).
     Eg { step: f64 },
-    /// `w_c ∝ (1 - validation recall_c)^tau`.
-    Difficulty { tau: f64 },
+    /// `w_c ∝ (1 - validation recall_c)^tau` (CDB-CE); with `dynamic`, tau is recomputed every
+    /// epoch by [`cdb_dynamic_tau`] and `tau` is unused.
+    Difficulty { tau: f64, dynamic: bool },
+    /// Deferred re-weighting: uniform until the end of epoch `E - K` (E: the training's epochs,
+    /// K: `reweighted`, else [`drw_default_epochs`]), then `(mean(r)/r_c)^exponent` from the
+    /// validation recall at that epoch's end, kept to the last epoch.
+    Drw { reweighted: Option<usize>, exponent: f64 },
+}
+
+/// DRW's reweighted epochs by default: the last fifth of training, as the paper's CIFAR
+/// schedule (reweighting from epoch 160 of 200), rounded up: `ceil(E / 5)`, at least 1 and at
+/// most `E - 1`; 0 when `E < 2` (no epoch is left to defer to: the training stays uniform).
+pub fn drw_default_epochs(epochs: usize) -> usize {
+    epochs.div_ceil(5).max(1).min(epochs.saturating_sub(1))
+}
+
+/// CDB's dynamic tau (Sinha et al., ACCV 2020, as their code computes it):
+/// `tau = 2 sigmoid(max_c A_c / (min_c A_c + 0.01) - 1)` with `A_c` the per-class accuracy
+/// (here validation recall). Equal accuracies give tau just under 1 (the 0.01 keeps b just
+/// under 0); the wider the gap between the best and the worst class, the closer tau comes to 2.
+pub fn cdb_dynamic_tau(acc: &[f64]) -> f64 {
+    let max = acc.iter().copied().fold(0.0, f64::max);
+    let min = acc.iter().copied().fold(1.0, f64::min);
+    let b = max / (min + 0.01) - 1.0;
+    2.0 / (1.0 + (-b).exp())
 }
 
 impl OnlineRule {
-    /// The weights after an epoch, from the model on the validation split `val`. `val_counts`:
-    /// the trainer's evaluation of that split at this epoch's end, which the difficulty rule
-    /// reuses; the EG rule needs the logits and evaluates again.
+    /// Whether the rule sets new weights after `epoch` of `epochs` epochs (counted from 1):
+    /// after every epoch for EG and difficulty, after epoch `E - K` only for DRW.
+    pub fn updates_after(self, epoch: usize, epochs: usize) -> bool {
+        match self {
+            OnlineRule::Eg { .. } | OnlineRule::Difficulty { .. } => true,
+            OnlineRule::Drw { reweighted, .. } => {
+                let k = reweighted.unwrap_or_else(|| drw_default_epochs(epochs));
+                k > 0 && epoch + k == epochs
+            }
+        }
+    }
+
+    /// The weights from the next epoch on, after `epoch` of `epochs` epochs (counted from 1),
+    /// from the model on the validation split `val`; `None` to keep the weights `now`.
+    /// `val_counts`: the trainer's evaluation of that split at this epoch's end, which the
+    /// recall rules reuse; the EG rule needs the logits and evaluates again.
+    #[allow(clippy::too_many_arguments)]
     pub fn next_weights<B: Backend>(
         self,
         be: &B,
@@ -281,13 +358,23 @@ impl OnlineRule {
         val: &DeviceData<B>,
         val_counts: Option<&ConfusionMatrix>,
         now: &[f32],
+        (epoch, epochs): (usize, usize),
         eval_batch: usize,
-    ) -> crate::Result<Vec<f32>> {
+    ) -> crate::Result<Option<Vec<f32>>> {
         let classes = model.config.classes;
         let eval = |be: &B, model: &mut Model<B>, keep_logits: bool| {
             let opts = EvalOptions { batch_size: eval_batch, keep_logits, ..Default::default() };
             train::evaluate_with(be, model, val, &opts)
         };
+        let metrics = |be: &B, model: &mut Model<B>| -> crate::Result<Metrics> {
+            Ok(match val_counts {
+                Some(c) => c.metrics(),
+                None => eval(be, model, false)?.confusion.metrics(),
+            })
+        };
+        if !self.updates_after(epoch, epochs) {
+            return Ok(None);
+        }
         let w = match self {
             OnlineRule::Eg { step } => {
                 let ev = eval(be, model, true)?;
@@ -296,15 +383,14 @@ impl OnlineRule {
                 let now: Vec<f64> = now.iter().map(|&w| f64::from(w)).collect();
                 eg_update(&now, &loss, step)?
             }
-            OnlineRule::Difficulty { tau } => {
-                let recall = match val_counts {
-                    Some(c) => c.metrics().recall,
-                    None => eval(be, model, false)?.confusion.metrics().recall,
-                };
+            OnlineRule::Difficulty { tau, dynamic } => {
+                let recall = metrics(be, model)?.recall;
+                let tau = if dynamic { cdb_dynamic_tau(&recall) } else { tau };
                 difficulty_weights(&recall, tau, 0.01)?
             }
+            OnlineRule::Drw { exponent, .. } => weights_from_metrics(&metrics(be, model)?, &[], exponent, false)?,
         };
-        Ok(w.into_iter().map(|w| w as f32).collect())
+        Ok(Some(w.into_iter().map(|w| w as f32).collect()))
     }
 }
 
@@ -388,5 +474,63 @@ mod tests {
         assert!(e.to_string().contains("online-difficulty"), "{e}");
         assert!("sweep-pnan".parse::<MethodId>().is_err());
         assert!("nothing-long".parse::<MethodId>().is_err());
+    }
+
+    /// `online-eg` (the name before `online-dro`) still reads everywhere a name is read, and is
+    /// written under the new name; no alias is another method's name.
+    #[test]
+    fn former_names_read_as_the_current_ones() {
+        assert_eq!("online-eg".parse::<Method>().unwrap(), Method::OnlineDro);
+        assert_eq!("online-eg-long".parse::<MethodId>().unwrap(), MethodId::Long(Method::OnlineDro));
+        assert_eq!(serde_json::from_str::<Method>("\"online-eg\"").unwrap(), Method::OnlineDro);
+        assert_eq!(serde_json::from_str::<MethodId>("\"online-eg\"").unwrap().to_string(), "online-dro");
+        assert_eq!(serde_json::to_string(&Method::OnlineDro).unwrap(), "\"online-dro\"");
+        assert_eq!(Method::canonical_key("online-eg"), "online-dro");
+        assert_eq!(Method::canonical_key("online-eg-long"), "online-dro-long");
+        for key in ["online-dro", "sweep-p2", "reweight-long", "not-a-method"] {
+            assert_eq!(Method::canonical_key(key), key);
+        }
+        for m in Method::ALL {
+            for a in m.aliases() {
+                assert!(Method::ALL.iter().all(|o| o.name() != *a), "{a} is a name and an alias");
+            }
+        }
+    }
+
+    /// DRW: uniform for exactly E - K epochs (the rule sets weights once, after epoch E - K, and
+    /// they hold to the end); the default K is the last fifth, rounded up, within [1, E - 1].
+    #[test]
+    fn drw_reweights_once_after_epoch_e_minus_k() {
+        assert_eq!([1, 2, 5, 6, 8, 10, 30, 200].map(drw_default_epochs), [0, 1, 1, 2, 2, 2, 6, 40]);
+        for epochs in 1..=40 {
+            for reweighted in [None, Some(1), Some(3), Some(epochs.max(2) - 1)] {
+                let rule = OnlineRule::Drw { reweighted, exponent: 4.0 };
+                let k = reweighted.unwrap_or_else(|| drw_default_epochs(epochs));
+                let updates: Vec<usize> = (1..epochs).filter(|&e| rule.updates_after(e, epochs)).collect();
+                let want = if k == 0 || k >= epochs { vec![] } else { vec![epochs - k] };
+                assert_eq!(updates, want, "{epochs} epochs, K {reweighted:?}");
+            }
+        }
+        // The per-epoch rules update after every epoch.
+        for rule in [OnlineRule::Eg { step: 0.3 }, OnlineRule::Difficulty { tau: 1.0, dynamic: true }] {
+            assert!((1..8).all(|e| rule.updates_after(e, 8)));
+        }
+    }
+
+    /// CDB's dynamic tau: 2 sigmoid(b), b = max/(min + 0.01) - 1: about 1 for equal accuracies.
+    #[test]
+    fn cdb_dynamic_tau_follows_the_gap_between_best_and_worst_class() {
+        // b = 0.7 / 0.71 - 1 = -0.0141, so tau = 0.99296 (to 1e-5, rounded by hand).
+        let equal = cdb_dynamic_tau(&[0.7; 10]);
+        assert!((equal - 0.99296).abs() < 1e-5, "{equal}");
+        // b = 0.9 / 0.31 - 1; tolerance 1e-12: one exp and a few divisions in f64.
+        let b: f64 = 0.9 / 0.31 - 1.0;
+        let want = 2.0 / (1.0 + (-b).exp());
+        assert!((cdb_dynamic_tau(&[0.9, 0.3, 0.5]) - want).abs() < 1e-12);
+        // A class at 0 recall: b = 100 * max - 1, tau saturates at 2 (in f64, exactly).
+        let t = cdb_dynamic_tau(&[1.0, 0.0]);
+        assert!(t > 1.999 && t <= 2.0, "{t}");
+        let wider = cdb_dynamic_tau(&[0.9, 0.2]);
+        assert!(wider > cdb_dynamic_tau(&[0.9, 0.6]) && wider < 2.0);
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::compare::{summarize_entries, MethodSummary, Stat, METRICS};
 use super::{Report, ReportError, StageReport};
+use crate::methods::Method;
 
 /// One `--compare` run read from disk: its report and what identifies its data.
 #[derive(Clone, Debug)]
@@ -228,13 +229,16 @@ pub fn paired_entries(runs: &[ComparisonRun]) -> Result<Vec<StageReport>, Report
 
 /// OTHER minus BASE on every seed that has both methods among `entries` (entries without a seed
 /// are not paired), for the class at index `class`. No such seed is
-/// [`ReportError::NoPairedSeeds`].
+/// [`ReportError::NoPairedSeeds`]. A former method name is taken for the current one (the
+/// entries were read under the current names).
 pub fn paired_effect(
     entries: &[StageReport],
     base: &str,
     other: &str,
     class: usize,
 ) -> Result<PairedEffect, ReportError> {
+    let (base, other) = (Method::canonical_key(base), Method::canonical_key(other));
+    let (base, other) = (base.as_str(), other.as_str());
     let find = |key: &str, seed: u64| entries.iter().find(|m| m.method.as_deref() == Some(key) && m.seed == Some(seed));
     let mut seeds: Vec<u64> = entries
         .iter()

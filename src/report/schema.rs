@@ -31,8 +31,10 @@ pub struct StageReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// In [`Report::methods`]: the method's key (e.g. `"bias"`); entries with the same key are
-    /// the same method on other seeds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// the same method on other seeds. A former name is read as the current one
+    /// ([`Method::canonical_key`](crate::methods::Method::canonical_key): `online-eg` is
+    /// `online-dro`), so that old reports merge with new ones.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "method_key")]
     pub method: Option<String>,
     /// In [`Report::methods`]: the key of the trained model the method evaluates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,6 +42,12 @@ pub struct StageReport {
     /// A per-class logit bias applied at prediction (`argmax_c(logit_c + bias[c])`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<Vec<f64>>,
+}
+
+/// A method key as written, under its current name.
+fn method_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let key: Option<String> = Option::deserialize(d)?;
+    Ok(key.map(|k| crate::methods::Method::canonical_key(&k)))
 }
 
 impl StageReport {

@@ -41,6 +41,8 @@ pub fn spec_of_flags(out: &Path, flags: &[&str]) -> ExperimentSpec {
             "--long-epochs" => c.long_epochs = Some(value().parse().unwrap()),
             "--eg-step" => c.eg_step = Some(value().parse().unwrap()),
             "--tau" => c.tau = Some(value().parse().unwrap()),
+            "--cdb-dynamic" => c.cdb_dynamic = true,
+            "--drw-epochs" => c.drw_epochs = Some(value().parse().unwrap()),
             "--strong-wd" => c.strong_wd = Some(value().parse().unwrap()),
             "--bias-budget" => c.bias_budget = Some(value().parse().unwrap()),
             other => panic!("flag {other} is not mapped"),
