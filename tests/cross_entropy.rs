@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_close, gpu, labels, rng, uniform, POISON};
-use evenclass::cross_entropy::{cpu, cuda, weights_from_recall, Options, Reduction};
+use evenclass::cross_entropy::{cpu, cuda, weights_from_recall, LogitAdjust, Options, Reduction};
 use evenclass::Error;
 use ndarray::{arr1, arr2, Array1, Array2};
 
@@ -191,6 +191,132 @@ fn practitioner_weights() {
     assert!(w.iter().all(|v| v.is_finite()) && w[1] > w[2] && w[2] > w[0]);
     assert!(weights_from_recall(&[0.9, 1.2], 4.0, 0.001).is_err());
     assert!(weights_from_recall(&[0.9], 4.0, 0.0).is_err());
+}
+
+// ---- Logit scale and offset (LogitAdjust) ---------------------------------------------------
+
+/// A random case: logits, targets (one ignored), weights, scale in [0.3, 2.5], offset in [-2, 2].
+#[allow(clippy::type_complexity)]
+fn adjusted_case(n: usize, c: usize, seed: u64) -> (Array2<f32>, Array1<i32>, Array1<f32>, Vec<f32>, Vec<f32>) {
+    let mut r = rng(seed);
+    let x = Array2::from_shape_vec((n, c), uniform(&mut r, n * c, -3.0, 3.0)).unwrap();
+    let mut t = Array1::from(labels(&mut r, n, c));
+    t[n / 2] = -7;
+    let w = Array1::from(uniform(&mut r, c, 0.1, 2.0));
+    let scale = uniform(&mut r, c, 0.3, 2.5);
+    let offset = uniform(&mut r, c, -2.0, 2.0);
+    (x, t, w, scale, offset)
+}
+
+fn all_options() -> Vec<Options> {
+    let mut v = vec![];
+    for reduction in [Reduction::None, Reduction::Sum, Reduction::Mean] {
+        for eps in [0.0, 0.2] {
+            v.push(opts(Some(-7), eps, reduction));
+        }
+    }
+    v
+}
+
+#[test]
+fn adjusted_with_none_is_bit_identical_to_the_plain_loss() {
+    let (x, t, w, _, _) = adjusted_case(9, 7, 31);
+    for o in all_options() {
+        for wt in [None, Some(w.view())] {
+            let (l0, g0) = cpu::forward_backward(x.view(), t.view(), wt, &o).unwrap();
+            let (l1, g1) = cpu::forward_backward_adjusted(x.view(), t.view(), wt, &LogitAdjust::NONE, &o).unwrap();
+            let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(l0.as_slice().unwrap()), bits(l1.as_slice().unwrap()), "{o:?}");
+            assert_eq!(bits(g0.as_slice().unwrap()), bits(g1.as_slice().unwrap()), "{o:?}");
+            // Scale all ones and offset all zeros, given explicitly, are bit-identical too.
+            let (ones, zeros) = (vec![1.0f32; 7], vec![0.0f32; 7]);
+            let a = LogitAdjust { scale: Some(&ones), offset: Some(&zeros) };
+            let (l2, g2) = cpu::forward_backward_adjusted(x.view(), t.view(), wt, &a, &o).unwrap();
+            assert_eq!(bits(l0.as_slice().unwrap()), bits(l2.as_slice().unwrap()), "{o:?}");
+            assert_eq!(bits(g0.as_slice().unwrap()), bits(g2.as_slice().unwrap()), "{o:?}");
+        }
+    }
+}
+
+#[test]
+fn adjusted_equals_the_plain_loss_on_adjusted_logits() {
+    // Loss: the same function of u, so only the f32 rounding of u = s*x + o (done here in f32,
+    // in f64 inside the reference) differs: |u| <= 2.5*3 + 2 < 16, one f32 ulp there is 1e-6,
+    // and the loss is 1-Lipschitz in each u_c per unit weight: 1e-5 relative is ample.
+    // Gradient: dL/dx_c = s_c * dL/du_c, so the plain gradient on u times s_c.
+    let (x, t, w, scale, offset) = adjusted_case(11, 6, 32);
+    let u = Array2::from_shape_fn(x.dim(), |(i, k)| scale[k] * x[[i, k]] + offset[k]);
+    for o in all_options() {
+        let a = LogitAdjust { scale: Some(&scale), offset: Some(&offset) };
+        let (la, ga) = cpu::forward_backward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o).unwrap();
+        let (lp, gp) = cpu::forward_backward(u.view(), t.view(), Some(w.view()), &o).unwrap();
+        let gp = Array2::from_shape_fn(gp.dim(), |(i, k)| gp[[i, k]] * scale[k]);
+        assert_close(&format!("loss {o:?}"), la.as_slice().unwrap(), lp.as_slice().unwrap(), 1e-5, 1e-5);
+        assert_close(&format!("grad {o:?}"), ga.as_slice().unwrap(), gp.as_slice().unwrap(), 1e-5, 1e-5);
+        // Forward alone gives the fused pass's loss.
+        let lf = cpu::forward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o).unwrap();
+        assert_eq!(lf, la);
+    }
+}
+
+#[test]
+fn adjusted_backward_matches_finite_differences() {
+    let (n, c) = (6, 5);
+    let mut seed = 40;
+    for o in all_options() {
+        for which in 0..3 {
+            seed += 1;
+            let (x, t, w, scale, offset) = adjusted_case(n, c, seed);
+            let a = match which {
+                0 => LogitAdjust { scale: Some(&scale), offset: None },
+                1 => LogitAdjust { scale: None, offset: Some(&offset) },
+                _ => LogitAdjust { scale: Some(&scale), offset: Some(&offset) },
+            };
+            let go = Array1::from(uniform(&mut rng(seed + 1000), o.loss_len(n), 0.5, 1.5));
+            let grad = cpu::backward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o, go.view()).unwrap();
+            let f = |x: &Array2<f32>| -> f64 {
+                let l = cpu::forward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o).unwrap();
+                l.iter().zip(go.iter()).map(|(&a, &b)| a as f64 * b as f64).sum()
+            };
+            // Step 1e-2 in x is at most 2.5e-2 in u; the central difference's error is O(h^2 *
+            // third derivative * s^3), the f32 loss rounding ~1e-7 / h: the same bound as the
+            // plain check_grad, widened for scales up to 2.5.
+            let h = 1e-2f32;
+            for i in 0..n {
+                for k in 0..c {
+                    let (mut xp, mut xm) = (x.clone(), x.clone());
+                    xp[[i, k]] += h;
+                    xm[[i, k]] -= h;
+                    let fd = ((f(&xp) - f(&xm)) / (2.0 * h as f64)) as f32;
+                    let g = grad[[i, k]];
+                    assert!((g - fd).abs() <= 3e-3 + 2e-2 * fd.abs(), "{o:?} {a:?} grad[{i},{k}] = {g}, fd {fd}");
+                }
+            }
+            let (_, fused) = cpu::forward_backward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o).unwrap();
+            let ones = Array1::from_elem(o.loss_len(n), 1.0f32);
+            let unit = cpu::backward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o, ones.view()).unwrap();
+            assert_close("fused", fused.as_slice().unwrap(), unit.as_slice().unwrap(), 1e-7, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn adjusted_lengths_are_checked() {
+    let (x, t, _, scale, offset) = adjusted_case(4, 3, 33);
+    let o = opts(Some(-7), 0.0, Reduction::Mean);
+    let short = &scale[..2];
+    let a = LogitAdjust { scale: Some(short), offset: None };
+    let e = cpu::forward_adjusted(x.view(), t.view(), None, &a, &o).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { .. }) && e.to_string().contains("logit scale has 2 elements, expected 3"),
+        "{e}"
+    );
+    let long = [offset.clone(), vec![0.0]].concat();
+    let a = LogitAdjust { scale: Some(&scale), offset: Some(&long) };
+    let e = cpu::forward_backward_adjusted(x.view(), t.view(), None, &a, &o).unwrap_err();
+    assert!(e.to_string().contains("logit offset has 4 elements, expected 3"), "{e}");
+    assert!(LogitAdjust::NONE.is_none() && LogitAdjust::default() == LogitAdjust::NONE);
+    assert!(LogitAdjust::NONE.check("x", 3).is_ok());
 }
 
 // ---- GPU against the CPU reference -----------------------------------------------------------
