@@ -521,3 +521,94 @@ fn difficulty_weights_follow_one_minus_accuracy_to_the_tau() {
     assert!(difficulty_weights(&[0.5], -1.0, 0.01).is_err());
     assert!(difficulty_weights(&[0.5], 1.0, 0.0).is_err());
 }
+
+/// The adjusted kernel against the adjusted CPU reference, each adjustment kind, fused and split
+/// passes, on poisoned outputs.
+fn gpu_adjusted_case<T: evenclass::cuda::Dtype>(n: usize, c: usize, o: Options, which: usize, seed: u64, tol: f32) {
+    let s = gpu();
+    let mut r = rng(seed);
+    let xt: Vec<T> = uniform(&mut r, n * c, -4.0, 4.0).into_iter().map(T::from_f32).collect();
+    let x = Array2::from_shape_vec((n, c), xt.iter().map(|v| v.to_f32()).collect()).unwrap();
+    let mut t = labels(&mut r, n, c);
+    if n > 3 {
+        t[n / 2] = -100;
+    }
+    let w: Vec<f32> = uniform(&mut r, c, 0.2, 3.0);
+    let scale: Vec<f32> = uniform(&mut r, c, 0.3, 2.0);
+    let offset: Vec<f32> = uniform(&mut r, c, -2.0, 2.0);
+    let (use_s, use_o) = [(true, false), (false, true), (true, true)][which];
+    let host = LogitAdjust { scale: use_s.then_some(&scale[..]), offset: use_o.then_some(&offset[..]) };
+    let (wa, ta) = (Array1::from(w.clone()), Array1::from(t.clone()));
+    let (want_loss, want_grad) =
+        cpu::forward_backward_adjusted(x.view(), ta.view(), Some(wa.view()), &host, &o).unwrap();
+
+    let (dx, dt, dw) = (s.clone_htod(&xt).unwrap(), s.clone_htod(&t).unwrap(), s.clone_htod(&w).unwrap());
+    let (ds, doff) = (s.clone_htod(&scale).unwrap(), s.clone_htod(&offset).unwrap());
+    let (sv, ov, wv) = (ds.as_view(), doff.as_view(), dw.as_view());
+    let dev = cuda::LogitAdjust { scale: use_s.then_some(&sv), offset: use_o.then_some(&ov) };
+    let mut loss = s.clone_htod(&vec![POISON; o.loss_len(n)]).unwrap();
+    let mut grad = s.clone_htod(&vec![T::from_f32(POISON); n * c]).unwrap();
+    let mut ws = cuda::Workspace::new(&s).unwrap();
+    let (xv, tv) = (dx.as_view(), dt.as_view());
+    cuda::forward_backward_adjusted(&s, &mut ws, &xv, &tv, Some(&wv), &dev, c, &o, &mut loss, &mut grad).unwrap();
+    let got_loss = s.clone_dtoh(&loss).unwrap();
+    let got_grad: Vec<f32> = s.clone_dtoh(&grad).unwrap().into_iter().map(|v| v.to_f32()).collect();
+    let what = format!("{} n={n} c={c} {o:?} scale={use_s} offset={use_o}", T::SUFFIX);
+    assert_close(&format!("loss {what}"), &got_loss, want_loss.as_slice().unwrap(), tol, tol);
+    assert_close(&format!("grad {what}"), &got_grad, want_grad.as_slice().unwrap(), tol * 1e-2, tol);
+
+    let mut loss2 = s.clone_htod(&vec![POISON; o.loss_len(n)]).unwrap();
+    cuda::forward_adjusted(&s, &mut ws, &xv, &tv, Some(&wv), &dev, c, &o, &mut loss2).unwrap();
+    assert_close(&format!("forward {what}"), &s.clone_dtoh(&loss2).unwrap(), &got_loss, 1e-6, 1e-6);
+    let go = s.clone_htod(&vec![1.0f32; o.loss_len(n)]).unwrap();
+    let mut grad2 = s.clone_htod(&vec![T::from_f32(POISON); n * c]).unwrap();
+    cuda::backward_adjusted(&s, &mut ws, &xv, &tv, Some(&wv), &dev, c, &o, &go.as_view(), &mut grad2).unwrap();
+    let g2: Vec<f32> = s.clone_dtoh(&grad2).unwrap().into_iter().map(|v| v.to_f32()).collect();
+    assert_close(&format!("backward {what}"), &g2, &got_grad, 1e-6, 1e-6);
+}
+
+// Tolerances are those of the plain GPU tests (gpu_case): the adjustment adds one f32 multiply
+// and add per logit (relative error 2^-23 each, |u| <= 10 here) ahead of the same f32 reductions,
+// far below 1e-4; f16/bf16 tolerances cover the storage rounding of the gradient.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_adjusted_matches_cpu() {
+    let mut seed = 900;
+    for (n, c) in SIZES {
+        for o in [Options::default(), opts(Some(-100), 0.1, Reduction::None), opts(Some(-100), 0.0, Reduction::Sum)] {
+            for which in 0..3 {
+                seed += 1;
+                gpu_adjusted_case::<f32>(n, c, o, which, seed, 1e-4);
+            }
+        }
+        seed += 1;
+        let o = opts(Some(-100), 0.1, Reduction::Mean);
+        gpu_adjusted_case::<half::f16>(n, c, o, 2, seed, 1e-2);
+        gpu_adjusted_case::<half::bf16>(n, c, o, 2, seed, 2e-2);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_adjusted_lengths_are_checked() {
+    let s = gpu();
+    let (n, c) = (4, 3);
+    let dx = s.clone_htod(&vec![0.5f32; n * c]).unwrap();
+    let dt = s.clone_htod(&vec![1i32; n]).unwrap();
+    let short = s.clone_htod(&[1.0f32, 2.0]).unwrap();
+    let sv = short.as_view();
+    let mut loss = s.clone_htod(&[POISON]).unwrap();
+    let mut grad = s.clone_htod(&vec![POISON; n * c]).unwrap();
+    let mut ws = cuda::Workspace::new(&s).unwrap();
+    for dev in
+        [cuda::LogitAdjust { scale: Some(&sv), offset: None }, cuda::LogitAdjust { scale: None, offset: Some(&sv) }]
+    {
+        let (xv, tv) = (dx.as_view(), dt.as_view());
+        let o = Options::default();
+        let e = cuda::forward_backward_adjusted(&s, &mut ws, &xv, &tv, None, &dev, c, &o, &mut loss, &mut grad)
+            .unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("logit"), "{e}");
+    }
+    // Nothing was written on the error.
+    assert_eq!(s.clone_dtoh(&loss).unwrap(), vec![POISON]);
+}
