@@ -301,6 +301,53 @@ fn adjusted_backward_matches_finite_differences() {
 }
 
 #[test]
+fn adjusted_pytorch_values() {
+    // From scripts/pytorch_logit_adjust.py (PyTorch, f64, autograd through u = s * x + o, then
+    // F.cross_entropy(u, t, weight, ignore_index=-100, ...)); the gradient is of the summed loss.
+    // Tolerance 1e-6: the reference accumulates in f64 but rounds its outputs to f32 (|v| < 4).
+    let (s, o) = ([1.5f32, 0.5, 2.0], [0.25f32, -1.0, 0.75]);
+    let a = LogitAdjust { scale: Some(&s), offset: Some(&o) };
+    let t = arr1(&[2, 0, -100, 1]);
+    let w = arr1(&W);
+    let (l, g) =
+        cpu::forward_backward_adjusted(x4().view(), t.view(), Some(w.view()), &a, &Options::default()).unwrap();
+    assert_close("mean loss", l.as_slice().unwrap(), &[1.25667886], 1e-6, 1e-6);
+    let want = [
+        0.00641767286,
+        0.00037174144,
+        -0.0100438629,
+        -0.0611411035,
+        0.000760735695,
+        0.0784785286,
+        0.0,
+        0.0,
+        0.0,
+        0.413083745,
+        -0.138035892,
+        0.00136524297,
+    ];
+    assert_close("mean grad", g.as_slice().unwrap(), &want, 1e-6, 1e-6);
+    let o2 = opts(Some(-100), 0.1, Reduction::None);
+    let (l, g) = cpu::forward_backward_adjusted(x4().view(), t.view(), Some(w.view()), &a, &o2).unwrap();
+    assert_close("none loss", l.as_slice().unwrap(), &[0.20283372, 0.263418504, 0.0, 3.10851112], 1e-6, 1e-6);
+    let want = [
+        0.00527539842,
+        -0.0107818446,
+        0.0360935138,
+        -0.0862561325,
+        -0.00916257834,
+        0.15165849,
+        0.0,
+        0.0,
+        0.0,
+        1.04238002,
+        -0.321662868,
+        -0.103188548,
+    ];
+    assert_close("none grad", g.as_slice().unwrap(), &want, 1e-6, 1e-6);
+}
+
+#[test]
 fn adjusted_lengths_are_checked() {
     let (x, t, _, scale, offset) = adjusted_case(4, 3, 33);
     let o = opts(Some(-7), 0.0, Reduction::Mean);
