@@ -11,6 +11,11 @@
 //   dx_ic = g_i * ((1 - eps) * w[t_i] * (p_c - [c == t_i])  +  (eps / C) * (W * p_c - w[c])),
 //   W = sum_c w[c],  g_i = grad_output[i] (none) or grad_output / total_weight (mean).
 //
+// Logit adjustment (optional, per class): the loss above is taken on u_c = s_c * x_c + o_c, and
+// the gradient with respect to x_c is s_c times the one above with u in place of x. `scale` and
+// `offset` are null when absent; has_scale/has_offset select a template instance, so the plain
+// path has no extra loads or arithmetic.
+//
 // Three launches, only the second reads the logits (one pass for loss and gradient together):
 //   1. cross_entropy_prepare: validates targets (first bad sample -> *first_bad), and computes
 //      stats[0] = total target weight of non-ignored samples, stats[1] = W. One block, so the
@@ -35,6 +40,8 @@ struct CeParams {
     int32_t reduction;        // 0 none, 1 sum, 2 mean
     float label_smoothing;    // eps in [0, 1]
     int32_t grad_output_len;  // 0: upstream gradient 1; 1: a scalar; rows: one per sample
+    int32_t has_scale;        // 1: scale[c] multiplies logit c (VS-loss, temperature)
+    int32_t has_offset;       // 1: offset[c] is added to the scaled logit c (logit adjustment)
 };
 EC_CHECK_PARAMS(CeParams);
 
@@ -67,9 +74,19 @@ extern "C" __global__ void EC_BOUNDS_MAX_BLOCK
     }
 }
 
-template <typename T, bool WARP>
+// Logit c of a row after the optional adjustment: s_c * x_c + o_c.
+template <bool SCALE, bool OFFSET>
+__device__ __forceinline__ float adjusted(float x, int c, const float* __restrict__ scale,
+                                          const float* __restrict__ offset) {
+    if (SCALE) x *= scale[c];
+    if (OFFSET) x += offset[c];
+    return x;
+}
+
+template <typename T, bool WARP, bool SCALE, bool OFFSET>
 __device__ void ce_rows(const T* __restrict__ logits, const int32_t* __restrict__ targets,
-                        const float* __restrict__ weight, const float* __restrict__ stats,
+                        const float* __restrict__ weight, const float* __restrict__ scale,
+                        const float* __restrict__ offset, const float* __restrict__ stats,
                         const float* __restrict__ grad_output, float* __restrict__ row_loss, T* __restrict__ grad,
                         CeParams p) {
     __shared__ float scratch[32];
@@ -89,12 +106,13 @@ __device__ void ce_rows(const T* __restrict__ logits, const int32_t* __restrict_
             continue;
         }
         float m = -INFINITY;
-        for (int c = w.lane(); c < p.cols; c += w.width()) m = nan_max(m, to_f32(x[c]));
+        for (int c = w.lane(); c < p.cols; c += w.width())
+            m = nan_max(m, adjusted<SCALE, OFFSET>(to_f32(x[c]), c, scale, offset));
         m = w.max(m, scratch);
         // One pass for the normalizer and, with smoothing, sum_c w_c * (x_c - m).
         float s = 0.0f, wx = 0.0f;
         for (int c = w.lane(); c < p.cols; c += w.width()) {
-            const float v = to_f32(x[c]) - m;
+            const float v = adjusted<SCALE, OFFSET>(to_f32(x[c]), c, scale, offset) - m;
             s += expf(v);
             if (eps > 0.0f) wx += class_weight(weight, c, p) * v;
         }
@@ -102,7 +120,7 @@ __device__ void ce_rows(const T* __restrict__ logits, const int32_t* __restrict_
         if (eps > 0.0f) wx = w.sum(wx, scratch);
         const float lse = logf(s);  // logsumexp(x) - m
         const float wt = class_weight(weight, t, p);
-        const float nll = -(to_f32(x[t]) - m - lse);
+        const float nll = -(adjusted<SCALE, OFFSET>(to_f32(x[t]), t, scale, offset) - m - lse);
         // sum_c w_c * (-logp_c) = W * lse - sum_c w_c (x_c - m)
         const float smooth = eps > 0.0f ? weight_sum * lse - wx : 0.0f;
         if (row_loss && w.lane() == 0) row_loss[row] = (1.0f - eps) * wt * nll + eps_c * smooth;
@@ -113,21 +131,46 @@ __device__ void ce_rows(const T* __restrict__ logits, const int32_t* __restrict_
         const float a = g * (1.0f - eps) * wt;  // coefficient of the one-hot term
         const float b = g * eps_c;              // coefficient of the smoothing term
         for (int c = w.lane(); c < p.cols; c += w.width()) {
-            const float pc = expf(to_f32(x[c]) - m) * inv_s;
+            const float pc = expf(adjusted<SCALE, OFFSET>(to_f32(x[c]), c, scale, offset) - m) * inv_s;
             float d = a * (pc - (c == t ? 1.0f : 0.0f));
             if (eps > 0.0f) d += b * (weight_sum * pc - class_weight(weight, c, p));
+            if (SCALE) d *= scale[c];  // chain rule through u_c = s_c * x_c + o_c
             grad[row * p.cols + c] = from_f32<T>(d);
         }
     }
 }
 
-#define CE_ENTRY(T, SUF)                                                                                      \
-    extern "C" __global__ void EC_BOUNDS_MAX_BLOCK                                                            \
-        cross_entropy_fwd_bwd_##SUF(const T* logits, const int32_t* targets, const float* weight,             \
-                                    const float* stats, const float* grad_output, float* row_loss, T* grad,   \
-                                    CeParams p) {                                                             \
-        if (p.warp_per_row) ce_rows<T, true>(logits, targets, weight, stats, grad_output, row_loss, grad, p); \
-        else ce_rows<T, false>(logits, targets, weight, stats, grad_output, row_loss, grad, p);               \
+// Picks the instance for the row walker (warp or block per row) and the adjustment present.
+template <typename T>
+__device__ void ce_dispatch(const T* logits, const int32_t* targets, const float* weight, const float* scale,
+                            const float* offset, const float* stats, const float* grad_output, float* row_loss,
+                            T* grad, const CeParams& p) {
+#define CE_ROWS(W, S, O) ce_rows<T, W, S, O>(logits, targets, weight, scale, offset, stats, grad_output, row_loss, grad, p)
+    const int adj = (p.has_scale ? 1 : 0) | (p.has_offset ? 2 : 0);
+    if (p.warp_per_row) {
+        switch (adj) {
+            case 0: CE_ROWS(true, false, false); break;
+            case 1: CE_ROWS(true, true, false); break;
+            case 2: CE_ROWS(true, false, true); break;
+            default: CE_ROWS(true, true, true); break;
+        }
+    } else {
+        switch (adj) {
+            case 0: CE_ROWS(false, false, false); break;
+            case 1: CE_ROWS(false, true, false); break;
+            case 2: CE_ROWS(false, false, true); break;
+            default: CE_ROWS(false, true, true); break;
+        }
+    }
+#undef CE_ROWS
+}
+
+#define CE_ENTRY(T, SUF)                                                                                  \
+    extern "C" __global__ void EC_BOUNDS_MAX_BLOCK                                                        \
+        cross_entropy_fwd_bwd_##SUF(const T* logits, const int32_t* targets, const float* weight,         \
+                                    const float* scale, const float* offset, const float* stats,          \
+                                    const float* grad_output, float* row_loss, T* grad, CeParams p) {     \
+        ce_dispatch<T>(logits, targets, weight, scale, offset, stats, grad_output, row_loss, grad, p);    \
     }
 
 EC_FOR_EACH_FLOAT(CE_ENTRY)

@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{assert_close, labels, rng, uniform};
 use evenclass::candle as ec;
-use evenclass::cross_entropy::{cpu, Options, Reduction};
+use evenclass::cross_entropy::{cpu, LogitAdjust, Options, Reduction};
 use evenclass::softmax::{cpu as sm_cpu, Kind};
 use ndarray::{arr1, Array1, Array2};
 
@@ -331,6 +331,67 @@ fn bad_input_is_a_candle_error() {
 
 // ---- softmax / log-softmax -------------------------------------------------------------------
 
+/// The adjusted op: loss and graph gradient are the crate's adjusted CPU reference exactly (the
+/// op runs it), for upstream 1 and != 1, each adjustment kind and dtype; a scale of the wrong
+/// length is a candle error.
+#[test]
+fn adjusted_op_equals_the_crates_adjusted_reference() {
+    let (n, c) = (7, 5);
+    let mut seed = 700;
+    for dt in DTYPES {
+        for o in [opts(Some(-7), 0.0, Reduction::Mean), opts(Some(-7), 0.2, Reduction::None)] {
+            for which in 0..3 {
+                seed += 1;
+                let (x, tg, w) = random_case(seed, n, c);
+                let mut r = rng(seed + 1);
+                let (scale, offset) = (uniform(&mut r, c, 0.3, 2.0), uniform(&mut r, c, -2.0, 2.0));
+                let (use_s, use_o) = [(true, false), (false, true), (true, true)][which];
+                let a = LogitAdjust { scale: use_s.then_some(&scale[..]), offset: use_o.then_some(&offset[..]) };
+                let xv = var(&x, n, dt);
+                let xr = Array2::from_shape_vec((n, c), f32s(xv.as_tensor())).unwrap();
+                let tt = Tensor::new(tg.as_slice(), &Device::Cpu).unwrap();
+                let wt = Tensor::new(w.as_slice(), &Device::Cpu).unwrap();
+                let (wa, ta) = (Array1::from(w.clone()), Array1::from(tg.clone()));
+                let what = format!("{dt:?} {o:?} {a:?}");
+
+                let loss = ec::cross_entropy_adjusted(xv.as_tensor(), &tt, Some(&wt), &a, &o).unwrap();
+                let (wl, wg) = cpu::forward_backward_adjusted(xr.view(), ta.view(), Some(wa.view()), &a, &o).unwrap();
+                assert_eq!(f32s(&loss), wl.to_vec(), "{what}: loss");
+                let grads = loss.sum_all().unwrap().backward().unwrap();
+                let g = grads.get(xv.as_tensor()).unwrap();
+                assert_eq!(f32s(g), round_to(wg.iter().copied().collect(), dt), "{what}: gradient, upstream 1");
+
+                let loss = ec::cross_entropy_adjusted(xv.as_tensor(), &tt, Some(&wt), &a, &o).unwrap();
+                let up: Vec<f32> = (0..o.loss_len(n)).map(|i| 0.5 + 0.25 * i as f32).collect();
+                let upt = Tensor::from_vec(up.clone(), loss.shape(), &Device::Cpu).unwrap();
+                let grads = (loss * &upt).unwrap().sum_all().unwrap().backward().unwrap();
+                let g = grads.get(xv.as_tensor()).unwrap();
+                let want =
+                    cpu::backward_adjusted(xr.view(), ta.view(), Some(wa.view()), &a, &o, arr1(&up).view()).unwrap();
+                assert_eq!(f32s(g), round_to(want.iter().copied().collect(), dt), "{what}: gradient, upstream");
+            }
+        }
+    }
+    let (x, tg, _) = random_case(1, n, c);
+    let short = [1.0f32; 4];
+    let a = LogitAdjust { scale: Some(&short), offset: None };
+    let tt = Tensor::new(tg.as_slice(), &Device::Cpu).unwrap();
+    let e =
+        err(ec::cross_entropy_adjusted(&t(&x, n, DType::F32), &tt, None, &a, &opts(Some(-7), 0.0, Reduction::Mean)));
+    assert!(e.contains("logit scale has 4 elements, expected 5"), "{e}");
+    // NONE is the plain op, bit for bit.
+    let plain = ec::cross_entropy(&t(&x, n, DType::F32), &tt, None, &opts(Some(-7), 0.0, Reduction::Mean)).unwrap();
+    let none = ec::cross_entropy_adjusted(
+        &t(&x, n, DType::F32),
+        &tt,
+        None,
+        &LogitAdjust::NONE,
+        &opts(Some(-7), 0.0, Reduction::Mean),
+    )
+    .unwrap();
+    assert_eq!(f32s(&plain)[0].to_bits(), f32s(&none)[0].to_bits());
+}
+
 #[test]
 fn softmax_values_and_gradients() {
     let (n, c) = (6, 9);
@@ -467,6 +528,42 @@ mod gpu {
                     assert_close(&format!("{what} loss"), &f32s(&gl), &f32s(&hl), 1e-5, 1e-5);
                     assert_close(&format!("{what} grad"), &f32s(&gg), &f32s(&hg), tol * 1e-2, tol);
                 }
+            }
+        }
+    }
+
+    /// The adjusted op on the device against the adjusted CPU reference, through a graph: loss and
+    /// gradient within the tolerances of gpu_loss_and_gradient_match_cpu (f32: the kernel's f32
+    /// reductions vs the reference's f64; f16/bf16: gradient storage rounding).
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn gpu_adjusted_matches_cpu() {
+        let d = dev();
+        let (n, c) = (37, 11);
+        let mut seed = 800;
+        for dt in DTYPES {
+            for reduction in [Reduction::None, Reduction::Mean] {
+                seed += 1;
+                let o = opts(Some(-7), 0.1, reduction);
+                let (x, tg, w) = random_case(seed, n, c);
+                let mut r = rng(seed + 1);
+                let (scale, offset) = (uniform(&mut r, c, 0.3, 2.0), uniform(&mut r, c, -2.0, 2.0));
+                let a = LogitAdjust { scale: Some(&scale), offset: Some(&offset) };
+                let xv = Var::from_tensor(&on(&d, &x, (n, c), dt)).unwrap();
+                let xh = xv.as_tensor().to_device(&Device::Cpu).unwrap();
+                let xr = Array2::from_shape_vec((n, c), f32s(&xh)).unwrap();
+                let tc = Tensor::new(tg.as_slice(), &d).unwrap();
+                let wc = Tensor::new(w.as_slice(), &d).unwrap();
+                let loss = ec::cross_entropy_adjusted(xv.as_tensor(), &tc, Some(&wc), &a, &o).unwrap();
+                let g = loss.sum_all().unwrap().backward().unwrap();
+                let (wl, wg) =
+                    cpu::forward_backward_adjusted(xr.view(), Array1::from(tg).view(), Some(arr1(&w).view()), &a, &o)
+                        .unwrap();
+                let what = format!("{dt:?} {o:?}");
+                let tol = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+                assert_close(&format!("{what} loss"), &f32s(&loss), wl.as_slice().unwrap(), 1e-5, 1e-5);
+                let gx = f32s(g.get(xv.as_tensor()).unwrap());
+                assert_close(&format!("{what} grad"), &gx, &wg.iter().copied().collect::<Vec<_>>(), tol * 1e-2, tol);
             }
         }
     }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_close, gpu, labels, rng, uniform, POISON};
-use evenclass::cross_entropy::{cpu, cuda, weights_from_recall, Options, Reduction};
+use evenclass::cross_entropy::{cpu, cuda, weights_from_recall, LogitAdjust, Options, Reduction};
 use evenclass::Error;
 use ndarray::{arr1, arr2, Array1, Array2};
 
@@ -191,6 +191,179 @@ fn practitioner_weights() {
     assert!(w.iter().all(|v| v.is_finite()) && w[1] > w[2] && w[2] > w[0]);
     assert!(weights_from_recall(&[0.9, 1.2], 4.0, 0.001).is_err());
     assert!(weights_from_recall(&[0.9], 4.0, 0.0).is_err());
+}
+
+// ---- Logit scale and offset (LogitAdjust) ---------------------------------------------------
+
+/// A random case: logits, targets (one ignored), weights, scale in [0.3, 2.5], offset in [-2, 2].
+#[allow(clippy::type_complexity)]
+fn adjusted_case(n: usize, c: usize, seed: u64) -> (Array2<f32>, Array1<i32>, Array1<f32>, Vec<f32>, Vec<f32>) {
+    let mut r = rng(seed);
+    let x = Array2::from_shape_vec((n, c), uniform(&mut r, n * c, -3.0, 3.0)).unwrap();
+    let mut t = Array1::from(labels(&mut r, n, c));
+    t[n / 2] = -7;
+    let w = Array1::from(uniform(&mut r, c, 0.1, 2.0));
+    let scale = uniform(&mut r, c, 0.3, 2.5);
+    let offset = uniform(&mut r, c, -2.0, 2.0);
+    (x, t, w, scale, offset)
+}
+
+fn all_options() -> Vec<Options> {
+    let mut v = vec![];
+    for reduction in [Reduction::None, Reduction::Sum, Reduction::Mean] {
+        for eps in [0.0, 0.2] {
+            v.push(opts(Some(-7), eps, reduction));
+        }
+    }
+    v
+}
+
+#[test]
+fn adjusted_with_none_is_bit_identical_to_the_plain_loss() {
+    let (x, t, w, _, _) = adjusted_case(9, 7, 31);
+    for o in all_options() {
+        for wt in [None, Some(w.view())] {
+            let (l0, g0) = cpu::forward_backward(x.view(), t.view(), wt, &o).unwrap();
+            let (l1, g1) = cpu::forward_backward_adjusted(x.view(), t.view(), wt, &LogitAdjust::NONE, &o).unwrap();
+            let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(l0.as_slice().unwrap()), bits(l1.as_slice().unwrap()), "{o:?}");
+            assert_eq!(bits(g0.as_slice().unwrap()), bits(g1.as_slice().unwrap()), "{o:?}");
+            // Scale all ones and offset all zeros, given explicitly, are bit-identical too.
+            let (ones, zeros) = (vec![1.0f32; 7], vec![0.0f32; 7]);
+            let a = LogitAdjust { scale: Some(&ones), offset: Some(&zeros) };
+            let (l2, g2) = cpu::forward_backward_adjusted(x.view(), t.view(), wt, &a, &o).unwrap();
+            assert_eq!(bits(l0.as_slice().unwrap()), bits(l2.as_slice().unwrap()), "{o:?}");
+            assert_eq!(bits(g0.as_slice().unwrap()), bits(g2.as_slice().unwrap()), "{o:?}");
+        }
+    }
+}
+
+#[test]
+fn adjusted_equals_the_plain_loss_on_adjusted_logits() {
+    // Loss: the same function of u, so only the f32 rounding of u = s*x + o (done here in f32,
+    // in f64 inside the reference) differs: |u| <= 2.5*3 + 2 < 16, one f32 ulp there is 1e-6,
+    // and the loss is 1-Lipschitz in each u_c per unit weight: 1e-5 relative is ample.
+    // Gradient: dL/dx_c = s_c * dL/du_c, so the plain gradient on u times s_c.
+    let (x, t, w, scale, offset) = adjusted_case(11, 6, 32);
+    let u = Array2::from_shape_fn(x.dim(), |(i, k)| scale[k] * x[[i, k]] + offset[k]);
+    for o in all_options() {
+        let a = LogitAdjust { scale: Some(&scale), offset: Some(&offset) };
+        let (la, ga) = cpu::forward_backward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o).unwrap();
+        let (lp, gp) = cpu::forward_backward(u.view(), t.view(), Some(w.view()), &o).unwrap();
+        let gp = Array2::from_shape_fn(gp.dim(), |(i, k)| gp[[i, k]] * scale[k]);
+        assert_close(&format!("loss {o:?}"), la.as_slice().unwrap(), lp.as_slice().unwrap(), 1e-5, 1e-5);
+        assert_close(&format!("grad {o:?}"), ga.as_slice().unwrap(), gp.as_slice().unwrap(), 1e-5, 1e-5);
+        // Forward alone gives the fused pass's loss.
+        let lf = cpu::forward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o).unwrap();
+        assert_eq!(lf, la);
+    }
+}
+
+#[test]
+fn adjusted_backward_matches_finite_differences() {
+    let (n, c) = (6, 5);
+    let mut seed = 40;
+    for o in all_options() {
+        for which in 0..3 {
+            seed += 1;
+            let (x, t, w, scale, offset) = adjusted_case(n, c, seed);
+            let a = match which {
+                0 => LogitAdjust { scale: Some(&scale), offset: None },
+                1 => LogitAdjust { scale: None, offset: Some(&offset) },
+                _ => LogitAdjust { scale: Some(&scale), offset: Some(&offset) },
+            };
+            let go = Array1::from(uniform(&mut rng(seed + 1000), o.loss_len(n), 0.5, 1.5));
+            let grad = cpu::backward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o, go.view()).unwrap();
+            let f = |x: &Array2<f32>| -> f64 {
+                let l = cpu::forward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o).unwrap();
+                l.iter().zip(go.iter()).map(|(&a, &b)| a as f64 * b as f64).sum()
+            };
+            // Step 1e-2 in x is at most 2.5e-2 in u; the central difference's error is O(h^2 *
+            // third derivative * s^3), the f32 loss rounding ~1e-7 / h: the same bound as the
+            // plain check_grad, widened for scales up to 2.5.
+            let h = 1e-2f32;
+            for i in 0..n {
+                for k in 0..c {
+                    let (mut xp, mut xm) = (x.clone(), x.clone());
+                    xp[[i, k]] += h;
+                    xm[[i, k]] -= h;
+                    let fd = ((f(&xp) - f(&xm)) / (2.0 * h as f64)) as f32;
+                    let g = grad[[i, k]];
+                    assert!((g - fd).abs() <= 3e-3 + 2e-2 * fd.abs(), "{o:?} {a:?} grad[{i},{k}] = {g}, fd {fd}");
+                }
+            }
+            let (_, fused) = cpu::forward_backward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o).unwrap();
+            let ones = Array1::from_elem(o.loss_len(n), 1.0f32);
+            let unit = cpu::backward_adjusted(x.view(), t.view(), Some(w.view()), &a, &o, ones.view()).unwrap();
+            assert_close("fused", fused.as_slice().unwrap(), unit.as_slice().unwrap(), 1e-7, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn adjusted_pytorch_values() {
+    // From scripts/pytorch_logit_adjust.py (PyTorch, f64, autograd through u = s * x + o, then
+    // F.cross_entropy(u, t, weight, ignore_index=-100, ...)); the gradient is of the summed loss.
+    // Tolerance 1e-6: the reference accumulates in f64 but rounds its outputs to f32 (|v| < 4).
+    let (s, o) = ([1.5f32, 0.5, 2.0], [0.25f32, -1.0, 0.75]);
+    let a = LogitAdjust { scale: Some(&s), offset: Some(&o) };
+    let t = arr1(&[2, 0, -100, 1]);
+    let w = arr1(&W);
+    let (l, g) =
+        cpu::forward_backward_adjusted(x4().view(), t.view(), Some(w.view()), &a, &Options::default()).unwrap();
+    assert_close("mean loss", l.as_slice().unwrap(), &[1.25667886], 1e-6, 1e-6);
+    let want = [
+        0.00641767286,
+        0.00037174144,
+        -0.0100438629,
+        -0.0611411035,
+        0.000760735695,
+        0.0784785286,
+        0.0,
+        0.0,
+        0.0,
+        0.413083745,
+        -0.138035892,
+        0.00136524297,
+    ];
+    assert_close("mean grad", g.as_slice().unwrap(), &want, 1e-6, 1e-6);
+    let o2 = opts(Some(-100), 0.1, Reduction::None);
+    let (l, g) = cpu::forward_backward_adjusted(x4().view(), t.view(), Some(w.view()), &a, &o2).unwrap();
+    assert_close("none loss", l.as_slice().unwrap(), &[0.20283372, 0.263418504, 0.0, 3.10851112], 1e-6, 1e-6);
+    let want = [
+        0.00527539842,
+        -0.0107818446,
+        0.0360935138,
+        -0.0862561325,
+        -0.00916257834,
+        0.15165849,
+        0.0,
+        0.0,
+        0.0,
+        1.04238002,
+        -0.321662868,
+        -0.103188548,
+    ];
+    assert_close("none grad", g.as_slice().unwrap(), &want, 1e-6, 1e-6);
+}
+
+#[test]
+fn adjusted_lengths_are_checked() {
+    let (x, t, _, scale, offset) = adjusted_case(4, 3, 33);
+    let o = opts(Some(-7), 0.0, Reduction::Mean);
+    let short = &scale[..2];
+    let a = LogitAdjust { scale: Some(short), offset: None };
+    let e = cpu::forward_adjusted(x.view(), t.view(), None, &a, &o).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { .. }) && e.to_string().contains("logit scale has 2 elements, expected 3"),
+        "{e}"
+    );
+    let long = [offset.clone(), vec![0.0]].concat();
+    let a = LogitAdjust { scale: Some(&scale), offset: Some(&long) };
+    let e = cpu::forward_backward_adjusted(x.view(), t.view(), None, &a, &o).unwrap_err();
+    assert!(e.to_string().contains("logit offset has 4 elements, expected 3"), "{e}");
+    assert!(LogitAdjust::NONE.is_none() && LogitAdjust::default() == LogitAdjust::NONE);
+    assert!(LogitAdjust::NONE.check("x", 3).is_ok());
 }
 
 // ---- GPU against the CPU reference -----------------------------------------------------------
@@ -394,4 +567,95 @@ fn difficulty_weights_follow_one_minus_accuracy_to_the_tau() {
     assert!(difficulty_weights(&[1.2], 1.0, 0.01).is_err());
     assert!(difficulty_weights(&[0.5], -1.0, 0.01).is_err());
     assert!(difficulty_weights(&[0.5], 1.0, 0.0).is_err());
+}
+
+/// The adjusted kernel against the adjusted CPU reference, each adjustment kind, fused and split
+/// passes, on poisoned outputs.
+fn gpu_adjusted_case<T: evenclass::cuda::Dtype>(n: usize, c: usize, o: Options, which: usize, seed: u64, tol: f32) {
+    let s = gpu();
+    let mut r = rng(seed);
+    let xt: Vec<T> = uniform(&mut r, n * c, -4.0, 4.0).into_iter().map(T::from_f32).collect();
+    let x = Array2::from_shape_vec((n, c), xt.iter().map(|v| v.to_f32()).collect()).unwrap();
+    let mut t = labels(&mut r, n, c);
+    if n > 3 {
+        t[n / 2] = -100;
+    }
+    let w: Vec<f32> = uniform(&mut r, c, 0.2, 3.0);
+    let scale: Vec<f32> = uniform(&mut r, c, 0.3, 2.0);
+    let offset: Vec<f32> = uniform(&mut r, c, -2.0, 2.0);
+    let (use_s, use_o) = [(true, false), (false, true), (true, true)][which];
+    let host = LogitAdjust { scale: use_s.then_some(&scale[..]), offset: use_o.then_some(&offset[..]) };
+    let (wa, ta) = (Array1::from(w.clone()), Array1::from(t.clone()));
+    let (want_loss, want_grad) =
+        cpu::forward_backward_adjusted(x.view(), ta.view(), Some(wa.view()), &host, &o).unwrap();
+
+    let (dx, dt, dw) = (s.clone_htod(&xt).unwrap(), s.clone_htod(&t).unwrap(), s.clone_htod(&w).unwrap());
+    let (ds, doff) = (s.clone_htod(&scale).unwrap(), s.clone_htod(&offset).unwrap());
+    let (sv, ov, wv) = (ds.as_view(), doff.as_view(), dw.as_view());
+    let dev = cuda::LogitAdjust { scale: use_s.then_some(&sv), offset: use_o.then_some(&ov) };
+    let mut loss = s.clone_htod(&vec![POISON; o.loss_len(n)]).unwrap();
+    let mut grad = s.clone_htod(&vec![T::from_f32(POISON); n * c]).unwrap();
+    let mut ws = cuda::Workspace::new(&s).unwrap();
+    let (xv, tv) = (dx.as_view(), dt.as_view());
+    cuda::forward_backward_adjusted(&s, &mut ws, &xv, &tv, Some(&wv), &dev, c, &o, &mut loss, &mut grad).unwrap();
+    let got_loss = s.clone_dtoh(&loss).unwrap();
+    let got_grad: Vec<f32> = s.clone_dtoh(&grad).unwrap().into_iter().map(|v| v.to_f32()).collect();
+    let what = format!("{} n={n} c={c} {o:?} scale={use_s} offset={use_o}", T::SUFFIX);
+    assert_close(&format!("loss {what}"), &got_loss, want_loss.as_slice().unwrap(), tol, tol);
+    assert_close(&format!("grad {what}"), &got_grad, want_grad.as_slice().unwrap(), tol * 1e-2, tol);
+
+    let mut loss2 = s.clone_htod(&vec![POISON; o.loss_len(n)]).unwrap();
+    cuda::forward_adjusted(&s, &mut ws, &xv, &tv, Some(&wv), &dev, c, &o, &mut loss2).unwrap();
+    assert_close(&format!("forward {what}"), &s.clone_dtoh(&loss2).unwrap(), &got_loss, 1e-6, 1e-6);
+    let go = s.clone_htod(&vec![1.0f32; o.loss_len(n)]).unwrap();
+    let mut grad2 = s.clone_htod(&vec![T::from_f32(POISON); n * c]).unwrap();
+    cuda::backward_adjusted(&s, &mut ws, &xv, &tv, Some(&wv), &dev, c, &o, &go.as_view(), &mut grad2).unwrap();
+    let g2: Vec<f32> = s.clone_dtoh(&grad2).unwrap().into_iter().map(|v| v.to_f32()).collect();
+    assert_close(&format!("backward {what}"), &g2, &got_grad, 1e-6, 1e-6);
+}
+
+// Tolerances are those of the plain GPU tests (gpu_case): the adjustment adds one f32 multiply
+// and add per logit (relative error 2^-23 each, |u| <= 10 here) ahead of the same f32 reductions,
+// far below 1e-4; f16/bf16 tolerances cover the storage rounding of the gradient.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_adjusted_matches_cpu() {
+    let mut seed = 900;
+    for (n, c) in SIZES {
+        for o in [Options::default(), opts(Some(-100), 0.1, Reduction::None), opts(Some(-100), 0.0, Reduction::Sum)] {
+            for which in 0..3 {
+                seed += 1;
+                gpu_adjusted_case::<f32>(n, c, o, which, seed, 1e-4);
+            }
+        }
+        seed += 1;
+        let o = opts(Some(-100), 0.1, Reduction::Mean);
+        gpu_adjusted_case::<half::f16>(n, c, o, 2, seed, 1e-2);
+        gpu_adjusted_case::<half::bf16>(n, c, o, 2, seed, 2e-2);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_adjusted_lengths_are_checked() {
+    let s = gpu();
+    let (n, c) = (4, 3);
+    let dx = s.clone_htod(&vec![0.5f32; n * c]).unwrap();
+    let dt = s.clone_htod(&vec![1i32; n]).unwrap();
+    let short = s.clone_htod(&[1.0f32, 2.0]).unwrap();
+    let sv = short.as_view();
+    let mut loss = s.clone_htod(&[POISON]).unwrap();
+    let mut grad = s.clone_htod(&vec![POISON; n * c]).unwrap();
+    let mut ws = cuda::Workspace::new(&s).unwrap();
+    for dev in
+        [cuda::LogitAdjust { scale: Some(&sv), offset: None }, cuda::LogitAdjust { scale: None, offset: Some(&sv) }]
+    {
+        let (xv, tv) = (dx.as_view(), dt.as_view());
+        let o = Options::default();
+        let e = cuda::forward_backward_adjusted(&s, &mut ws, &xv, &tv, None, &dev, c, &o, &mut loss, &mut grad)
+            .unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("logit"), "{e}");
+    }
+    // Nothing was written on the error.
+    assert_eq!(s.clone_dtoh(&loss).unwrap(), vec![POISON]);
 }

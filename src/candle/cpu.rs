@@ -11,7 +11,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use super::{shape_err, to_candle, Result, CE_OP, SM_OP};
 use crate::confusion::{cpu as confusion_cpu, ConfusionMatrix};
-use crate::cross_entropy::{cpu as ce_cpu, Options};
+use crate::cross_entropy::{cpu as ce_cpu, LogitAdjust, Options};
 use crate::error::Error;
 use crate::softmax::{cpu as sm_cpu, Kind};
 
@@ -90,6 +90,7 @@ pub(super) fn cross_entropy(
     tl: &Layout,
     w: Option<(&CpuStorage, &Layout)>,
     classes: usize,
+    adjust: &LogitAdjust<'_>,
     opts: &Options,
     fuse: bool,
 ) -> Result<(Vec<f32>, Option<Array2<f32>>)> {
@@ -101,10 +102,10 @@ pub(super) fn cross_entropy(
     let t = ArrayView1::from(&tv[..]);
     let w = wv.as_deref().map(ArrayView1::from);
     if fuse {
-        let (loss, grad) = ce_cpu::forward_backward(x, t, w, opts).map_err(to_candle)?;
+        let (loss, grad) = ce_cpu::forward_backward_adjusted(x, t, w, adjust, opts).map_err(to_candle)?;
         Ok((loss.into_raw_vec_and_offset().0, Some(grad)))
     } else {
-        let loss = ce_cpu::forward(x, t, w, opts).map_err(to_candle)?;
+        let loss = ce_cpu::forward_adjusted(x, t, w, adjust, opts).map_err(to_candle)?;
         Ok((loss.into_raw_vec_and_offset().0, None))
     }
 }
@@ -116,6 +117,7 @@ pub(super) fn cross_entropy_backward(
     weight: Option<&Tensor>,
     up: &[f32],
     classes: usize,
+    adjust: &LogitAdjust<'_>,
     opts: &Options,
 ) -> Result<Array2<f32>> {
     let (xs, xl) = logits.storage_and_layout();
@@ -134,8 +136,8 @@ pub(super) fn cross_entropy_backward(
         None => None,
     };
     let x = view2(CE_OP, &xv, xl.dims()[0], classes)?;
-    ce_cpu::backward(x, ArrayView1::from(&tv[..]), wv.as_deref().map(ArrayView1::from), opts, ArrayView1::from(up))
-        .map_err(to_candle)
+    let (t, w) = (ArrayView1::from(&tv[..]), wv.as_deref().map(ArrayView1::from));
+    ce_cpu::backward_adjusted(x, t, w, adjust, opts, ArrayView1::from(up)).map_err(to_candle)
 }
 
 /// Rows and columns of a tensor seen as rows of its last dimension.

@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, CudaView};
 
 use super::{shape_err, to_candle, Result, CE_OP, CM_OP, SM_OP};
 use crate::confusion::{cuda as confusion_cuda, ConfusionMatrix};
-use crate::cross_entropy::{cuda as ce_cuda, Options, Reduction};
+use crate::cross_entropy::{cuda as ce_cuda, LogitAdjust, Options, Reduction};
 use crate::cuda::Dtype;
 use crate::error::DriverContext;
 use crate::softmax::{cuda as sm_cuda, Kind};
@@ -95,11 +95,15 @@ pub(super) fn cross_entropy(
     tl: &Layout,
     w: Option<(&CudaStorage, &Layout)>,
     classes: usize,
+    adjust: &LogitAdjust<'_>,
     opts: &Options,
     fuse: bool,
 ) -> Result<(CudaStorage, Option<CudaStorage>)> {
     let dev = x.device.clone();
     let stream = dev.cuda_stream();
+    let (sc, of) = upload_adjust(&stream, adjust)?;
+    let (scv, ofv) = (sc.as_ref().map(|v| v.as_view()), of.as_ref().map(|v| v.as_view()));
+    let adj = ce_cuda::LogitAdjust { scale: scv.as_ref(), offset: ofv.as_ref() };
     let rows = xl.dims()[0];
     let tv = targets(CE_OP, t, tl)?;
     let wv = w.map(|(s, l)| f32s(CE_OP, s, l)).transpose()?;
@@ -108,11 +112,23 @@ pub(super) fn cross_entropy(
     let grad = with_float!(CE_OP, x, xl, |xv: T| {
         if fuse {
             let mut g = stream.alloc_zeros::<T>(rows * classes).during(CE_OP).map_err(to_candle)?;
-            ce_cuda::forward_backward(&stream, &mut ws, &xv, &tv, wv.as_ref(), classes, opts, &mut loss, &mut g)
-                .map_err(to_candle)?;
+            ce_cuda::forward_backward_adjusted(
+                &stream,
+                &mut ws,
+                &xv,
+                &tv,
+                wv.as_ref(),
+                &adj,
+                classes,
+                opts,
+                &mut loss,
+                &mut g,
+            )
+            .map_err(to_candle)?;
             Ok(Some(CudaStorage::wrap_cuda_slice(g, dev.clone())))
         } else {
-            ce_cuda::forward(&stream, &mut ws, &xv, &tv, wv.as_ref(), classes, opts, &mut loss).map_err(to_candle)?;
+            ce_cuda::forward_adjusted(&stream, &mut ws, &xv, &tv, wv.as_ref(), &adj, classes, opts, &mut loss)
+                .map_err(to_candle)?;
             Ok(None)
         }
     })?;
@@ -128,6 +144,7 @@ pub(super) fn cross_entropy_backward(
     grad_res: &Tensor,
     kept: Option<CudaStorage>,
     classes: usize,
+    adjust: &LogitAdjust<'_>,
     opts: &Options,
 ) -> Result<Tensor> {
     let (rows, _) = logits.dims2()?;
@@ -155,13 +172,27 @@ pub(super) fn cross_entropy_backward(
     let stream = dev.cuda_stream();
     let tv = targets(CE_OP, ts, tl)?;
     let gv = f32s(CE_OP, gs, gl)?;
+    let (sc, of) = upload_adjust(&stream, adjust)?;
+    let (scv, ofv) = (sc.as_ref().map(|v| v.as_view()), of.as_ref().map(|v| v.as_view()));
+    let adj = ce_cuda::LogitAdjust { scale: scv.as_ref(), offset: ofv.as_ref() };
     let mut ws = ce_cuda::Workspace::new(&stream).map_err(to_candle)?;
     let grad = with_float!(CE_OP, xs, xl, |xv: T| {
         let mut g = stream.alloc_zeros::<T>(rows * classes).during(CE_OP).map_err(to_candle)?;
-        ce_cuda::backward(&stream, &mut ws, &xv, &tv, wv.as_ref(), classes, opts, &gv, &mut g).map_err(to_candle)?;
+        ce_cuda::backward_adjusted(&stream, &mut ws, &xv, &tv, wv.as_ref(), &adj, classes, opts, &gv, &mut g)
+            .map_err(to_candle)?;
         Ok(CudaStorage::wrap_cuda_slice(g, dev.clone()))
     })?;
     Ok(Tensor::from_storage(Storage::Cuda(grad), shape, BackpropOp::none(), false))
+}
+
+/// The logit scale and offset copied to the device (`classes` floats each, checked by the caller).
+#[allow(clippy::type_complexity)]
+fn upload_adjust(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    adjust: &LogitAdjust<'_>,
+) -> Result<(Option<cudarc::driver::CudaSlice<f32>>, Option<cudarc::driver::CudaSlice<f32>>)> {
+    let up = |v: Option<&[f32]>| v.map(|v| stream.clone_htod(v)).transpose().during(CE_OP).map_err(to_candle);
+    Ok((up(adjust.scale)?, up(adjust.offset)?))
 }
 
 fn rows_cols(l: &Layout) -> (usize, usize) {

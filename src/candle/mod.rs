@@ -54,7 +54,7 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 pub use crate::confusion::{ConfusionMatrix, Metrics};
-pub use crate::cross_entropy::{Options, Reduction};
+pub use crate::cross_entropy::{LogitAdjust, Options, Reduction};
 pub use crate::softmax::Kind;
 
 mod common;
@@ -84,8 +84,24 @@ use common::{shape_err, to_candle, CE_OP, CM_OP, SM_OP};
 /// # Ok(()) }
 /// ```
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, weight: Option<&Tensor>, opts: &Options) -> Result<Tensor> {
+    cross_entropy_adjusted(logits, targets, weight, &LogitAdjust::NONE, opts)
+}
+
+/// [`cross_entropy`] on the adjusted logits `u_c = scale_c * x_c + offset_c` (per-class scale and
+/// offset from `adjust`, see [`crate::cross_entropy::LogitAdjust`]: VS-loss, class-dependent
+/// temperature, logit adjustment), as one differentiable op: the gradient flows to the logits
+/// (`scale_c * dL/du_c`), not to the scale or offset, which are constants of the loss.
+pub fn cross_entropy_adjusted(
+    logits: &Tensor,
+    targets: &Tensor,
+    weight: Option<&Tensor>,
+    adjust: &LogitAdjust<'_>,
+    opts: &Options,
+) -> Result<Tensor> {
     let (logits, targets, weight, c) = prepare(logits, targets, weight, opts)?;
+    adjust.check(CE_OP, c).map_err(to_candle)?;
     let op = CrossEntropyOp {
+        adjust: OwnedAdjust::from(adjust),
         opts: *opts,
         classes: c,
         fuse: logits.track_op() && fuse_on(logits.device(), opts),
@@ -112,7 +128,8 @@ pub fn cross_entropy_with_grad(
     let (xs, xl) = logits.storage_and_layout();
     let (ts, tl) = targets.storage_and_layout();
     let ws = weight.as_ref().map(|w| w.storage_and_layout());
-    let op = CrossEntropyOp { opts: *opts, classes: c, fuse: true, grad: Mutex::new(None) };
+    let op =
+        CrossEntropyOp { adjust: OwnedAdjust::default(), opts: *opts, classes: c, fuse: true, grad: Mutex::new(None) };
     match (&*xs, &*ts, ws.as_ref().map(|(s, l)| (&**s, *l))) {
         (candle_core::Storage::Cpu(x), candle_core::Storage::Cpu(t), w) => {
             let w = match w {
@@ -253,12 +270,33 @@ pub fn confusion_ignoring(
 
 /// The cross-entropy op: arguments (logits, targets) or (logits, targets, weight).
 struct CrossEntropyOp {
+    /// Per-class logit scale and offset (none for the plain loss).
+    adjust: OwnedAdjust,
     opts: Options,
     classes: usize,
     /// Run the fused pass in the forward and keep the gradient for the backward.
     fuse: bool,
     /// The fused pass's gradient (upstream 1), taken by the first backward.
     grad: Mutex<Option<Kept>>,
+}
+
+/// The op's own copy of a [`LogitAdjust`] (the op outlives the caller's slices).
+#[derive(Clone, Debug, Default)]
+struct OwnedAdjust {
+    scale: Option<Vec<f32>>,
+    offset: Option<Vec<f32>>,
+}
+
+impl From<&LogitAdjust<'_>> for OwnedAdjust {
+    fn from(a: &LogitAdjust<'_>) -> Self {
+        OwnedAdjust { scale: a.scale.map(<[f32]>::to_vec), offset: a.offset.map(<[f32]>::to_vec) }
+    }
+}
+
+impl OwnedAdjust {
+    fn borrow(&self) -> LogitAdjust<'_> {
+        LogitAdjust { scale: self.scale.as_deref(), offset: self.offset.as_deref() }
+    }
 }
 
 /// A gradient kept by the forward for the backward.
@@ -292,7 +330,8 @@ impl CrossEntropyOp {
         tl: &Layout,
         w: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (loss, grad) = cpu::cross_entropy(x, xl, t, tl, w, self.classes, &self.opts, self.fuse)?;
+        let (loss, grad) =
+            cpu::cross_entropy(x, xl, t, tl, w, self.classes, &self.adjust.borrow(), &self.opts, self.fuse)?;
         if let Some(g) = grad {
             self.keep(Kept::Cpu(g));
         }
@@ -308,7 +347,8 @@ impl CrossEntropyOp {
         tl: &Layout,
         w: Option<(&candle_core::CudaStorage, &Layout)>,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (loss, grad) = cuda::cross_entropy(x, xl, t, tl, w, self.classes, &self.opts, self.fuse)?;
+        let (loss, grad) =
+            cuda::cross_entropy(x, xl, t, tl, w, self.classes, &self.adjust.borrow(), &self.opts, self.fuse)?;
         if let Some(g) = grad {
             self.keep(Kept::Cuda(g));
         }
@@ -331,7 +371,9 @@ impl CrossEntropyOp {
                 let up = grad_res.flatten_all()?.to_vec1::<f32>()?;
                 let grad = match kept {
                     Some(Kept::Cpu(g)) if up.iter().all(|&v| v == 1.0) => g,
-                    _ => cpu::cross_entropy_backward(logits, targets, weight, &up, c, &self.opts)?,
+                    _ => {
+                        cpu::cross_entropy_backward(logits, targets, weight, &up, c, &self.adjust.borrow(), &self.opts)?
+                    }
                 };
                 cpu::tensor_like(grad.into_raw_vec_and_offset().0, (n, c), logits.dtype())
             }
@@ -341,7 +383,16 @@ impl CrossEntropyOp {
                     Some(Kept::Cuda(g)) => Some(g),
                     _ => None,
                 };
-                cuda::cross_entropy_backward(logits, targets, weight, &grad_res, kept, c, &self.opts)
+                cuda::cross_entropy_backward(
+                    logits,
+                    targets,
+                    weight,
+                    &grad_res,
+                    kept,
+                    c,
+                    &self.adjust.borrow(),
+                    &self.opts,
+                )
             }
             d => Err(unsupported_device(CE_OP, d)),
         }

@@ -1,7 +1,7 @@
 //! CPU reference of `kernels/cross_entropy.cu` (f64 accumulation within a row).
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 
-use super::{Options, Reduction};
+use super::{LogitAdjust, Options, Reduction};
 use crate::error::{Error, Result};
 
 const OP: &str = "cross_entropy (cpu)";
@@ -13,7 +13,18 @@ pub fn forward(
     weight: Option<ArrayView1<'_, f32>>,
     opts: &Options,
 ) -> Result<Array1<f32>> {
-    Ok(run(logits, targets, weight, opts, None, false)?.0)
+    forward_adjusted(logits, targets, weight, &LogitAdjust::NONE, opts)
+}
+
+/// [`forward`] on the adjusted logits `u_c = scale_c * x_c + offset_c` (see [`LogitAdjust`]).
+pub fn forward_adjusted(
+    logits: ArrayView2<'_, f32>,
+    targets: ArrayView1<'_, i32>,
+    weight: Option<ArrayView1<'_, f32>>,
+    adjust: &LogitAdjust<'_>,
+    opts: &Options,
+) -> Result<Array1<f32>> {
+    Ok(run(logits, targets, weight, adjust, opts, None, false)?.0)
 }
 
 /// Gradient with respect to the logits. `grad_output` is the upstream gradient: one element per
@@ -25,11 +36,24 @@ pub fn backward(
     opts: &Options,
     grad_output: ArrayView1<'_, f32>,
 ) -> Result<Array2<f32>> {
+    backward_adjusted(logits, targets, weight, &LogitAdjust::NONE, opts, grad_output)
+}
+
+/// [`backward`] of the adjusted loss: the gradient with respect to the unadjusted logits `x`,
+/// `scale_c * dL/du_c`.
+pub fn backward_adjusted(
+    logits: ArrayView2<'_, f32>,
+    targets: ArrayView1<'_, i32>,
+    weight: Option<ArrayView1<'_, f32>>,
+    adjust: &LogitAdjust<'_>,
+    opts: &Options,
+    grad_output: ArrayView1<'_, f32>,
+) -> Result<Array2<f32>> {
     let want = opts.loss_len(logits.nrows());
     if grad_output.len() != want {
         return Err(Error::shape(OP, format!("grad_output has {} elements, expected {want}", grad_output.len())));
     }
-    Ok(run(logits, targets, weight, opts, Some(grad_output), true)?.1.expect("grad requested"))
+    Ok(run(logits, targets, weight, adjust, opts, Some(grad_output), true)?.1.expect("grad requested"))
 }
 
 /// Loss and gradient in one pass, with upstream gradient 1 (what a training step needs).
@@ -39,7 +63,19 @@ pub fn forward_backward(
     weight: Option<ArrayView1<'_, f32>>,
     opts: &Options,
 ) -> Result<(Array1<f32>, Array2<f32>)> {
-    let (loss, grad) = run(logits, targets, weight, opts, None, true)?;
+    forward_backward_adjusted(logits, targets, weight, &LogitAdjust::NONE, opts)
+}
+
+/// [`forward_backward`] of the adjusted loss (see [`LogitAdjust`]): what a training step with
+/// VS-loss, class-dependent temperature or logit adjustment needs.
+pub fn forward_backward_adjusted(
+    logits: ArrayView2<'_, f32>,
+    targets: ArrayView1<'_, i32>,
+    weight: Option<ArrayView1<'_, f32>>,
+    adjust: &LogitAdjust<'_>,
+    opts: &Options,
+) -> Result<(Array1<f32>, Array2<f32>)> {
+    let (loss, grad) = run(logits, targets, weight, adjust, opts, None, true)?;
     Ok((loss, grad.expect("grad requested")))
 }
 
@@ -47,6 +83,7 @@ fn run(
     logits: ArrayView2<'_, f32>,
     targets: ArrayView1<'_, i32>,
     weight: Option<ArrayView1<'_, f32>>,
+    adjust: &LogitAdjust<'_>,
     opts: &Options,
     grad_output: Option<ArrayView1<'_, f32>>,
     want_grad: bool,
@@ -64,11 +101,14 @@ fn run(
             return Err(Error::shape(OP, format!("weight has {} elements, expected {c} (classes)", w.len())));
         }
     }
+    adjust.check(OP, c)?;
     if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| !opts.is_ignored(t) && !(0..c as i32).contains(&t))
     {
         return Err(Error::InvalidTarget { op: OP, index: i, value: t as i64, classes: c });
     }
     let w = |k: usize| weight.as_ref().map_or(1.0, |w| w[k] as f64);
+    let scale = |k: usize| adjust.scale.map_or(1.0, |s| s[k] as f64);
+    let offset = |k: usize| adjust.offset.map_or(0.0, |o| o[k] as f64);
     let eps = opts.label_smoothing as f64;
     let weight_sum: f64 = (0..c).map(w).sum();
     let total_weight: f64 = targets.iter().filter(|&&t| !opts.is_ignored(t)).map(|&t| w(t as usize)).sum();
@@ -90,19 +130,23 @@ fn run(
             return; // loss 0, gradient row stays 0
         }
         let t = t as usize;
-        let m = x.iter().copied().fold(f32::NEG_INFINITY, crate::softmax::cpu::nan_max) as f64;
-        let s: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
+        // The adjusted logits u_k = s_k * x_k + o_k in f64. With s = 1 and o = 0 both operations
+        // are exact, so the plain loss is bit-identical to the unadjusted code it replaced.
+        let u: Vec<f64> = x.iter().enumerate().map(|(k, &v)| scale(k) * v as f64 + offset(k)).collect();
+        let m = u.iter().copied().fold(f64::NEG_INFINITY, nan_max);
+        let s: f64 = u.iter().map(|&v| (v - m).exp()).sum();
         let lse = m + s.ln();
-        let nll = -(x[t] as f64 - lse) * w(t);
-        let smooth: f64 = if eps > 0.0 { (0..c).map(|k| -(x[k] as f64 - lse) * w(k)).sum() } else { 0.0 };
+        let nll = -(u[t] - lse) * w(t);
+        let smooth: f64 = if eps > 0.0 { (0..c).map(|k| -(u[k] - lse) * w(k)).sum() } else { 0.0 };
         *loss = (1.0 - eps) * nll + eps / c as f64 * smooth;
         if let Some(mut grow) = grow {
             let g = g_of(i);
             for (k, o) in grow.iter_mut().enumerate() {
-                let p = (x[k] as f64 - lse).exp();
+                let p = (u[k] - lse).exp();
                 let onehot = if k == t { 1.0 } else { 0.0 };
                 let d = (1.0 - eps) * w(t) * (p - onehot) + eps / c as f64 * (weight_sum * p - w(k));
-                *o = (g * d) as f32;
+                // Chain rule through u_k = s_k * x_k + o_k.
+                *o = (g * d * scale(k)) as f32;
             }
         }
     };
@@ -123,4 +167,13 @@ fn run(
         }
     };
     Ok((loss, grad))
+}
+
+/// Maximum that propagates NaN (as `softmax::cpu::nan_max`, in f64).
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || a > b {
+        a
+    } else {
+        b
+    }
 }

@@ -30,11 +30,38 @@ struct CeParams {
     reduction: i32,
     label_smoothing: f32,
     grad_output_len: i32,
+    has_scale: i32,
+    has_offset: i32,
 }
-// SAFETY: plain-old-data laid out exactly as the C struct (i64 then eight 4-byte fields: 40 bytes,
+// SAFETY: plain-old-data laid out exactly as the C struct (i64 then ten 4-byte fields: 48 bytes,
 // 8-byte aligned on both sides, no padding).
 unsafe impl cudarc::driver::DeviceRepr for CeParams {}
 crate::cuda::check_params_layout!(CeParams);
+
+/// Per-class logit scale and offset on the device: the GPU twin of
+/// [`super::LogitAdjust`] (`u_c = scale_c * x_c + offset_c`; `None`: 1 and 0).
+#[derive(Clone, Copy, Default)]
+pub struct LogitAdjust<'a, 'b> {
+    /// `classes` multipliers, or `None`.
+    pub scale: Option<&'a CudaView<'b, f32>>,
+    /// `classes` addends, or `None`.
+    pub offset: Option<&'a CudaView<'b, f32>>,
+}
+
+impl LogitAdjust<'_, '_> {
+    /// No adjustment: the plain loss.
+    pub const NONE: LogitAdjust<'static, 'static> = LogitAdjust { scale: None, offset: None };
+
+    fn check(&self, stream: &Arc<CudaStream>, classes: usize) -> Result<()> {
+        for (name, v) in [("logit scale", self.scale), ("logit offset", self.offset)] {
+            if let Some(v) = v {
+                check_device(OP, stream, name, v)?;
+                check_len(OP, name, v.len(), classes)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Scratch buffers reused across calls: per-row losses, the two statistics and the target flag.
 pub struct Workspace {
@@ -96,11 +123,27 @@ pub fn forward<T: Dtype>(
     opts: &Options,
     loss: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
+    forward_adjusted(stream, ws, logits, targets, weight, &LogitAdjust::NONE, classes, opts, loss)
+}
+
+/// [`forward`] on the adjusted logits `u_c = scale_c * x_c + offset_c`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_adjusted<T: Dtype>(
+    stream: &Arc<CudaStream>,
+    ws: &mut Workspace,
+    logits: &CudaView<'_, T>,
+    targets: &CudaView<'_, i32>,
+    weight: Option<&CudaView<'_, f32>>,
+    adjust: &LogitAdjust<'_, '_>,
+    classes: usize,
+    opts: &Options,
+    loss: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     check_devices!(OP, stream, logits, targets, loss);
     if let Some(b) = &weight {
         check_device(OP, stream, "weight", &**b)?;
     }
-    launch::<T, _, CudaSlice<T>>(stream, ws, logits, targets, weight, classes, opts, None, Some(loss), None)
+    launch::<T, _, CudaSlice<T>>(stream, ws, logits, targets, weight, adjust, classes, opts, None, Some(loss), None)
 }
 
 /// Gradient only, given the upstream gradient `grad_output` (one value per sample for
@@ -121,12 +164,35 @@ pub fn backward<T: Dtype>(
     if let Some(b) = &weight {
         check_device(OP, stream, "weight", &**b)?;
     }
+    backward_adjusted(stream, ws, logits, targets, weight, &LogitAdjust::NONE, classes, opts, grad_output, grad)
+}
+
+/// [`backward`] of the adjusted loss: the gradient with respect to the unadjusted logits,
+/// `scale_c * dL/du_c`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_adjusted<T: Dtype>(
+    stream: &Arc<CudaStream>,
+    ws: &mut Workspace,
+    logits: &CudaView<'_, T>,
+    targets: &CudaView<'_, i32>,
+    weight: Option<&CudaView<'_, f32>>,
+    adjust: &LogitAdjust<'_, '_>,
+    classes: usize,
+    opts: &Options,
+    grad_output: &CudaView<'_, f32>,
+    grad: &mut impl DevicePtrMut<T>,
+) -> Result<()> {
+    check_devices!(OP, stream, logits, targets, grad_output, grad);
+    if let Some(b) = &weight {
+        check_device(OP, stream, "weight", &**b)?;
+    }
     launch::<T, CudaSlice<f32>, _>(
         stream,
         ws,
         logits,
         targets,
         weight,
+        adjust,
         classes,
         opts,
         Some(grad_output),
@@ -148,11 +214,28 @@ pub fn forward_backward<T: Dtype>(
     loss: &mut impl DevicePtrMut<f32>,
     grad: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
+    forward_backward_adjusted(stream, ws, logits, targets, weight, &LogitAdjust::NONE, classes, opts, loss, grad)
+}
+
+/// [`forward_backward`] of the adjusted loss (see [`super::LogitAdjust`]).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward_adjusted<T: Dtype>(
+    stream: &Arc<CudaStream>,
+    ws: &mut Workspace,
+    logits: &CudaView<'_, T>,
+    targets: &CudaView<'_, i32>,
+    weight: Option<&CudaView<'_, f32>>,
+    adjust: &LogitAdjust<'_, '_>,
+    classes: usize,
+    opts: &Options,
+    loss: &mut impl DevicePtrMut<f32>,
+    grad: &mut impl DevicePtrMut<T>,
+) -> Result<()> {
     check_devices!(OP, stream, logits, targets, loss, grad);
     if let Some(b) = &weight {
         check_device(OP, stream, "weight", &**b)?;
     }
-    launch(stream, ws, logits, targets, weight, classes, opts, None, Some(loss), Some(grad))
+    launch(stream, ws, logits, targets, weight, adjust, classes, opts, None, Some(loss), Some(grad))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -162,6 +245,7 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
     logits: &CudaView<'_, T>,
     targets: &CudaView<'_, i32>,
     weight: Option<&CudaView<'_, f32>>,
+    adjust: &LogitAdjust<'_, '_>,
     classes: usize,
     opts: &Options,
     grad_output: Option<&CudaView<'_, f32>>,
@@ -184,6 +268,7 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
     if let Some(w) = weight {
         check_len(OP, "weight", w.len(), classes)?;
     }
+    adjust.check(stream, classes)?;
     let loss_len = opts.loss_len(rows);
     if let Some(l) = &loss {
         check_len(OP, "loss", l.len(), loss_len)?;
@@ -213,12 +298,28 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
         },
         label_smoothing: opts.label_smoothing,
         grad_output_len: grad_output.map_or(0, |g| g.len() as i32),
+        has_scale: adjust.scale.is_some() as i32,
+        has_offset: adjust.offset.is_some() as i32,
     };
     // A null pointer tells the kernel "absent" (no weight, no upstream gradient, no loss, no grad).
     let null: u64 = 0;
     let (wp, _gw) = match weight {
         Some(w) => {
             let (p, g) = w.device_ptr(stream);
+            (p, Some(g))
+        }
+        None => (null, None),
+    };
+    let (scp, _gsc) = match adjust.scale {
+        Some(v) => {
+            let (p, g) = v.device_ptr(stream);
+            (p, Some(g))
+        }
+        None => (null, None),
+    };
+    let (ofp, _gof) = match adjust.offset {
+        Some(v) => {
+            let (p, g) = v.device_ptr(stream);
             (p, Some(g))
         }
         None => (null, None),
@@ -278,8 +379,10 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
             cfg(blocks_for(rows, 1).min(1 << 20), threads, 0)
         };
         let mut b = stream.launch_builder(&f);
-        b.arg(&xp).arg(&tp).arg(&wp).arg(&sp).arg(&gop).arg(&lp).arg(&gp).arg(&p);
+        b.arg(&xp).arg(&tp).arg(&wp).arg(&scp).arg(&ofp).arg(&sp).arg(&gop).arg(&lp).arg(&gp).arg(&p);
         // SAFETY: logits and grad hold rows*classes elements, targets rows, row losses >= rows,
+        // scale and offset `classes` f32 each when non-null (p.has_scale/has_offset say which;
+        // the kernel reads scale[c]/offset[c] only for c < cols and only when its flag is set),
         // grad_output 0/1/rows as p.grad_output_len says (all checked above); the kernel indexes
         // row*cols + c with row < rows, c < cols, and uses a target as an index only after
         // checking it lies in [0, cols).

@@ -25,6 +25,11 @@
 //! Targets are `i32` (PyTorch uses `i64`; convert before the call). A target outside `[0, C)` that
 //! is not `ignore_index` is an error naming the first such sample; on the GPU the kernel flags it
 //! without reading or writing out of bounds, and the wrapper reports it after the launch.
+//!
+//! **Logit adjustment** ([`LogitAdjust`], the `*_adjusted` functions): an optional per-class
+//! scale `s_c` and offset `o_c` applied to the logits inside the loss, `u_c = s_c * x_c + o_c`,
+//! and the loss above taken on `u`; the gradient with respect to `x_c` is `s_c * dL/du_c`. With
+//! [`LogitAdjust::NONE`] the result is bit-identical to the plain functions.
 pub mod cpu;
 pub mod cuda;
 pub mod weights;
@@ -76,6 +81,42 @@ impl Options {
 
     pub(crate) fn is_ignored(&self, t: i32) -> bool {
         self.ignore_index == Some(t)
+    }
+}
+
+/// Per-class scale and offset applied to the logits inside the loss: `u_c = s_c * x_c + o_c`.
+///
+/// `None` means scale 1 / offset 0 for every class. Uses: VS-loss (Kini et al. 2021: both),
+/// class-dependent temperature (Ye et al. 2020: scale), logit adjustment (Menon et al. 2021:
+/// offset). Each slice, when given, must hold one value per class.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LogitAdjust<'a> {
+    /// Multiplier `s_c` of each class's logit.
+    pub scale: Option<&'a [f32]>,
+    /// Addend `o_c` of each class's (scaled) logit.
+    pub offset: Option<&'a [f32]>,
+}
+
+impl LogitAdjust<'_> {
+    /// No adjustment: the plain loss.
+    pub const NONE: LogitAdjust<'static> = LogitAdjust { scale: None, offset: None };
+
+    /// True when neither a scale nor an offset is given.
+    pub fn is_none(&self) -> bool {
+        self.scale.is_none() && self.offset.is_none()
+    }
+
+    /// Errors unless every given slice holds `classes` values.
+    pub fn check(&self, op: &'static str, classes: usize) -> crate::Result<()> {
+        for (name, v) in [("scale", self.scale), ("offset", self.offset)] {
+            if let Some(v) = v {
+                if v.len() != classes {
+                    let msg = format!("logit {name} has {} elements, expected {classes} (classes)", v.len());
+                    return Err(crate::Error::shape(op, msg));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
