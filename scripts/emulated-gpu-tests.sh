@@ -18,8 +18,8 @@
 # non-zero when a part fails. --asan builds the emulator and the kernels with AddressSanitizer and
 # preloads its runtime into the (uninstrumented) Rust binaries. --skip-slow leaves out the
 # trainer's two-epoch run (cuda_short_run_learns_like_cpu), the slowest GPU test by far, and the
-# spread of injected GPU faults (tests/gpu_faults.rs: faults_spread_over_a_run, 30 cifar10 runs;
-# one fault of each kind still runs).
+# spread of injected GPU faults (tests/gpu_faults.rs: faults_spread_over_a_run, 38 cifar10 runs;
+# one fault still runs).
 # --tests-only stops after parts 1 and 2.
 set -uo pipefail
 cd "$(dirname "$0")/.."
