@@ -103,6 +103,14 @@ pub enum Error {
         #[source]
         source: DriverError,
     },
+
+    /// The GPU failed ([`Error::Driver`] or [`Error::KernelFailed`], in `source`) during a
+    /// training or an evaluation. `stage` names the training ("stage 1 (uniform weights)", a
+    /// method's, "warm-up", or "data" for the upload of the data sets); `place` where in it:
+    /// "setup", "epoch 2, step 3 of 4", "evaluation after epoch 2", "checkpoint after epoch 2",
+    /// "final evaluation", ... The checkpoints written before it are left untouched.
+    #[error("{stage}, {place}: the GPU failed: {source}")]
+    Device { stage: String, place: String, source: Box<Error> },
 }
 
 /// `Result` with the library's [`Error`].
@@ -111,6 +119,30 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape { op, msg: msg.into() }
+    }
+
+    /// A GPU failure ([`Error::Driver`], [`Error::KernelFailed`]) becomes [`Error::Device`] at
+    /// `stage`, `place`; every other error, and one already located, is returned as it is (the
+    /// innermost place is the most precise).
+    pub(crate) fn at(self, stage: &str, place: impl FnOnce() -> String) -> Self {
+        match self {
+            e @ (Error::Driver { .. } | Error::KernelFailed { .. }) => {
+                Error::Device { stage: stage.to_string(), place: place(), source: Box::new(e) }
+            }
+            e => e,
+        }
+    }
+}
+
+/// Names where a GPU failure happened (see [`Error::at`]), on results of every error type that
+/// can carry one.
+pub(crate) trait Located: Sized {
+    fn at(self, stage: &str, place: impl FnOnce() -> String) -> Self;
+}
+
+impl<T> Located for Result<T> {
+    fn at(self, stage: &str, place: impl FnOnce() -> String) -> Self {
+        self.map_err(|e| e.at(stage, place))
     }
 }
 
@@ -122,5 +154,26 @@ pub(crate) trait DriverContext<T> {
 impl<T> DriverContext<T> for std::result::Result<T, DriverError> {
     fn during(self, op: &'static str) -> Result<T> {
         self.map_err(|source| Error::Driver { op, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::sys::CUresult;
+
+    // Display is not checked: DriverError's asks the driver library for the text.
+    #[test]
+    fn only_gpu_failures_are_located_and_only_once() {
+        let driver = || Error::Driver { op: "conv2d", source: DriverError(CUresult::CUDA_ERROR_LAUNCH_FAILED) };
+        let e = driver().at("stage 1", || "epoch 1, step 2 of 3".into());
+        let Error::Device { stage, place, source } = &e else { panic!("not located: {e:?}") };
+        assert_eq!((stage.as_str(), place.as_str()), ("stage 1", "epoch 1, step 2 of 3"));
+        assert!(matches!(**source, Error::Driver { op: "conv2d", .. }));
+        // The outer place does not replace the inner, more precise one.
+        let again = e.at("stage 1", || "final evaluation".into());
+        assert!(matches!(&again, Error::Device { place, .. } if place == "epoch 1, step 2 of 3"));
+        let shape = Error::shape("train", "batch size 0").at("stage 1", || unreachable!("not a GPU failure"));
+        assert!(matches!(shape, Error::Shape { .. }));
     }
 }

@@ -111,3 +111,12 @@ impl ExperimentError {
 fn usage(msg: impl Into<String>) -> ExperimentError {
     ExperimentError::Usage(msg.into())
 }
+
+impl<T> crate::error::Located for std::result::Result<T, ExperimentError> {
+    fn at(self, stage: &str, place: impl FnOnce() -> String) -> Self {
+        self.map_err(|e| match e {
+            ExperimentError::Compute(e) => ExperimentError::Compute(e.at(stage, place)),
+            e => e,
+        })
+    }
+}

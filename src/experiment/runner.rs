@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::confusion::Metrics;
 use crate::data::{self, DataFingerprint, DataSource, Dataset};
+use crate::error::Located;
 use crate::json::{describe_diffs, diff_fields};
 use crate::methods::{drw_default_epochs, weights_from_metrics, BiasKind, Method, RecallSplit, Weights};
 use crate::report::run_dir::{Checked, OutState, RunDir, RunManifest};
@@ -262,9 +263,14 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     };
     say!(opts, "run {} in {}", manifest.run_id, dir.staging().display());
 
-    let train_data = DeviceData::new(be, &train_set.images, &train_set.labels)?;
-    let test_data = DeviceData::new(be, &test_set.images, &test_set.labels)?;
-    let val_data = val_set.as_ref().map(|v| DeviceData::new(be, &v.images, &v.labels)).transpose()?;
+    let upload = |what: &'static str| move || format!("uploading the {what} set");
+    let train_data = DeviceData::new(be, &train_set.images, &train_set.labels).at("data", upload("training"))?;
+    let test_data = DeviceData::new(be, &test_set.images, &test_set.labels).at("data", upload("test"))?;
+    let val_data = val_set
+        .as_ref()
+        .map(|v| DeviceData::new(be, &v.images, &v.labels))
+        .transpose()
+        .at("data", upload("validation"))?;
     let progress = Progress { bars: !opts.quiet && !opts.silent, summaries: !opts.silent };
     let ck_dir = dir.staging().join("checkpoints");
     std::fs::create_dir_all(&ck_dir).map_err(ExperimentError::io("create", &ck_dir))?;
@@ -650,9 +656,10 @@ fn print_plan<B: Backend>(
 fn warm_up_speed<B: Backend>(be: &B, plan: &Plan, train_set: &Dataset) -> Result<f64> {
     let part = train_set.first(2 * plan.train.batch_size);
     let n = part.len();
-    let data = DeviceData::new(be, &part.images, &part.labels)?;
+    let setup = || "setup".to_string();
+    let data = DeviceData::new(be, &part.images, &part.labels).at("warm-up", setup)?;
     let max_batch = plan.train.batch_size.max(plan.train.eval_batch_size);
-    let mut model = Model::new(be, plan.model, max_batch, plan.train.seed)?;
+    let mut model = Model::new(be, plan.model, max_batch, plan.train.seed).at("warm-up", setup)?;
     let cfg = TrainConfig { epochs: 1, eval_each_epoch: false, ..plan.train.clone() };
     let weights = vec![1.0; plan.model.classes];
     let t0 = Instant::now();
@@ -718,7 +725,7 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
     let online = st.spec.online();
     let max_batch = cfg.batch_size.max(cfg.eval_batch_size);
     // Same seed in every training of a seed: they differ only in what the training changes.
-    let mut model = Model::new(be, st.model_cfg, max_batch, cfg.seed)?;
+    let mut model = Model::new(be, st.model_cfg, max_batch, cfg.seed).at(name, || "setup".to_string())?;
     say!(
         opts,
         "  {} parameters, {:.1} M multiply-adds per image, {} epoch{} of batch {}",
@@ -776,17 +783,18 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
         Monitor::Val(_) => (last, None),
         Monitor::Test(_) => (None, last),
     };
+    let fin = |split: &'static str| move || format!("final evaluation ({split} split)");
     let test = match last_test {
         Some(c) => Metrics::from_matrix(&c),
-        None => metrics(be, &mut model, st.test_data, cfg, bars, None)?,
+        None => metrics(be, &mut model, st.test_data, cfg, bars, None).at(name, fin("test"))?,
     };
-    let train_m = metrics(be, &mut model, st.train_data, cfg, bars, None)?;
+    let train_m = metrics(be, &mut model, st.train_data, cfg, bars, None).at(name, fin("training"))?;
     let val = match (st.val_data, last_val) {
         (Some(_), Some(c)) => Some(Metrics::from_matrix(&c)),
-        (Some(v), None) => Some(metrics(be, &mut model, v, cfg, bars, None)?),
+        (Some(v), None) => Some(metrics(be, &mut model, v, cfg, bars, None).at(name, fin("validation"))?),
         (None, _) => None,
     };
-    train::save_model(st.model_path, &model, be)?;
+    train::save_model(st.model_path, &model, be).at(name, || "saving the model".to_string())?;
     // Wall time of this process; a resumed training adds the epochs' time before the stop.
     let before: f64 = st.resume.map_or(0.0, |c| c.meta.logs.iter().map(|l| l.seconds).sum::<f64>());
     let seconds = before + t0.elapsed().as_secs_f64();
@@ -824,7 +832,8 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
         let val = st
             .val_data
             .ok_or_else(|| usage(format!("{name}: a post-hoc bias needs a validation split (--val-size > 0)")))?;
-        biased.push((kind.method(), fit_bias(be, &mut model, val, st, &report, kind)?));
+        let place = || format!("post-hoc {}", kind.method());
+        biased.push((kind.method(), fit_bias(be, &mut model, val, st, &report, kind).at(name, place)?));
     }
     Ok(Some((report, biased)))
 }

@@ -20,6 +20,7 @@ use super::epoch_log::EpochLog;
 use super::model::Model;
 use super::step::{add_class_sums, ClassTally, DeviceData, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
 use crate::confusion::ConfusionMatrix;
+use crate::error::Located;
 use crate::json::{describe_diffs, diff_fields};
 use crate::{Error, Result};
 
@@ -246,7 +247,8 @@ pub fn train_with<B: Backend>(
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(Error::shape("train", format!("learning rate {}: must be finite and > 0", cfg.lr)));
     }
-    let mut step = TrainStep::new(be, model, cfg, class_weights)?;
+    let setup = || "setup".to_string();
+    let mut step = TrainStep::new(be, model, cfg, class_weights).at(stage, setup)?;
     // The last partial batch is dropped: every step sees a full batch (batch-norm statistics).
     let steps_per_epoch = train.len() / cfg.batch_size;
     let total = steps_per_epoch * cfg.epochs;
@@ -290,12 +292,13 @@ pub fn train_with<B: Backend>(
                 ),
             ));
         }
-        model.load_state(be, &ck.state)?;
-        model.load_optimizer_state(be, &ck.optim)?;
+        let resuming = || format!("resuming after step {}", ck.meta.step);
+        model.load_state(be, &ck.state).at(stage, resuming)?;
+        model.load_optimizer_state(be, &ck.optim).at(stage, resuming)?;
         meta = ck.meta.clone();
         order = ck.order.clone();
         if let Some(w) = &meta.weights_now {
-            step.set_class_weights(be, w)?;
+            step.set_class_weights(be, w).at(stage, resuming)?;
         }
         last_good = control.checkpoint.map(Path::to_path_buf);
     }
@@ -333,7 +336,8 @@ pub fn train_with<B: Backend>(
             let b = meta.batch;
             let plan = step.plan(&mut meta.rng, &order[b * cfg.batch_size..(b + 1) * cfg.batch_size]);
             let lr = cfg.lr_at(meta.step, total, steps_per_epoch);
-            let loss = match step.run(be, model, train, &plan, lr, Some(&mut tally))? {
+            let place = || format!("epoch {}, step {} of {steps_per_epoch}", epoch + 1, b + 1);
+            let loss = match step.run(be, model, train, &plan, lr, Some(&mut tally)).at(stage, place)? {
                 StepOutcome::Updated { loss } => loss,
                 StepOutcome::NonFiniteLoss { loss } => {
                     let what = format!("the loss is {loss} (batch {} of the epoch)", b + 1);
@@ -361,13 +365,18 @@ pub fn train_with<B: Backend>(
         if stopped {
             meta.counts = tally.confusion.into_counts();
             meta.class_sums = tally.sums;
-            let written = write_checkpoint(be, model, &meta, &order, control.checkpoint, &last_good, stage)?;
+            let place = || format!("checkpoint in epoch {} (stopped)", epoch + 1);
+            let written =
+                write_checkpoint(be, model, &meta, &order, control.checkpoint, &last_good, stage).at(stage, place)?;
             return Ok(TrainOutcome::Stopped { epoch: epoch + 1, step: meta.step, checkpoint: written });
         }
         let seconds = meta.epoch_seconds;
         let seen = steps_per_epoch * cfg.batch_size;
         let monitored = match (cfg.eval_each_epoch, monitor) {
-            (true, Some(m)) => Some(evaluate(be, model, m.data(), cfg.eval_batch_size, false)?),
+            (true, Some(m)) => Some(
+                evaluate(be, model, m.data(), cfg.eval_batch_size, false)
+                    .at(stage, || format!("evaluation after epoch {}", epoch + 1))?,
+            ),
             _ => None,
         };
         let accuracy = |want_val: bool| match (monitor, &monitored) {
@@ -403,8 +412,9 @@ pub fn train_with<B: Backend>(
         if let (Some(hook), true) = (control.on_epoch, meta.epoch < cfg.epochs) {
             let end =
                 EpochEnd { epoch: meta.epoch, weights: &weights_now, log: &hook_log, monitor: monitored.as_ref() };
-            if let Some(w) = hook(be, model, &end)? {
-                step.set_class_weights(be, &w)?;
+            let place = || format!("end of epoch {}", epoch + 1);
+            if let Some(w) = hook(be, model, &end).at(stage, place)? {
+                step.set_class_weights(be, &w).at(stage, place)?;
                 if progress.summaries {
                     println!(
                         "{stage} class weights from epoch {}: {}",
@@ -416,11 +426,13 @@ pub fn train_with<B: Backend>(
             }
         }
         if let Some(path) = control.checkpoint {
-            write_checkpoint(be, model, &meta, &order, Some(path), &last_good, stage)?;
+            write_checkpoint(be, model, &meta, &order, Some(path), &last_good, stage)
+                .at(stage, || format!("checkpoint after epoch {}", epoch + 1))?;
             last_good = Some(path.to_path_buf());
         } else {
             // No checkpoint to write, but a run must still not go on with garbage parameters.
-            if let Some(what) = non_finite_state(be, model)? {
+            let place = || format!("checking the parameters after epoch {}", epoch + 1);
+            if let Some(what) = non_finite_state(be, model).at(stage, place)? {
                 return Err(Error::Diverged {
                     stage: stage.to_string(),
                     epoch: epoch + 1,

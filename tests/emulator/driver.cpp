@@ -16,6 +16,9 @@
 //   bytes overwritten) is reported on stderr at once, and, as on hardware, the launch itself
 //   succeeds and the context is broken from then on: every later call on it returns the error.
 // - Counters of launches, allocations, copies and host waits: evenclass_emu_counters().
+// - Faults injected on request (EVENCLASS_EMU_FAULT=kind:N, test-only): the N-th allocation,
+//   launch, synchronize or copy fails, or the device is lost from the N-th call on (see
+//   "fault injection" below and docs/emulator.md).
 // - An entry point the crate calls that is not here makes cudarc panic naming it ("Missing symbol
 //   cuXyz"); the few exported stubs below print their name and return CUDA_ERROR_NOT_SUPPORTED.
 #include <cuda.h>
@@ -24,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <map>
 #include <mutex>
@@ -216,6 +220,11 @@ static bool tracing() {
 
 namespace {
 
+// Fault injection (defined below, "fault injection"): the kinds of counted calls.
+enum FaultKind : unsigned { kFaultAlloc = 0, kFaultLaunch, kFaultSync, kFaultCopy, kFaultKinds };
+constexpr unsigned bit(FaultKind k) { return 1u << k; }
+CUresult fault_point(CUcontext ctx, unsigned kinds, const char* op);
+
 double now_ms() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -288,6 +297,7 @@ CUresult alloc(CUdeviceptr* dptr, size_t bytes, const char* op) {
     if (CUresult r = need_ctx(&ctx)) return r;
     if (!dptr) return CUDA_ERROR_INVALID_VALUE;
     if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;  // as the real driver
+    if (CUresult r = fault_point(ctx, bit(kFaultAlloc), op)) return r;
     if (bytes > kTotalMem - st().allocated) return CUDA_ERROR_OUT_OF_MEMORY;
     void* block = nullptr;
     const size_t extra = EC_ASAN ? 0 : 2 * kGuard;
@@ -388,7 +398,7 @@ const char* error_name(CUresult r) {
         E(CUDA_ERROR_NOT_FOUND) E(CUDA_ERROR_NOT_READY) E(CUDA_ERROR_ILLEGAL_ADDRESS) E(CUDA_ERROR_MISALIGNED_ADDRESS)
         E(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES) E(CUDA_ERROR_LAUNCH_TIMEOUT) E(CUDA_ERROR_ILLEGAL_INSTRUCTION)
         E(CUDA_ERROR_LAUNCH_FAILED) E(CUDA_ERROR_NOT_SUPPORTED) E(CUDA_ERROR_UNKNOWN)
-        E(CUDA_ERROR_UNSUPPORTED_PTX_VERSION) E(CUDA_ERROR_INVALID_PTX)
+        E(CUDA_ERROR_UNSUPPORTED_PTX_VERSION) E(CUDA_ERROR_INVALID_PTX) E(CUDA_ERROR_DEVICE_UNAVAILABLE)
 #undef E
     default: return nullptr;
     }
@@ -419,6 +429,7 @@ const char* error_string(CUresult r) {
     case CUDA_ERROR_UNKNOWN: return "unknown error";
     case CUDA_ERROR_UNSUPPORTED_PTX_VERSION: return "the provided PTX was compiled with an unsupported toolchain.";
     case CUDA_ERROR_INVALID_PTX: return "a PTX JIT compilation failed";
+    case CUDA_ERROR_DEVICE_UNAVAILABLE: return "CUDA-capable device(s) is/are busy or unavailable";
     default: return nullptr;
     }
 }
@@ -437,6 +448,167 @@ int func_max_threads(const ec_emu::EntryInfo& e) {
 }
 
 }  // namespace
+
+
+// ---- fault injection (EVENCLASS_EMU_FAULT=kind:N) ---------------------------------------------------------
+// Test-only: makes the N-th call of one kind fail the way a real driver fails it, so that tests can
+// check what the host code does with each failure (tests/gpu_faults.rs).
+//
+//   alloc:N   the N-th allocation returns CUDA_ERROR_OUT_OF_MEMORY (not sticky: the context works on)
+//   launch:N  the N-th launch returns CUDA_ERROR_LAUNCH_FAILED and the kernel does not run; sticky,
+//             as after a kernel exception on hardware: every later call on the context fails
+//   sync:N    the N-th host synchronization (stream, context or event synchronize, or a
+//             device-to-host copy the host waits for) reports CUDA_ERROR_ILLEGAL_ADDRESS, sticky
+//   copy:N    the N-th copy (host to device, device to host, device to device) returns
+//             CUDA_ERROR_UNKNOWN and copies nothing (not sticky)
+//   lost:N    from the N-th call on, every call on every context returns
+//             CUDA_ERROR_DEVICE_UNAVAILABLE (the device fell off the bus)
+//
+// "Calls" (what lost:N counts) are allocations, launches, copies, memsets and host
+// synchronizations. Counts run from the process start (or evenclass_emu_set_fault) and are
+// independent of evenclass_emu_reset_counters; evenclass_emu_fault_counts() reads them, and
+// EVENCLASS_EMU_FAULT_COUNTS=1 prints them on stderr at process exit (how a test finds the call
+// counts of a clean run of another process). Frees are not counted and keep working after any
+// fault, so memory is still released.
+namespace {
+
+const char* const kFaultNames[] = {"alloc", "launch", "sync", "copy", "lost"};  // lost = kFaultKinds
+
+struct Fault {
+    int kind = -1;  // a FaultKind, kFaultKinds for lost, -1 for none
+    uint64_t n = 0;
+    std::string spec;
+};
+
+// Parses "kind:N" (N >= 1). Returns false, with the reason in *why, when it is not one.
+bool parse_fault(const char* spec, Fault* out, std::string* why) {
+    const char* colon = strchr(spec, ':');
+    if (!colon) {
+        *why = "no ':'";
+        return false;
+    }
+    const std::string kind(spec, colon - spec);
+    int k = -1;
+    for (int i = 0; i <= (int)kFaultKinds; ++i)
+        if (kind == kFaultNames[i]) k = i;
+    if (k < 0) {
+        *why = "unknown kind '" + kind + "'";
+        return false;
+    }
+    const char* digits = colon + 1;
+    if (!*digits || strspn(digits, "0123456789") != strlen(digits) || strlen(digits) > 18) {
+        *why = "N is not a whole number";
+        return false;
+    }
+    const uint64_t n = strtoull(digits, nullptr, 10);
+    if (n == 0) {
+        *why = "N counts from 1";
+        return false;
+    }
+    *out = Fault{k, n, spec};
+    return true;
+}
+
+Fault& fault() {
+    static Fault* f = new Fault;
+    return *f;
+}
+uint64_t g_fault_counts[kFaultKinds + 1];  // per kind; the last: every call (what lost counts)
+bool g_device_lost = false;
+
+const char* const kFaultUsage =
+    "expected KIND:N, KIND one of alloc, launch, sync, copy, lost and N >= 1 (e.g. sync:3)";
+
+// At load: a bad EVENCLASS_EMU_FAULT must not silently run without a fault.
+__attribute__((constructor)) void fault_from_env() {
+    const char* s = getenv("EVENCLASS_EMU_FAULT");
+    if (!s || !*s) return;
+    std::string why;
+    if (!parse_fault(s, &fault(), &why)) {
+        fprintf(stderr, "[evenclass-emu] EVENCLASS_EMU_FAULT=%s is invalid (%s): %s\n", s, why.c_str(), kFaultUsage);
+        _exit(2);
+    }
+}
+
+__attribute__((destructor)) void fault_counts_at_exit() {
+    const char* s = getenv("EVENCLASS_EMU_FAULT_COUNTS");
+    if (!s || !*s || strcmp(s, "0") == 0) return;
+    fprintf(stderr, "[evenclass-emu] fault counts: alloc %llu launch %llu sync %llu copy %llu calls %llu\n",
+            (unsigned long long)g_fault_counts[0], (unsigned long long)g_fault_counts[1],
+            (unsigned long long)g_fault_counts[2], (unsigned long long)g_fault_counts[3],
+            (unsigned long long)g_fault_counts[4]);
+}
+
+const char* ordinal_suffix(uint64_t n) {
+    if (n % 100 >= 11 && n % 100 <= 13) return "th";
+    return n % 10 == 1 ? "st" : n % 10 == 2 ? "nd" : n % 10 == 3 ? "rd" : "th";
+}
+
+// One counted call of the given kinds (a bit set: a device-to-host copy the host waits for is a
+// copy and a synchronization) on `ctx`. Returns the injected error, or CUDA_SUCCESS.
+CUresult fault_point(CUcontext ctx, unsigned kinds, const char* op) {
+    const Fault& f = fault();
+    const uint64_t call = ++g_fault_counts[kFaultKinds];
+    uint64_t nth[kFaultKinds] = {};
+    for (unsigned k = 0; k < kFaultKinds; ++k)
+        if (kinds & (1u << k)) nth[k] = ++g_fault_counts[k];
+    if (f.kind < 0) return CUDA_SUCCESS;
+    if (f.kind == (int)kFaultKinds) {
+        if (call < f.n) return CUDA_SUCCESS;
+        if (!g_device_lost) {
+            g_device_lost = true;
+            fprintf(stderr,
+                    "[evenclass-emu] injected fault (EVENCLASS_EMU_FAULT=%s): the device is lost at call %llu (%s); "
+                    "every later call returns CUDA_ERROR_DEVICE_UNAVAILABLE\n",
+                    f.spec.c_str(), (unsigned long long)call, op);
+            for (CUcontext c : st().primary) c->sticky = CUDA_ERROR_DEVICE_UNAVAILABLE;
+        }
+        return CUDA_ERROR_DEVICE_UNAVAILABLE;
+    }
+    if (!(kinds & (1u << f.kind)) || nth[f.kind] != f.n) return CUDA_SUCCESS;
+    CUresult r = CUDA_SUCCESS;
+    bool sticky = false;
+    switch (f.kind) {
+    case kFaultAlloc: r = CUDA_ERROR_OUT_OF_MEMORY; break;
+    case kFaultLaunch: r = CUDA_ERROR_LAUNCH_FAILED, sticky = true; break;
+    case kFaultSync: r = CUDA_ERROR_ILLEGAL_ADDRESS, sticky = true; break;
+    case kFaultCopy: r = CUDA_ERROR_UNKNOWN; break;
+    }
+    if (sticky) ctx->sticky = r;
+    fprintf(stderr, "[evenclass-emu] injected fault (EVENCLASS_EMU_FAULT=%s): the %llu%s %s (%s) returns %s%s\n",
+            f.spec.c_str(), (unsigned long long)f.n, ordinal_suffix(f.n), kFaultNames[f.kind], op, error_name(r),
+            sticky ? "; the context is now faulted" : "");
+    return r;
+}
+
+}  // namespace
+
+extern "C" {
+// Test-only: replaces the fault (as EVENCLASS_EMU_FAULT would; nullptr or "" for none) and restarts
+// the per-kind counts. Returns 0, or -1 with a message on stderr for a bad spec (nothing changes).
+int evenclass_emu_set_fault(const char* spec) {
+    LOCK;
+    Fault f;
+    if (spec && *spec) {
+        std::string why;
+        if (!parse_fault(spec, &f, &why)) {
+            fprintf(stderr, "[evenclass-emu] fault '%s' is invalid (%s): %s\n", spec, why.c_str(), kFaultUsage);
+            return -1;
+        }
+    }
+    fault() = f;
+    memset(g_fault_counts, 0, sizeof g_fault_counts);
+    return 0;
+}
+
+// The per-kind counts: alloc, launch, sync, copy, calls. Writes at most `n` of them; returns 5.
+size_t evenclass_emu_fault_counts(uint64_t* out, size_t n) {
+    LOCK;
+    const size_t all = sizeof g_fault_counts / sizeof g_fault_counts[0];
+    for (size_t i = 0; i < n && i < all; ++i) out[i] = g_fault_counts[i];
+    return all;
+}
+}  // extern "C"
 
 extern "C" {
 
@@ -648,7 +820,8 @@ CUresult cuCtxSynchronize(void) {
     ++g_counters.ctx_syncs;
     ++g_counters.host_syncs;
     TRACE("trace: cuCtxSynchronize");
-    return ctx->sticky;
+    if (ctx->sticky) return ctx->sticky;
+    return fault_point(ctx, bit(kFaultSync), "cuCtxSynchronize");
 }
 
 CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
@@ -689,7 +862,8 @@ CUresult cuStreamSynchronize(CUstream s) {
     ++g_counters.stream_syncs;
     ++g_counters.host_syncs;
     TRACE("trace: cuStreamSynchronize");
-    return r;
+    if (r) return r;
+    return fault_point(ctx, bit(kFaultSync), "cuStreamSynchronize");
 }
 
 CUresult cuStreamQuery(CUstream s) {
@@ -762,7 +936,8 @@ CUresult cuEventSynchronize(CUevent e) {
     ++g_counters.event_syncs;
     ++g_counters.host_syncs;
     TRACE("trace: cuEventSynchronize");
-    return e->ctx->sticky;
+    if (e->ctx->sticky) return e->ctx->sticky;
+    return fault_point(e->ctx, bit(kFaultSync), "cuEventSynchronize");
 }
 
 static CUresult elapsed(float* ms, CUevent a, CUevent b) {
@@ -819,6 +994,7 @@ static CUresult htod(CUdeviceptr dst, const void* src, size_t n, CUstream s, con
     if (CUresult r = stream_ctx(s, &ctx)) return r;
     if (n && !src) return CUDA_ERROR_INVALID_VALUE;
     if (CUresult r = check_range(op, dst, n)) return r;
+    if (CUresult r = fault_point(ctx, bit(kFaultCopy), op)) return r;
     if (n) memcpy(reinterpret_cast<void*>(dst), src, n);
     ++g_counters.htod_copies;
     g_counters.htod_bytes += n;
@@ -832,9 +1008,6 @@ static CUresult dtoh(void* dst, CUdeviceptr src, size_t n, CUstream s, const cha
     if (CUresult r = stream_ctx(s, &ctx)) return r;
     if (n && !dst) return CUDA_ERROR_INVALID_VALUE;
     if (CUresult r = check_range(op, src, n)) return r;
-    if (n) memcpy(dst, reinterpret_cast<const void*>(src), n);
-    ++g_counters.dtoh_copies;
-    g_counters.dtoh_bytes += n;
     // Into pageable memory even the asynchronous copy returns only once it is done, so the host
     // waits for everything queued before it.
     bool pinned = false;
@@ -843,6 +1016,10 @@ static CUresult dtoh(void* dst, CUdeviceptr src, size_t n, CUstream s, const cha
         --it;
         pinned = (uintptr_t)dst - it->first < it->second;
     }
+    if (CUresult r = fault_point(ctx, bit(kFaultCopy) | (sync || !pinned ? bit(kFaultSync) : 0u), op)) return r;
+    if (n) memcpy(dst, reinterpret_cast<const void*>(src), n);
+    ++g_counters.dtoh_copies;
+    g_counters.dtoh_bytes += n;
     if (sync || !pinned) {
         ++g_counters.dtoh_waits;
         ++g_counters.host_syncs;
@@ -857,6 +1034,7 @@ static CUresult dtod(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s, con
     if (CUresult r = stream_ctx(s, &ctx)) return r;
     if (CUresult r = check_range(op, src, n)) return r;
     if (CUresult r = check_range(op, dst, n)) return r;
+    if (CUresult r = fault_point(ctx, bit(kFaultCopy), op)) return r;
     if (n) memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
     ++g_counters.dtod_copies;
     TRACE("trace: %s %zu bytes", op, n);
@@ -883,6 +1061,7 @@ static CUresult memset_n(CUdeviceptr dst, unsigned v, size_t count, size_t elem,
     if (count > SIZE_MAX / elem) return CUDA_ERROR_INVALID_VALUE;
     if (CUresult r = check_range(op, dst, count * elem)) return r;
     if (elem > 1 && dst % elem) return CUDA_ERROR_INVALID_VALUE;
+    if (CUresult r = fault_point(ctx, 0, op)) return r;
     unsigned char* p = reinterpret_cast<unsigned char*>(dst);
     if (elem == 1) memset(p, (int)(v & 0xFF), count);
     else
@@ -1079,6 +1258,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
              e.name, threads, e.registers, regs_needed(e.registers, (int)threads), kRegsPerBlock);
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     }
+    if (CUresult r = fault_point(ctx, bit(kFaultLaunch), e.name)) return r;  // the kernel does not run
     ++g_counters.launches;
     TRACE("trace: cuLaunchKernel %s grid (%u,%u,%u) block (%u,%u,%u) smem %u", e.name, gx, gy, gz, bx, by, bz, smem);
     if (g_dry_run) return CUDA_SUCCESS;

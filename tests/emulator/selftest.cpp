@@ -19,6 +19,8 @@
 
 extern "C" size_t evenclass_emu_counters(void* out, size_t size);
 extern "C" void evenclass_emu_reset_counters(void);
+extern "C" int evenclass_emu_set_fault(const char* spec);
+extern "C" size_t evenclass_emu_fault_counts(uint64_t* out, size_t n);
 
 namespace {
 
@@ -332,6 +334,126 @@ bool counters() {
     return true;
 }
 
+
+// ---- injected faults (EVENCLASS_EMU_FAULT=kind:N, here through evenclass_emu_set_fault) ----------------
+
+// The per-kind counts (alloc, launch, sync, copy, calls) equal `want`.
+bool fault_counts_are(std::vector<uint64_t> want) {
+    uint64_t got[5] = {};
+    EXPECT(evenclass_emu_fault_counts(got, 5) == 5);
+    for (size_t i = 0; i < 5; ++i) {
+        if (got[i] != want[i])
+            fprintf(stderr, "fault count %zu is %llu, expected %llu\n", i, (unsigned long long)got[i],
+                    (unsigned long long)want[i]);
+        EXPECT(got[i] == want[i]);
+    }
+    return true;
+}
+
+// The 2nd allocation is out of memory; the 3rd works again (not sticky).
+bool fault_alloc() {
+    EXPECT(evenclass_emu_set_fault("alloc:2") == 0);
+    CUdeviceptr a = 0, b = 0, c = 0;
+    CK(cuMemAlloc(&a, 64));
+    EXPECT_CODE(cuMemAlloc(&b, 64), CUDA_ERROR_OUT_OF_MEMORY);
+    EXPECT(b == 0);
+    CK(cuMemAlloc(&c, 64));
+    CK(cuCtxSynchronize());
+    return fault_counts_are({3, 0, 1, 0, 4});
+}
+
+// The 2nd launch fails and does not run; the context is broken for every later call.
+bool fault_launch() {
+    EXPECT(evenclass_emu_set_fault("launch:2") == 0);
+    auto x = ramp(100);
+    CUdeviceptr dx = upload(x), dout = upload({-7.0f});
+    int n = 100;
+    CK(launch(fn("selftest_block_sum"), 1, 32, 0, {&dx, &dout, &n}));
+    float first = 0;
+    CK(cuMemcpyDtoH(&first, dout, sizeof first));
+    EXPECT(first != -7.0f);
+    const float poison = -7.0f;
+    CK(cuMemcpyHtoD(dout, &poison, sizeof poison));
+    EXPECT_CODE(launch(fn("selftest_block_sum"), 1, 32, 0, {&dx, &dout, &n}), CUDA_ERROR_LAUNCH_FAILED);
+    EXPECT_CODE(cuCtxSynchronize(), CUDA_ERROR_LAUNCH_FAILED);
+    float got = 0;
+    EXPECT_CODE(cuMemcpyDtoH(&got, dout, sizeof got), CUDA_ERROR_LAUNCH_FAILED);
+    CUdeviceptr more = 0;
+    EXPECT_CODE(cuMemAlloc(&more, 64), CUDA_ERROR_LAUNCH_FAILED);
+    EXPECT_CODE(launch(fn("selftest_block_sum"), 1, 32, 0, {&dx, &dout, &n}), CUDA_ERROR_LAUNCH_FAILED);
+    // Calls on the broken context are not counted: 2 allocations, 2 launches, 4 copies (one of
+    // them a synchronizing device-to-host copy); 8 calls.
+    return fault_counts_are({2, 2, 1, 4, 8});
+}
+
+// The 2nd host synchronization (here a device-to-host copy) reports an illegal address, copies
+// nothing, and every later call fails with it.
+bool fault_sync() {
+    EXPECT(evenclass_emu_set_fault("sync:2") == 0);
+    CUdeviceptr d = upload({3.0f});
+    CK(cuStreamSynchronize(g_stream));
+    float got = -1.0f;
+    EXPECT_CODE(cuMemcpyDtoH(&got, d, sizeof got), CUDA_ERROR_ILLEGAL_ADDRESS);
+    EXPECT(got == -1.0f);
+    EXPECT_CODE(cuStreamSynchronize(g_stream), CUDA_ERROR_ILLEGAL_ADDRESS);
+    EXPECT_CODE(cuCtxSynchronize(), CUDA_ERROR_ILLEGAL_ADDRESS);
+    CUdeviceptr more = 0;
+    EXPECT_CODE(cuMemAlloc(&more, 64), CUDA_ERROR_ILLEGAL_ADDRESS);
+    int n = 1;
+    EXPECT_CODE(launch(fn("selftest_block_sum"), 1, 32, 0, {&d, &d, &n}), CUDA_ERROR_ILLEGAL_ADDRESS);
+    return fault_counts_are({1, 0, 2, 2, 4});
+}
+
+// The 2nd copy fails and copies nothing; the context works on (not sticky).
+bool fault_copy() {
+    EXPECT(evenclass_emu_set_fault("copy:2") == 0);
+    CUdeviceptr d = upload({5.0f});
+    const float other = 9.0f;
+    EXPECT_CODE(cuMemcpyHtoD(d, &other, sizeof other), CUDA_ERROR_UNKNOWN);
+    float got = 0;
+    CK(cuMemcpyDtoH(&got, d, sizeof got));
+    EXPECT(got == 5.0f);
+    CK(cuCtxSynchronize());
+    return fault_counts_are({1, 0, 2, 3, 5});
+}
+
+// From the 3rd call on (the launch) the device is gone: every call fails, also frees work.
+bool fault_lost() {
+    EXPECT(evenclass_emu_set_fault("lost:3") == 0);
+    CUdeviceptr d = upload({1.0f});
+    int n = 1;
+    EXPECT_CODE(launch(fn("selftest_block_sum"), 1, 32, 0, {&d, &d, &n}), CUDA_ERROR_DEVICE_UNAVAILABLE);
+    CUdeviceptr more = 0;
+    EXPECT_CODE(cuMemAlloc(&more, 64), CUDA_ERROR_DEVICE_UNAVAILABLE);
+    float got = 0;
+    EXPECT_CODE(cuMemcpyDtoH(&got, d, sizeof got), CUDA_ERROR_DEVICE_UNAVAILABLE);
+    EXPECT_CODE(cuCtxSynchronize(), CUDA_ERROR_DEVICE_UNAVAILABLE);
+    EXPECT_CODE(cuStreamSynchronize(g_stream), CUDA_ERROR_DEVICE_UNAVAILABLE);
+    CK(cuMemFree(d));
+    return true;
+}
+
+// A bad spec changes nothing and says why; a bad EVENCLASS_EMU_FAULT stops the process at load
+// (exit status 2) instead of running without the fault.
+bool fault_bad_spec() {
+    EXPECT(evenclass_emu_set_fault("alloc:1") == 0);
+    for (const char* bad : {"bogus:1", "alloc", "alloc:", "alloc:0", "alloc:x", "alloc:-1", "lost:1x", ":3"})
+        EXPECT(evenclass_emu_set_fault(bad) == -1);
+    CUdeviceptr d = 0;
+    EXPECT_CODE(cuMemAlloc(&d, 64), CUDA_ERROR_OUT_OF_MEMORY);  // alloc:1 still set
+    fflush(nullptr);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        setenv("EVENCLASS_EMU_FAULT", "sync:twice", 1);
+        execl("/proc/self/exe", "selftest", "no_such_case", (char*)nullptr);
+        _exit(99);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+    return true;
+}
+
 struct Case {
     const char* name;
     std::function<bool()> run;
@@ -377,6 +499,13 @@ int main(int argc, char** argv) {
         {"partial_warp_shuffle", partial_warp_shuffle, "lanes that do not exist", nullptr, false},
         {"exited_lane_shuffle", exited_lane_shuffle, "which has exited", nullptr, false},
         {"deadlock", deadlock, "deadlock", nullptr, false},
+        {"fault_alloc", fault_alloc, "the 2nd alloc (cuMemAlloc) returns CUDA_ERROR_OUT_OF_MEMORY", nullptr, false},
+        {"fault_launch", fault_launch, "the 2nd launch (selftest_block_sum) returns CUDA_ERROR_LAUNCH_FAILED", nullptr,
+         false},
+        {"fault_sync", fault_sync, "the 2nd sync (cuMemcpyDtoH) returns CUDA_ERROR_ILLEGAL_ADDRESS", nullptr, false},
+        {"fault_copy", fault_copy, "the 2nd copy (cuMemcpyHtoD) returns CUDA_ERROR_UNKNOWN", nullptr, false},
+        {"fault_lost", fault_lost, "the device is lost at call 3 (selftest_block_sum)", nullptr, false},
+        {"fault_bad_spec", fault_bad_spec, "EVENCLASS_EMU_FAULT=sync:twice is invalid", nullptr, false},
     };
     for (const auto& tc : kTensorCoreCases) cases.push_back({tc.name, tc.run, tc.stderr_must_contain, nullptr, false});
     int passed = 0, failed = 0;
