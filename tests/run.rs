@@ -1049,6 +1049,32 @@ fn corrupted_files_are_refused_naming_them() {
         }
     }
 
+    // The manifest itself, of a finished run (--stage2-only) and of an interrupted one (--resume).
+    for (what, damage) in damages {
+        let tag = what.replace(' ', "-").replace('\'', "");
+        let out = t.path().join(format!("m-done-{tag}"));
+        run(&out, &["--synthetic"]).unwrap();
+        let path = out.join(MANIFEST);
+        let good = std::fs::read(&path).unwrap();
+        let flipped = damage(&good, &std::fs::read(other_done.join(MANIFEST)).unwrap());
+        std::fs::write(&path, &flipped).unwrap();
+        let e = run(&out, &["--synthetic", "--stage2-only", "--exponent", "2", "--overwrite"]).unwrap_err();
+        assert!(e.to_string().contains(&path.display().to_string()), "{what} manifest: {e}");
+        assert_eq!(std::fs::read(&path).unwrap(), flipped, "{what} manifest: the run was changed");
+
+        let out = t.path().join(format!("m-stopped-{tag}"));
+        assert_eq!(run_interrupted(&out, &["--synthetic"]).unwrap(), Ended::Stopped);
+        let path = t.path().join(format!(".m-stopped-{tag}.partial")).join(MANIFEST);
+        let good = std::fs::read(&path).unwrap();
+        let other = std::fs::read(t.path().join(".other.partial").join(MANIFEST)).unwrap();
+        std::fs::write(&path, damage(&good, &other)).unwrap();
+        let e = run(&out, &["--synthetic", "--resume"]).unwrap_err();
+        assert!(
+            e.to_string().contains(&path.display().to_string()) || e.to_string().contains("does not belong"),
+            "{what} manifest: {e}"
+        );
+    }
+
     // A finished training's file in an interrupted comparison: checked before it is reused.
     let out = t.path().join("cmp");
     let flags = ["--synthetic", "--compare", "--methods", "uniform,reweight", "--seeds", "1"];

@@ -160,10 +160,6 @@ pub fn backward<T: Dtype>(
     grad_output: &CudaView<'_, f32>,
     grad: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
-    check_devices!(OP, stream, logits, targets, grad_output, grad);
-    if let Some(b) = &weight {
-        check_device(OP, stream, "weight", &**b)?;
-    }
     backward_adjusted(stream, ws, logits, targets, weight, &LogitAdjust::NONE, classes, opts, grad_output, grad)
 }
 

@@ -9,7 +9,7 @@ use crate::data::{self, DataFingerprint, DataSource, Dataset};
 use crate::error::Located;
 use crate::json::{describe_diffs, diff_fields};
 use crate::methods::{drw_default_epochs, weights_from_metrics, BiasKind, Method, RecallSplit, Weights};
-use crate::report::run_dir::{Checked, OutState, RunDir, RunManifest};
+use crate::report::run_dir::{Checked, OutState, RunDir, RunManifest, MANIFEST};
 use crate::report::{self, Report, StageReport};
 use crate::train::{
     self, Backend, Checkpoint, DeviceData, EpochEnd, EpochHook, EvalOptions, MemoryEstimate, Model, ModelConfig,
@@ -227,13 +227,15 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     let mut reuse: Vec<Option<StageReport>> = vec![None; specs.len()];
     let mut biased: Vec<Vec<(Method, StageReport)>> = vec![Vec::new(); specs.len()];
     let mut manifest = if let (true, Some(m)) = (spec.resume, in_progress) {
-        check_same_run(&m.meta, &config, &fingerprint, "the interrupted run", &[])?;
+        let what = format!("the interrupted run ({})", dir.staging().join(MANIFEST).display());
+        check_same_run(&m.meta, &config, &fingerprint, &what, &[])?;
         say!(opts, "resuming run {} (started {})", m.run_id, m.started_utc);
         m
     } else {
         if let (true, OutState::Run(prev)) = (spec.stage2_only, &published) {
             // The exponent only shapes stage 2: rerunning stage 2 with another p is the point.
-            check_same_run(&prev.meta, &config, &fingerprint, "stage 1", &["exponent", "weights_from"])?;
+            let what = format!("stage 1 ({})", dir.out().join(MANIFEST).display());
+            check_same_run(&prev.meta, &config, &fingerprint, &what, &["exponent", "weights_from"])?;
         }
         if let (true, OutState::Run(prev)) = (spec.stage2_only, &published) {
             // Before anything is written: a corrupted stage 1 leaves no trace.

@@ -64,6 +64,18 @@ pub struct RunManifest {
     /// [`RunDir::verify`] before a file is used again. Empty in runs of older builds.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub checksums: std::collections::BTreeMap<String, String>,
+    /// MD5 (hex) of the manifest itself (its JSON with this field absent): set in the file when
+    /// it is written, checked and cleared by [`read_manifest`]; absent in runs of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+impl RunManifest {
+    /// MD5 of the manifest's JSON without its own checksum.
+    fn own_checksum(&self) -> Result<String, serde_json::Error> {
+        let bare = RunManifest { checksum: None, ..self.clone() };
+        Ok(md5_hex(&serde_json::to_vec(&bare)?))
+    }
 }
 
 impl RunManifest {
@@ -78,6 +90,7 @@ impl RunManifest {
             files: Vec::new(),
             meta,
             checksums: Default::default(),
+            checksum: None,
         }
     }
 }
@@ -206,8 +219,9 @@ impl RunDir {
     /// Rewrites the manifest of the run in progress.
     pub fn write_manifest(&self, manifest: &RunManifest) -> Result<(), ReportError> {
         let path = self.staging.join(MANIFEST);
-        let mut json =
-            serde_json::to_vec_pretty(manifest).map_err(|source| ReportError::Json { path: path.clone(), source })?;
+        let err = |source| ReportError::Json { path: path.clone(), source };
+        let sealed = RunManifest { checksum: Some(manifest.own_checksum().map_err(err)?), ..manifest.clone() };
+        let mut json = serde_json::to_vec_pretty(&sealed).map_err(err)?;
         json.push(b'\n');
         crate::fs::write_atomic(&path, &json).map_err(ReportError::from)
     }
@@ -332,9 +346,13 @@ pub enum Checked {
 /// MD5 (hex) of a file's bytes: it detects truncation, bit flips and another run's file; it is
 /// not meant to resist tampering.
 fn file_md5(path: &Path) -> Result<String, ReportError> {
-    use md5::{Digest, Md5};
     let bytes = fs::read(path).map_err(io("read", path))?;
-    Ok(Md5::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(md5_hex(&bytes))
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How often [`take_lock`] starts over when the lock file it locked was deleted or replaced
@@ -414,7 +432,17 @@ pub fn read_manifest(path: &Path) -> Result<RunManifest, ReportError> {
             expected: MANIFEST_FORMAT,
         });
     }
-    serde_json::from_slice(&bytes).map_err(json)
+    let mut manifest: RunManifest = serde_json::from_slice(&bytes).map_err(json)?;
+    // The checksum belongs to the file, not to what it says: checked, then dropped, so that a
+    // manifest read back equals the one written.
+    if let Some(expected) = manifest.checksum.take() {
+        let found = manifest.own_checksum().map_err(json)?;
+        if found != expected {
+            let path = path.to_path_buf();
+            return Err(ReportError::Corrupted { manifest: path.clone(), path, expected, found });
+        }
+    }
+    Ok(manifest)
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, ReportError> {
