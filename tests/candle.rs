@@ -612,3 +612,73 @@ mod gpu {
         assert!(e.contains(&format!("target {c} of sample 5")), "{e}");
     }
 }
+
+/// Random shapes (empty, mismatched, rank 1 to 3), dtypes, target values (in and out of range,
+/// the ignore index) and logits (with NaN and infinities) through every candle op: a value or a
+/// candle error, never a panic; a loss that computes is one value, and its gradient has the
+/// logits' shape. `PROPTEST_CASES` sets the count (64 here; `scripts/fuzz.sh` runs more).
+mod random_inputs {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![8 => -20.0f32..20.0, 1 => Just(f32::NAN), 1 => Just(f32::INFINITY), 1 => Just(f32::NEG_INFINITY)]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+        #[test]
+        fn candle_ops_never_panic(
+            dims in prop_oneof![3 => proptest::collection::vec(0usize..6, 2..=2), 1 => proptest::collection::vec(0usize..6, 1..4)],
+            values in proptest::collection::vec(value(), 0..80),
+            targets in proptest::collection::vec(-101i64..8, 0..8),
+            weight in proptest::option::of(proptest::collection::vec(-1.0f32..3.0, 0..7)),
+            dtype in prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16), Just(DType::F64)],
+            smoothing in -0.2f32..1.2,
+            classes in 0usize..7,
+            matching in proptest::bool::weighted(0.8),
+        ) {
+            let dev = Device::Cpu;
+            // Mostly one target per row, so that most cases reach the kernels, not only the checks.
+            let mut targets = targets;
+            let mut weight = weight;
+            if matching {
+                // In range (or the ignore index), and a weight per class.
+                let c = dims.get(1).copied().unwrap_or(1).max(1) as i64;
+                targets = (0..dims[0]).map(|i| targets.get(i).map_or(0, |&v| if v == -100 { v } else { v.rem_euclid(c) })).collect();
+                weight = weight.map(|w| (0..c as usize).map(|i| w.get(i).copied().unwrap_or(1.0)).collect());
+            }
+            let n: usize = dims.iter().product();
+            let data: Vec<f32> = (0..n).map(|i| values.get(i % values.len().max(1)).copied().unwrap_or(0.5)).collect();
+            let Ok(x) = Tensor::from_vec(data, dims.as_slice(), &dev).and_then(|t| t.to_dtype(dtype)) else { return Ok(()) };
+            let t = Tensor::new(targets.as_slice(), &dev).unwrap();
+            let w = weight.map(|w| Tensor::new(w.as_slice(), &dev).unwrap());
+            let opts = Options { ignore_index: Some(-100), label_smoothing: smoothing, reduction: Reduction::Mean };
+            let var = Var::from_tensor(&x).unwrap();
+            if let Ok(loss) = ec::cross_entropy(var.as_tensor(), &t, w.as_ref(), &opts) {
+                prop_assert_eq!(loss.elem_count(), 1);
+                if let Ok(grads) = loss.backward() {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        prop_assert_eq!(g.dims(), x.dims());
+                    }
+                }
+            }
+            if let Ok((loss, grad)) = ec::cross_entropy_with_grad(&x, &t, w.as_ref(), &opts) {
+                prop_assert_eq!(loss.elem_count(), 1);
+                prop_assert_eq!(grad.dims(), x.dims());
+            }
+            for y in [ec::softmax(&x), ec::log_softmax(&x)].into_iter().flatten() {
+                prop_assert_eq!(y.dims(), x.dims());
+            }
+            if let Ok(t32) = t.to_dtype(DType::I64) {
+                let _ = ec::confusion(&x, &t32, classes);
+                let _ = ec::confusion_ignoring(&x, &t32, classes, Some(-100));
+            }
+        }
+    }
+}
