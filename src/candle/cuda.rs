@@ -137,6 +137,7 @@ pub(super) fn cross_entropy(
 
 /// Gradient of the logits: the kept fused gradient when the upstream gradient is exactly 1, else
 /// this crate's backward kernel with `grad_res` (f32, contiguous) as upstream gradient.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn cross_entropy_backward(
     logits: &Tensor,
     targets_t: &Tensor,
