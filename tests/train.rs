@@ -38,7 +38,14 @@ fn loss<B: Backend>(
     model.forward(be, n, true).unwrap();
     let (dl, w) = (be.labels(labels).unwrap(), be.upload(weights).unwrap());
     let l32 = be
-        .cross_entropy(n, c, model.logits(), &dl, &WeightedLoss { weight: &w, label_smoothing: 0.0 }, dlogits)
+        .cross_entropy(
+            n,
+            c,
+            model.logits(),
+            &dl,
+            &WeightedLoss { weight: &w, label_smoothing: 0.0, scale: None, offset: None },
+            dlogits,
+        )
         .unwrap();
     let z = be.to_host(model.logits(), n * c).unwrap();
     let (mut sum, mut wsum) = (0.0f64, 0.0f64);
@@ -521,7 +528,7 @@ fn cuda_step_matches_cpu() {
                 config.classes,
                 model.logits(),
                 &dl,
-                &WeightedLoss { weight: &w, label_smoothing: 0.0 },
+                &WeightedLoss { weight: &w, label_smoothing: 0.0, scale: None, offset: None },
                 &mut dlogits,
             )
             .unwrap();
