@@ -124,6 +124,15 @@ struct Args {
     /// With --compare: epochs K that drw trains reweighted (its last K), 1 to epochs - 1 [default: ceil(epochs / 5)].
     #[arg(long, value_name = "K")]
     drw_epochs: Option<usize>,
+    /// With --compare: vs-loss's gamma, logit scale (val. recall_c / max)^gamma, 0 to 4 [default: 0.15].
+    #[arg(long, value_name = "GAMMA")]
+    vs_gamma: Option<f64>,
+    /// With --compare: vs-loss's tau, logit offset tau ln(val. recall_c / sum), 0 to 4 [default: 1.25].
+    #[arg(long, value_name = "TAU")]
+    vs_tau: Option<f64>,
+    /// With --compare: cdt's gamma, temperature (max / val. recall_c)^gamma, 0 to 4 [default: 0.2].
+    #[arg(long, value_name = "GAMMA")]
+    cdt_gamma: Option<f64>,
     /// With --compare: weight decay of reweight-wd and uniform-wd [default: 5e-3; the usual one is 5e-4].
     #[arg(long, value_name = "WD")]
     strong_wd: Option<f64>,
@@ -173,6 +182,9 @@ impl Args {
                 cdb_dynamic: self.cdb_dynamic,
                 drw_epochs: self.drw_epochs,
                 strong_wd: self.strong_wd,
+                vs_gamma: self.vs_gamma,
+                vs_tau: self.vs_tau,
+                cdt_gamma: self.cdt_gamma,
                 sweep: self.sweep.clone(),
                 bias_budget: self.bias_budget,
                 long_epochs: self.long_epochs,

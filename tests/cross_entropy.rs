@@ -659,3 +659,68 @@ fn gpu_adjusted_lengths_are_checked() {
     // Nothing was written on the error.
     assert_eq!(s.clone_dtoh(&loss).unwrap(), vec![POISON]);
 }
+
+/// VS-loss and CDT from per-class recall read as frequency: equal recalls give scale 1 and a
+/// constant offset, which leaves the loss, its gradient and every argmax as they were; a
+/// harder class gets a smaller scale and a smaller (more negative) offset.
+#[test]
+fn vs_loss_and_cdt_rules_follow_recall() {
+    use evenclass::cross_entropy::weights::{cdt_scale, vs_loss_adjust};
+    // Equal recall: scale exactly 1 ((r/r)^gamma = 1^gamma), offset tau ln(1/4) for every class.
+    let (s, o) = vs_loss_adjust(&[0.6; 4], 0.15, 1.25, 0.01).unwrap();
+    assert_eq!(s, [1.0; 4]);
+    let want = 1.25 * 0.25f64.ln();
+    assert!(o.iter().all(|&x| x == o[0]) && (o[0] - want).abs() < 1e-12, "{o:?}");
+    assert_eq!(cdt_scale(&[0.6; 4], 0.2, 0.01).unwrap(), [1.0; 4]);
+    // The constant offset changes neither loss nor gradient: softmax is shift-invariant. Fresh
+    // random logits (16 x 4); tolerance 1e-6 relative: the shift moves f32 rounding of the
+    // log-sum-exp by a few ulps of values around 1-3.
+    let mut r = rng(22);
+    let x = Array2::from_shape_vec((16, 4), uniform(&mut r, 64, -3.0, 3.0)).unwrap();
+    let t = Array1::from(labels(&mut r, 16, 4));
+    let (s32, o32): (Vec<f32>, Vec<f32>) =
+        (s.iter().map(|&v| v as f32).collect(), o.iter().map(|&v| v as f32).collect());
+    let adjust = LogitAdjust { scale: Some(&s32), offset: Some(&o32) };
+    let mean = opts(None, 0.0, Reduction::Mean);
+    let (l0, g0) = cpu::forward_backward(x.view(), t.view(), None, &mean).unwrap();
+    let (l1, g1) = cpu::forward_backward_adjusted(x.view(), t.view(), None, &adjust, &mean).unwrap();
+    assert_close("loss", l1.as_slice().unwrap(), l0.as_slice().unwrap(), 1e-6, 1e-6);
+    assert_close("gradient", g1.as_slice().unwrap(), g0.as_slice().unwrap(), 1e-6, 1e-6);
+    // Same argmax of the adjusted logits as of the plain ones, row by row.
+    for row in x.rows() {
+        let argmax = |v: Vec<f32>| (0..4).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+        let adj: Vec<f32> = row.iter().zip(&s32).zip(&o32).map(|((x, s), o)| s * x + o).collect();
+        assert_eq!(argmax(adj), argmax(row.to_vec()));
+    }
+    // Class 1 is the hardest, class 2 the easiest: smallest scale and offset for class 1,
+    // scale 1 for the easiest; scale (0.3/0.9)^0.5 by hand, offset 2 ln(0.3/2.1).
+    let rec = [0.5, 0.3, 0.9, 0.4];
+    let (s, o) = vs_loss_adjust(&rec, 0.5, 2.0, 0.01).unwrap();
+    let by = |v: &[f64]| {
+        let mut i: Vec<usize> = (0..4).collect();
+        i.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        i
+    };
+    assert_eq!(by(&s), [1, 3, 0, 2]);
+    assert_eq!(by(&o), [1, 3, 0, 2]);
+    assert_eq!(s[2], 1.0);
+    assert!((s[1] - (1.0f64 / 3.0).sqrt()).abs() < 1e-12 && (o[1] - 2.0 * (0.3f64 / 2.1).ln()).abs() < 1e-12);
+    assert_eq!(cdt_scale(&rec, 0.5, 0.01).unwrap(), s, "CDT's scale is VS-loss's");
+    // gamma 0 and tau 0: no adjustment at all.
+    let (s0, o0) = vs_loss_adjust(&rec, 0.0, 0.0, 0.01).unwrap();
+    assert!(s0.iter().all(|&v| v == 1.0) && o0.iter().all(|&v| v == 0.0), "{s0:?} {o0:?}");
+    // A class at recall 0 is floored: positive scale, finite offset.
+    let (s, o) = vs_loss_adjust(&[0.0, 1.0], 1.0, 1.0, 0.1).unwrap();
+    assert!((s[0] - 0.1).abs() < 1e-12 && o[0].is_finite(), "{s:?} {o:?}");
+    // Bad input is an error, never a panic or a NaN.
+    for (rec, g, t, f) in [
+        (&[0.5, 1.5][..], 0.1, 1.0, 0.01),
+        (&[0.5, f64::NAN][..], 0.1, 1.0, 0.01),
+        (&[][..], 0.1, 1.0, 0.01),
+        (&[0.5, 0.5][..], -0.1, 1.0, 0.01),
+        (&[0.5, 0.5][..], 0.1, f64::INFINITY, 0.01),
+        (&[0.5, 0.5][..], 0.1, 1.0, 0.0),
+    ] {
+        assert!(vs_loss_adjust(rec, g, t, f).is_err(), "{rec:?} {g} {t} {f}");
+    }
+}

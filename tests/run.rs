@@ -823,6 +823,78 @@ fn drw_is_uniform_for_e_minus_k_epochs_then_reweighted() {
     assert!(r.config["compare"].get("drw_epochs").is_none(), "{}", r.config);
 }
 
+/// vs-loss and cdt train the run's epochs with the logit adjustment derived from stage 1's
+/// validation recall, which changes the trained model (so the adjustment reached the loss);
+/// their parameters enter the configuration only when their method runs. Interrupted after
+/// every step and resumed each time, they publish the same results as an uninterrupted run
+/// (the resumed run derives the same adjustment and the checkpoint holds it).
+#[test]
+fn vs_loss_and_cdt_train_from_stage1_recall_and_resume_to_the_same_results() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let flags = [
+        "--synthetic",
+        "--compare",
+        "--seeds",
+        "1",
+        "--methods",
+        "vs-loss,cdt",
+        "--vs-gamma",
+        "0.5",
+        "--cdt-gamma",
+        "0.5",
+        "--train-subset",
+        "150",
+        "--val-size",
+        "20",
+    ];
+    assert_eq!(run_interrupted(&out, &flags).unwrap(), Ended::Stopped);
+    let resume = [&flags[..], &["--resume"]].concat();
+    let mut stops = 1;
+    while run_interrupted(&out, &resume).unwrap() == Ended::Stopped {
+        stops += 1;
+        assert!(stops < 40, "never finished");
+    }
+    assert!(stops >= 3, "{stops} interruptions");
+    assert_one_run(&out);
+    let fresh = t.path().join("fresh");
+    run(&fresh, &flags).unwrap();
+    let (a, b) = (
+        evenclass::report::read_report(out.join("report.json")).unwrap(),
+        evenclass::report::read_report(fresh.join("report.json")).unwrap(),
+    );
+    let keys: Vec<_> = a.methods.iter().map(|m| m.method.clone().unwrap_or_default()).collect();
+    assert_eq!(keys, ["uniform", "vs-loss", "cdt"]);
+    let c = &a.config["compare"];
+    assert_eq!(
+        (c["vs_gamma"].as_f64(), c["vs_tau"].as_f64(), c["cdt_gamma"].as_f64()),
+        (Some(0.5), Some(1.25), Some(0.5))
+    );
+    let uniform = &a.methods[0];
+    for m in &a.methods[1..] {
+        assert_eq!(m.epochs.len(), uniform.epochs.len(), "{}", m.name);
+        // Same seed, same uniform class weights: only the loss's logit adjustment differs, and
+        // it changed the training (the per-epoch training loss is of the adjusted logits).
+        assert!(m.class_weights.iter().all(|&w| w == 1.0), "{}: {:?}", m.name, m.class_weights);
+        assert_ne!(m.epochs[0].train_loss, uniform.epochs[0].train_loss, "{}", m.name);
+    }
+    for (x, y) in a.methods.iter().zip(&b.methods) {
+        assert_eq!((&x.name, &x.class_weights), (&y.name, &y.class_weights));
+        assert_eq!((&x.test, &x.val), (&y.test, &y.val), "{}", x.name);
+        let loss =
+            |r: &evenclass::report::StageReport| r.epochs.iter().map(|e| e.train_loss.to_bits()).collect::<Vec<_>>();
+        assert_eq!(loss(x), loss(y), "{}: training losses bit for bit", x.name);
+    }
+    // Without them, none of their parameters enters the configuration.
+    let (r, _) = run_report(
+        &t.path().join("none"),
+        &["--synthetic", "--compare", "--seeds", "1", "--methods", "null", "--epochs", "1"],
+    );
+    for key in ["vs_gamma", "vs_tau", "cdt_gamma"] {
+        assert!(r.config["compare"].get(key).is_none(), "{}", r.config);
+    }
+}
+
 /// A compare run interrupted after every step and resumed each time publishes the same
 /// results as an uninterrupted one (online weights and the fitted bias included).
 #[test]
@@ -895,6 +967,12 @@ fn bad_validation_split_or_compare_flags_are_errors_before_training() {
         (&["--synthetic", "--compare", "--epochs", "1", "--drw-epochs", "1"], "drw needs --epochs 2"),
         (&["--synthetic", "--strong-wd", "0.01"], "--strong-wd only applies with --compare"),
         (&["--synthetic", "--bias-budget", "2"], "--bias-budget only applies with --compare"),
+        (&["--synthetic", "--vs-gamma", "0.1"], "--vs-gamma only applies with --compare"),
+        (&["--synthetic", "--vs-tau", "1"], "--vs-tau only applies with --compare"),
+        (&["--synthetic", "--cdt-gamma", "0.1"], "--cdt-gamma only applies with --compare"),
+        (&["--synthetic", "--compare", "--vs-gamma", "-0.1"], "--vs-gamma -0.1: must be a finite number in [0, 4]"),
+        (&["--synthetic", "--compare", "--vs-tau", "5"], "--vs-tau 5: must be a finite number in [0, 4]"),
+        (&["--synthetic", "--compare", "--cdt-gamma", "NaN"], "--cdt-gamma NaN: must be a finite number"),
     ];
     for (flags, want) in cases {
         let e = run(&out, flags).unwrap_err();

@@ -38,7 +38,14 @@ fn loss<B: Backend>(
     model.forward(be, n, true).unwrap();
     let (dl, w) = (be.labels(labels).unwrap(), be.upload(weights).unwrap());
     let l32 = be
-        .cross_entropy(n, c, model.logits(), &dl, &WeightedLoss { weight: &w, label_smoothing: 0.0 }, dlogits)
+        .cross_entropy(
+            n,
+            c,
+            model.logits(),
+            &dl,
+            &WeightedLoss { weight: &w, label_smoothing: 0.0, scale: None, offset: None },
+            dlogits,
+        )
         .unwrap();
     let z = be.to_host(model.logits(), n * c).unwrap();
     let (mut sum, mut wsum) = (0.0f64, 0.0f64);
@@ -469,7 +476,9 @@ fn assert_tensors_close(what: &str, got: &[Vec<f32>], want: &[Vec<f32>], rtol: f
 }
 
 /// One forward pass (train and eval mode), the gradients and one SGD step from the same seed and
-/// the same batch (built by each backend from the same plan, with crops and flips) agree.
+/// the same batch (built by each backend from the same plan, with crops and flips) agree, with
+/// the plain loss and with a VS-loss logit scale and offset (so the CUDA backend passes the
+/// adjustment to the kernel: without it, its loss would be the plain one, far from the CPU's).
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_step_matches_cpu() {
@@ -495,6 +504,7 @@ fn cuda_step_matches_cpu() {
         grads: Vec<Vec<f32>>,
         state: Vec<Vec<f32>>,
     }
+    #[allow(clippy::too_many_arguments)]
     fn run<B: Backend>(
         be: &B,
         config: ModelConfig,
@@ -503,6 +513,7 @@ fn cuda_step_matches_cpu() {
         labels: &[i32],
         weights: &[f32],
         step: &SgdStep,
+        adjust: Option<(&[f32], &[f32])>,
     ) -> Out {
         let n = plan.len();
         let mut model = Model::new(be, config, n, 3).unwrap();
@@ -515,29 +526,36 @@ fn cuda_step_matches_cpu() {
         let mut dlogits = be.zeros(n * config.classes).unwrap();
         model.forward(be, n, true).unwrap();
         let train_logits = be.to_host(model.logits(), n * config.classes).unwrap();
-        let loss = be
-            .cross_entropy(
-                n,
-                config.classes,
-                model.logits(),
-                &dl,
-                &WeightedLoss { weight: &w, label_smoothing: 0.0 },
-                &mut dlogits,
-            )
-            .unwrap();
+        let (scale, offset) = match adjust {
+            Some((s, o)) => (Some(be.upload(s).unwrap()), Some(be.upload(o).unwrap())),
+            None => (None, None),
+        };
+        let weighting =
+            WeightedLoss { weight: &w, label_smoothing: 0.0, scale: scale.as_ref(), offset: offset.as_ref() };
+        let loss = be.cross_entropy(n, config.classes, model.logits(), &dl, &weighting, &mut dlogits).unwrap();
         model.backward(be, n, &dlogits).unwrap();
         let grads = model.gradients(be).unwrap();
         model.sgd_step(be, step).unwrap();
         Out { input, eval_logits, train_logits, loss, grads, state: model.state(be).unwrap() }
     }
-    let c = run(&cpu, config, &data, &plan, &labels, &weights, &step);
-    let g = run(&gpu, config, &data, &plan, &labels, &weights, &step);
-    common::assert_close("batch", &g.input, &c.input, 1e-6, 1e-6);
-    common::assert_close("eval logits", &g.eval_logits, &c.eval_logits, 1e-4, 1e-3);
-    common::assert_close("train logits", &g.train_logits, &c.train_logits, 1e-4, 1e-3);
-    assert!((g.loss - c.loss).abs() <= 1e-4 * c.loss.abs(), "loss {} vs {}", g.loss, c.loss);
-    assert_tensors_close("gradients", &g.grads, &c.grads, 1e-3, 1e-3);
-    assert_tensors_close("state after one step", &g.state, &c.state, 1e-3, 1e-4);
+    // VS-loss from a made-up recall (class 7 hardest): scales in (0, 1], offsets < 0.
+    let recall = [0.9, 0.8, 0.7, 0.95, 0.6, 0.85, 0.75, 0.3, 0.9, 0.65];
+    let (s, o) = evenclass::cross_entropy::weights::vs_loss_adjust(&recall, 0.5, 1.0, 0.01).unwrap();
+    let (s, o): (Vec<f32>, Vec<f32>) = (s.iter().map(|&x| x as f32).collect(), o.iter().map(|&x| x as f32).collect());
+    let mut losses = Vec::new();
+    for adjust in [None, Some((&s[..], &o[..]))] {
+        let c = run(&cpu, config, &data, &plan, &labels, &weights, &step, adjust);
+        let g = run(&gpu, config, &data, &plan, &labels, &weights, &step, adjust);
+        common::assert_close("batch", &g.input, &c.input, 1e-6, 1e-6);
+        common::assert_close("eval logits", &g.eval_logits, &c.eval_logits, 1e-4, 1e-3);
+        common::assert_close("train logits", &g.train_logits, &c.train_logits, 1e-4, 1e-3);
+        assert!((g.loss - c.loss).abs() <= 1e-4 * c.loss.abs(), "loss {} vs {}", g.loss, c.loss);
+        assert_tensors_close("gradients", &g.grads, &c.grads, 1e-3, 1e-3);
+        assert_tensors_close("state after one step", &g.state, &c.state, 1e-3, 1e-4);
+        losses.push(c.loss);
+    }
+    // The adjustment changed the loss (the offsets alone move it by far more than the tolerance).
+    assert!((losses[0] - losses[1]).abs() > 1e-2 * losses[0].abs(), "{losses:?}");
 }
 
 /// Two epochs on a tiny synthetic set reach about the CPU's accuracy on the GPU.

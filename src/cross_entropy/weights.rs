@@ -72,3 +72,51 @@ fn check_finite(what: &str, v: &[f64]) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// VS-loss's per-class logit scale and offset (Kini et al., NeurIPS 2021): the loss sees
+/// `u_c = scale_c * x_c + offset_c` with `scale_c = (f_c / max(f))^gamma` (their `1 / Delta_c`,
+/// `Delta_c = (n_max / n_c)^gamma`) and `offset_c = tau * ln(f_c / sum(f))` (their
+/// `iota_c = tau * ln(pi_c)`). `freq` is each class's frequency, or any quantity read as one:
+/// the trainer passes validation recall, so that a hard class is treated as a rare one (on a
+/// balanced set the counts are equal and the paper's recipe would do nothing). Frequencies are
+/// in `[0, 1]` and floored at `floor` (in `(0, 1]`), so a class at 0 keeps a finite offset.
+/// Equal frequencies give scale 1 and a constant offset, which changes neither the loss nor its
+/// gradient. `gamma` and `tau` must be finite and >= 0.
+pub fn vs_loss_adjust(freq: &[f64], gamma: f64, tau: f64, floor: f64) -> Result<(Vec<f64>, Vec<f64>)> {
+    let f = floored_freq(freq, floor)?;
+    check_param("gamma", gamma)?;
+    check_param("tau", tau)?;
+    let top = f.iter().copied().fold(0.0, f64::max);
+    let sum: f64 = f.iter().sum();
+    let scale = f.iter().map(|x| (x / top).powf(gamma)).collect();
+    let offset = f.iter().map(|x| tau * (x / sum).ln()).collect();
+    Ok((scale, offset))
+}
+
+/// Class-dependent temperature's logit scale (Ye et al., 2020): the training loss sees
+/// `x_c / a_c` with `a_c = (n_max / n_c)^gamma`, i.e. `scale_c = (f_c / max(f))^gamma`, the same
+/// multiplier as VS-loss's without its offset. `freq`, `floor` and `gamma` as in
+/// [`vs_loss_adjust`].
+pub fn cdt_scale(freq: &[f64], gamma: f64, floor: f64) -> Result<Vec<f64>> {
+    Ok(vs_loss_adjust(freq, gamma, 0.0, floor)?.0)
+}
+
+/// `freq` checked (non-empty, each in `[0, 1]`) and floored at `floor` (in `(0, 1]`).
+fn floored_freq(freq: &[f64], floor: f64) -> Result<Vec<f64>> {
+    check_nonempty(freq.len())?;
+    if !(floor > 0.0 && floor <= 1.0) {
+        return Err(Error::shape(OP, format!("floor must be in (0, 1], got {floor}")));
+    }
+    if let Some((c, f)) = freq.iter().enumerate().find(|(_, f)| !(0.0..=1.0).contains(*f)) {
+        return Err(Error::shape(OP, format!("frequency of class {c} is {f}, outside [0, 1]")));
+    }
+    Ok(freq.iter().map(|f| f.max(floor)).collect())
+}
+
+fn check_param(name: &str, v: f64) -> Result<()> {
+    if v >= 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::shape(OP, format!("{name} must be finite and >= 0, got {v}")))
+    }
+}

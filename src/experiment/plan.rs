@@ -1,6 +1,6 @@
 //! The planner: which trainings a spec runs, in dependency order, and which comparison rows
 //! are read from them.
-use crate::methods::{drw_default_epochs, BiasKind, Method, MethodId, OnlineRule, RecallSplit, Weights};
+use crate::methods::{drw_default_epochs, BiasKind, LogitRule, Method, MethodId, OnlineRule, RecallSplit, Weights};
 use crate::train::{ModelConfig, TrainConfig};
 
 use super::spec::ExperimentSpec;
@@ -50,11 +50,13 @@ pub struct StageSpec {
     pub weight_decay: Option<f32>,
     /// Post-hoc logit biases to fit on the validation split and evaluate with.
     pub fit_bias: Vec<BiasKind>,
+    /// A logit adjustment of the training loss from the validation recall of training `.0`.
+    pub logit: Option<(usize, LogitRule)>,
 }
 
 impl StageSpec {
     fn new(key: String, name: String, weights: Weights, seed: u64) -> Self {
-        StageSpec { key, name, weights, seed, epochs: None, weight_decay: None, fit_bias: Vec::new() }
+        StageSpec { key, name, weights, seed, epochs: None, weight_decay: None, fit_bias: Vec::new(), logit: None }
     }
 
     /// The online rule, for an online training.
@@ -217,6 +219,26 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
                 None => format!("DRW p={p} (val recall, last fifth)"),
             };
             method(&mut methods, Method::Drw.into(), label, r);
+        }
+        for rule in
+            [LogitRule::Vs { gamma: cmp.vs_gamma(), tau: cmp.vs_tau() }, LogitRule::Cdt { gamma: cmp.cdt_gamma() }]
+        {
+            let m = rule.method();
+            if !want(m) {
+                continue;
+            }
+            let (name, label) = match rule {
+                LogitRule::Vs { gamma, tau } => {
+                    ("VS-loss".to_string(), format!("VS-loss gamma={gamma} tau={tau} (val recall)"))
+                }
+                LogitRule::Cdt { gamma } => {
+                    ("CDT".to_string(), format!("class temperatures gamma={gamma} (val recall)"))
+                }
+            };
+            let mut st = stage(m.name().into(), name, Weights::Uniform);
+            st.logit = Some((u, rule));
+            let r = add(&mut specs, st);
+            method(&mut methods, m.into(), label, r);
         }
         if want(Method::Bias) {
             method(&mut methods, Method::Bias.into(), "post-hoc logit bias (val) on uniform".into(), u);

@@ -12,12 +12,12 @@ use crate::methods::{drw_default_epochs, weights_from_metrics, BiasKind, Method,
 use crate::report::run_dir::{Checked, OutState, RunDir, RunManifest, MANIFEST};
 use crate::report::{self, Report, StageReport};
 use crate::train::{
-    self, Backend, Checkpoint, DeviceData, EpochEnd, EpochHook, EvalOptions, MemoryEstimate, Model, ModelConfig,
-    Monitor, Progress, TrainConfig, TrainControl, TrainJob, TrainOutcome,
+    self, Backend, Checkpoint, DeviceData, EpochEnd, EpochHook, EvalOptions, LogitAdjustment, MemoryEstimate, Model,
+    ModelConfig, Monitor, Progress, TrainConfig, TrainControl, TrainJob, TrainOutcome,
 };
 
 use super::plan::{plan, stages, Plan, StageSpec};
-use super::spec::{default_val_size, ExperimentSpec};
+use super::spec::{default_val_size, ExperimentSpec, MAX_LOGIT_PARAM};
 use super::text::{comparison_text, diagnostics_text, format_duration};
 use super::{diagnostics, usage, ExperimentError, RunOptions, RunOutcome};
 
@@ -343,6 +343,27 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
                 w.iter().map(|&w| w as f32).collect()
             }
         };
+        // A logit adjustment of the training loss, from the earlier training's validation recall
+        // (derived again on resume, from the same finished training: the checkpoint must match).
+        let logit_adjust = match st.logit {
+            Some((of, rule)) => {
+                let m =
+                    done[of].val.as_ref().ok_or_else(|| usage(format!("{} needs --val-size > 0", rule.method())))?;
+                let a = rule.adjustment(m)?;
+                let show = |v: &Option<Vec<f32>>| match v {
+                    Some(v) => v.iter().map(|&x| compact(f64::from(x))).collect::<Vec<_>>().join(" "),
+                    None => "none".to_string(),
+                };
+                say!(opts, "  logit scale from validation recall of {}:", specs[of].name);
+                say!(opts, "  {}", show(&a.scale));
+                if a.offset.is_some() {
+                    say!(opts, "  logit offset:");
+                    say!(opts, "  {}", show(&a.offset));
+                }
+                Some(a)
+            }
+            None => None,
+        };
         let ck_path = ck_dir.join(format!("{}.ckpt", st.key));
         let resume_from = if spec.resume && ck_path.exists() {
             let ck = Checkpoint::load(&ck_path)?;
@@ -368,6 +389,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
         let stage = StageRun {
             spec: st,
             weights: &weights,
+            logit_adjust: logit_adjust.as_ref(),
             model_cfg: plan.model,
             train_cfg: &train_cfg,
             train_data: &train_data,
@@ -516,6 +538,11 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
             return Err(usage(format!("{flag} {v}: must be a finite number in [0, 100]")));
         }
     }
+    for (flag, v) in [("--vs-gamma", c.vs_gamma), ("--vs-tau", c.vs_tau), ("--cdt-gamma", c.cdt_gamma)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && (0.0..=MAX_LOGIT_PARAM).contains(v))) {
+            return Err(usage(format!("{flag} {v}: must be a finite number in [0, {MAX_LOGIT_PARAM}]")));
+        }
+    }
     for (set, a, b) in [
         (spec.data.synthetic && spec.data.dir.is_some(), "--synthetic", "--data-dir"),
         (spec.resume && spec.stage2_only, "--resume", "--stage2-only"),
@@ -536,6 +563,9 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
             (c.tau.is_some(), "--tau"),
             (c.cdb_dynamic, "--cdb-dynamic"),
             (c.drw_epochs.is_some(), "--drw-epochs"),
+            (c.vs_gamma.is_some(), "--vs-gamma"),
+            (c.vs_tau.is_some(), "--vs-tau"),
+            (c.cdt_gamma.is_some(), "--cdt-gamma"),
             (c.strong_wd.is_some(), "--strong-wd"),
             (!c.sweep.is_empty(), "--sweep"),
             (c.bias_budget.is_some(), "--bias-budget"),
@@ -607,6 +637,13 @@ fn config_json(spec: &ExperimentSpec, plan: &Plan, train: usize, test: usize, va
         if c.methods().contains(&Method::Drw) {
             let k = c.drw_epochs.unwrap_or_else(|| drw_default_epochs(plan.train.epochs));
             cmp.insert("drw_epochs".into(), k.into());
+        }
+        if c.methods().contains(&Method::VsLoss) {
+            cmp.insert("vs_gamma".into(), c.vs_gamma().into());
+            cmp.insert("vs_tau".into(), c.vs_tau().into());
+        }
+        if c.methods().contains(&Method::Cdt) {
+            cmp.insert("cdt_gamma".into(), c.cdt_gamma().into());
         }
         if c.cdb_dynamic && c.methods().contains(&Method::OnlineDifficulty) {
             cmp.insert("tau".into(), "cdb-dynamic".into());
@@ -690,6 +727,7 @@ impl EtaClock {
 struct StageRun<'a, B: Backend> {
     spec: &'a StageSpec,
     weights: &'a [f32],
+    logit_adjust: Option<&'a LogitAdjustment>,
     model_cfg: ModelConfig,
     train_cfg: &'a TrainConfig,
     train_data: &'a DeviceData<B>,
@@ -772,6 +810,7 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
     let job = TrainJob {
         monitor: Some(monitor),
         progress: st.progress,
+        logit_adjust: st.logit_adjust,
         ..TrainJob::new(st.train_data, st.weights, cfg, name)
     };
     let outcome = train::train_with(be, &mut model, &job, control)?;

@@ -15,9 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::confusion::bias::{fit_f1_bias, fit_recall_bias, BiasFit, FitOptions};
 use crate::confusion::ConfusionMatrix;
 use crate::confusion::Metrics;
-use crate::cross_entropy::weights::{difficulty_weights, eg_update};
+use crate::cross_entropy::weights::{cdt_scale, difficulty_weights, eg_update, vs_loss_adjust};
 use crate::cross_entropy::weights_from_recall;
-use crate::train::{self, Backend, DeviceData, EvalOptions, Model};
+use crate::train::{self, Backend, DeviceData, EvalOptions, LogitAdjustment, Model};
 
 /// A method of the comparison.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,6 +48,13 @@ pub enum Method {
     /// its first epochs, then `(mean(r)/r_c)^p` from its own validation recall for the last
     /// `--drw-epochs`.
     Drw,
+    /// VS-loss (Kini et al., NeurIPS 2021): the training loss sees `s_c x_c + o_c`, with
+    /// `s_c = (r_c / max(r))^gamma` and `o_c = tau ln(r_c / sum(r))` from stage 1's validation
+    /// recall `r` standing in for the class frequencies (see [`LogitRule`]).
+    VsLoss,
+    /// Class-dependent temperature (CDT, Ye et al., 2020): the training loss sees `x_c / a_c`,
+    /// `a_c = (max(r) / r_c)^gamma` from stage 1's validation recall (see [`LogitRule`]).
+    Cdt,
     /// Post-hoc per-class logit bias fitted on validation logits of stage 1 (no retraining),
     /// for the highest worst-class recall.
     Bias,
@@ -67,7 +74,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order of the comparison.
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 16] = [
         Method::Uniform,
         Method::Null,
         Method::Reweight,
@@ -76,6 +83,8 @@ impl Method {
         Method::OnlineDro,
         Method::OnlineDifficulty,
         Method::Drw,
+        Method::VsLoss,
+        Method::Cdt,
         Method::Bias,
         Method::BiasBudget,
         Method::BiasF1,
@@ -95,6 +104,8 @@ impl Method {
             Method::OnlineDro => "online-dro",
             Method::OnlineDifficulty => "online-difficulty",
             Method::Drw => "drw",
+            Method::VsLoss => "vs-loss",
+            Method::Cdt => "cdt",
             Method::Bias => "bias",
             Method::BiasBudget => "bias-budget",
             Method::BiasF1 => "bias-f1",
@@ -115,6 +126,8 @@ impl Method {
             Method::OnlineDro => "group DRO per epoch: w_c *= exp(eta * val. loss_c) (was online-eg)",
             Method::OnlineDifficulty => "online weights (1 - val. recall_c)^tau (CDB-CE)",
             Method::Drw => "uniform, then (mean(r)/r_c)^p for the last --drw-epochs (DRW)",
+            Method::VsLoss => "VS-loss (--vs-gamma, --vs-tau) from stage 1's val. recall",
+            Method::Cdt => "class-dependent temperature (--cdt-gamma), stage 1's val. recall",
             Method::Bias => "post-hoc logit bias for the highest worst-class recall",
             Method::BiasBudget => "the same within --bias-budget points of accuracy",
             Method::BiasF1 => "post-hoc logit bias for the highest worst-class F1",
@@ -297,6 +310,51 @@ pub fn weights_from_metrics(
         w.iter_mut().for_each(|w| *w /= mean);
     }
     Ok(w)
+}
+
+/// A per-class adjustment of the logits inside the training loss only (evaluation, validation
+/// recall and the confusion counts use the plain logits, as in both papers), with its
+/// parameters from an earlier training's validation recall `r`.
+///
+/// Both papers set the adjustment from the class counts `n_c` of a long-tailed training set; on
+/// a balanced set every count is equal and their recipe does nothing. The nearest recipe reads
+/// stage 1's validation recall as each class's effective frequency (a hard class behaves as a
+/// rare one: its logits come out too small): `n_c / n_max` becomes `r_c / max(r)` and the prior
+/// `pi_c` becomes `r_c / sum(r)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LogitRule {
+    /// VS-loss: scale `(r_c / max(r))^gamma`, offset `tau ln(r_c / sum(r))`.
+    Vs { gamma: f64, tau: f64 },
+    /// CDT: scale `(r_c / max(r))^gamma` (the temperature `a_c` is its inverse), no offset.
+    Cdt { gamma: f64 },
+}
+
+impl LogitRule {
+    /// The method it is.
+    pub fn method(self) -> Method {
+        match self {
+            LogitRule::Vs { .. } => Method::VsLoss,
+            LogitRule::Cdt { .. } => Method::Cdt,
+        }
+    }
+
+    /// The adjustment from the earlier training's validation `metrics`. A class with no correct
+    /// sample counts as one sample's recall (as in [`weights_from_metrics`]), so every scale is
+    /// positive and every offset finite.
+    pub fn adjustment(self, metrics: &Metrics) -> crate::Result<LogitAdjustment> {
+        let per_class = metrics.support.iter().copied().max().unwrap_or(1).max(1);
+        let floor = 1.0 / per_class as f64;
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        Ok(match self {
+            LogitRule::Vs { gamma, tau } => {
+                let (scale, offset) = vs_loss_adjust(&metrics.recall, gamma, tau, floor)?;
+                LogitAdjustment { scale: Some(f32s(scale)), offset: Some(f32s(offset)) }
+            }
+            LogitRule::Cdt { gamma } => {
+                LogitAdjustment { scale: Some(f32s(cdt_scale(&metrics.recall, gamma, floor)?)), offset: None }
+            }
+        })
+    }
 }
 
 /// An online reweighting rule (see [`crate::cross_entropy::weights`]), run after every epoch

@@ -239,12 +239,16 @@ pub struct LinearGrads<'a, B> {
     pub db: &'a mut B,
 }
 
-/// How [`Backend::cross_entropy`] weighs the loss: one weight per class (on the device) and the
-/// label smoothing.
+/// How [`Backend::cross_entropy`] weighs the loss: one weight per class (on the device), the
+/// label smoothing and the optional per-class logit scale and offset the loss applies to the
+/// logits (`u_c = scale_c * x_c + offset_c`, see [`crate::cross_entropy::LogitAdjust`]; `None`:
+/// 1 and 0). The gradient is of the loss with respect to the plain logits.
 #[derive(Clone, Copy)]
 pub struct WeightedLoss<'a, B> {
     pub weight: &'a B,
     pub label_smoothing: f32,
+    pub scale: Option<&'a B>,
+    pub offset: Option<&'a B>,
 }
 
 /// Parameters, running statistics and saved batch statistics of a batch-norm layer.

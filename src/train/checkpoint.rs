@@ -21,6 +21,7 @@ use super::backend::Backend;
 use super::config::TrainConfig;
 use super::epoch_log::EpochLog;
 use super::model::{Model, ModelConfig};
+use super::step::LogitAdjustment;
 use crate::{Error, Result};
 
 /// Version of the checkpoint layout; a file of another version is [`Error::FormatVersion`].
@@ -58,6 +59,10 @@ pub struct CheckpointMeta {
     /// Per-class sums of the epoch in progress: loss, gradient norm, sample count (3 x classes;
     /// see [`EpochLog::class_loss`]).
     pub class_sums: Vec<f64>,
+    /// The training loss's logit adjustment (VS-loss, CDT), if any; absent from checkpoints of
+    /// trainings without one (and of versions before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_adjust: Option<LogitAdjustment>,
 }
 
 /// A checkpoint in memory.

@@ -9,7 +9,7 @@ use crate::augment;
 use crate::batchnorm;
 use crate::confusion::{self, ConfusionMatrix};
 use crate::conv::{self, Conv2dShape};
-use crate::cross_entropy::{self, Options, Reduction};
+use crate::cross_entropy::{self, LogitAdjust, Options, Reduction};
 use crate::linear::{self, LinearShape};
 use crate::optim;
 use crate::pool::{self, PoolShape};
@@ -243,8 +243,15 @@ impl Backend for CpuBackend {
         let x = ArrayView2::from_shape((n, classes), prefix("cross_entropy", logits, n * classes)?)
             .map_err(|e| Error::shape("cross_entropy", e.to_string()))?;
         let opts = Options { ignore_index: None, label_smoothing, reduction: Reduction::Mean };
-        let (loss, g) =
-            cross_entropy::cpu::forward_backward(x, ArrayView1::from(labels), Some(ArrayView1::from(weight)), &opts)?;
+        let adjust =
+            LogitAdjust { scale: weighting.scale.map(Vec::as_slice), offset: weighting.offset.map(Vec::as_slice) };
+        let (loss, g) = cross_entropy::cpu::forward_backward_adjusted(
+            x,
+            ArrayView1::from(labels),
+            Some(ArrayView1::from(weight)),
+            &adjust,
+            &opts,
+        )?;
         let out = prefix_mut("cross_entropy", grad, n * classes)?;
         out.copy_from_slice(g.as_slice().expect("standard layout"));
         Ok(loss[0])

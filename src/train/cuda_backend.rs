@@ -323,12 +323,16 @@ impl Backend for CudaBackend {
         let opts = Options { ignore_index: None, label_smoothing, reduction: Reduction::Mean };
         let mut loss = self.loss.borrow_mut();
         let wv = weight.as_view();
-        cross_entropy::cuda::forward_backward(
+        let sv = weighting.scale.map(|s| s.as_view());
+        let ov = weighting.offset.map(|o| o.as_view());
+        let adjust = cross_entropy::cuda::LogitAdjust { scale: sv.as_ref(), offset: ov.as_ref() };
+        cross_entropy::cuda::forward_backward_adjusted(
             &self.stream,
             &mut self.ws.borrow_mut(),
             &view("cross_entropy", logits, n * classes)?,
             &view("cross_entropy", labels, n)?,
             Some(&wv),
+            &adjust,
             classes,
             &opts,
             &mut *loss,

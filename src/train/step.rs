@@ -162,7 +162,35 @@ pub struct TrainStep<B: Backend> {
     weight_decay: f32,
     nesterov: bool,
     weight: B::Buf,
+    scale: Option<B::Buf>,
+    offset: Option<B::Buf>,
     dlogits: B::Buf,
+}
+
+/// A per-class logit scale and offset that the training loss applies (`u_c = scale_c * x_c +
+/// offset_c`; `None`: 1 and 0), owned: VS-loss and class-dependent temperature (see
+/// [`crate::methods::LogitRule`]). Evaluation always uses the plain logits.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogitAdjustment {
+    pub scale: Option<Vec<f32>>,
+    pub offset: Option<Vec<f32>>,
+}
+
+impl LogitAdjustment {
+    /// Errors unless each given part holds one finite value per class, and each scale is > 0
+    /// (a scale of 0 or less would erase or flip the class's logit).
+    pub fn check(&self, classes: usize) -> Result<()> {
+        for (name, v) in [("scale", &self.scale), ("offset", &self.offset)] {
+            let Some(v) = v else { continue };
+            if v.len() != classes {
+                return Err(Error::shape("train", format!("{} logit {name}s for {classes} classes", v.len())));
+            }
+            if let Some(x) = v.iter().find(|x| !x.is_finite() || (name == "scale" && **x <= 0.0)) {
+                return Err(Error::shape("train", format!("logit {name} {x}: must be finite (a scale > 0)")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<B: Backend> TrainStep<B> {
@@ -183,6 +211,8 @@ impl<B: Backend> TrainStep<B> {
             weight_decay: cfg.weight_decay,
             nesterov: cfg.nesterov,
             weight: be.upload(class_weights)?,
+            scale: None,
+            offset: None,
             dlogits: be.zeros(model.max_batch() * classes)?,
         })
     }
@@ -191,6 +221,15 @@ impl<B: Backend> TrainStep<B> {
     pub fn set_class_weights(&mut self, be: &B, class_weights: &[f32]) -> Result<()> {
         check_weights(class_weights, self.classes)?;
         self.weight = be.upload(class_weights)?;
+        Ok(())
+    }
+
+    /// Sets the logit adjustment of the following steps' loss (checked by
+    /// [`LogitAdjustment::check`]).
+    pub fn set_logit_adjustment(&mut self, be: &B, adjust: &LogitAdjustment) -> Result<()> {
+        adjust.check(self.classes)?;
+        self.scale = adjust.scale.as_deref().map(|s| be.upload(s)).transpose()?;
+        self.offset = adjust.offset.as_deref().map(|o| be.upload(o)).transpose()?;
         Ok(())
     }
 
@@ -250,7 +289,12 @@ impl<B: Backend> TrainStep<B> {
             classes,
             model.logits(),
             &dl,
-            &WeightedLoss { weight: &self.weight, label_smoothing: self.label_smoothing },
+            &WeightedLoss {
+                weight: &self.weight,
+                label_smoothing: self.label_smoothing,
+                scale: self.scale.as_ref(),
+                offset: self.offset.as_ref(),
+            },
             &mut self.dlogits,
         )?;
         if !loss.is_finite() {

@@ -18,7 +18,7 @@ use super::checkpoint::{first_non_finite, Checkpoint, CheckpointMeta, CHECKPOINT
 use super::config::TrainConfig;
 use super::epoch_log::EpochLog;
 use super::model::Model;
-use super::step::{add_class_sums, ClassTally, DeviceData, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
+use super::step::{add_class_sums, ClassTally, DeviceData, LogitAdjustment, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
 use crate::confusion::ConfusionMatrix;
 use crate::error::Located;
 use crate::json::{describe_diffs, diff_fields};
@@ -161,6 +161,9 @@ pub struct TrainJob<'a, B: Backend> {
     /// checkpoint resumes only a training of the same name).
     pub name: &'a str,
     pub progress: Progress,
+    /// The per-class logit scale and offset of the training loss, if any (VS-loss, CDT);
+    /// recorded in the checkpoint, which resumes only the same adjustment.
+    pub logit_adjust: Option<&'a LogitAdjustment>,
 }
 
 impl<'a, B: Backend> TrainJob<'a, B> {
@@ -171,7 +174,15 @@ impl<'a, B: Backend> TrainJob<'a, B> {
         config: &'a TrainConfig,
         name: &'a str,
     ) -> Self {
-        TrainJob { train_data, monitor: None, class_weights, config, name, progress: Progress::default() }
+        TrainJob {
+            train_data,
+            monitor: None,
+            class_weights,
+            config,
+            name,
+            progress: Progress::default(),
+            logit_adjust: None,
+        }
     }
 }
 
@@ -211,7 +222,7 @@ pub fn train_with<B: Backend>(
     job: &TrainJob<'_, B>,
     control: TrainControl<'_, B>,
 ) -> Result<TrainOutcome> {
-    let TrainJob { train_data: train, monitor, class_weights, config: cfg, name: stage, progress } = *job;
+    let TrainJob { train_data: train, monitor, class_weights, config: cfg, name: stage, progress, logit_adjust } = *job;
     let classes = model.config.classes;
     if class_weights.len() != classes {
         return Err(Error::shape("train", format!("{} class weights for {classes} classes", class_weights.len())));
@@ -249,6 +260,9 @@ pub fn train_with<B: Backend>(
     }
     let setup = || "setup".to_string();
     let mut step = TrainStep::new(be, model, cfg, class_weights).at(stage, setup)?;
+    if let Some(a) = logit_adjust {
+        step.set_logit_adjustment(be, a).at(stage, setup)?;
+    }
     // The last partial batch is dropped: every step sees a full batch (batch-norm statistics).
     let steps_per_epoch = train.len() / cfg.batch_size;
     let total = steps_per_epoch * cfg.epochs;
@@ -271,6 +285,7 @@ pub fn train_with<B: Backend>(
         logs: Vec::with_capacity(cfg.epochs),
         weights_now: None,
         class_sums: vec![0.0; 3 * classes],
+        logit_adjust: logit_adjust.cloned(),
     };
     let mut order: Vec<i32> = (0..train.len() as i32).collect();
     let mut last_good: Option<PathBuf> = None;
@@ -519,6 +534,10 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta, source: Option<&st
             "train": m.train,
             "class_weights": m.class_weights.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
             "train_images": m.train_images,
+            "logit_adjust": m.logit_adjust.as_ref().map(|a| {
+                let bits = |v: &Option<Vec<f32>>| v.as_ref().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+                serde_json::json!({ "scale": bits(&a.scale), "offset": bits(&a.offset) })
+            }),
         })
     };
     let diffs = diff_fields(&pick(saved), &pick(now));
@@ -533,7 +552,10 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta, source: Option<&st
             now.train.epochs
         )
     } else {
-        format!("fields that differ (class weights compared as f32 bits):\n{}", describe_diffs(&diffs))
+        format!(
+            "fields that differ (class weights and logit adjustments compared as f32 bits):\n{}",
+            describe_diffs(&diffs)
+        )
     };
     let which = source.map_or("the checkpoint".to_string(), |p| format!("the checkpoint {}", p.display()));
     Err(Error::shape("resume", format!("{which} does not belong to this run: {detail}")))
