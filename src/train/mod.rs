@@ -3,6 +3,7 @@
 mod backend;
 mod checkpoint;
 mod config;
+mod crt;
 mod cpu_backend;
 mod cuda_backend;
 mod epoch_log;
@@ -15,6 +16,7 @@ use std::path::Path;
 pub use backend::{Backend, BatchPlan, BnState, Chw, LinearGrads, Normalize, Saved, SgdStep, WeightedLoss};
 pub use checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 pub use config::TrainConfig;
+pub use crt::{features, retrain_classifier};
 pub use cpu_backend::CpuBackend;
 pub use cuda_backend::CudaBackend;
 pub use epoch_log::EpochLog;
