@@ -45,6 +45,7 @@ pub fn spec_of_flags(out: &Path, flags: &[&str]) -> ExperimentSpec {
             "--drw-epochs" => c.drw_epochs = Some(value().parse().unwrap()),
             "--strong-wd" => c.strong_wd = Some(value().parse().unwrap()),
             "--bias-budget" => c.bias_budget = Some(value().parse().unwrap()),
+            "--crt-epochs" => c.crt_epochs = Some(value().parse().unwrap()),
             other => panic!("flag {other} is not mapped"),
         }
     }
