@@ -14,7 +14,15 @@ fn data<B: Backend>(be: &B) -> (DeviceData<B>, DeviceData<B>) {
 }
 
 fn config(epochs: usize) -> TrainConfig {
-    TrainConfig { epochs, batch_size: 64, lr: 0.05, seed: 5, eval_each_epoch: false, eval_batch_size: 64, ..Default::default() }
+    TrainConfig {
+        epochs,
+        batch_size: 64,
+        lr: 0.05,
+        seed: 5,
+        eval_each_epoch: false,
+        eval_batch_size: 64,
+        ..Default::default()
+    }
 }
 
 /// A model trained 3 epochs on the synthetic set (stage 1), on `be`.
@@ -86,7 +94,14 @@ fn retraining_is_deterministic() {
     let run = || {
         let mut model = Model::new(&be, CONFIG, 64, 5).unwrap();
         model.load_state(&be, &base).unwrap();
-        let losses = train::retrain_classifier(&be, &mut model, &tr, &[1.5, 0.5, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.5], &config(3)).unwrap();
+        let losses = train::retrain_classifier(
+            &be,
+            &mut model,
+            &tr,
+            &[1.5, 0.5, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.5],
+            &config(3),
+        )
+        .unwrap();
         (bits(&model.state(&be).unwrap()), losses)
     };
     assert_eq!(run(), run());

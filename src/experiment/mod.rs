@@ -32,7 +32,9 @@ mod text;
 pub use diagnostics::{diagnostics, Diagnostics, FitRow, GradientRow, RegimeRow, SplitFit, SweepPoint};
 pub use plan::{null_seed, plan, stages, CrtSpec, MethodSpec, Plan, StageSpec};
 pub use runner::run;
-pub use spec::{default_val_size, CompareSpec, DataSpec, ExperimentSpec, DEFAULT_CRT_EPOCHS, DEFAULT_SEEDS, MAX_DEFAULT_VAL_SIZE};
+pub use spec::{
+    default_val_size, CompareSpec, DataSpec, ExperimentSpec, DEFAULT_CRT_EPOCHS, DEFAULT_SEEDS, MAX_DEFAULT_VAL_SIZE,
+};
 pub use text::{comparison_text, diagnostics_text, format_duration, resume_command, LONG_HELP};
 
 use crate::report::Report;

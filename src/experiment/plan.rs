@@ -244,7 +244,8 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
         }
         if want(Method::Crt) {
             let e = cmp.crt_epochs();
-            let mut st = stage("crt".into(), format!("crt p={p}, {e} ep on frozen features"), from(u, RecallSplit::Val, false));
+            let mut st =
+                stage("crt".into(), format!("crt p={p}, {e} ep on frozen features"), from(u, RecallSplit::Val, false));
             st.crt = Some(CrtSpec { of: u, epochs: e });
             let r = add(&mut specs, st);
             method(&mut methods, Method::Crt.into(), format!("crt: last layer retrained, p={p}, {e} ep"), r);
