@@ -313,7 +313,9 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     let todo: Vec<usize> = (0..specs.len()).filter(|&i| reuse[i].is_none()).collect();
     let total_epochs: usize = todo.iter().map(|&i| epochs_of(&specs[i])).sum();
     if !opts.silent {
-        print_plan(be, &plan, &specs, &todo, &train_set, val_images + test_set.len())?;
+        // crt trains no network epoch: the plan counts the trainings.
+        let trained: Vec<usize> = todo.iter().copied().filter(|&i| specs[i].crt.is_none()).collect();
+        print_plan(be, &plan, &specs, &trained, &train_set, val_images + test_set.len())?;
     }
     let clock = EtaClock { start: Instant::now(), done: Cell::new(0), total: total_epochs };
 
