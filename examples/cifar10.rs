@@ -145,6 +145,9 @@ struct Args {
     /// With --compare: also train uniform, reweight (and reweight-wd, uniform-wd if chosen) for N epochs (fit regime).
     #[arg(long, value_name = "N")]
     long_epochs: Option<usize>,
+    /// With --compare: epochs of crt's last-layer retraining on frozen features, 1 to 1000 [default: 10].
+    #[arg(long, value_name = "N")]
+    crt_epochs: Option<usize>,
 }
 
 impl Args {
@@ -188,6 +191,7 @@ impl Args {
                 sweep: self.sweep.clone(),
                 bias_budget: self.bias_budget,
                 long_epochs: self.long_epochs,
+                crt_epochs: self.crt_epochs,
             },
         }
     }

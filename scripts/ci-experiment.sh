@@ -215,7 +215,7 @@ import json, os, sys
 out = sys.argv[1]
 r = json.load(open(os.path.join(out, "report.json")))
 want = ["uniform", "null", "reweight", "reweight-test", "iterated", "online-dro", "online-difficulty", "drw", "vs-loss", "cdt",
-        "bias", "bias-budget", "bias-f1", "bias-f1-budget", "reweight-wd", "uniform-wd"]
+        "bias", "bias-budget", "bias-f1", "bias-f1-budget", "reweight-wd", "uniform-wd", "crt"]
 errors = []
 got = {}
 for m in r.get("methods", []):

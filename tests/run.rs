@@ -618,7 +618,7 @@ fn write_hard_class_cifar(dir: &Path, per_batch: usize, test: usize) {
     std::fs::write(dir.join("test_batch.bin"), bytes).unwrap();
 }
 
-const ALL_METHODS: [&str; 14] = [
+const ALL_METHODS: [&str; 15] = [
     "uniform",
     "null",
     "reweight",
@@ -633,6 +633,7 @@ const ALL_METHODS: [&str; 14] = [
     "bias-f1-budget",
     "reweight-wd",
     "uniform-wd",
+    "crt",
 ];
 
 /// `--compare` with every method on two seeds: report.json holds each method for each seed in
@@ -680,8 +681,13 @@ fn compare_writes_every_method_for_every_seed() {
     }
     assert!(r.methods.iter().any(|m| m.name.contains("TEST recall")));
     // --long-epochs 2 trains every long method (the weight-decay ones too) for 2 epochs, the rest
-    // for 1 (the bias methods train nothing: they reuse a uniform model).
+    // for 1 (the bias methods train nothing: they reuse a uniform model; nor does crt, which
+    // retrains only a uniform model's last layer and logs no epoch of the network).
     for m in r.methods.iter().filter(|m| m.bias.is_none()) {
+        if m.method.as_deref() == Some("crt") {
+            assert!(m.epochs.is_empty(), "{}", m.name);
+            continue;
+        }
         let want = if long.contains(&m.method.as_deref().unwrap()) { 2 } else { 1 };
         assert_eq!(m.epochs.len(), want, "{}", m.name);
     }
@@ -895,6 +901,49 @@ fn vs_loss_and_cdt_train_from_stage1_recall_and_resume_to_the_same_results() {
     }
 }
 
+/// The state tensors of a model file of the run in `out`.
+fn model_state(out: &Path, report: &Report, file: &str) -> Vec<Vec<u32>> {
+    let be = CpuBackend::new();
+    let config = serde_json::from_value(report.config["model"].clone()).unwrap();
+    let mut model = evenclass::train::Model::new(&be, config, 8, 0).unwrap();
+    evenclass::train::load_model(&out.join(file), &mut model, &be).unwrap();
+    let state = model.state(&be).unwrap();
+    state.iter().map(|t| t.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+/// crt end to end: its model is stage 1's (the uniform training's) bit for bit but for the
+/// final linear layer, retrained with reweight's weights; `--crt-epochs` enters the run's
+/// configuration only when crt runs, and is refused without --compare or out of range.
+#[test]
+fn crt_retrains_only_stage_1s_last_layer() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let flags = ["--synthetic", "--compare", "--seeds", "1", "--methods", "crt,reweight", "--crt-epochs", "3"];
+    let (r, d) = run_report(&out, &flags);
+    assert_fits_80_columns(&r, d.as_ref());
+    let crt = r.methods.iter().find(|m| m.method.as_deref() == Some("crt")).unwrap();
+    let rw = r.methods.iter().find(|m| m.method.as_deref() == Some("reweight")).unwrap();
+    assert_eq!(crt.class_weights, rw.class_weights, "crt uses reweight's weights");
+    assert!(crt.class_weights.iter().any(|&w| w != 1.0), "{:?}", crt.class_weights);
+    assert_eq!(r.config["compare"]["crt_epochs"], 3, "{}", r.config);
+    let key = crt.model.as_deref().unwrap();
+    let base = r.methods.iter().find(|m| m.method.as_deref() == Some("uniform")).unwrap();
+    let (a, b) = (
+        model_state(&out, &r, &format!("{key}.safetensors")),
+        model_state(&out, &r, &format!("{}.safetensors", base.model.as_deref().unwrap())),
+    );
+    let k = a.len() - 2;
+    assert_eq!(a[..k], b[..k], "a frozen layer differs from stage 1's");
+    assert!(a[k] != b[k] && a[k + 1] != b[k + 1], "the last layer was not retrained");
+    // Without crt, no crt_epochs; the flag alone, or out of range, is a usage error.
+    let (r, _) = run_report(&t.path().join("none"), &["--synthetic", "--compare", "--seeds", "1", "--methods", "null"]);
+    assert!(r.config["compare"].get("crt_epochs").is_none(), "{}", r.config);
+    for bad in [&["--synthetic", "--crt-epochs", "3"][..], &["--synthetic", "--compare", "--crt-epochs", "0"][..]] {
+        let e = run(&t.path().join("bad"), bad).unwrap_err();
+        assert!(is_usage(&e) && e.to_string().contains("--crt-epochs"), "{bad:?}: {e}");
+    }
+}
+
 /// A compare run interrupted after every step and resumed each time publishes the same
 /// results as an uninterrupted one (online weights and the fitted bias included).
 #[test]
@@ -907,7 +956,7 @@ fn compare_interrupted_at_every_step_resumes_to_the_same_results() {
         "--seeds",
         "1",
         "--methods",
-        "bias,online-eg,online-difficulty,drw",
+        "bias,online-eg,online-difficulty,drw,crt",
         "--cdb-dynamic",
         "--train-subset",
         "150",
@@ -929,9 +978,9 @@ fn compare_interrupted_at_every_step_resumes_to_the_same_results() {
         evenclass::report::read_report(out.join("report.json")).unwrap(),
         evenclass::report::read_report(fresh.join("report.json")).unwrap(),
     );
-    assert_eq!(a.methods.len(), 5);
+    assert_eq!(a.methods.len(), 6);
     // The rules changed the weights (so that the comparison below compares something).
-    for key in ["online-dro", "online-difficulty", "drw"] {
+    for key in ["online-dro", "online-difficulty", "drw", "crt"] {
         let m = a.methods.iter().find(|m| m.method.as_deref() == Some(key)).unwrap();
         assert!(m.class_weights.iter().any(|&w| w != 1.0), "{key}: {:?}", m.class_weights);
     }
@@ -939,6 +988,10 @@ fn compare_interrupted_at_every_step_resumes_to_the_same_results() {
         assert_eq!((&x.name, &x.class_weights, &x.bias), (&y.name, &y.class_weights, &y.bias));
         assert_eq!((&x.test, &x.val), (&y.test, &y.val), "{}", x.name);
     }
+    // crt, redone from stage 1's saved model on resume, is bit-identical.
+    let crt = a.methods.iter().find(|m| m.method.as_deref() == Some("crt")).unwrap();
+    let file = format!("{}.safetensors", crt.model.as_deref().unwrap());
+    assert!(std::fs::read(out.join(&file)).unwrap() == std::fs::read(fresh.join(&file)).unwrap(), "{file} differs");
 }
 
 /// Bad validation splits and flag combinations are usage errors before any training.

@@ -30,11 +30,11 @@ mod spec;
 mod text;
 
 pub use diagnostics::{diagnostics, Diagnostics, FitRow, GradientRow, RegimeRow, SplitFit, SweepPoint};
-pub use plan::{null_seed, plan, stages, MethodSpec, Plan, StageSpec};
+pub use plan::{null_seed, plan, stages, CrtSpec, MethodSpec, Plan, StageSpec};
 pub use runner::run;
 pub use spec::{
-    default_val_size, CompareSpec, DataSpec, ExperimentSpec, DEFAULT_CDT_GAMMA, DEFAULT_SEEDS, DEFAULT_VS_GAMMA,
-    DEFAULT_VS_TAU, MAX_DEFAULT_VAL_SIZE, MAX_LOGIT_PARAM,
+    default_val_size, CompareSpec, DataSpec, ExperimentSpec, DEFAULT_CDT_GAMMA, DEFAULT_CRT_EPOCHS, DEFAULT_SEEDS,
+    DEFAULT_VS_GAMMA, DEFAULT_VS_TAU, MAX_DEFAULT_VAL_SIZE, MAX_LOGIT_PARAM,
 };
 pub use text::{comparison_text, diagnostics_text, format_duration, resume_command, LONG_HELP};
 

@@ -52,11 +52,31 @@ pub struct StageSpec {
     pub fit_bias: Vec<BiasKind>,
     /// A logit adjustment of the training loss from the validation recall of training `.0`.
     pub logit: Option<(usize, LogitRule)>,
+    /// Not a training: the model of training `of` with its final linear layer retrained on
+    /// frozen features with this training's weights (crt).
+    pub crt: Option<CrtSpec>,
+}
+
+/// Which model crt retrains the classifier of, and for how many epochs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrtSpec {
+    pub of: usize,
+    pub epochs: usize,
 }
 
 impl StageSpec {
     fn new(key: String, name: String, weights: Weights, seed: u64) -> Self {
-        StageSpec { key, name, weights, seed, epochs: None, weight_decay: None, fit_bias: Vec::new(), logit: None }
+        StageSpec {
+            key,
+            name,
+            weights,
+            seed,
+            epochs: None,
+            weight_decay: None,
+            fit_bias: Vec::new(),
+            logit: None,
+            crt: None,
+        }
     }
 
     /// The online rule, for an online training.
@@ -253,6 +273,14 @@ pub fn stages(spec: &ExperimentSpec) -> (Vec<StageSpec>, Vec<MethodSpec>) {
         if want(Method::BiasF1Budget) {
             let name = format!("post-hoc bias for worst F1 (val), budget {} pt", cmp.bias_budget());
             method(&mut methods, Method::BiasF1Budget.into(), name, u);
+        }
+        if want(Method::Crt) {
+            let e = cmp.crt_epochs();
+            let mut st =
+                stage("crt".into(), format!("crt p={p}, {e} ep on frozen features"), from(u, RecallSplit::Val, false));
+            st.crt = Some(CrtSpec { of: u, epochs: e });
+            let r = add(&mut specs, st);
+            method(&mut methods, Method::Crt.into(), format!("crt: last layer retrained, p={p}, {e} ep"), r);
         }
         wd_pair(&mut specs, &mut methods, u, None);
         for &q in &cmp.sweep {

@@ -308,11 +308,14 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     }
 
     // ---- the plan, with an estimate of its duration ----
-    let epochs_of = |st: &StageSpec| st.epochs.unwrap_or(plan.train.epochs);
+    // crt trains no epoch of the network (its retraining is a small part of one epoch's cost).
+    let epochs_of = |st: &StageSpec| if st.crt.is_some() { 0 } else { st.epochs.unwrap_or(plan.train.epochs) };
     let todo: Vec<usize> = (0..specs.len()).filter(|&i| reuse[i].is_none()).collect();
     let total_epochs: usize = todo.iter().map(|&i| epochs_of(&specs[i])).sum();
     if !opts.silent {
-        print_plan(be, &plan, &specs, &todo, &train_set, val_images + test_set.len())?;
+        // crt trains no network epoch: the plan counts the trainings.
+        let trained: Vec<usize> = todo.iter().copied().filter(|&i| specs[i].crt.is_none()).collect();
+        print_plan(be, &plan, &specs, &trained, &train_set, val_images + test_set.len())?;
     }
     let clock = EtaClock { start: Instant::now(), done: Cell::new(0), total: total_epochs };
 
@@ -364,6 +367,20 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
             }
             None => None,
         };
+        if let Some(crt) = st.crt {
+            // No checkpoint: an interrupted crt is redone from its base model (deterministic).
+            let base = dir.staging().join(format!("{}.safetensors", specs[crt.of].key));
+            let mut train_cfg = TrainConfig { seed: st.seed, epochs: crt.epochs, ..plan.train.clone() };
+            train_cfg.eval_each_epoch = false;
+            let data = CrtData { train: &train_data, test: &test_data, val: val_data.as_ref() };
+            let s = run_crt(be, st, &base, &weights, plan.model, &train_cfg, &data, opts)?;
+            let model_file = dir.staging().join(format!("{}.safetensors", st.key));
+            train::save_model(&model_file, &s.1, be).at(&st.name, || "saving the model".to_string())?;
+            write_json(&dir.staging().join(format!("{}.json", st.key)), &s.0)?;
+            dir.record(&mut manifest, &[format!("{}.safetensors", st.key), format!("{}.json", st.key)])?;
+            done.push(s.0);
+            continue;
+        }
         let ck_path = ck_dir.join(format!("{}.ckpt", st.key));
         let resume_from = if spec.resume && ck_path.exists() {
             let ck = Checkpoint::load(&ck_path)?;
@@ -519,6 +536,7 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
     range("--test-subset", spec.data.test_subset, 1, usize::MAX)?;
     range("--rounds", spec.comparison.rounds, 2, 10)?;
     range("--long-epochs", spec.comparison.long_epochs, 1, 10_000)?;
+    range("--crt-epochs", spec.comparison.crt_epochs, 1, 1000)?;
     if let Some(lr) = spec.lr {
         if !(lr.is_finite() && lr > 0.0 && lr <= 100.0) {
             return Err(usage(format!("--lr {lr}: must be a finite number in (0, 100]")));
@@ -570,6 +588,7 @@ fn check_spec(spec: &ExperimentSpec) -> Result<()> {
             (!c.sweep.is_empty(), "--sweep"),
             (c.bias_budget.is_some(), "--bias-budget"),
             (c.long_epochs.is_some(), "--long-epochs"),
+            (c.crt_epochs.is_some(), "--crt-epochs"),
         ] {
             if set {
                 return Err(usage(format!("{flag} only applies with --compare")));
@@ -644,6 +663,9 @@ fn config_json(spec: &ExperimentSpec, plan: &Plan, train: usize, test: usize, va
         }
         if c.methods().contains(&Method::Cdt) {
             cmp.insert("cdt_gamma".into(), c.cdt_gamma().into());
+        }
+        if c.methods().contains(&Method::Crt) {
+            cmp.insert("crt_epochs".into(), c.crt_epochs().into());
         }
         if c.cdb_dynamic && c.methods().contains(&Method::OnlineDifficulty) {
             cmp.insert("tau".into(), "cdb-dynamic".into());
@@ -877,6 +899,75 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
         biased.push((kind.method(), fit_bias(be, &mut model, val, st, &report, kind).at(name, place)?));
     }
     Ok(Some((report, biased)))
+}
+
+/// The splits crt retrains on (training) and evaluates on.
+struct CrtData<'a, B: Backend> {
+    train: &'a DeviceData<B>,
+    test: &'a DeviceData<B>,
+    val: Option<&'a DeviceData<B>>,
+}
+
+/// crt: the model saved in `base` with its final linear layer retrained on frozen features
+/// with `weights` ([`train::retrain_classifier`]), evaluated on every split.
+#[allow(clippy::too_many_arguments)]
+fn run_crt<B: Backend>(
+    be: &B,
+    st: &StageSpec,
+    base: &Path,
+    weights: &[f32],
+    model_cfg: ModelConfig,
+    cfg: &TrainConfig,
+    data: &CrtData<'_, B>,
+    opts: &RunOptions<'_>,
+) -> Result<(StageReport, Model<B>)> {
+    let t0 = Instant::now();
+    let name = st.name.as_str();
+    let max_batch = cfg.batch_size.max(cfg.eval_batch_size);
+    let place = || "crt: loading the base model".to_string();
+    let mut model = Model::new(be, model_cfg, max_batch, cfg.seed).at(name, place)?;
+    train::load_model(base, &mut model, be).at(name, place)?;
+    let place = || "crt: retraining the classifier".to_string();
+    let losses = train::retrain_classifier(be, &mut model, data.train, weights, cfg).at(name, place)?;
+    let bars = !opts.quiet && !opts.silent;
+    let fin = |split: &'static str| move || format!("final evaluation ({split} split)");
+    let test = metrics(be, &mut model, data.test, cfg, bars, None).at(name, fin("test"))?;
+    let train_m = metrics(be, &mut model, data.train, cfg, bars, None).at(name, fin("training"))?;
+    let val = match data.val {
+        Some(v) => Some(metrics(be, &mut model, v, cfg, bars, None).at(name, fin("validation"))?),
+        None => None,
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    say!(
+        opts,
+        "  crt: {} epochs on frozen features, loss {:.3} -> {:.3}",
+        cfg.epochs,
+        losses.first().copied().unwrap_or(f32::NAN),
+        losses.last().copied().unwrap_or(f32::NAN)
+    );
+    say!(
+        opts,
+        "  test acc. {:.1}%, balanced {:.1}%, worst class {:.1}%, train acc. {:.1}% ({})",
+        100.0 * test.accuracy,
+        100.0 * test.balanced_accuracy,
+        100.0 * test.worst_recall(),
+        100.0 * train_m.accuracy,
+        format_duration(seconds)
+    );
+    let report = StageReport {
+        name: name.to_string(),
+        class_weights: weights.iter().map(|&w| f64::from(w)).collect(),
+        seconds,
+        epochs: Vec::new(),
+        test,
+        train: train_m,
+        val,
+        seed: Some(cfg.seed),
+        method: None,
+        model: None,
+        bias: None,
+    };
+    Ok((report, model))
 }
 
 /// Fits a per-class logit bias on the validation logits and evaluates the model with it on

@@ -71,12 +71,23 @@ pub struct CompareSpec {
     pub bias_budget: Option<f64>,
     /// Also train the long forms of the methods for this many epochs (the fit regime).
     pub long_epochs: Option<usize>,
+    /// Epochs of crt's classifier retraining on frozen features, 1 to 1000 [[`DEFAULT_CRT_EPOCHS`]].
+    pub crt_epochs: Option<usize>,
 }
+
+/// crt's retraining epochs by default: Kang et al. retrain the classifier for 10 epochs, and a
+/// linear layer on fixed features converges in a few epochs (each costs one linear pass).
+pub const DEFAULT_CRT_EPOCHS: usize = 10;
 
 impl CompareSpec {
     /// The methods compared.
     pub fn methods(&self) -> &[Method] {
         self.methods.as_deref().unwrap_or(&Method::ALL)
+    }
+
+    /// Epochs of crt's classifier retraining.
+    pub fn crt_epochs(&self) -> usize {
+        self.crt_epochs.unwrap_or(DEFAULT_CRT_EPOCHS)
     }
 
     /// Rounds of iterated reweighting.

@@ -70,11 +70,16 @@ pub enum Method {
     ReweightWd,
     /// Uniform weights with the same strong weight decay (the control of reweight-wd).
     UniformWd,
+    /// Classifier retraining (cRT, Kang et al., ICLR 2020): stage 1's features frozen, its final
+    /// linear layer re-initialised and retrained for `--crt-epochs` with the weights
+    /// `(mean(r)/r_c)^p` from stage 1's validation recall (class-balanced sampling does nothing
+    /// on balanced data).
+    Crt,
 }
 
 impl Method {
     /// Every method, in the order of the comparison.
-    pub const ALL: [Method; 16] = [
+    pub const ALL: [Method; 17] = [
         Method::Uniform,
         Method::Null,
         Method::Reweight,
@@ -91,6 +96,7 @@ impl Method {
         Method::BiasF1Budget,
         Method::ReweightWd,
         Method::UniformWd,
+        Method::Crt,
     ];
 
     /// The method's name (its serde name): `online-dro`.
@@ -112,6 +118,7 @@ impl Method {
             Method::BiasF1Budget => "bias-f1-budget",
             Method::ReweightWd => "reweight-wd",
             Method::UniformWd => "uniform-wd",
+            Method::Crt => "crt",
         }
     }
 
@@ -134,6 +141,7 @@ impl Method {
             Method::BiasF1Budget => "the same within --bias-budget points of accuracy",
             Method::ReweightWd => "reweighting with strong weight decay (--strong-wd)",
             Method::UniformWd => "uniform weights with the same weight decay",
+            Method::Crt => "stage 1's last layer retrained on frozen features (cRT)",
         }
     }
 

@@ -4,6 +4,7 @@ mod backend;
 mod checkpoint;
 mod config;
 mod cpu_backend;
+mod crt;
 mod cuda_backend;
 mod epoch_log;
 mod model;
@@ -16,6 +17,7 @@ pub use backend::{Backend, BatchPlan, BnState, Chw, LinearGrads, Normalize, Save
 pub use checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT};
 pub use config::TrainConfig;
 pub use cpu_backend::CpuBackend;
+pub use crt::{features, retrain_classifier};
 pub use cuda_backend::CudaBackend;
 pub use epoch_log::EpochLog;
 pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};

@@ -393,6 +393,26 @@ impl<B: Backend> Model<B> {
         Ok(out)
     }
 
+    /// The features of the last forward pass: the input of the final linear layer, after the
+    /// global average pool (n x [`Model::feature_len`]).
+    pub fn features(&self) -> &B::Buf {
+        &self.acts[self.acts.len() - 2]
+    }
+
+    /// Features per image: the final linear layer's input size.
+    pub fn feature_len(&self) -> usize {
+        self.sizes[self.sizes.len() - 2]
+    }
+
+    /// The final linear layer's weight (classes x features) and bias, for retraining the
+    /// classifier alone ([`super::retrain_classifier`]).
+    pub fn head_mut(&mut self) -> Result<(&mut Param<B>, &mut Param<B>)> {
+        match self.ops.last_mut() {
+            Some(Op::Linear { weight, bias, .. }) => Ok((weight, bias)),
+            _ => Err(Error::shape("model", "the last layer is not linear")),
+        }
+    }
+
     /// Lengths of the tensors of [`Model::optimizer_state`], in its order.
     pub fn optimizer_state_lens(&self) -> Vec<usize> {
         let mut out = Vec::new();

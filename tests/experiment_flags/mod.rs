@@ -48,6 +48,7 @@ pub fn spec_of_flags(out: &Path, flags: &[&str]) -> ExperimentSpec {
             "--cdt-gamma" => c.cdt_gamma = Some(value().parse().unwrap()),
             "--strong-wd" => c.strong_wd = Some(value().parse().unwrap()),
             "--bias-budget" => c.bias_budget = Some(value().parse().unwrap()),
+            "--crt-epochs" => c.crt_epochs = Some(value().parse().unwrap()),
             other => panic!("flag {other} is not mapped"),
         }
     }
