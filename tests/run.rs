@@ -618,7 +618,7 @@ fn write_hard_class_cifar(dir: &Path, per_batch: usize, test: usize) {
     std::fs::write(dir.join("test_batch.bin"), bytes).unwrap();
 }
 
-const ALL_METHODS: [&str; 15] = [
+const ALL_METHODS: [&str; 17] = [
     "uniform",
     "null",
     "reweight",
@@ -627,6 +627,8 @@ const ALL_METHODS: [&str; 15] = [
     "online-dro",
     "online-difficulty",
     "drw",
+    "vs-loss",
+    "cdt",
     "bias",
     "bias-budget",
     "bias-f1",
