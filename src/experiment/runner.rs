@@ -346,6 +346,20 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
         let ck_path = ck_dir.join(format!("{}.ckpt", st.key));
         let resume_from = if spec.resume && ck_path.exists() {
             let ck = Checkpoint::load(&ck_path)?;
+            match &ck.meta.run_id {
+                None => say!(opts, "note: {} has no run id (an older build): not checked", ck_path.display()),
+                // A swapped file with the same configuration would pass every other check.
+                Some(id) if *id != manifest.run_id => {
+                    return Err(ExperimentError::Refused(format!(
+                        "{} was written by run {id}, but {} is run {}'s: one of the two is another run's file; \
+                         start over with --overwrite",
+                        ck_path.display(),
+                        dir.staging().join(MANIFEST).display(),
+                        manifest.run_id
+                    )))
+                }
+                Some(_) => {}
+            }
             say!(
                 opts,
                 "{}: resuming from {} (epoch {}, step {})",
@@ -377,6 +391,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
             model_path: &dir.staging().join(format!("{}.safetensors", st.key)),
             checkpoint: &ck_path,
             resume: resume_from.as_ref(),
+            run_id: &manifest.run_id,
             opts,
             clock: &clock,
         };
@@ -699,6 +714,8 @@ struct StageRun<'a, B: Backend> {
     model_path: &'a Path,
     checkpoint: &'a Path,
     resume: Option<&'a Checkpoint>,
+    /// The manifest's run id, stamped into the checkpoints.
+    run_id: &'a str,
     opts: &'a RunOptions<'a>,
     clock: &'a EtaClock,
 }
@@ -762,6 +779,7 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
         resume: st.resume,
         stop: st.opts.stop,
         on_epoch: Some(&hook as EpochHook<'_, B>),
+        run_id: Some(st.run_id),
     };
     // Epochs are monitored on the validation split when there is one: the test set is only
     // evaluated once, for the report.

@@ -58,6 +58,11 @@ pub struct CheckpointMeta {
     /// Per-class sums of the epoch in progress: loss, gradient norm, sample count (3 x classes;
     /// see [`EpochLog::class_loss`]).
     pub class_sums: Vec<f64>,
+    /// The run the checkpoint belongs to ([`super::TrainControl::run_id`]), so that another
+    /// run's checkpoint of the same configuration is refused on resume; absent when the trainer
+    /// was given none, and in checkpoints of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// A checkpoint in memory.
