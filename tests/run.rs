@@ -1333,3 +1333,46 @@ fn the_command_line_exits_1_on_damaged_files_2_on_usage_and_leaves_no_lock() {
         std::fs::remove_dir_all(&partial).unwrap();
     }
 }
+
+/// A damaged manifest never locks a folder: `--overwrite` replaces a finished run whose
+/// `run.json` is truncated and discards an interrupted one's; without it, and for a truncated
+/// checkpoint on `--resume`, the error names the file and says to start over with `--overwrite`
+/// (exit status 1).
+#[test]
+fn a_damaged_manifest_or_checkpoint_is_named_and_overwrite_starts_over() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let partial = t.path().join(".out.partial");
+    let truncate = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    let refused = |extra: &[&str], path: &Path, hint: &str| {
+        let before = snapshot(t.path());
+        let e = run(&out, &[&["--synthetic"], extra].concat()).unwrap_err();
+        let msg = e.to_string();
+        assert!(!is_usage(&e), "{extra:?}: {msg}");
+        assert!(msg.contains(&path.display().to_string()) && msg.contains(hint), "{extra:?}: {msg}");
+        assert!(snapshot(t.path()) == before, "{extra:?}: the folders were changed");
+    };
+    run(&out, &["--synthetic"]).unwrap();
+    truncate(&out.join(MANIFEST));
+    refused(&[], &out.join(MANIFEST), "add --overwrite to replace that run");
+    refused(&["--stage2-only", "--overwrite"], &out.join(MANIFEST), "run both stages again");
+    assert_eq!(run(&out, &["--synthetic", "--overwrite"]).unwrap(), Ended::Finished);
+    assert_one_run(&out);
+
+    assert_eq!(run_interrupted(&out, &["--synthetic", "--overwrite"]).unwrap(), Ended::Stopped);
+    let ck = partial.join("checkpoints/stage1.ckpt");
+    let good = std::fs::read(&ck).unwrap();
+    truncate(&ck);
+    refused(&["--resume"], &ck, "start it over with --overwrite");
+    std::fs::write(&ck, &good).unwrap();
+    truncate(&partial.join(MANIFEST));
+    refused(&["--resume"], &partial.join(MANIFEST), "start it over with --overwrite");
+    refused(&["--overwrite", "--resume"], &partial.join(MANIFEST), "start it over with --overwrite");
+    refused(&[], &partial.join(MANIFEST), "start it over with --overwrite");
+    assert_eq!(run(&out, &["--synthetic", "--overwrite"]).unwrap(), Ended::Finished);
+    assert!(!partial.exists());
+    assert_one_run(&out);
+}
