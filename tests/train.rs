@@ -847,7 +847,7 @@ fn resume_from_another_runs_checkpoint_is_refused_by_its_run_id() {
     let e = train_with(&be, &mut m, &job, other).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(&e, evenclass::Error::Shape { op: "resume", .. }), "{e}");
-    for part in [ck.display().to_string().as_str(), "run-a", "run-b", "--overwrite"] {
+    for part in [ck.display().to_string().as_str(), "run-a", "run-b"] {
         assert!(msg.contains(part), "the error lacks {part:?}: {msg}");
     }
     assert!(bits(&m.state(&be).unwrap()) == before, "a refused checkpoint changed the model");

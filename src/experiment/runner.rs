@@ -57,6 +57,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     let published = match dir.published() {
         Err(e) if damaged(&e) && spec.overwrite && !spec.stage2_only => {
             say!(opts, "note: {e}\n  replacing that run (--overwrite)");
+            // Nothing in it to keep or to read: replaced at publication as an empty folder is.
             OutState::Empty
         }
         Err(e) if damaged(&e) => {

@@ -533,8 +533,7 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta, source: Option<&st
             return Err(Error::shape(
                 "resume",
                 format!(
-                    "{which} was written by run {theirs}, not by this run ({ours}): another run's file; start \
-                     over with --overwrite"
+                    "{which} was written by run {theirs}, not by this run ({ours}): another run's checkpoint"
                 ),
             ));
         }
