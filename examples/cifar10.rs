@@ -206,6 +206,7 @@ fn main() -> ExitCode {
     if let Err(e) = ctrlc::set_handler(|| {
         if PRESSES.fetch_add(1, Ordering::SeqCst) > 0 {
             eprintln!("\ninterrupt again: quitting now (the last epoch's checkpoint is kept)");
+            evenclass::report::run_dir::remove_held_lock_files();
             std::process::exit(130);
         }
         STOP.store(true, Ordering::SeqCst);

@@ -1228,3 +1228,284 @@ fn corrupted_files_are_refused_naming_them() {
     std::fs::write(&path, &good).unwrap();
     assert_eq!(run(&out, &resume).unwrap(), Ended::Finished);
 }
+
+// ---- corrupted files, at random ----
+
+/// Damaged files that `random_corruptions_are_refused_naming_the_file` tries; the environment
+/// variable `EVENCLASS_CORRUPTION_CASES` sets another count for a longer campaign
+/// (`scripts/corruption.sh`), `EVENCLASS_CORRUPTION_SEED` another seed.
+const CORRUPTION_CASES: usize = 40;
+
+/// How a file is damaged.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// Cut to a random length (none to all but one byte).
+    Truncated,
+    /// One random bit of one random byte flipped.
+    BitFlipped,
+    /// The file of another run of the same command (same configuration and data): only the
+    /// run's identity tells them apart.
+    Twin,
+    /// The file of a run with another seed.
+    OtherSeed,
+}
+
+/// Random damage to a random file that `--resume` (an interrupted run's manifest and checkpoint)
+/// or `--stage2-only` (a finished run's manifest, `stage1.json` with its epoch log, and model)
+/// reads: refused with an error naming the file, exit status 1 (2 only for another seed's
+/// manifest, which reads as a resume with other flags and names each flag that differs), no
+/// panic, and the run folder unchanged. Damage that leaves what the file says unchanged (the same
+/// bytes, or a manifest or checkpoint that reads back equal) is counted apart: nothing to refuse.
+#[test]
+fn random_corruptions_are_refused_naming_the_file() {
+    use evenclass::train::Checkpoint;
+    use rand::RngExt;
+    use std::collections::BTreeMap;
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+    let cases = env("EVENCLASS_CORRUPTION_CASES").unwrap_or(CORRUPTION_CASES);
+    let seed = env("EVENCLASS_CORRUPTION_SEED").unwrap_or(1) as u64;
+    let mut r = rand_pcg::Pcg64::new(0xc0ff_ee00 ^ u128::from(seed), 0x5851_f42d_4c95_7f2d);
+    let t = tempfile::tempdir().unwrap();
+    let partial = |out: &Path| out.with_file_name(format!(".{}.partial", out.file_name().unwrap().to_str().unwrap()));
+    // (interrupted run, finished run) for: the runs damaged, their twins, another seed's.
+    let pair = |name: &str, extra: &[&str]| {
+        let flags = [&["--synthetic"], extra].concat();
+        let stopped = t.path().join(format!("{name}-stopped"));
+        assert_eq!(run_interrupted(&stopped, &flags).unwrap(), Ended::Stopped);
+        let done = t.path().join(format!("{name}-done"));
+        run(&done, &flags).unwrap();
+        (partial(&stopped), done, stopped)
+    };
+    let (stopped, done, stopped_out) = pair("run", &[]);
+    let twin = pair("twin", &[]);
+    let other = pair("other", &["--seed", "9"]);
+    let targets: [(bool, &str); 5] = [
+        (true, MANIFEST),
+        (true, "checkpoints/stage1.ckpt"),
+        (false, MANIFEST),
+        (false, "stage1.json"),
+        (false, "stage1.safetensors"),
+    ];
+    let damages = [Damage::Truncated, Damage::BitFlipped, Damage::Twin, Damage::OtherSeed];
+    // What a reader takes from a file, to tell harmless damage (None: unreadable).
+    let probe = t.path().join("probe");
+    let reads_as = |rel: &str, bytes: &[u8]| -> Option<String> {
+        std::fs::write(&probe, bytes).unwrap();
+        if rel == MANIFEST {
+            read_manifest(&probe).ok().map(|m| format!("{m:?}"))
+        } else if rel.ends_with(".ckpt") {
+            Checkpoint::load(&probe).ok().map(|c| format!("{:?}", (c.meta, c.state, c.optim, c.order)))
+        } else {
+            None
+        }
+    };
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    let mut examples: BTreeMap<String, String> = BTreeMap::new();
+    let mut harmless = 0;
+    for case in 0..cases {
+        let (interrupted, rel) = targets[r.random_range(0..targets.len())];
+        let damage = damages[r.random_range(0..damages.len())];
+        let (folder, twin_folder, other_folder) =
+            if interrupted { (&stopped, &twin.0, &other.0) } else { (&done, &twin.1, &other.1) };
+        let path = folder.join(rel);
+        let good = std::fs::read(&path).unwrap();
+        let bad = match damage {
+            Damage::Truncated => good[..r.random_range(0..good.len())].to_vec(),
+            Damage::BitFlipped => {
+                let mut v = good.clone();
+                let i = r.random_range(0..v.len());
+                v[i] ^= 1 << r.random_range(0..8);
+                v
+            }
+            Damage::Twin => std::fs::read(twin_folder.join(rel)).unwrap(),
+            Damage::OtherSeed => std::fs::read(other_folder.join(rel)).unwrap(),
+        };
+        if bad == good || reads_as(rel, &bad).is_some_and(|b| Some(b) == reads_as(rel, &good)) {
+            harmless += 1;
+            continue;
+        }
+        let what = format!("case {case}: {damage:?} {}", path.display());
+        std::fs::write(&path, &bad).unwrap();
+        let before = snapshot(folder);
+        let result = if interrupted {
+            run(&stopped_out, &["--synthetic", "--resume"])
+        } else {
+            run(&done, &["--synthetic", "--stage2-only", "--exponent", "2", "--overwrite"])
+        };
+        let e = match result {
+            Ok(ended) => panic!("{what}: accepted ({ended:?})"),
+            Err(e) => e,
+        };
+        let msg = e.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{what}: the error does not name the file: {msg}");
+        let usage_allowed = rel == MANIFEST && matches!(damage, Damage::OtherSeed);
+        assert!(!is_usage(&e) || usage_allowed, "{what}: a usage error (exit status 2): {msg}");
+        assert!(snapshot(folder) == before, "{what}: the run folder was changed");
+        assert!(interrupted || !partial(&done).exists(), "{what}: a run folder was started");
+        std::fs::write(&path, &good).unwrap();
+        let key = format!("{} {rel} {damage:?}", if interrupted { "interrupted" } else { "finished" });
+        *refused.entry(key.clone()).or_default() += 1;
+        examples.entry(key).or_insert(msg);
+    }
+    eprintln!("corruption: {cases} cases (seed {seed}): {harmless} harmless, refused: {refused:?}");
+    for (key, msg) in &examples {
+        eprintln!("corruption: {key}: {}", msg.lines().next().unwrap_or_default());
+    }
+    assert!(refused.values().sum::<usize>() * 2 >= cases, "most damage is not harmless: {refused:?}");
+    // The files put back, the runs go on: the refusals came from the damage.
+    assert_eq!(run(&stopped_out, &["--synthetic", "--resume"]).unwrap(), Ended::Finished);
+    run(&done, &["--synthetic", "--stage2-only", "--exponent", "2", "--overwrite"]).unwrap();
+}
+
+// ---- the command line: exit statuses and the lock file after Ctrl-C ----
+
+/// The example's binary: `cargo test` builds it (`--test run` alone does not: `cargo build
+/// --release --examples` first).
+fn cifar10_bin() -> PathBuf {
+    // The test binary is target/<profile>/deps/run-HASH; examples live beside deps/.
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>").join("examples/cifar10");
+    assert!(bin.is_file(), "{} is not built: cargo build --release --examples", bin.display());
+    bin
+}
+
+/// `cifar10 --synthetic --out OUT` with TINY's flags (except those `extra` sets) and `extra`,
+/// started with its output captured in files (read them after it ends).
+fn spawn_cifar10(out: &Path, extra: &[&str]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(cifar10_bin());
+    cmd.args(["--synthetic", "--quiet", "--out"]).arg(out);
+    for (flag, value) in TINY {
+        if !extra.contains(flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    let log = |name: &str| std::fs::File::create(out.with_extension(name)).unwrap();
+    cmd.args(extra).stdout(log("stdout")).stderr(log("stderr")).spawn().expect("start cifar10")
+}
+
+/// Waits (at most 300 s) for `child`; its exit status and standard error.
+fn wait_cifar10(out: &Path, child: &mut std::process::Child) -> (Option<i32>, String) {
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed().as_secs() > 300 {
+            let _ = child.kill();
+            panic!("cifar10 on {} still running after 300 s", out.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(out.with_extension("stderr")).unwrap();
+    assert!(!stderr.contains("panicked"), "cifar10 panicked:\n{stderr}");
+    (status.code(), stderr)
+}
+
+fn cifar10_cli(out: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    wait_cifar10(out, &mut spawn_cifar10(out, extra))
+}
+
+/// Sends SIGINT (a Ctrl-C) to `child`; whether it was still there to receive it.
+fn interrupt(child: &std::process::Child) -> bool {
+    let mut kill = std::process::Command::new("kill");
+    kill.args(["-INT", &child.id().to_string()]).stderr(std::process::Stdio::null());
+    kill.status().unwrap().success()
+}
+
+/// What a user sees: a damaged file is exit status 1 with one error line naming it, a flag
+/// misused is exit status 2, never a panic; Ctrl-C, once (stop after the step, checkpoint) or
+/// twice (quit now), leaves no `.OUT.lock` beside `--out`.
+#[test]
+fn the_command_line_exits_1_on_damaged_files_2_on_usage_and_leaves_no_lock() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let files = |dir: &Path| names_in(dir).into_iter().filter(|n| !n.ends_with(".stdout") && !n.ends_with(".stderr"));
+    let (status, stderr) = cifar10_cli(&out, &[]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(files(t.path()).collect::<Vec<_>>(), ["out"]);
+
+    let model = out.join("stage1.safetensors");
+    let good = std::fs::read(&model).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 3;
+    bad[at] ^= 0x04;
+    std::fs::write(&model, &bad).unwrap();
+    let (status, stderr) = cifar10_cli(&out, &["--stage2-only", "--exponent", "2", "--overwrite"]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("error: {} is corrupted", model.display())), "{stderr}");
+    std::fs::write(&model, &good).unwrap();
+
+    let (status, stderr) = cifar10_cli(&out, &["--rounds", "3", "--overwrite"]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("--rounds"), "{stderr}");
+    assert_eq!(files(t.path()).collect::<Vec<_>>(), ["out"], "after the errors");
+
+    // Ctrl-C once, then twice, each time once the run has started training (its checkpoint
+    // folder exists). Enough epochs that the run is still going, and steps slow enough (one of
+    // 128 images at width 16) that the second press comes before the first has stopped it.
+    let partial = t.path().join(".out.partial");
+    let slow = ["--epochs", "200", "--width", "16", "--batch-size", "128", "--overwrite"];
+    for presses in [1, 2] {
+        let mut child = spawn_cifar10(&out, &slow);
+        let start = std::time::Instant::now();
+        while !partial.join("checkpoints").exists() {
+            assert!(start.elapsed().as_secs() < 120, "the run never started training");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(interrupt(&child), "the run ended before its Ctrl-C");
+        if presses == 2 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            interrupt(&child);
+        }
+        let (status, stderr) = wait_cifar10(&out, &mut child);
+        assert_eq!(status, Some(130), "{presses} Ctrl-C: {stderr}");
+        let said = if presses == 1 { "stopped: " } else { "quitting now" };
+        assert!(stderr.contains(said), "{presses} Ctrl-C: {stderr}");
+        assert_eq!(files(t.path()).collect::<Vec<_>>(), [".out.partial", "out"], "{presses} Ctrl-C: {stderr}");
+        assert_eq!(read_manifest(&out.join(MANIFEST)).unwrap().complete, true, "the finished run is kept");
+        std::fs::remove_dir_all(&partial).unwrap();
+    }
+}
+
+/// A damaged manifest never locks a folder: `--overwrite` replaces a finished run whose
+/// `run.json` is truncated and discards an interrupted one's; without it, and for a truncated
+/// checkpoint on `--resume`, the error names the file and says to start over with `--overwrite`
+/// (exit status 1).
+#[test]
+fn a_damaged_manifest_or_checkpoint_is_named_and_overwrite_starts_over() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let partial = t.path().join(".out.partial");
+    let truncate = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    let refused = |extra: &[&str], path: &Path, hint: &str| {
+        let before = snapshot(t.path());
+        let e = run(&out, &[&["--synthetic"], extra].concat()).unwrap_err();
+        let msg = e.to_string();
+        assert!(!is_usage(&e), "{extra:?}: {msg}");
+        assert!(msg.contains(&path.display().to_string()) && msg.contains(hint), "{extra:?}: {msg}");
+        assert!(snapshot(t.path()) == before, "{extra:?}: the folders were changed");
+    };
+    run(&out, &["--synthetic"]).unwrap();
+    truncate(&out.join(MANIFEST));
+    refused(&[], &out.join(MANIFEST), "add --overwrite to replace that run");
+    refused(&["--stage2-only", "--overwrite"], &out.join(MANIFEST), "run both stages again");
+    assert_eq!(run(&out, &["--synthetic", "--overwrite"]).unwrap(), Ended::Finished);
+    assert_one_run(&out);
+
+    assert_eq!(run_interrupted(&out, &["--synthetic", "--overwrite"]).unwrap(), Ended::Stopped);
+    let ck = partial.join("checkpoints/stage1.ckpt");
+    let good = std::fs::read(&ck).unwrap();
+    truncate(&ck);
+    refused(&["--resume"], &ck, "start it over with --overwrite");
+    std::fs::write(&ck, &good).unwrap();
+    truncate(&partial.join(MANIFEST));
+    refused(&["--resume"], &partial.join(MANIFEST), "start it over with --overwrite");
+    refused(&["--overwrite", "--resume"], &partial.join(MANIFEST), "start it over with --overwrite");
+    refused(&[], &partial.join(MANIFEST), "start it over with --overwrite");
+    assert_eq!(run(&out, &["--synthetic", "--overwrite"]).unwrap(), Ended::Finished);
+    assert!(!partial.exists());
+    assert_one_run(&out);
+}

@@ -644,7 +644,8 @@ fn resume_is_bit_identical(online: bool) {
         // everything must come from the checkpoint file.
         let seed = if resume.is_some() { 1234 } else { 9 };
         let mut fresh = Model::new(&be, config, 64, seed).unwrap();
-        let control = TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop), on_epoch };
+        let control =
+            TrainControl { checkpoint: Some(&ck), resume: resume.as_ref(), stop: Some(&stop), on_epoch, run_id: None };
         match train_with(&be, &mut fresh, &job, control).unwrap() {
             TrainOutcome::Finished { logs: l, .. } => {
                 model = fresh;
@@ -791,7 +792,7 @@ fn interrupted_after_one_step() -> Interrupted {
     let ck = dir.path().join("s.ckpt");
     let stop = AtomicBool::new(true);
     let mut m = Model::new(&be, config, 64, 1).unwrap();
-    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop), on_epoch: None };
+    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: Some(&stop), on_epoch: None, run_id: None };
     train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &cfg, "s"), control).unwrap();
     Interrupted { be, tr, cfg, dir, ck, m }
 }
@@ -803,7 +804,7 @@ fn resume_from_a_foreign_checkpoint_names_the_field() {
     let Interrupted { be, tr, cfg, dir: _dir, ck, mut m } = interrupted_after_one_step();
     let saved = Checkpoint::load(&ck).unwrap();
     let other = TrainConfig { lr: 0.3, ..cfg.clone() };
-    let control = TrainControl { checkpoint: None, resume: Some(&saved), stop: None, on_epoch: None };
+    let control = TrainControl { checkpoint: None, resume: Some(&saved), stop: None, on_epoch: None, run_id: None };
     let e = train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &other, "s"), control).unwrap_err().to_string();
     assert!(e.contains("train.lr"), "{e}");
     let e = train_with(&be, &mut m, &TrainJob::new(&tr, &[2.0; 10], &cfg, "s"), control).unwrap_err().to_string();
@@ -835,6 +836,47 @@ fn resume_from_a_foreign_checkpoint_names_the_field() {
         std::fs::write(&ck, &bytes[..cut]).unwrap();
         assert!(Checkpoint::load(&ck).is_err(), "cut at {cut}");
     }
+}
+
+/// A checkpoint stamped with another run's id is refused even when everything else fits (a file
+/// swapped in from another run of the same configuration), naming the file and both runs; one
+/// without a run id (an older build's) resumes, and the checkpoints written after it carry the id.
+#[test]
+fn resume_from_another_runs_checkpoint_is_refused_by_its_run_id() {
+    use std::sync::atomic::AtomicBool;
+    use train::{train_with, Checkpoint, TrainControl};
+    let be = CpuBackend::new();
+    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
+    let (tr, _) = synthetic_data(&be, 4, 130, 0);
+    let cfg = small_train_config(2, 64, 1);
+    let dir = tmpdir();
+    let ck = dir.path().join("s.ckpt");
+    let stop = AtomicBool::new(true);
+    let mut m = Model::new(&be, config, 64, 1).unwrap();
+    let job = TrainJob::new(&tr, &[1.0; 10], &cfg, "s");
+    let control =
+        TrainControl { checkpoint: Some(&ck), stop: Some(&stop), run_id: Some("run-a"), ..Default::default() };
+    train_with(&be, &mut m, &job, control).unwrap();
+    let saved = Checkpoint::load(&ck).unwrap();
+    assert_eq!(saved.meta.run_id.as_deref(), Some("run-a"));
+
+    let before = bits(&m.state(&be).unwrap());
+    let other = TrainControl { checkpoint: None, resume: Some(&saved), run_id: Some("run-b"), ..Default::default() };
+    let e = train_with(&be, &mut m, &job, other).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(&e, evenclass::Error::Shape { op: "resume", .. }), "{e}");
+    for part in [ck.display().to_string().as_str(), "run-a", "run-b"] {
+        assert!(msg.contains(part), "the error lacks {part:?}: {msg}");
+    }
+    assert!(bits(&m.state(&be).unwrap()) == before, "a refused checkpoint changed the model");
+
+    // An older build's checkpoint (no run id): resumed, and re-stamped when written again.
+    let mut old = saved.clone();
+    old.meta.run_id = None;
+    let resume = TrainControl { resume: Some(&old), ..other };
+    let control = TrainControl { checkpoint: Some(&ck), stop: Some(&stop), ..resume };
+    train_with(&be, &mut m, &job, control).unwrap();
+    assert_eq!(Checkpoint::load(&ck).unwrap().meta.run_id.as_deref(), Some("run-b"));
 }
 
 /// A checkpoint of another format version is refused with an error naming the version it has
@@ -883,7 +925,7 @@ fn divergence_stops_with_stage_epoch_step_and_last_good_checkpoint() {
     let dir = tmpdir();
     let ck = dir.path().join("s.ckpt");
     let mut m = Model::new(&be, config, 64, 1).unwrap();
-    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: None, on_epoch: None };
+    let control = TrainControl { checkpoint: Some(&ck), resume: None, stop: None, on_epoch: None, run_id: None };
     let one = TrainConfig { epochs: 1, ..cfg.clone() };
     train_with(&be, &mut m, &TrainJob::new(&tr, &[1.0; 10], &one, "s"), control).unwrap();
     let good = std::fs::read(&ck).unwrap();

@@ -97,6 +97,11 @@ pub enum ExperimentError {
     /// The run cannot go on (a folder of other files, not enough memory, ...).
     #[error("{0}")]
     Refused(String),
+    /// A file of the output folder that the run reads back (a manifest, a checkpoint) is damaged:
+    /// unreadable, truncated, of another format version. `error` names the file, `hint` says what
+    /// to do. Nothing was written.
+    #[error("{error}\n  {hint}")]
+    Damaged { error: Box<ExperimentError>, hint: String },
 }
 
 impl ExperimentError {

@@ -52,8 +52,32 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     // ---- the output folder: lock it, and decide what may be replaced, before any work ----
     let out = &spec.out;
     let dir = RunDir::lock(out)?;
-    let published = dir.published()?;
-    let in_progress = dir.in_progress()?;
+    // A damaged manifest still marks an evenclass run: --overwrite replaces it, as it would
+    // the intact one, and nothing else may read it.
+    let published = match dir.published() {
+        Err(e) if damaged(&e) && spec.overwrite && !spec.stage2_only => {
+            say!(opts, "note: {e}\n  replacing that run (--overwrite)");
+            // Nothing in it to keep or to read: replaced at publication as an empty folder is.
+            OutState::Empty
+        }
+        Err(e) if damaged(&e) => {
+            let hint = if spec.stage2_only {
+                "stage 1 cannot be taken from that run: run both stages again (--overwrite, without --stage2-only)"
+            } else {
+                "add --overwrite to replace that run, or move its folder away"
+            };
+            return Err(with_hint(e, hint));
+        }
+        r => r?,
+    };
+    let in_progress = match dir.in_progress() {
+        Err(e) if damaged(&e) && spec.overwrite && !spec.resume => {
+            say!(opts, "note: {e}\n  discarding that interrupted run (--overwrite)");
+            None
+        }
+        Err(e) if damaged(&e) => return Err(with_hint(e, RESUME_HINT)),
+        r => r?,
+    };
     if let OutState::Foreign { names } = &published {
         return Err(ExperimentError::Refused(format!(
             "{} holds other files ({}...), not an evenclass run: choose another --out",
@@ -383,7 +407,26 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
         }
         let ck_path = ck_dir.join(format!("{}.ckpt", st.key));
         let resume_from = if spec.resume && ck_path.exists() {
-            let ck = Checkpoint::load(&ck_path)?;
+            let ck = Checkpoint::load(&ck_path).map_err(|e| match e {
+                e @ crate::Error::InvalidFile { .. } | e @ crate::Error::FormatVersion { .. } => {
+                    ExperimentError::Damaged { error: Box::new(e.into()), hint: RESUME_HINT.into() }
+                }
+                e => e.into(),
+            })?;
+            match &ck.meta.run_id {
+                None => say!(opts, "note: {} has no run id (an older build): not checked", ck_path.display()),
+                // A swapped file with the same configuration would pass every other check.
+                Some(id) if *id != manifest.run_id => {
+                    return Err(ExperimentError::Refused(format!(
+                        "{} was written by run {id}, but {} is run {}'s: one of the two is another run's file; \
+                         start over with --overwrite",
+                        ck_path.display(),
+                        dir.staging().join(MANIFEST).display(),
+                        manifest.run_id
+                    )))
+                }
+                Some(_) => {}
+            }
             say!(
                 opts,
                 "{}: resuming from {} (epoch {}, step {})",
@@ -416,6 +459,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
             model_path: &dir.staging().join(format!("{}.safetensors", st.key)),
             checkpoint: &ck_path,
             resume: resume_from.as_ref(),
+            run_id: &manifest.run_id,
             opts,
             clock: &clock,
         };
@@ -759,6 +803,8 @@ struct StageRun<'a, B: Backend> {
     model_path: &'a Path,
     checkpoint: &'a Path,
     resume: Option<&'a Checkpoint>,
+    /// The manifest's run id, stamped into the checkpoints.
+    run_id: &'a str,
     opts: &'a RunOptions<'a>,
     clock: &'a EtaClock,
 }
@@ -822,6 +868,7 @@ fn run_stage<B: Backend>(be: &B, st: &StageRun<'_, B>) -> Result<Option<Trained>
         resume: st.resume,
         stop: st.opts.stop,
         on_epoch: Some(&hook as EpochHook<'_, B>),
+        run_id: Some(st.run_id),
     };
     // Epochs are monitored on the validation split when there is one: the test set is only
     // evaluated once, for the report.
@@ -1015,6 +1062,24 @@ fn fit_bias<B: Backend>(
         epochs: Vec::new(),
         ..plain.clone()
     })
+}
+
+/// Whether a manifest failed to read because it is damaged (unparsable, truncated, another
+/// format version, its checksum not matching), rather than unreadable (permissions, a full disk).
+fn damaged(e: &report::ReportError) -> bool {
+    use report::ReportError as R;
+    matches!(e, R::Json { .. } | R::Corrupted { .. } | R::FormatVersion { .. })
+}
+
+/// What to do when a file the interrupted run needs is damaged.
+const RESUME_HINT: &str = "the interrupted run cannot be resumed: start it over with --overwrite (without --resume)";
+
+/// A damaged manifest's error with what to do; a checksum mismatch says so itself.
+fn with_hint(e: report::ReportError, hint: &str) -> ExperimentError {
+    match e {
+        e @ report::ReportError::Corrupted { .. } => e.into(),
+        e => ExperimentError::Damaged { error: Box::new(e.into()), hint: hint.into() },
+    }
 }
 
 /// Whether the files of a finished training in the run in progress were recorded and are intact:

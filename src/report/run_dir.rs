@@ -145,6 +145,9 @@ impl RunDir {
         fs::create_dir_all(&parent).map_err(io("create directory", &parent))?;
         let lock_path = parent.join(format!(".{name}.lock"));
         let mut lock = take_lock(&out, &lock_path)?;
+        if let Ok(dup) = lock.try_clone() {
+            held().push((lock_path.clone(), dup));
+        }
         let _ = lock.set_len(0);
         let _ = lock.seek(SeekFrom::Start(0));
         let _ = write!(lock, "pid {}\nsince {}\n", std::process::id(), super::utc_now_rfc3339());
@@ -326,10 +329,36 @@ impl Drop for RunDir {
     /// Deletes the lock file while the lock is still held (see the module documentation), if
     /// the path still names it.
     fn drop(&mut self) {
+        // Before the lock is released: the registry's duplicate handle would keep it held.
+        held().retain(|(path, _)| *path != self.lock_path);
         #[cfg(unix)]
         if same_file(&self.lock_file, &self.lock_path) {
             let _ = fs::remove_file(&self.lock_path);
         }
+    }
+}
+
+/// The lock files of the [`RunDir`]s alive in this process, each with a duplicate handle of the
+/// locked file (to check that the path still names it), for [`remove_held_lock_files`].
+static HELD: std::sync::Mutex<Vec<(PathBuf, File)>> = std::sync::Mutex::new(Vec::new());
+
+fn held() -> std::sync::MutexGuard<'static, Vec<(PathBuf, File)>> {
+    HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Deletes the lock file of every [`RunDir`] alive in this process, as their `Drop` would, for a
+/// process about to exit without returning (a second Ctrl-C): without it the `.OUT.lock` file
+/// stays beside `OUT`. The locks themselves are released when the process exits, and what the
+/// module documentation says of a deleted lock file holds: it excludes nobody once gone, and a
+/// run that opened it before holds no lock on `OUT`.
+pub fn remove_held_lock_files() {
+    for (path, file) in held().iter() {
+        #[cfg(unix)]
+        if same_file(file, path) {
+            let _ = fs::remove_file(path);
+        }
+        #[cfg(not(unix))]
+        let _ = (path, file);
     }
 }
 

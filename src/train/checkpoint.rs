@@ -63,6 +63,11 @@ pub struct CheckpointMeta {
     /// trainings without one (and of versions before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_adjust: Option<LogitAdjustment>,
+    /// The run the checkpoint belongs to ([`super::TrainControl::run_id`]), so that another
+    /// run's checkpoint of the same configuration is refused on resume; absent when the trainer
+    /// was given none, and in checkpoints of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// A checkpoint in memory.

@@ -118,11 +118,15 @@ pub struct TrainControl<'a, B: Backend> {
     pub stop: Option<&'a AtomicBool>,
     /// See [`EpochHook`].
     pub on_epoch: Option<EpochHook<'a, B>>,
+    /// The run this training belongs to: written into every checkpoint, and a `resume`
+    /// checkpoint that names another run is refused, naming both (a file swapped in from another
+    /// run with the same configuration would otherwise resume silently).
+    pub run_id: Option<&'a str>,
 }
 
 impl<B: Backend> Default for TrainControl<'_, B> {
     fn default() -> Self {
-        TrainControl { checkpoint: None, resume: None, stop: None, on_epoch: None }
+        TrainControl { checkpoint: None, resume: None, stop: None, on_epoch: None, run_id: None }
     }
 }
 
@@ -286,6 +290,7 @@ pub fn train_with<B: Backend>(
         weights_now: None,
         class_sums: vec![0.0; 3 * classes],
         logit_adjust: logit_adjust.cloned(),
+        run_id: control.run_id.map(str::to_string),
     };
     let mut order: Vec<i32> = (0..train.len() as i32).collect();
     let mut last_good: Option<PathBuf> = None;
@@ -310,7 +315,8 @@ pub fn train_with<B: Backend>(
         let resuming = || format!("resuming after step {}", ck.meta.step);
         model.load_state(be, &ck.state).at(stage, resuming)?;
         model.load_optimizer_state(be, &ck.optim).at(stage, resuming)?;
-        meta = ck.meta.clone();
+        // An older build's checkpoint has no run id: the ones written from here on do.
+        meta = CheckpointMeta { run_id: meta.run_id.take(), ..ck.meta.clone() };
         order = ck.order.clone();
         if let Some(w) = &meta.weights_now {
             step.set_class_weights(be, w).at(stage, resuming)?;
@@ -540,6 +546,15 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta, source: Option<&st
             }),
         })
     };
+    let which = source.map_or("the checkpoint".to_string(), |p| format!("the checkpoint {}", p.display()));
+    if let (Some(theirs), Some(ours)) = (&saved.run_id, &now.run_id) {
+        if theirs != ours {
+            return Err(Error::shape(
+                "resume",
+                format!("{which} was written by run {theirs}, not by this run ({ours}): another run's checkpoint"),
+            ));
+        }
+    }
     let diffs = diff_fields(&pick(saved), &pick(now));
     if diffs.is_empty() && saved.epoch <= now.train.epochs && saved.logs.len() == saved.epoch {
         return Ok(());
@@ -557,7 +572,6 @@ fn check_resume(saved: &CheckpointMeta, now: &CheckpointMeta, source: Option<&st
             describe_diffs(&diffs)
         )
     };
-    let which = source.map_or("the checkpoint".to_string(), |p| format!("the checkpoint {}", p.display()));
     Err(Error::shape("resume", format!("{which} does not belong to this run: {detail}")))
 }
 
