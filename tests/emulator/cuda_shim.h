@@ -78,7 +78,11 @@ template <class T> inline T from_bits(uint64_t b) {
 #define warpSize 32
 
 // ---- barriers and warp collectives ----------------------------------------------------------------
-inline void __syncthreads() { ::ec_emu::syncthreads("__syncthreads"); }
+// The call site travels with the barrier: threads at two different __syncthreads never release
+// each other (divergent barriers are undefined behaviour on the GPU; runtime.cpp fails them).
+inline void __syncthreads(const char* site_file = __builtin_FILE(), int site_line = __builtin_LINE()) {
+    ::ec_emu::syncthreads("__syncthreads", site_file, site_line);
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
     ::ec_emu::warp_collective(::ec_emu::Coll::Syncwarp, mask, 0, 0, 32, "__syncwarp");
 }

@@ -88,7 +88,7 @@ struct FiberImpl {
     uint64_t result = 0;
     const char* what = "";
     ExchangeFn exchange = nullptr;  // Coll::Exchange: completes the collective (value: payload)
-    const char* site_file = "";     // Coll::Exchange: the kernel's call site
+    const char* site_file = "";     // Coll::Exchange and barriers: the kernel's call site
     int site_line = 0;
 };
 
@@ -318,6 +318,7 @@ struct Sched {
     int n = 0;
     int warps = 0;
     int at_barrier = 0;
+    int barrier_first = -1;  // the first thread waiting at the pending barrier (its call site)
     int exited = 0;
     uint32_t switch_p = 0;  // probability (of 2^32) of moving to a random warp after a step
     uint64_t rng = 0;
@@ -360,6 +361,25 @@ void arrive_collective(Sched& s, int w0, int l) {
     complete(warp, m);
     for (int k = 0; k < 32; ++k)
         if (m >> k & 1) s.runq[w0 >> 5].push_back(w0 + k);
+}
+
+// Thread i arrived at a __syncthreads: every thread of one barrier must wait at the same call
+// site. The hardware's bar.sync matches threads by count alone, so a divergent barrier (threads at
+// two different __syncthreads) "works" there by accident and is undefined behaviour; here it fails
+// the launch naming both sites. Returns false when it did.
+bool check_barrier_site(Sched& s, int i) {
+    const FiberImpl& f = g_fibers[i];
+    if (s.at_barrier == 0) {
+        s.barrier_first = i;
+        return true;
+    }
+    const FiberImpl& o = g_fibers[s.barrier_first];
+    if (o.site_line == f.site_line && strcmp(o.site_file, f.site_file) == 0) return true;
+    set_error(kLaunchFailed, "thread " + thread_name(f) + " waits at __syncthreads at " + f.site_file + ":" +
+                                 std::to_string(f.site_line) + " while thread " + thread_name(o) +
+                                 " waits at another, at " + o.site_file + ":" + std::to_string(o.site_line) +
+                                 ": threads of a block must reach the same barrier (divergent __syncthreads)");
+    return false;
 }
 
 void release_barrier(Sched& s) {
@@ -434,6 +454,7 @@ void run_block(uint64_t rng, bool first_block) {
         switch (f.st) {
         case St::AtWarp: arrive_collective(s, i & ~31, i & 31); break;
         case St::AtBarrier:
+            if (!check_barrier_site(s, i)) return;
             ++s.at_barrier;
             release_barrier(s);
             break;
@@ -551,9 +572,11 @@ void kernel_fault(int code, const std::string& what) {
     stop_self();
 }
 
-void syncthreads(const char* what) {
+void syncthreads(const char* what, const char* site_file, int site_line) {
     FiberImpl& f = self();
     f.what = what;
+    f.site_file = site_file;
+    f.site_line = site_line;
     f.st = St::AtBarrier;
     to_scheduler();
 }

@@ -31,7 +31,8 @@ const char kImage[] =
     ".entry selftest_block_sum(\n.entry selftest_neighbour_synced(\n.entry selftest_collectives(\n"
     ".entry selftest_dynamic_smem(\n.entry selftest_bounded(\n.entry selftest_many_registers(\n"
     ".entry selftest_missing_barrier(\n.entry selftest_oob_write(\n.entry selftest_partial_warp_shuffle(\n"
-    ".entry selftest_exited_lane_shuffle(\n.entry selftest_deadlock(\n.entry selftest_missing_trailing_barrier(\n";
+    ".entry selftest_exited_lane_shuffle(\n.entry selftest_deadlock(\n.entry selftest_missing_trailing_barrier(\n"
+    ".entry selftest_barrier_two_sites(\n";
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -303,6 +304,7 @@ bool deadlock() {
     EXPECT_CODE(cuCtxSynchronize(), CUDA_ERROR_LAUNCH_FAILED);
     return true;
 }
+bool barrier_two_sites() { return fault("selftest_barrier_two_sites", 64, CUDA_ERROR_LAUNCH_FAILED); }
 // The same partial-warp kernel with a full last warp is correct.
 bool full_warp_shuffle() { return fault("selftest_partial_warp_shuffle", 64, CUDA_SUCCESS); }
 
@@ -499,6 +501,7 @@ int main(int argc, char** argv) {
         {"partial_warp_shuffle", partial_warp_shuffle, "lanes that do not exist", nullptr, false},
         {"exited_lane_shuffle", exited_lane_shuffle, "which has exited", nullptr, false},
         {"deadlock", deadlock, "deadlock", nullptr, false},
+        {"barrier_two_sites", barrier_two_sites, "threads of a block must reach the same barrier", nullptr, false},
         {"fault_alloc", fault_alloc, "the 2nd alloc (cuMemAlloc) returns CUDA_ERROR_OUT_OF_MEMORY", nullptr, false},
         {"fault_launch", fault_launch, "the 2nd launch (selftest_block_sum) returns CUDA_ERROR_LAUNCH_FAILED", nullptr,
          false},

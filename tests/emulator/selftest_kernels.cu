@@ -120,3 +120,19 @@ extern "C" __global__ void selftest_deadlock(float* out) {
     else __syncwarp();
     out[threadIdx.x] = 0.0f;
 }
+
+// Warp 0 publishes its values and waits at one __syncthreads, the other warps wait at another and
+// then read warp 0's values. bar.sync on the GPU matches threads by count, not by call site, so
+// this may even work there; it is undefined behaviour all the same (divergent barrier).
+extern "C" __global__ void selftest_barrier_two_sites(const float* x, float* out) {
+    __shared__ float tile[32];
+    const int t = threadIdx.x;
+    if (t < 32) {
+        tile[t] = x[t];
+        __syncthreads();
+        out[t] = tile[t];
+    } else {
+        __syncthreads();
+        out[t] = tile[t & 31];
+    }
+}
