@@ -38,6 +38,7 @@
 
 #include "emu.h"
 #include "runtime.h"
+#include "shared_guard.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define EC_ASAN 1
@@ -625,9 +626,9 @@ CUresult cuInit(unsigned int flags) {
         for (int d = 0; d < st().devices; ++d) st().primary.push_back(new CUctx_st{d, 0, CUDA_SUCCESS});
         size_t kernels = 0;
         for (auto& m : registry()) kernels += m.count;
-        note("emulated CUDA driver: %d device(s), %zu modules, %zu kernels, schedule seed %llu%s%s", st().devices,
+        note("emulated CUDA driver: %d device(s), %zu modules, %zu kernels, schedule seed %llu%s, %s%s", st().devices,
              registry().size(), kernels, (unsigned long long)ec_emu::schedule_seed(),
-             EC_ASAN ? ", AddressSanitizer" : ", guard bytes",
+             EC_ASAN ? ", AddressSanitizer" : ", guard bytes", ec_emu::smem_guard_summary().c_str(),
              g_dry_run ? ", DRY RUN (launches are checked and counted, kernels do not execute)" : "");
     }
     return CUDA_SUCCESS;

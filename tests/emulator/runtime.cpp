@@ -9,6 +9,8 @@
 // naming the kernel, the block and the thread.
 #include "runtime.h"
 
+#include "shared_guard.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,10 @@ ec_switch:
 // Static __shared__ variables of every kernel (see cuda_shim.h); the linker defines the bounds.
 extern "C" char __start_ec_shared[] __attribute__((weak));
 extern "C" char __stop_ec_shared[] __attribute__((weak));
+// The first bytes of the section (runtime.o is linked first): a guard below the lowest variable
+// (GCC places a translation unit's variables in reverse order, each above its guard; see
+// shared_guard.h).
+static char ec_shared_guard_start[16] __attribute__((section("ec_shared"), used, aligned(16)));
 
 namespace ec_emu {
 
@@ -382,8 +388,19 @@ bool check_barrier_site(Sched& s, int i) {
     return false;
 }
 
+// Shared memory's guard bytes, checked whenever every thread has reached a barrier or exited.
+void check_shared_guards(const std::string& when) {
+    std::string what;
+    if (!smem_guards_intact(cur.dyn_smem, g_launch->dyn_smem_bytes, &what))
+        set_error(kIllegalAddress, what + " (found " + when + ")");
+}
+
 void release_barrier(Sched& s) {
     if (s.at_barrier == 0 || s.at_barrier + s.exited != s.n) return;
+    const FiberImpl& first = g_fibers[s.barrier_first];
+    check_shared_guards("at the __syncthreads at " + std::string(first.site_file) + ":" +
+                        std::to_string(first.site_line));
+    if (g_launch->code != kSuccess) return;
     s.at_barrier = 0;
     for (int i = 0; i < s.n; ++i)
         if (g_fibers[i].st == St::AtBarrier) s.make_runnable(i);
@@ -437,10 +454,8 @@ void run_block(uint64_t rng, bool first_block) {
         s.make_runnable(i);
     }
     tc_block_begin(n);
-    // Shared memory starts as garbage: 0xFF bytes read as NaN floats and -1 integers.
-    char* const lo = __start_ec_shared;
-    char* const hi = __stop_ec_shared;
-    if (lo && hi > lo) memset(lo, 0xFF, (size_t)(hi - lo));
+    // Shared memory starts as garbage: 0xFF bytes read as NaN floats and -1 integers (the guards too).
+    smem_block_begin(cur.dyn_smem, g_launch->dyn_smem_bytes);
     int w = s.random_warp();
     while (w >= 0) {
         std::vector<int>& q = s.runq[w];
@@ -467,9 +482,11 @@ void run_block(uint64_t rng, bool first_block) {
         case St::Runnable:
         case St::Stopped: break;
         }
+        if (g_launch->code != kSuccess) return;
         if (s.runq[w].empty() || (s.switch_p && (uint32_t)splitmix(s.rng) <= s.switch_p)) w = s.random_warp();
     }
     if (s.exited != n) report_deadlock(n);
+    else check_shared_guards("at the end of the block");
 }
 
 }  // namespace
@@ -553,6 +570,8 @@ void warp_exchange(unsigned mask, int op, void* payload, ExchangeFn complete, co
     warp_collective(Coll::Exchange, mask, reinterpret_cast<uint64_t>(payload), op, 32, what);
 }
 
+bool in_kernel() { return g_launch && cur.fiber; }
+
 int current_thread_index() { return self_index(); }
 int block_thread_count() { return g_launch->nthreads; }
 std::string current_thread_name() { return thread_name(self()); }
@@ -591,8 +610,8 @@ int run_kernel(const EntryInfo& entry, Dim3 grid, Dim3 block, size_t dyn_smem_by
     Launch launch{&entry, params, grid, block, 0, (int)(block.x * block.y * block.z), kSuccess, {}, dyn_smem_bytes};
     g_launch = &launch;
     if ((int)g_fibers.size() < launch.nthreads) g_fibers.resize(launch.nthreads);
-    // Exactly the requested size, so AddressSanitizer sees an access past its end.
-    void* dyn = dyn_smem_bytes ? malloc(dyn_smem_bytes) : nullptr;
+    // Guard zones in the plain build, the exact size under ASan (shared_guard.h).
+    void* dyn = smem_alloc_dynamic(dyn_smem_bytes);
     if (dyn_smem_bytes && !dyn) {
         *message = "cannot allocate the dynamic shared memory";
         g_launch = nullptr;
@@ -606,12 +625,11 @@ int run_kernel(const EntryInfo& entry, Dim3 grid, Dim3 block, size_t dyn_smem_by
         for (unsigned y = 0; y < grid.y && launch.code == kSuccess; ++y)
             for (unsigned x = 0; x < grid.x && launch.code == kSuccess; ++x) {
                 cur.block_idx = Dim3{x, y, z};
-                if (dyn) memset(dyn, 0xFF, dyn_smem_bytes);
                 uint64_t rng = base ^ (((uint64_t)z * grid.y + y) * grid.x + x) * 0xD1B54A32D192ED03ull;
                 splitmix(rng);
                 run_block(rng, x == 0 && y == 0 && z == 0);
             }
-    free(dyn);
+    smem_free_dynamic(dyn, dyn_smem_bytes);
     cur.dyn_smem = nullptr;
     cur.fiber = nullptr;
     g_launch = nullptr;

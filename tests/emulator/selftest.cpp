@@ -32,7 +32,8 @@ const char kImage[] =
     ".entry selftest_dynamic_smem(\n.entry selftest_bounded(\n.entry selftest_many_registers(\n"
     ".entry selftest_missing_barrier(\n.entry selftest_oob_write(\n.entry selftest_partial_warp_shuffle(\n"
     ".entry selftest_exited_lane_shuffle(\n.entry selftest_deadlock(\n.entry selftest_missing_trailing_barrier(\n"
-    ".entry selftest_barrier_two_sites(\n";
+    ".entry selftest_barrier_two_sites(\n.entry selftest_shared_oob(\n.entry selftest_dynamic_smem_oob(\n"
+    ".entry selftest_misaligned_float4(\n";
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -305,6 +306,22 @@ bool deadlock() {
     return true;
 }
 bool barrier_two_sites() { return fault("selftest_barrier_two_sites", 64, CUDA_ERROR_LAUNCH_FAILED); }
+bool shared_oob() {
+    auto x = ramp(64);
+    CUdeviceptr dx = upload(x), dout = upload(std::vector<float>(64));
+    int n = 32;
+    CK(launch(fn("selftest_shared_oob"), 1, 64, 0, {&dx, &dout, &n}));
+    EXPECT_CODE(cuStreamSynchronize(g_stream), CUDA_ERROR_ILLEGAL_ADDRESS);
+    return true;
+}
+bool dynamic_smem_oob() {
+    auto x = ramp(64);
+    CUdeviceptr dx = upload(x), dout = upload(std::vector<float>(64));
+    CK(launch(fn("selftest_dynamic_smem_oob"), 1, 64, 64 * sizeof(float), {&dx, &dout}));
+    EXPECT_CODE(cuStreamSynchronize(g_stream), CUDA_ERROR_ILLEGAL_ADDRESS);
+    return true;
+}
+bool misaligned_float4() { return fault("selftest_misaligned_float4", 32, CUDA_ERROR_MISALIGNED_ADDRESS); }
 // The same partial-warp kernel with a full last warp is correct.
 bool full_warp_shuffle() { return fault("selftest_partial_warp_shuffle", 64, CUDA_SUCCESS); }
 
@@ -501,6 +518,11 @@ int main(int argc, char** argv) {
         {"partial_warp_shuffle", partial_warp_shuffle, "lanes that do not exist", nullptr, false},
         {"exited_lane_shuffle", exited_lane_shuffle, "which has exited", nullptr, false},
         {"deadlock", deadlock, "deadlock", nullptr, false},
+        {"shared_oob", shared_oob, "byte 0 past the end of __shared__ selftest_shared_oob::tile (128 bytes)", nullptr,
+         false},
+        {"dynamic_smem_oob", dynamic_smem_oob, "byte 0 past the end of the dynamic shared memory (256 bytes)",
+         "heap-buffer-overflow", true},
+        {"misaligned_float4", misaligned_float4, "float4' at 0x", nullptr, false},
         {"barrier_two_sites", barrier_two_sites, "threads of a block must reach the same barrier", nullptr, false},
         {"fault_alloc", fault_alloc, "the 2nd alloc (cuMemAlloc) returns CUDA_ERROR_OUT_OF_MEMORY", nullptr, false},
         {"fault_launch", fault_launch, "the 2nd launch (selftest_block_sum) returns CUDA_ERROR_LAUNCH_FAILED", nullptr,
