@@ -84,7 +84,10 @@ for p in "${pids[@]}"; do wait "$p" || fail=1; done
 "$CXX" "${cxxflags[@]}" -c "$emu/tensor_core.cpp" -o "$out/obj/tensor_core.o"
 "$CXX" "${cxxflags[@]}" -c "$emu/shared_guard.cpp" -o "$out/obj/shared_guard.o"
 "$CXX" "${cxxflags[@]}" -c "$emu/alignment.cpp" -o "$out/obj/alignment.o"
-objs=("$out/obj/runtime.o" "$out/obj/driver.o" "$out/obj/tensor_core.o" "$out/obj/shared_guard.o" "$out/obj/alignment.o")
+"$CXX" "${cxxflags[@]}" -c "$emu/image_check.cpp" -o "$out/obj/image_check.o"
+# runtime.o first: its guard opens the ec_shared section (shared_guard.h).
+objs=("$out/obj/runtime.o" "$out/obj/driver.o" "$out/obj/tensor_core.o" "$out/obj/shared_guard.o" "$out/obj/alignment.o"
+    "$out/obj/image_check.o")
 for src in "${sources[@]}"; do objs+=("$out/obj/$(basename "$src" .cu)/reg.o"); done
 ldflags=(-shared -Wl,-soname,libcuda.so.1 -Wl,--no-undefined -lpthread -ldl)
 [ "$asan" = 1 ] && ldflags+=(-fsanitize=address)

@@ -39,6 +39,7 @@
 #include "emu.h"
 #include "runtime.h"
 #include "shared_guard.h"
+#include "image_check.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define EC_ASAN 1
@@ -636,7 +637,7 @@ CUresult cuInit(unsigned int flags) {
 
 CUresult cuDriverGetVersion(int* v) {
     if (!v) return CUDA_ERROR_INVALID_VALUE;
-    *v = 13000;
+    *v = ec_emu::emulated_driver_version();
     return CUDA_SUCCESS;
 }
 
@@ -1115,6 +1116,11 @@ CUresult cuModuleLoadData(CUmodule* out, const void* image) {
     if (n == 0) {
         note("cuModuleLoadData: the image is neither a fatbin nor PTX text");
         return CUDA_ERROR_INVALID_IMAGE;
+    }
+    std::string why;
+    if (const int r = ec_emu::check_image_arch(static_cast<const unsigned char*>(image), n, &why)) {
+        note("cuModuleLoadData: %s: %s", error_name((CUresult)r), why.c_str());
+        return (CUresult)r;
     }
     const auto toks = tokens(static_cast<const unsigned char*>(image), n);
     // The registered module with the most entry points named in the image; only those are found.
