@@ -60,7 +60,9 @@ build_module() {
         return 1
     fi
     python3 "$emu/gen_registry.py" "$module" "$src" "$dir/$module.ptx" "$dir/ptxas.log" "$dir/reg.cpp"
-    "$CXX" "${cxxflags[@]}" -include "$emu/cuda_shim.h" -c "$dir/reg.cpp" -o "$dir/reg.o"
+    # Every typed load and store of a kernel checks its alignment (tests/emulator/alignment.cpp).
+    "$CXX" "${cxxflags[@]}" -fsanitize=alignment -fno-sanitize-recover=alignment -include "$emu/cuda_shim.h" \
+        -c "$dir/reg.cpp" -o "$dir/reg.o"
     # Keep what the registry came from; drop nvcc's other intermediates.
     find "$dir" -maxdepth 1 -type f ! -name reg.cpp ! -name reg.o ! -name ptxas.log ! -name "$module.ptx" -delete
     echo "$want" >"$stamp"
@@ -80,9 +82,14 @@ for p in "${pids[@]}"; do wait "$p" || fail=1; done
 "$CXX" "${cxxflags[@]}" -c "$emu/runtime.cpp" -o "$out/obj/runtime.o"
 "$CXX" "${cxxflags[@]}" -c "$emu/driver.cpp" -o "$out/obj/driver.o"
 "$CXX" "${cxxflags[@]}" -c "$emu/tensor_core.cpp" -o "$out/obj/tensor_core.o"
-objs=("$out/obj/runtime.o" "$out/obj/driver.o" "$out/obj/tensor_core.o")
+"$CXX" "${cxxflags[@]}" -c "$emu/shared_guard.cpp" -o "$out/obj/shared_guard.o"
+"$CXX" "${cxxflags[@]}" -c "$emu/alignment.cpp" -o "$out/obj/alignment.o"
+"$CXX" "${cxxflags[@]}" -c "$emu/image_check.cpp" -o "$out/obj/image_check.o"
+# runtime.o first: its guard opens the ec_shared section (shared_guard.h).
+objs=("$out/obj/runtime.o" "$out/obj/driver.o" "$out/obj/tensor_core.o" "$out/obj/shared_guard.o" "$out/obj/alignment.o"
+    "$out/obj/image_check.o")
 for src in "${sources[@]}"; do objs+=("$out/obj/$(basename "$src" .cu)/reg.o"); done
-ldflags=(-shared -Wl,-soname,libcuda.so.1 -Wl,--no-undefined -lpthread)
+ldflags=(-shared -Wl,-soname,libcuda.so.1 -Wl,--no-undefined -lpthread -ldl)
 [ "$asan" = 1 ] && ldflags+=(-fsanitize=address)
 "$CXX" -o "$out/libcuda.so.1" "${objs[@]}" "${ldflags[@]}"
 ln -sf libcuda.so.1 "$out/libcuda.so"

@@ -6,9 +6,11 @@
 //   them on a fiber of its own (runtime.cpp), so threadIdx & co. read the running fiber's state.
 // - __shared__ variables become statics in the `ec_shared` section, which the runtime fills with
 //   0xFF bytes (NaN, -1) before every block, so a read before a write (a missing barrier) sees
-//   garbage. Blocks run one after another and launches are serialized, so one copy suffices.
+//   garbage. Blocks run one after another and launches are serialized, so one copy suffices. A
+//   guard variable precedes each; a write past a variable fails the launch (shared_guard.h).
 // - Dynamic shared memory: EC_DYNAMIC_SHARED (see kernels/common.cuh) is a view of the launch's
-//   buffer, malloc'ed with exactly the requested size (AddressSanitizer sees an overrun).
+//   buffer, with guard zones in the plain build, malloc'ed with exactly the requested size under
+//   AddressSanitizer (which then sees an overrun).
 // - __syncthreads and the warp collectives are real synchronization points (runtime.cpp).
 // - Atomics are plain read-modify-writes: fibers switch only at barriers and collectives, so no
 //   other CUDA thread can run in between.
@@ -47,7 +49,13 @@
 // Enforced from the real compiler's output instead (.maxntid in the PTX, see gen_registry.py).
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static __attribute__((section("ec_shared")))
+// Each __shared__ variable is preceded by a 16-byte guard variable in the same section; the
+// runtime checks the bytes between variables at every barrier and block end (shared_guard.h).
+#define EC_CAT2(a, b) a##b
+#define EC_CAT(a, b) EC_CAT2(a, b)
+#define __shared__                                                                                      \
+    static char EC_CAT(ec_shared_guard_, __COUNTER__)[16] __attribute__((section("ec_shared"), used, aligned(16))); \
+    static __attribute__((section("ec_shared")))
 #define __constant__ static
 #define __managed__ static
 
@@ -78,7 +86,11 @@ template <class T> inline T from_bits(uint64_t b) {
 #define warpSize 32
 
 // ---- barriers and warp collectives ----------------------------------------------------------------
-inline void __syncthreads() { ::ec_emu::syncthreads("__syncthreads"); }
+// The call site travels with the barrier: threads at two different __syncthreads never release
+// each other (divergent barriers are undefined behaviour on the GPU; runtime.cpp fails them).
+inline void __syncthreads(const char* site_file = __builtin_FILE(), int site_line = __builtin_LINE()) {
+    ::ec_emu::syncthreads("__syncthreads", site_file, site_line);
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
     ::ec_emu::warp_collective(::ec_emu::Coll::Syncwarp, mask, 0, 0, 32, "__syncwarp");
 }

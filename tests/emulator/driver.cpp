@@ -38,6 +38,8 @@
 
 #include "emu.h"
 #include "runtime.h"
+#include "shared_guard.h"
+#include "image_check.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define EC_ASAN 1
@@ -625,9 +627,9 @@ CUresult cuInit(unsigned int flags) {
         for (int d = 0; d < st().devices; ++d) st().primary.push_back(new CUctx_st{d, 0, CUDA_SUCCESS});
         size_t kernels = 0;
         for (auto& m : registry()) kernels += m.count;
-        note("emulated CUDA driver: %d device(s), %zu modules, %zu kernels, schedule seed %llu%s%s", st().devices,
+        note("emulated CUDA driver: %d device(s), %zu modules, %zu kernels, schedule seed %llu%s, %s%s", st().devices,
              registry().size(), kernels, (unsigned long long)ec_emu::schedule_seed(),
-             EC_ASAN ? ", AddressSanitizer" : ", guard bytes",
+             EC_ASAN ? ", AddressSanitizer" : ", guard bytes", ec_emu::smem_guard_summary().c_str(),
              g_dry_run ? ", DRY RUN (launches are checked and counted, kernels do not execute)" : "");
     }
     return CUDA_SUCCESS;
@@ -635,7 +637,7 @@ CUresult cuInit(unsigned int flags) {
 
 CUresult cuDriverGetVersion(int* v) {
     if (!v) return CUDA_ERROR_INVALID_VALUE;
-    *v = 13000;
+    *v = ec_emu::emulated_driver_version();
     return CUDA_SUCCESS;
 }
 
@@ -1114,6 +1116,11 @@ CUresult cuModuleLoadData(CUmodule* out, const void* image) {
     if (n == 0) {
         note("cuModuleLoadData: the image is neither a fatbin nor PTX text");
         return CUDA_ERROR_INVALID_IMAGE;
+    }
+    std::string why;
+    if (const int r = ec_emu::check_image_arch(static_cast<const unsigned char*>(image), n, &why)) {
+        note("cuModuleLoadData: %s: %s", error_name((CUresult)r), why.c_str());
+        return (CUresult)r;
     }
     const auto toks = tokens(static_cast<const unsigned char*>(image), n);
     // The registered module with the most entry points named in the image; only those are found.

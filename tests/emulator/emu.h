@@ -31,7 +31,8 @@ extern Current cur;
 // (Exchange: a pointer to a larger payload, see runtime.h's warp_exchange).
 enum class Coll : int { Syncwarp, ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, Exchange };
 uint64_t warp_collective(Coll kind, unsigned mask, uint64_t value, int arg, int width, const char* what);
-void syncthreads(const char* what);
+// `site_file`:`site_line`: the kernel's call site; every thread of a barrier must wait at the same.
+void syncthreads(const char* what, const char* site_file, int site_line);
 [[noreturn]] void kernel_trap(const char* what);
 
 // ---- registry of kernel entry points (filled by the generated reg_<module>.cpp files) ------------

@@ -9,6 +9,8 @@
 // naming the kernel, the block and the thread.
 #include "runtime.h"
 
+#include "shared_guard.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,10 @@ ec_switch:
 // Static __shared__ variables of every kernel (see cuda_shim.h); the linker defines the bounds.
 extern "C" char __start_ec_shared[] __attribute__((weak));
 extern "C" char __stop_ec_shared[] __attribute__((weak));
+// The first bytes of the section (runtime.o is linked first): a guard below the lowest variable
+// (GCC places a translation unit's variables in reverse order, each above its guard; see
+// shared_guard.h).
+static char ec_shared_guard_start[16] __attribute__((section("ec_shared"), used, aligned(16)));
 
 namespace ec_emu {
 
@@ -88,7 +94,7 @@ struct FiberImpl {
     uint64_t result = 0;
     const char* what = "";
     ExchangeFn exchange = nullptr;  // Coll::Exchange: completes the collective (value: payload)
-    const char* site_file = "";     // Coll::Exchange: the kernel's call site
+    const char* site_file = "";     // Coll::Exchange and barriers: the kernel's call site
     int site_line = 0;
 };
 
@@ -318,6 +324,7 @@ struct Sched {
     int n = 0;
     int warps = 0;
     int at_barrier = 0;
+    int barrier_first = -1;  // the first thread waiting at the pending barrier (its call site)
     int exited = 0;
     uint32_t switch_p = 0;  // probability (of 2^32) of moving to a random warp after a step
     uint64_t rng = 0;
@@ -362,8 +369,38 @@ void arrive_collective(Sched& s, int w0, int l) {
         if (m >> k & 1) s.runq[w0 >> 5].push_back(w0 + k);
 }
 
+// Thread i arrived at a __syncthreads: every thread of one barrier must wait at the same call
+// site. The hardware's bar.sync matches threads by count alone, so a divergent barrier (threads at
+// two different __syncthreads) "works" there by accident and is undefined behaviour; here it fails
+// the launch naming both sites. Returns false when it did.
+bool check_barrier_site(Sched& s, int i) {
+    const FiberImpl& f = g_fibers[i];
+    if (s.at_barrier == 0) {
+        s.barrier_first = i;
+        return true;
+    }
+    const FiberImpl& o = g_fibers[s.barrier_first];
+    if (o.site_line == f.site_line && strcmp(o.site_file, f.site_file) == 0) return true;
+    set_error(kLaunchFailed, "thread " + thread_name(f) + " waits at __syncthreads at " + f.site_file + ":" +
+                                 std::to_string(f.site_line) + " while thread " + thread_name(o) +
+                                 " waits at another, at " + o.site_file + ":" + std::to_string(o.site_line) +
+                                 ": threads of a block must reach the same barrier (divergent __syncthreads)");
+    return false;
+}
+
+// Shared memory's guard bytes, checked whenever every thread has reached a barrier or exited.
+void check_shared_guards(const std::string& when) {
+    std::string what;
+    if (!smem_guards_intact(cur.dyn_smem, g_launch->dyn_smem_bytes, &what))
+        set_error(kIllegalAddress, what + " (found " + when + ")");
+}
+
 void release_barrier(Sched& s) {
     if (s.at_barrier == 0 || s.at_barrier + s.exited != s.n) return;
+    const FiberImpl& first = g_fibers[s.barrier_first];
+    check_shared_guards("at the __syncthreads at " + std::string(first.site_file) + ":" +
+                        std::to_string(first.site_line));
+    if (g_launch->code != kSuccess) return;
     s.at_barrier = 0;
     for (int i = 0; i < s.n; ++i)
         if (g_fibers[i].st == St::AtBarrier) s.make_runnable(i);
@@ -417,10 +454,8 @@ void run_block(uint64_t rng, bool first_block) {
         s.make_runnable(i);
     }
     tc_block_begin(n);
-    // Shared memory starts as garbage: 0xFF bytes read as NaN floats and -1 integers.
-    char* const lo = __start_ec_shared;
-    char* const hi = __stop_ec_shared;
-    if (lo && hi > lo) memset(lo, 0xFF, (size_t)(hi - lo));
+    // Shared memory starts as garbage: 0xFF bytes read as NaN floats and -1 integers (the guards too).
+    smem_block_begin(cur.dyn_smem, g_launch->dyn_smem_bytes);
     int w = s.random_warp();
     while (w >= 0) {
         std::vector<int>& q = s.runq[w];
@@ -434,6 +469,7 @@ void run_block(uint64_t rng, bool first_block) {
         switch (f.st) {
         case St::AtWarp: arrive_collective(s, i & ~31, i & 31); break;
         case St::AtBarrier:
+            if (!check_barrier_site(s, i)) return;
             ++s.at_barrier;
             release_barrier(s);
             break;
@@ -446,9 +482,11 @@ void run_block(uint64_t rng, bool first_block) {
         case St::Runnable:
         case St::Stopped: break;
         }
+        if (g_launch->code != kSuccess) return;
         if (s.runq[w].empty() || (s.switch_p && (uint32_t)splitmix(s.rng) <= s.switch_p)) w = s.random_warp();
     }
     if (s.exited != n) report_deadlock(n);
+    else check_shared_guards("at the end of the block");
 }
 
 }  // namespace
@@ -532,6 +570,8 @@ void warp_exchange(unsigned mask, int op, void* payload, ExchangeFn complete, co
     warp_collective(Coll::Exchange, mask, reinterpret_cast<uint64_t>(payload), op, 32, what);
 }
 
+bool in_kernel() { return g_launch && cur.fiber; }
+
 int current_thread_index() { return self_index(); }
 int block_thread_count() { return g_launch->nthreads; }
 std::string current_thread_name() { return thread_name(self()); }
@@ -551,9 +591,11 @@ void kernel_fault(int code, const std::string& what) {
     stop_self();
 }
 
-void syncthreads(const char* what) {
+void syncthreads(const char* what, const char* site_file, int site_line) {
     FiberImpl& f = self();
     f.what = what;
+    f.site_file = site_file;
+    f.site_line = site_line;
     f.st = St::AtBarrier;
     to_scheduler();
 }
@@ -568,8 +610,8 @@ int run_kernel(const EntryInfo& entry, Dim3 grid, Dim3 block, size_t dyn_smem_by
     Launch launch{&entry, params, grid, block, 0, (int)(block.x * block.y * block.z), kSuccess, {}, dyn_smem_bytes};
     g_launch = &launch;
     if ((int)g_fibers.size() < launch.nthreads) g_fibers.resize(launch.nthreads);
-    // Exactly the requested size, so AddressSanitizer sees an access past its end.
-    void* dyn = dyn_smem_bytes ? malloc(dyn_smem_bytes) : nullptr;
+    // Guard zones in the plain build, the exact size under ASan (shared_guard.h).
+    void* dyn = smem_alloc_dynamic(dyn_smem_bytes);
     if (dyn_smem_bytes && !dyn) {
         *message = "cannot allocate the dynamic shared memory";
         g_launch = nullptr;
@@ -583,12 +625,11 @@ int run_kernel(const EntryInfo& entry, Dim3 grid, Dim3 block, size_t dyn_smem_by
         for (unsigned y = 0; y < grid.y && launch.code == kSuccess; ++y)
             for (unsigned x = 0; x < grid.x && launch.code == kSuccess; ++x) {
                 cur.block_idx = Dim3{x, y, z};
-                if (dyn) memset(dyn, 0xFF, dyn_smem_bytes);
                 uint64_t rng = base ^ (((uint64_t)z * grid.y + y) * grid.x + x) * 0xD1B54A32D192ED03ull;
                 splitmix(rng);
                 run_block(rng, x == 0 && y == 0 && z == 0);
             }
-    free(dyn);
+    smem_free_dynamic(dyn, dyn_smem_bytes);
     cur.dyn_smem = nullptr;
     cur.fiber = nullptr;
     g_launch = nullptr;

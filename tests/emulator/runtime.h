@@ -49,6 +49,9 @@ int block_thread_count();
 // "(x,y,z)" of the running CUDA thread.
 std::string current_thread_name();
 
+// Whether the caller runs on a CUDA thread's fiber (inside a kernel).
+bool in_kernel();
+
 // Whether [p, p + bytes) lies inside shared memory: the static __shared__ section or the
 // launch's dynamic shared memory.
 bool in_shared_memory(const void* p, size_t bytes);

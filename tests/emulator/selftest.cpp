@@ -27,11 +27,13 @@ namespace {
 // The module image: the emulator maps an image to a compiled module by the entry names in it (as
 // a fatbin's string tables or PTX name them).
 const char kImage[] =
-    "// selftest image\n"
+    "// selftest image\n.version 9.0\n.target sm_90\n"
     ".entry selftest_block_sum(\n.entry selftest_neighbour_synced(\n.entry selftest_collectives(\n"
     ".entry selftest_dynamic_smem(\n.entry selftest_bounded(\n.entry selftest_many_registers(\n"
     ".entry selftest_missing_barrier(\n.entry selftest_oob_write(\n.entry selftest_partial_warp_shuffle(\n"
-    ".entry selftest_exited_lane_shuffle(\n.entry selftest_deadlock(\n.entry selftest_missing_trailing_barrier(\n";
+    ".entry selftest_exited_lane_shuffle(\n.entry selftest_deadlock(\n.entry selftest_missing_trailing_barrier(\n"
+    ".entry selftest_barrier_two_sites(\n.entry selftest_shared_oob(\n.entry selftest_dynamic_smem_oob(\n"
+    ".entry selftest_misaligned_float4(\n";
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -303,6 +305,85 @@ bool deadlock() {
     EXPECT_CODE(cuCtxSynchronize(), CUDA_ERROR_LAUNCH_FAILED);
     return true;
 }
+bool barrier_two_sites() { return fault("selftest_barrier_two_sites", 64, CUDA_ERROR_LAUNCH_FAILED); }
+bool shared_oob() {
+    auto x = ramp(64);
+    CUdeviceptr dx = upload(x), dout = upload(std::vector<float>(64));
+    int n = 32;
+    CK(launch(fn("selftest_shared_oob"), 1, 64, 0, {&dx, &dout, &n}));
+    EXPECT_CODE(cuStreamSynchronize(g_stream), CUDA_ERROR_ILLEGAL_ADDRESS);
+    return true;
+}
+bool dynamic_smem_oob() {
+    auto x = ramp(64);
+    CUdeviceptr dx = upload(x), dout = upload(std::vector<float>(64));
+    CK(launch(fn("selftest_dynamic_smem_oob"), 1, 64, 64 * sizeof(float), {&dx, &dout}));
+    EXPECT_CODE(cuStreamSynchronize(g_stream), CUDA_ERROR_ILLEGAL_ADDRESS);
+    return true;
+}
+bool misaligned_float4() { return fault("selftest_misaligned_float4", 32, CUDA_ERROR_MISALIGNED_ADDRESS); }
+// A fatbin as nvcc lays it out (see image_check.cpp), its entries' payloads naming the kernel.
+struct FatEntry {
+    uint16_t kind;  // 1 PTX, 2 cubin
+    uint32_t arch;
+    uint16_t major, minor;  // PTX ISA version
+};
+std::vector<unsigned char> fatbin(const std::vector<FatEntry>& entries) {
+    const char payload[] = "selftest_block_sum";
+    std::vector<unsigned char> body;
+    for (const FatEntry& e : entries) {
+        unsigned char h[64] = {};
+        const uint32_t ehs = sizeof h;
+        const uint64_t size = sizeof payload;
+        memcpy(h, &e.kind, 2);
+        memcpy(h + 4, &ehs, 4);
+        memcpy(h + 8, &size, 8);
+        memcpy(h + 28, &e.minor, 2);
+        memcpy(h + 30, &e.major, 2);
+        memcpy(h + 32, &e.arch, 4);
+        body.insert(body.end(), h, h + sizeof h);
+        body.insert(body.end(), payload, payload + sizeof payload);
+    }
+    unsigned char h[16] = {};
+    const uint32_t magic = 0xBA55ED50u;
+    const uint16_t version = 1, hs = 16;
+    const uint64_t n = body.size();
+    memcpy(h, &magic, 4);
+    memcpy(h + 4, &version, 2);
+    memcpy(h + 6, &hs, 2);
+    memcpy(h + 8, &n, 8);
+    std::vector<unsigned char> out(h, h + sizeof h);
+    out.insert(out.end(), body.begin(), body.end());
+    return out;
+}
+
+// The loader accepts what an sm_90 device with the configured driver runs, and refuses the rest.
+bool module_arch() {
+    CUmodule m;
+    setenv("EVENCLASS_EMU_DRIVER_VERSION", "12040", 1);  // CUDA 12.4: PTX ISA up to 8.4
+    int v = 0;
+    CK(cuDriverGetVersion(&v));
+    EXPECT(v == 12040);
+    CK(cuModuleLoadData(&m, fatbin({{2, 90, 1, 8}}).data()));
+    CK(cuModuleLoadData(&m, fatbin({{2, 80, 1, 8}, {1, 90, 8, 4}}).data()));
+    EXPECT_CODE(cuModuleLoadData(&m, fatbin({{2, 80, 1, 8}}).data()), CUDA_ERROR_NO_BINARY_FOR_GPU);
+    EXPECT_CODE(cuModuleLoadData(&m, fatbin({{2, 100, 1, 8}, {1, 100, 8, 8}}).data()), CUDA_ERROR_NO_BINARY_FOR_GPU);
+    EXPECT_CODE(cuModuleLoadData(&m, fatbin({{2, 80, 1, 8}, {1, 90, 9, 0}}).data()),
+                CUDA_ERROR_UNSUPPORTED_PTX_VERSION);
+    const char* ptx90 = ".version 9.0\n.target sm_90\n.entry selftest_block_sum(\n";
+    const char* ptx84 = ".version 8.4\n.target sm_90\n.entry selftest_block_sum(\n";
+    const char* ptx100 = ".version 8.4\n.target sm_100\n.entry selftest_block_sum(\n";
+    const char* bare = ".entry selftest_block_sum(\n";
+    EXPECT_CODE(cuModuleLoadData(&m, ptx90), CUDA_ERROR_UNSUPPORTED_PTX_VERSION);
+    CK(cuModuleLoadData(&m, ptx84));
+    EXPECT_CODE(cuModuleLoadData(&m, ptx100), CUDA_ERROR_INVALID_PTX);
+    EXPECT_CODE(cuModuleLoadData(&m, bare), CUDA_ERROR_INVALID_PTX);
+    setenv("EVENCLASS_EMU_DRIVER_VERSION", "13000", 1);  // CUDA 13.0: PTX ISA 9.0
+    CK(cuModuleLoadData(&m, fatbin({{2, 80, 1, 8}, {1, 90, 9, 0}}).data()));
+    CK(cuModuleLoadData(&m, ptx90));
+    return true;
+}
+
 // The same partial-warp kernel with a full last warp is correct.
 bool full_warp_shuffle() { return fault("selftest_partial_warp_shuffle", 64, CUDA_SUCCESS); }
 
@@ -499,6 +580,14 @@ int main(int argc, char** argv) {
         {"partial_warp_shuffle", partial_warp_shuffle, "lanes that do not exist", nullptr, false},
         {"exited_lane_shuffle", exited_lane_shuffle, "which has exited", nullptr, false},
         {"deadlock", deadlock, "deadlock", nullptr, false},
+        {"shared_oob", shared_oob, "byte 0 past the end of __shared__ selftest_shared_oob::tile (128 bytes)", nullptr,
+         false},
+        {"dynamic_smem_oob", dynamic_smem_oob, "byte 0 past the end of the dynamic shared memory (256 bytes)",
+         "heap-buffer-overflow", true},
+        {"misaligned_float4", misaligned_float4, "float4' at 0x", nullptr, false},
+        {"module_arch", module_arch, "no sm_90 cubin, and the driver (CUDA 12.4) knows PTX ISA up to 8.4", nullptr,
+         false},
+        {"barrier_two_sites", barrier_two_sites, "threads of a block must reach the same barrier", nullptr, false},
         {"fault_alloc", fault_alloc, "the 2nd alloc (cuMemAlloc) returns CUDA_ERROR_OUT_OF_MEMORY", nullptr, false},
         {"fault_launch", fault_launch, "the 2nd launch (selftest_block_sum) returns CUDA_ERROR_LAUNCH_FAILED", nullptr,
          false},

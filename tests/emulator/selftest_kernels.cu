@@ -120,3 +120,47 @@ extern "C" __global__ void selftest_deadlock(float* out) {
     else __syncwarp();
     out[threadIdx.x] = 0.0f;
 }
+
+// Warp 0 publishes its values and waits at one __syncthreads, the other warps wait at another and
+// then read warp 0's values. bar.sync on the GPU matches threads by count, not by call site, so
+// this may even work there; it is undefined behaviour all the same (divergent barrier).
+extern "C" __global__ void selftest_barrier_two_sites(const float* x, float* out) {
+    __shared__ float tile[32];
+    const int t = threadIdx.x;
+    if (t < 32) {
+        tile[t] = x[t];
+        __syncthreads();
+        out[t] = tile[t];
+    } else {
+        __syncthreads();
+        out[t] = tile[t & 31];
+    }
+}
+
+// Writes one element past a static __shared__ array (`<=` for `<`): the write lands in the next
+// variable's bytes, which AddressSanitizer does not see; the guard between them does.
+extern "C" __global__ void selftest_shared_oob(const float* x, float* out, int n) {
+    __shared__ float below[32];
+    __shared__ float tile[32];
+    __shared__ float above[32];
+    const int t = threadIdx.x;
+    below[t & 31] = 1.0f;
+    above[t & 31] = 2.0f;
+    if (t <= n) tile[t] = x[t];  // the bug: n == 32 writes tile[32]
+    __syncthreads();
+    out[t] = tile[t & 31] + below[t & 31] + above[t & 31];
+}
+
+// Writes one element past the launch's dynamic shared memory (blockDim.x floats).
+extern "C" __global__ void selftest_dynamic_smem_oob(const float* x, float* out) {
+    const int t = threadIdx.x, n = blockDim.x;
+    selftest_dyn[t + 1] = x[t];  // the bug: thread n - 1 writes element n
+    __syncthreads();
+    out[t] = selftest_dyn[(t + 1) % n];
+}
+
+// A float4 load from x + 1: 4-byte aligned, not 16 (the GPU faults: misaligned address).
+extern "C" __global__ void selftest_misaligned_float4(const float* x, float* out) {
+    const float4 v = *reinterpret_cast<const float4*>(x + 1 + 4 * threadIdx.x);  // the bug: x + 1
+    out[threadIdx.x] = v.x + v.y + v.z + v.w;
+}
