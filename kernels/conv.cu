@@ -390,3 +390,214 @@ extern "C" __global__ void conv2d_bwd_weight_naive_f32(const float* __restrict__
         dw[i] = beta != 0.0f ? fmaf(beta, dw[i], acc) : acc;
     }
 }
+
+// ---- tensor cores: the forward pass as an implicit GEMM on TF32 or BF16 ---------------------------
+// GEMM: rows = output pixels (N*OH*OW), columns = filters (K), reduction = (tap r*S + s, channel),
+// F32 accumulation. A block computes 64 pixels x 64 filters with 4 warps (2 x 2, each 32 x 32 =
+// 2 m16 x 4 n8 fragments), reduction tiles of 16 channels of one tap, a 3-stage cp.async pipeline.
+//
+// Shared memory holds f32 (the activations and filters stay f32 in global memory and cp.async
+// copies bytes, it cannot convert), both operands k-contiguous: a[pixel][k], b[filter][k], rows of
+// 20 floats (80 bytes: 16-byte aligned, and 8 consecutive rows start in 8 distinct 4-bank groups,
+// so ldmatrix reads them without conflicts).
+//   - TF32: a 32-bit element is two 16-bit halves, so ldmatrix of an 8 x (4 f32) block gives lane l
+//     element [l/4][l%4], exactly the m16n8k8.tf32 fragment: x4 for A, x2 for B; then each register
+//     is rounded to TF32 (cvt.rna) rather than truncated by the tensor core.
+//   - BF16: the fragments hold bf16 pairs, converted (round to nearest even) from f32 pairs read
+//     with 8-byte shared loads: ldmatrix would copy the f32 bits unconverted.
+// The gather (im2col) is a cp.async of 4 bytes per element (NCHW: consecutive channels are HW
+// apart, not contiguous); taps outside the image and channels or filters past the end are stored
+// as zeros instead. Each thread's pixel (image offset, first input row and column) is computed once
+// before the main loop, which walks (channel tile, tap) by increments: no division in it.
+// Compiled for sm_80 and newer only (the host picks the FP32 kernels on older devices).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#include "tensor_core.cuh"
+
+namespace convtc {
+constexpr int BM = 64;        // pixels per block
+constexpr int BN = 64;        // filters per block
+constexpr int BK = 16;        // channels per reduction tile (one tap)
+constexpr int LDK = BK + 4;   // shared row pitch in floats (80 bytes)
+constexpr int STAGES = 3;     // cp.async pipeline depth
+constexpr int THREADS = 128;  // 4 warps
+constexpr int MI = 2, NI = 4; // m16 and n8 fragments per warp (a 32 x 32 warp tile)
+constexpr int LOADS = BM * BK / THREADS;  // elements each thread gathers per operand per tile
+static_assert(BM == BN && LOADS * THREADS == BM * BK && THREADS == 2 * BM, "loader mapping");
+
+struct Smem {
+    float a[STAGES][BM][LDK];  // gathered input, [pixel][channel]
+    float b[STAGES][BN][LDK];  // filters, [filter][channel]
+};
+
+// bf16 bits of f32 `f`, rounded to nearest even; a NaN stays a (quiet) NaN.
+__device__ __forceinline__ uint32_t bf16_bits(float f) {
+    const uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ uint32_t bf16x2(float2 v) { return bf16_bits(v.x) | (bf16_bits(v.y) << 16); }
+
+template <bool BF16>
+__device__ __forceinline__ void mma_tile(const float (*a)[LDK], const float (*b)[LDK], float acc[MI][NI][4],
+                                         int lane, int wm, int wn) {
+    if constexpr (BF16) {
+        const int g = lane >> 2, t = lane & 3;
+        uint32_t af[MI][4], bfr[NI][2];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+            const float* r0 = a[wm + mi * 16 + g];
+            const float* r1 = a[wm + mi * 16 + g + 8];
+            af[mi][0] = bf16x2(*reinterpret_cast<const float2*>(r0 + 2 * t));
+            af[mi][1] = bf16x2(*reinterpret_cast<const float2*>(r1 + 2 * t));
+            af[mi][2] = bf16x2(*reinterpret_cast<const float2*>(r0 + 2 * t + 8));
+            af[mi][3] = bf16x2(*reinterpret_cast<const float2*>(r1 + 2 * t + 8));
+        }
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            const float* r = b[wn + ni * 8 + g];
+            bfr[ni][0] = bf16x2(*reinterpret_cast<const float2*>(r + 2 * t));
+            bfr[ni][1] = bf16x2(*reinterpret_cast<const float2*>(r + 2 * t + 8));
+        }
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) mma_m16n8k16_bf16(acc[mi][ni], af[mi], bfr[ni], acc[mi][ni]);
+    } else {
+        // ldmatrix row addresses: lanes 8i..8i+7 give the rows of matrix i; A's four matrices are
+        // (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7, k 4-7), (rows 8-15, k 4-7), B's two
+        // (filters 0-7, k 0-3), (filters 0-7, k 4-7).
+        const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lk = (lane >> 4) * 4;
+        const int brow = lane & 7, bk = ((lane >> 3) & 1) * 4;
+#pragma unroll
+        for (int ks = 0; ks < BK; ks += 8) {
+            uint32_t af[MI][4], bfr[NI][2];
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                ldmatrix_x4(af[mi], &a[wm + mi * 16 + lrow][ks + lk]);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) af[mi][j] = f32_to_tf32(__uint_as_float(af[mi][j]));
+            }
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+                ldmatrix_x2(bfr[ni], &b[wn + ni * 8 + brow][ks + bk]);
+#pragma unroll
+                for (int j = 0; j < 2; ++j) bfr[ni][j] = f32_to_tf32(__uint_as_float(bfr[ni][j]));
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni) mma_m16n8k8_tf32(acc[mi][ni], af[mi], bfr[ni], acc[mi][ni]);
+        }
+    }
+}
+
+// Grid (ceil(N*OH*OW / 64), ceil(K / 64)), 128 threads. `bias` may be null. `sm` is declared by
+// the kernel itself (a __shared__ static of a template function is not one per kernel under the
+// emulated driver, which places __shared__ variables by their section).
+template <bool BF16>
+__device__ __forceinline__ void fwd(const float* __restrict__ x, const float* __restrict__ w,
+                                    const float* __restrict__ bias, float* __restrict__ y, const Conv2dParams& p,
+                                    Smem& sm) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+
+    // Loader: this thread gathers pixel (and filter) `row`, channels kr + 2i of each tile.
+    const int row = tid % BM, kr = tid / BM;
+    const int pix = m0 + row;
+    const bool pix_ok = pix < NPQ;
+    int xbase = 0, ih0 = 0, iw0 = 0;
+    if (pix_ok) {
+        const int img = pix / PQ, pq = pix - img * PQ, op = pq / p.ow, oq = pq - op * p.ow;
+        xbase = img * p.c * HW;
+        ih0 = op * p.stride_h - p.pad_h;
+        iw0 = oq * p.stride_w - p.pad_w;
+    }
+    const int filt = n0 + row;
+    const float* wrow = w + (filt < p.k ? filt : 0) * CRS;
+    // The tile the loader fetches next: channels c0.., tap (fr, fs) = rs.
+    int c0 = 0, fr = 0, fs = 0, rs = 0;
+    auto load = [&](int stage) {
+        const int ih = ih0 + fr * p.dil_h, iw = iw0 + fs * p.dil_w;
+        const bool in = pix_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w;
+        const int xoff = in ? xbase + ih * p.w + iw : 0;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            const int kk = kr + 2 * i, c = c0 + kk;
+            float* da = &sm.a[stage][row][kk];
+            if (in && c < p.c)
+                cp_async_ca_4(da, x + xoff + c * HW);
+            else
+                *da = 0.0f;
+            float* db = &sm.b[stage][row][kk];
+            if (filt < p.k && c < p.c)
+                cp_async_ca_4(db, wrow + c * RS + rs);
+            else
+                *db = 0.0f;
+        }
+        c0 += BK;
+        if (c0 >= p.c) {
+            c0 = 0;
+            ++rs;
+            if (++fs == p.s) {
+                fs = 0;
+                ++fr;
+            }
+        }
+    };
+
+    const int ntiles = RS * ((p.c + BK - 1) / BK);
+    const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+    float acc[MI][NI][4] = {};
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ntiles) load(s);
+        cp_async_commit();
+    }
+    int rd = 0, wr = STAGES - 1;
+    for (int t = 0; t < ntiles; ++t) {
+        // Tile t's copies have landed (only the newer STAGES - 2 groups may be in flight), and after
+        // the barrier every thread sees them and has finished reading stage `wr` (tile t - 1).
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (t + STAGES - 1 < ntiles) load(wr);
+        cp_async_commit();
+        mma_tile<BF16>(sm.a[rd], sm.b[rd], acc, lane, wm, wn);
+        rd = rd + 1 == STAGES ? 0 : rd + 1;
+        wr = wr + 1 == STAGES ? 0 : wr + 1;
+    }
+    cp_async_wait_all();  // only empty groups remain; no copy outlives the block
+
+    // Epilogue: acc[mi][ni] = C[g (+8)][2t (+1)] of fragment (mi, ni).
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int pr = m0 + wm + mi * 16 + g + half * 8;
+            if (pr >= NPQ) continue;
+            const int img = pr / PQ, pq = pr - img * PQ;
+            float* yb = y + img * p.k * PQ + pq;
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int f = n0 + wn + ni * 8 + 2 * t4 + e;
+                    if (f < p.k) yb[f * PQ] = acc[mi][ni][half * 2 + e] + (bias != nullptr ? bias[f] : 0.0f);
+                }
+        }
+}
+}  // namespace convtc
+
+// One entry point per input precision (the storage stays f32).
+#define CONV_TC_FWD(NAME, BF16)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
+        NAME(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,          \
+             float* __restrict__ y, Conv2dParams p) {                                                            \
+        __shared__ __align__(16) convtc::Smem sm;                                                                \
+        convtc::fwd<BF16>(x, w, bias, y, p, sm);                                                                 \
+    }
+CONV_TC_FWD(conv2d_fwd_tf32, false)
+CONV_TC_FWD(conv2d_fwd_bf16, true)
+#undef CONV_TC_FWD
+#endif  // sm_80 and newer

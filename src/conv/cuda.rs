@@ -7,12 +7,15 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::Conv2dShape;
+use super::{Conv2dShape, ConvAlgo};
 use crate::cuda::{after_launch, blocks_for, cfg, check_device, check_devices, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "conv2d (cuda)";
 const MODULE: &str = "conv";
+/// Tile (pixels x filters) and block size of the tensor-core forward kernels.
+const TC_TILE: usize = 64;
+const TC_THREADS: u32 = 128;
 /// Tile sizes of the implicit-GEMM kernels (BM = BN, BK) and their block size.
 const TILE: usize = 64;
 const TILE_K: usize = 16;
@@ -190,6 +193,74 @@ pub fn forward_with<B: DevicePtr<f32>>(
     // above) and the kernels only index inside those, by the shape in `p` (all < 2^31, checked by
     // Conv2dParams::new); bias is either such a buffer or null, which the kernels test before use;
     // the argument list matches `(const float*, const float*, const float*, float*, Conv2dParams)`.
+    unsafe { b.launch(launch) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
+    Ok(())
+}
+
+/// The algorithm [`ConvAlgo::Auto`] stands for on `stream`'s device (any other is returned as
+/// it is); errors ([`Error::NoCuda`]) when a tensor-core one is asked of a device older than
+/// compute capability 8.0.
+pub fn resolve_algo(stream: &Arc<CudaStream>, algo: ConvAlgo) -> Result<ConvAlgo> {
+    let (major, minor) = stream.context().compute_capability().during("reading the compute capability")?;
+    let algo = algo.resolve(major);
+    if matches!(algo, ConvAlgo::Tf32 | ConvAlgo::Bf16) && major < 8 {
+        return Err(Error::NoCuda(format!(
+            "{algo:?} convolutions need tensor cores of compute capability 8.0 or newer; the device has {major}.{minor}"
+        )));
+    }
+    Ok(algo)
+}
+
+/// [`forward`] on the arithmetic `algo` picks: `Fp32` runs [`Algo::ImplicitGemm`], `Tf32` and
+/// `Bf16` the tensor-core kernels (`conv2d_fwd_tf32`, `conv2d_fwd_bf16`), `Auto` what
+/// [`resolve_algo`] says.
+pub fn forward_algo<B: DevicePtr<f32>>(
+    stream: &Arc<CudaStream>,
+    algo: ConvAlgo,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    bias: Option<&B>,
+    y: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    check_devices!(OP, stream, x, w, y);
+    if let Some(b) = &bias {
+        check_device(OP, stream, "bias", &**b)?;
+    }
+    let name = match resolve_algo(stream, algo)? {
+        ConvAlgo::Tf32 => "conv2d_fwd_tf32",
+        ConvAlgo::Bf16 => "conv2d_fwd_bf16",
+        _ => return forward_with(stream, Algo::ImplicitGemm, shape, x, w, bias, y),
+    };
+    let p = Conv2dParams::new(shape)?;
+    check_len(OP, "x", x.len(), shape.input_len())?;
+    check_len(OP, "w", w.len(), shape.filter_len())?;
+    if let Some(b) = bias {
+        check_len(OP, "bias", b.len(), shape.k())?;
+    }
+    check_len(OP, "y", y.len(), shape.output_len())?;
+    let npq = shape.n() * shape.oh() * shape.ow();
+    let (gx, gy) = (npq.div_ceil(TC_TILE), shape.k().div_ceil(TC_TILE));
+    if gx > i32::MAX as usize || gy > 65_535 {
+        return Err(Error::TooLarge { op: OP, msg: format!("grid {gx} x {gy} exceeds the CUDA limits") });
+    }
+    let launch =
+        LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (TC_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let f = function(stream, MODULE, name)?;
+    let (xp, _gx) = x.device_ptr(stream);
+    let (wp, _gw) = w.device_ptr(stream);
+    let bias_guard = bias.map(|b| b.device_ptr(stream));
+    let bp: u64 = bias_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
+    let (yp, _gy) = y.device_ptr_mut(stream);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(&p);
+    // SAFETY: x, w, bias and y hold exactly input_len, filter_len, k and output_len f32s (checked
+    // above); the kernel gathers x and w only at in-bounds coordinates (others are stored as zeros
+    // in shared memory), writes y only for pixels < N*OH*OW and filters < K, all indices < 2^31
+    // (Conv2dParams::new); bias is such a buffer or null, tested before use; 128 threads as the
+    // kernel's __launch_bounds__; the arguments match
+    // `(const float*, const float*, const float*, float*, Conv2dParams)`.
     unsafe { b.launch(launch) }.during(OP)?;
     after_launch(stream, OP, &f)?;
     Ok(())
