@@ -491,6 +491,53 @@ __device__ __forceinline__ void mma_tile(const float (*a)[LDK], const float (*b)
     }
 }
 
+// acc += sum over `ntiles` reduction tiles of a[row][k] * b[col][k], the warp's 32 x 32 part at
+// (wm, wn); `load(stage)` gathers the next tile (tiles are fetched in order) into `stage`.
+template <bool BF16, class Load>
+__device__ __forceinline__ void gemm(Smem& sm, int ntiles, Load& load, float acc[MI][NI][4], int lane, int wm,
+                                     int wn) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ntiles) load(s);
+        cp_async_commit();
+    }
+    int rd = 0, wr = STAGES - 1;
+    for (int t = 0; t < ntiles; ++t) {
+        // Tile t's copies have landed (only the newer STAGES - 2 groups may be in flight), and after
+        // the barrier every thread sees them and has finished reading stage `wr` (tile t - 1).
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (t + STAGES - 1 < ntiles) load(wr);
+        cp_async_commit();
+        mma_tile<BF16>(sm.a[rd], sm.b[rd], acc, lane, wm, wn);
+        rd = rd + 1 == STAGES ? 0 : rd + 1;
+        wr = wr + 1 == STAGES ? 0 : wr + 1;
+    }
+    cp_async_wait_all();  // only empty groups remain; no copy outlives the block
+}
+
+// Calls put(row, col, value) for each of the thread's accumulators (row < rows, col < cols only):
+// acc[mi][ni] holds C[g (+8)][2t (+1)] of fragment (mi, ni).
+template <class Put>
+__device__ __forceinline__ void epilogue(const float acc[MI][NI][4], int m0, int n0, int rows, int cols, int lane,
+                                         int wm, int wn, Put put) {
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int r = m0 + wm + mi * 16 + g + half * 8;
+            if (r >= rows) continue;
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int c = n0 + wn + ni * 8 + 2 * t4 + e;
+                    if (c < cols) put(r, c, acc[mi][ni][half * 2 + e]);
+                }
+        }
+}
+
 // Grid (ceil(N*OH*OW / 64), ceil(K / 64)), 128 threads. `bias` may be null. `sm` is declared by
 // the kernel itself (a __shared__ static of a template function is not one per kernel under the
 // emulated driver, which places __shared__ variables by their section).
@@ -549,24 +596,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ x, const float* __
     const int ntiles = RS * ((p.c + BK - 1) / BK);
     const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
     float acc[MI][NI][4] = {};
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ntiles) load(s);
-        cp_async_commit();
-    }
-    int rd = 0, wr = STAGES - 1;
-    for (int t = 0; t < ntiles; ++t) {
-        // Tile t's copies have landed (only the newer STAGES - 2 groups may be in flight), and after
-        // the barrier every thread sees them and has finished reading stage `wr` (tile t - 1).
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        if (t + STAGES - 1 < ntiles) load(wr);
-        cp_async_commit();
-        mma_tile<BF16>(sm.a[rd], sm.b[rd], acc, lane, wm, wn);
-        rd = rd + 1 == STAGES ? 0 : rd + 1;
-        wr = wr + 1 == STAGES ? 0 : wr + 1;
-    }
-    cp_async_wait_all();  // only empty groups remain; no copy outlives the block
+    gemm<BF16>(sm, ntiles, load, acc, lane, wm, wn);
 
     // Epilogue: acc[mi][ni] = C[g (+8)][2t (+1)] of fragment (mi, ni).
     const int g = lane >> 2, t4 = lane & 3;
@@ -587,6 +617,162 @@ __device__ __forceinline__ void fwd(const float* __restrict__ x, const float* __
                 }
         }
 }
+
+// Backward-data, gather form: rows = input pixels (N*H*W), columns = channels (C), reduction =
+// (tap, filter). Input pixel (ih, iw) receives through tap (r, s) the output (op, oq) with
+// op * stride_h = ih + pad_h - r * dil_h (and the same for the width), if that divides. The
+// quotient and remainder of the first tap are computed once; each later tap subtracts dil's
+// quotient and remainder with a borrow, so the main loop divides nothing.
+// Grid (ceil(N*H*W / 64), ceil(C / 64)), 128 threads.
+template <bool BF16>
+__device__ __forceinline__ void bwd_data(const float* __restrict__ dy, const float* __restrict__ w,
+                                         float* __restrict__ dx, const Conv2dParams& p, Smem& sm) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int PQ = p.oh * p.ow, HW = p.h * p.w, NHW = p.n * HW, RS = p.r * p.s, CRS = p.c * RS;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+
+    const int row = tid % BM, kr = tid / BM;
+    const int pix = m0 + row;
+    const bool pix_ok = pix < NHW;
+    int dybase = 0, qh0 = 0, rh0 = 0, qw0 = 0, rw0 = 0;
+    if (pix_ok) {
+        const int img = pix / HW, hw = pix - img * HW, ih = hw / p.w, iw = hw - ih * p.w;
+        dybase = img * p.k * PQ;
+        qh0 = (ih + p.pad_h) / p.stride_h;
+        rh0 = (ih + p.pad_h) - qh0 * p.stride_h;
+        qw0 = (iw + p.pad_w) / p.stride_w;
+        rw0 = (iw + p.pad_w) - qw0 * p.stride_w;
+    }
+    const int dqh = p.dil_h / p.stride_h, drh = p.dil_h - dqh * p.stride_h;
+    const int dqw = p.dil_w / p.stride_w, drw = p.dil_w - dqw * p.stride_w;
+    const int chan = n0 + row;
+    const float* wcol = w + (chan < p.c ? chan : 0) * RS;
+    // Next tile: filters k0.., tap (fr, fs) = rs, whose output row is qh (remainder rh) and column
+    // qw (remainder rw).
+    int k0 = 0, fs = 0, rs = 0, qh = qh0, rh = rh0, qw = qw0, rw = rw0;
+    auto load = [&](int stage) {
+        const bool in = pix_ok && rh == 0 && rw == 0 && qh >= 0 && qh < p.oh && qw >= 0 && qw < p.ow;
+        const int off = in ? dybase + qh * p.ow + qw : 0;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            const int kk = kr + 2 * i, k = k0 + kk;
+            float* da = &sm.a[stage][row][kk];
+            if (in && k < p.k)
+                cp_async_ca_4(da, dy + off + k * PQ);
+            else
+                *da = 0.0f;
+            float* db = &sm.b[stage][row][kk];
+            if (chan < p.c && k < p.k)
+                cp_async_ca_4(db, wcol + k * CRS + rs);
+            else
+                *db = 0.0f;
+        }
+        k0 += BK;
+        if (k0 >= p.k) {
+            k0 = 0;
+            ++rs;
+            qw -= dqw;
+            rw -= drw;
+            if (rw < 0) {
+                rw += p.stride_w;
+                --qw;
+            }
+            if (++fs == p.s) {
+                fs = 0;
+                qw = qw0;
+                rw = rw0;
+                qh -= dqh;
+                rh -= drh;
+                if (rh < 0) {
+                    rh += p.stride_h;
+                    --qh;
+                }
+            }
+        }
+    };
+
+    const int ntiles = RS * ((p.k + BK - 1) / BK);
+    const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+    float acc[MI][NI][4] = {};
+    gemm<BF16>(sm, ntiles, load, acc, lane, wm, wn);
+    epilogue(acc, m0, n0, NHW, p.c, lane, wm, wn, [&](int r, int c, float v) {
+        const int img = r / HW, hw = r - img * HW;
+        dx[(img * p.c + c) * HW + hw] = v;
+    });
+}
+
+// Backward-weight, split-K: rows = filters (K), columns = channels (C), one tap per block,
+// reduction over output pixels npq in [split * chunk, min((split + 1) * chunk, N*OH*OW)) (chunk a
+// multiple of 16), into out + split * split_stride (the host sums the splits in a fixed order with
+// conv2d_sum_splits_f32, so the result is the same bit for bit on every run). Each thread gathers
+// one npq of a tile (lane kk) for 8 filters and 8 channels; its (image, row, column) advances by
+// 16 pixels a tile with carries, no division. beta == 0 never reads out.
+// Grid (ceil(K / 64), ceil(C / 64), R*S * splits), 128 threads.
+template <bool BF16>
+__device__ __forceinline__ void bwd_weight(const float* __restrict__ x, const float* __restrict__ dy,
+                                           float* __restrict__ out, const Conv2dParams& p, int chunk,
+                                           int split_stride, float beta, Smem& sm) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int rs = blockIdx.z % RS, split = blockIdx.z / RS;
+    const int fr = rs / p.s, fs = rs - fr * p.s;
+    const int begin = split * chunk;
+    const int end = (int)min((int64_t)begin + chunk, (int64_t)NPQ);  // begin < NPQ: no split is empty
+
+    const int kk = tid % BK, r0 = tid / BK;  // npq lane, first row (rows r0 + 8i)
+    constexpr int ROW_STEP = THREADS / BK;
+    int npq = begin + kk;
+    int img = 0, op = 0, oq = 0;
+    if (npq < end) {
+        img = npq / PQ;
+        const int pq = npq - img * PQ;
+        op = pq / p.ow;
+        oq = pq - op * p.ow;
+    }
+    auto load = [&](int stage) {
+        const bool ok = npq < end;
+        const int ih = op * p.stride_h - p.pad_h + fr * p.dil_h, iw = oq * p.stride_w - p.pad_w + fs * p.dil_w;
+        const bool in = ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w;
+        const int dyoff = ok ? img * p.k * PQ + op * p.ow + oq : 0;
+        const int xoff = in ? img * p.c * HW + ih * p.w + iw : 0;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            const int rr = r0 + ROW_STEP * i, m = m0 + rr, c = n0 + rr;
+            float* da = &sm.a[stage][rr][kk];
+            if (ok && m < p.k)
+                cp_async_ca_4(da, dy + dyoff + m * PQ);
+            else
+                *da = 0.0f;
+            float* db = &sm.b[stage][rr][kk];
+            if (in && c < p.c)
+                cp_async_ca_4(db, x + xoff + c * HW);
+            else
+                *db = 0.0f;
+        }
+        npq += BK;
+        if (npq < end) {
+            oq += BK;
+            while (oq >= p.ow) {
+                oq -= p.ow;
+                if (++op == p.oh) {
+                    op = 0;
+                    ++img;
+                }
+            }
+        }
+    };
+
+    const int ntiles = (end - begin + BK - 1) / BK;
+    const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+    float acc[MI][NI][4] = {};
+    gemm<BF16>(sm, ntiles, load, acc, lane, wm, wn);
+    float* o = out + split * split_stride;
+    epilogue(acc, m0, n0, p.k, p.c, lane, wm, wn, [&](int m, int c, float v) {
+        const int idx = m * CRS + c * RS + rs;
+        o[idx] = beta != 0.0f ? fmaf(beta, o[idx], v) : v;
+    });
+}
 }  // namespace convtc
 
 // One entry point per input precision (the storage stays f32).
@@ -600,4 +786,21 @@ __device__ __forceinline__ void fwd(const float* __restrict__ x, const float* __
 CONV_TC_FWD(conv2d_fwd_tf32, false)
 CONV_TC_FWD(conv2d_fwd_bf16, true)
 #undef CONV_TC_FWD
+#define CONV_TC_BWD(PREC, BF16)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
+        conv2d_bwd_data_##PREC(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, \
+                               Conv2dParams p) {                                                                 \
+        __shared__ __align__(16) convtc::Smem sm;                                                                \
+        convtc::bwd_data<BF16>(dy, w, dx, p, sm);                                                                \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
+        conv2d_bwd_weight_##PREC(const float* __restrict__ x, const float* __restrict__ dy,                      \
+                                 float* __restrict__ out, Conv2dParams p, int chunk, int split_stride,           \
+                                 float beta) {                                                                   \
+        __shared__ __align__(16) convtc::Smem sm;                                                                \
+        convtc::bwd_weight<BF16>(x, dy, out, p, chunk, split_stride, beta, sm);                                  \
+    }
+CONV_TC_BWD(tf32, false)
+CONV_TC_BWD(bf16, true)
+#undef CONV_TC_BWD
 #endif  // sm_80 and newer

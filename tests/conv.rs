@@ -576,6 +576,8 @@ mod gpu {
         ([3, 37, 13, 11], [70, 3, 3], [1, 1], [1, 1], [1, 1]),
         ([2, 19, 15, 17], [33, 5, 3], [2, 1], [2, 1], [1, 2]),
         ([2, 40, 9, 7], [65, 3, 2], [2, 3], [1, 0], [2, 1]),
+        // N*OH*OW = 1600: the weight gradient splits its reduction (4 splits of 400).
+        ([4, 5, 20, 20], [6, 3, 3], [1, 1], [1, 1], [1, 1]),
     ];
 
     /// Rigorous bound for a `terms`-term dot product of values in [-1, 1] whose inputs are rounded
@@ -598,45 +600,116 @@ mod gpu {
         stream.clone_dtoh(&y).unwrap()
     }
 
+    fn tc_backward_data(stream: &Arc<CudaStream>, algo: ConvAlgo, sh: &Conv2dShape, d: &Data) -> Vec<f32> {
+        let dy = stream.clone_htod(&d.dy).unwrap();
+        let w = stream.clone_htod(&d.w).unwrap();
+        let mut dx = stream.clone_htod(&vec![POISON; sh.input_len()]).unwrap();
+        cuda::backward_data_algo(stream, algo, sh, &dy, &w, &mut dx).unwrap();
+        stream.clone_dtoh(&dx).unwrap()
+    }
+
+    /// With `beta`, `dw` starts as `old` (else NaN, which must never be read).
+    fn tc_backward_weight(
+        stream: &Arc<CudaStream>,
+        algo: ConvAlgo,
+        sh: &Conv2dShape,
+        d: &Data,
+        old: &[f32],
+        beta: f32,
+    ) -> Vec<f32> {
+        let x = stream.clone_htod(&d.x).unwrap();
+        let dy = stream.clone_htod(&d.dy).unwrap();
+        let start = if beta == 0.0 { vec![f32::NAN; sh.filter_len()] } else { old.to_vec() };
+        let mut dw = stream.clone_htod(&start).unwrap();
+        cuda::backward_weight_algo(stream, algo, sh, &x, &dy, &mut dw, beta).unwrap();
+        stream.clone_dtoh(&dw).unwrap()
+    }
+
+    /// CPU references: forward (with or without bias), data gradient, weight gradient (beta 0).
+    fn references(sh: &Conv2dShape, d: &Data, bias: bool) -> [Vec<f32>; 3] {
+        let mut y = vec![0.0; sh.output_len()];
+        cpu::forward_into(sh, &d.x, &d.w, bias.then_some(&d.b[..]), &mut y).unwrap();
+        let mut dx = vec![0.0; sh.input_len()];
+        cpu::backward_data_into(sh, &d.dy, &d.w, &mut dx).unwrap();
+        let mut dw = vec![0.0; sh.filter_len()];
+        cpu::backward_weight_into(sh, &d.x, &d.dy, &mut dw, 0.0).unwrap();
+        [y, dx, dw]
+    }
+
     #[test]
     #[ignore = "needs a CUDA device"]
-    fn tensor_core_forward_matches_cpu_within_the_rounding_bound() {
+    fn tensor_core_passes_match_cpu_within_the_rounding_bound() {
         let stream = common::gpu();
         for (i, &case) in GRID.iter().chain(TC).enumerate() {
             let sh = shape_of(case);
             let d = data(&sh, 700 + i as u64);
-            let mut want = vec![0.0; sh.output_len()];
-            cpu::forward_into(&sh, &d.x, &d.w, Some(&d.b), &mut want).unwrap();
+            let [y, dx, dw] = references(&sh, &d, true);
+            let old = uniform(&mut rng(750 + i as u64), sh.filter_len(), -1.0, 1.0);
+            let dw_acc: Vec<f32> = dw.iter().zip(&old).map(|(g, o)| g + 0.5 * o).collect();
             let crs = sh.c() * sh.r() * sh.s();
+            let krs = sh.k() * sh.r() * sh.s();
+            let npq = sh.n() * sh.oh() * sh.ow();
             for (algo, mant) in [(ConvAlgo::Tf32, 10), (ConvAlgo::Bf16, 7)] {
+                let what = |pass: &str| format!("{pass} {algo:?} {case:?}");
                 let got = tc_forward(&stream, algo, &sh, &d, true);
-                assert_close(&format!("forward {algo:?} {case:?}"), &got, &want, rounded_atol(crs, mant), 0.0);
+                assert_close(&what("forward"), &got, &y, rounded_atol(crs, mant), 0.0);
+                let got = tc_backward_data(&stream, algo, &sh, &d);
+                assert_close(&what("backward_data"), &got, &dx, rounded_atol(krs, mant), 0.0);
+                let got = tc_backward_weight(&stream, algo, &sh, &d, &old, 0.0);
+                assert_close(&what("backward_weight"), &got, &dw, rounded_atol(npq, mant), 0.0);
+                // beta * old is added in f32 (old is not rounded): the same bound, plus an ulp.
+                let got = tc_backward_weight(&stream, algo, &sh, &d, &old, 0.5);
+                assert_close(&what("backward_weight beta"), &got, &dw_acc, rounded_atol(npq, mant), 1e-6);
             }
         }
     }
 
     /// Integers in [-4, 4] are exact in TF32 and BF16, their products (at most 16) and every partial
-    /// sum (at most 16 * C*R*S + 4 < 2^24) exact in f32: whatever the order of the sums, the tensor
-    /// cores must give the reference's result bit for bit, which proves the gather, the fragment
-    /// layouts and the epilogue's indexing (a swapped or missed term changes an integer).
+    /// sum (at most 16 * terms + 4 < 2^24 here) exact in f32: whatever the order of the sums, the
+    /// tensor cores must give the reference's values exactly, which proves the gathers, the
+    /// fragment layouts, the split-K reduction and the epilogues' indexing (a swapped or missed
+    /// term changes an integer).
     #[test]
     #[ignore = "needs a CUDA device"]
-    fn tensor_core_forward_is_exact_on_integers() {
+    fn tensor_core_passes_are_exact_on_integers() {
         let stream = common::gpu();
         let ints = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|a| (a * 4.0).round()).collect() };
         for (i, &case) in GRID.iter().chain(TC).enumerate() {
             let sh = shape_of(case);
             let d = data(&sh, 800 + i as u64);
-            let d = Data { x: ints(d.x), w: ints(d.w), b: ints(d.b), dy: d.dy };
+            let d = Data { x: ints(d.x), w: ints(d.w), b: ints(d.b), dy: ints(d.dy) };
             assert!(d.x.iter().any(|&v| v != 0.0) && d.w.iter().any(|&v| v != 0.0));
             for bias in [true, false] {
-                let mut want = vec![0.0; sh.output_len()];
-                cpu::forward_into(&sh, &d.x, &d.w, bias.then_some(&d.b[..]), &mut want).unwrap();
+                let [y, dx, dw] = references(&sh, &d, bias);
                 for algo in [ConvAlgo::Tf32, ConvAlgo::Bf16] {
+                    let what = |pass: &str| format!("{pass} {algo:?} bias {bias} {case:?}");
                     let got = tc_forward(&stream, algo, &sh, &d, bias);
-                    assert_close(&format!("forward {algo:?} bias {bias} {case:?}"), &got, &want, 0.0, 0.0);
+                    assert_close(&what("forward"), &got, &y, 0.0, 0.0);
+                    if bias {
+                        continue;
+                    }
+                    let got = tc_backward_data(&stream, algo, &sh, &d);
+                    assert_close(&what("backward_data"), &got, &dx, 0.0, 0.0);
+                    let got = tc_backward_weight(&stream, algo, &sh, &d, &[], 0.0);
+                    assert_close(&what("backward_weight"), &got, &dw, 0.0, 0.0);
                 }
             }
+        }
+    }
+
+    /// The weight gradient's split-K sum has a fixed order: two runs on random (rounded, so not
+    /// exactly summable) inputs agree bit for bit, on a shape that splits.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn tensor_core_weight_gradient_is_deterministic() {
+        let stream = common::gpu();
+        let sh = shape_of(TC[3]);
+        let d = data(&sh, 950);
+        for algo in [ConvAlgo::Tf32, ConvAlgo::Bf16] {
+            let bits = || -> Vec<u32> {
+                tc_backward_weight(&stream, algo, &sh, &d, &[], 0.0).iter().map(|v| v.to_bits()).collect()
+            };
+            assert_eq!(bits(), bits(), "{algo:?}");
         }
     }
 
