@@ -735,6 +735,10 @@ mod gpu {
         let auto = tc_forward(&stream, ConvAlgo::Auto, &sh, &d, true);
         assert_eq!(auto, if major >= 8 { tf32 } else { fp32 });
         assert_eq!(cuda::resolve_algo(&stream, ConvAlgo::Auto).unwrap(), ConvAlgo::Auto.resolve(major));
+        // The trainer's backend: FP32 unless asked, `Auto` resolved for the device.
+        let be = evenclass::train::CudaBackend::new(0).unwrap();
+        assert_eq!(be.conv_algo(), ConvAlgo::Fp32);
+        assert_eq!(be.with_conv_algo(ConvAlgo::Auto).unwrap().conv_algo(), ConvAlgo::Auto.resolve(major));
     }
 
     #[test]
