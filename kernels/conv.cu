@@ -773,6 +773,76 @@ __device__ __forceinline__ void bwd_weight(const float* __restrict__ x, const fl
         o[idx] = beta != 0.0f ? fmaf(beta, o[idx], v) : v;
     });
 }
+
+// The stem (few input channels, C < 16): a reduction tile of 16 channels of one tap would be mostly
+// zeros (C = 3: 13 of 16), so the reduction runs over the flattened (c, r, s) instead, the filters'
+// own KCRS order: tiles of 16 consecutive (c, r, s), ceil(C*R*S / 16) of them (2 for 3x3x3 instead
+// of 9). The gather offsets of every (c, r, s) (the channel's plane plus the tap's row and column
+// offset) are computed once per block into a shared table, so the main loop divides nothing.
+constexpr int STEM_MAX_CRS = 256;  // the host takes this path only for C < 16 and C*R*S <= 256
+struct StemTable {
+    int off[STEM_MAX_CRS];  // c*H*W + r*dil_h*W + s*dil_w
+    int dh[STEM_MAX_CRS];   // r*dil_h
+    int dw[STEM_MAX_CRS];   // s*dil_w
+};
+
+template <bool BF16>
+__device__ __forceinline__ void fwd_stem(const float* __restrict__ x, const float* __restrict__ w,
+                                         const float* __restrict__ bias, float* __restrict__ y, const Conv2dParams& p,
+                                         Smem& sm, StemTable& tab) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    for (int k = tid; k < CRS; k += THREADS) {
+        const int c = k / RS, rs = k - c * RS, fr = rs / p.s, fs = rs - fr * p.s;
+        tab.dh[k] = fr * p.dil_h;
+        tab.dw[k] = fs * p.dil_w;
+        tab.off[k] = c * HW + tab.dh[k] * p.w + tab.dw[k];
+    }
+    __syncthreads();
+
+    const int row = tid % BM, kr = tid / BM;
+    const int pix = m0 + row;
+    const bool pix_ok = pix < NPQ;
+    int xorg = 0, ih0 = 0, iw0 = 0;  // xorg: x offset of (image, ih0, iw0), possibly outside it
+    if (pix_ok) {
+        const int img = pix / PQ, pq = pix - img * PQ, op = pq / p.ow, oq = pq - op * p.ow;
+        ih0 = op * p.stride_h - p.pad_h;
+        iw0 = oq * p.stride_w - p.pad_w;
+        xorg = img * p.c * HW + ih0 * p.w + iw0;
+    }
+    const int filt = n0 + row;
+    const float* wrow = w + (filt < p.k ? filt : 0) * CRS;
+    int k0 = 0;
+    auto load = [&](int stage) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            const int kk = kr + 2 * i, k = k0 + kk;
+            const bool k_ok = k < CRS;
+            const int ih = k_ok ? ih0 + tab.dh[k] : -1, iw = k_ok ? iw0 + tab.dw[k] : -1;
+            float* da = &sm.a[stage][row][kk];
+            if (pix_ok && k_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w)
+                cp_async_ca_4(da, x + xorg + tab.off[k]);
+            else
+                *da = 0.0f;
+            float* db = &sm.b[stage][row][kk];
+            if (filt < p.k && k_ok)
+                cp_async_ca_4(db, wrow + k);
+            else
+                *db = 0.0f;
+        }
+        k0 += BK;
+    };
+
+    const int ntiles = (CRS + BK - 1) / BK;
+    const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+    float acc[MI][NI][4] = {};
+    gemm<BF16>(sm, ntiles, load, acc, lane, wm, wn);
+    epilogue(acc, m0, n0, NPQ, p.k, lane, wm, wn, [&](int r, int f, float v) {
+        const int img = r / PQ, pq = r - img * PQ;
+        y[(img * p.k + f) * PQ + pq] = v + (bias != nullptr ? bias[f] : 0.0f);
+    });
+}
 }  // namespace convtc
 
 // One entry point per input precision (the storage stays f32).
@@ -786,6 +856,17 @@ __device__ __forceinline__ void bwd_weight(const float* __restrict__ x, const fl
 CONV_TC_FWD(conv2d_fwd_tf32, false)
 CONV_TC_FWD(conv2d_fwd_bf16, true)
 #undef CONV_TC_FWD
+#define CONV_TC_STEM(NAME, BF16)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
+        NAME(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,          \
+             float* __restrict__ y, Conv2dParams p) {                                                            \
+        __shared__ __align__(16) convtc::Smem sm;                                                                \
+        __shared__ convtc::StemTable tab;                                                                        \
+        convtc::fwd_stem<BF16>(x, w, bias, y, p, sm, tab);                                                       \
+    }
+CONV_TC_STEM(conv2d_fwd_stem_tf32, false)
+CONV_TC_STEM(conv2d_fwd_stem_bf16, true)
+#undef CONV_TC_STEM
 #define CONV_TC_BWD(PREC, BF16)                                                                                  \
     extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
         conv2d_bwd_data_##PREC(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, \

@@ -569,7 +569,8 @@ mod gpu {
         }
     }
 
-    /// The tensor-core cases: the grid plus channel counts, filter counts and pixel counts that are
+    /// The tensor-core cases (the grid's have fewer than 16 channels: the forward's stem path):
+    /// the grid plus channel counts, filter counts and pixel counts that are
     /// no multiple of the 64 x 64 x 16 tiles, several channel tiles, and a strided, padded,
     /// dilated rectangular filter.
     const TC: &[Case] = &[
@@ -578,6 +579,12 @@ mod gpu {
         ([2, 40, 9, 7], [65, 3, 2], [2, 3], [1, 0], [2, 1]),
         // N*OH*OW = 1600: the weight gradient splits its reduction (4 splits of 400).
         ([4, 5, 20, 20], [6, 3, 3], [1, 1], [1, 1], [1, 1]),
+        // At least 16 channels (the forward's channel-tiled path, not the stem's): strided 1x1,
+        // padding wider than the filter.
+        ([2, 17, 5, 5], [3, 1, 1], [2, 2], [0, 0], [1, 1]),
+        ([1, 16, 3, 3], [2, 2, 2], [1, 1], [3, 3], [1, 1]),
+        // The CIFAR stem (3 channels, 27 reduction terms: two tiles) at a small batch.
+        ([3, 3, 10, 9], [70, 3, 3], [1, 1], [1, 1], [1, 1]),
     ];
 
     /// Rigorous bound for a `terms`-term dot product of values in [-1, 1] whose inputs are rounded

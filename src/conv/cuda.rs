@@ -16,6 +16,10 @@ const MODULE: &str = "conv";
 /// Tile (pixels x filters) and block size of the tensor-core forward kernels.
 const TC_TILE: usize = 64;
 const TC_THREADS: u32 = 128;
+/// Channels per reduction tile of the tensor-core kernels; layers with fewer input channels (the
+/// stem) take the forward kernels that reduce over the flattened (c, r, s), up to this many.
+const TC_CHANNEL_TILE: usize = 16;
+const STEM_MAX_CRS: usize = 256;
 /// Tile sizes of the implicit-GEMM kernels (BM = BN, BK) and their block size.
 const TILE: usize = 64;
 const TILE_K: usize = 16;
@@ -228,9 +232,13 @@ pub fn forward_algo<B: DevicePtr<f32>>(
     if let Some(b) = &bias {
         check_device(OP, stream, "bias", &**b)?;
     }
-    let name = match resolve_algo(stream, algo)? {
-        ConvAlgo::Tf32 => "conv2d_fwd_tf32",
-        ConvAlgo::Bf16 => "conv2d_fwd_bf16",
+    // The stem kernels reduce over the flattened (c, r, s) (see kernels/conv.cu).
+    let stem = shape.c() < TC_CHANNEL_TILE && shape.c() * shape.r() * shape.s() <= STEM_MAX_CRS;
+    let name = match (resolve_algo(stream, algo)?, stem) {
+        (ConvAlgo::Tf32, false) => "conv2d_fwd_tf32",
+        (ConvAlgo::Bf16, false) => "conv2d_fwd_bf16",
+        (ConvAlgo::Tf32, true) => "conv2d_fwd_stem_tf32",
+        (ConvAlgo::Bf16, true) => "conv2d_fwd_stem_bf16",
         _ => return forward_with(stream, Algo::ImplicitGemm, shape, x, w, bias, y),
     };
     let p = Conv2dParams::new(shape)?;
