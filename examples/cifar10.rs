@@ -48,6 +48,9 @@ struct Args {
     /// Where to train: auto (a usable GPU, else the CPU), cpu (all cores) or cuda (GPU 0; an error if unusable).
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     device: String,
+    /// CUDA convolutions: fp32 (default, as the published runs), tf32, bf16, auto (tf32 on sm_80+)
+    #[arg(long, value_name = "P", default_value = "fp32", value_parser = ["fp32", "tf32", "bf16", "auto"])]
+    conv_precision: String,
     /// Epochs per stage, 1 to 10000 [default: 8 on the CPU, 30 on a GPU].
     #[arg(long, value_name = "N")]
     epochs: Option<usize>,
@@ -217,7 +220,13 @@ fn main() -> ExitCode {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let opts = RunOptions { stop: Some(&STOP), quiet: args.quiet, silent: false, command };
     let outcome = match evenclass::cuda::wants_gpu(&args.device).then(|| CudaBackend::new(0)) {
-        Some(Ok(be)) => experiment::run(&be, &args.spec(), &opts),
+        Some(Ok(be)) => match args.conv_precision.parse().and_then(|a| be.with_conv_algo(a)) {
+            Ok(be) => experiment::run(&be, &args.spec(), &opts),
+            Err(e) => {
+                eprintln!("error: --conv-precision {}: {e}", args.conv_precision);
+                return ExitCode::FAILURE;
+            }
+        },
         Some(Err(e)) => {
             eprintln!("error: opening the GPU (try --device cpu): {e}");
             return ExitCode::FAILURE;

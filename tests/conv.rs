@@ -464,9 +464,27 @@ fn backward_passes_match_finite_differences() {
 
 // ---- GPU against the CPU path ----------------------------------------------------------------------
 
+#[test]
+fn conv_algo_parses_and_resolves() {
+    use evenclass::conv::ConvAlgo;
+    for (s, a) in
+        [("auto", ConvAlgo::Auto), ("tf32", ConvAlgo::Tf32), ("bf16", ConvAlgo::Bf16), ("fp32", ConvAlgo::Fp32)]
+    {
+        assert_eq!(s.parse::<ConvAlgo>().unwrap(), a);
+    }
+    assert!(matches!("TF32".parse::<ConvAlgo>(), Err(Error::Shape { .. })));
+    assert_eq!(ConvAlgo::Auto.resolve(9), ConvAlgo::Tf32);
+    assert_eq!(ConvAlgo::Auto.resolve(8), ConvAlgo::Tf32);
+    assert_eq!(ConvAlgo::Auto.resolve(7), ConvAlgo::Fp32);
+    assert_eq!(ConvAlgo::Bf16.resolve(7), ConvAlgo::Bf16);
+}
+
 mod gpu {
     use super::*;
+    use cudarc::driver::CudaStream;
     use evenclass::conv::cuda::{self, Algo, NO_BIAS};
+    use evenclass::conv::ConvAlgo;
+    use std::sync::Arc;
 
     /// CIFAR-10 CNN layers at small batches, and sizes that are no multiple of the tiles.
     const CIFAR: &[Case] = &[
@@ -549,6 +567,185 @@ mod gpu {
         for (i, &case) in CIFAR.iter().enumerate() {
             check_case(case, 400 + i as u64);
         }
+    }
+
+    /// The tensor-core cases (the grid's have fewer than 16 channels: the forward's stem path):
+    /// the grid plus channel counts, filter counts and pixel counts that are
+    /// no multiple of the 64 x 64 x 16 tiles, several channel tiles, and a strided, padded,
+    /// dilated rectangular filter.
+    const TC: &[Case] = &[
+        ([3, 37, 13, 11], [70, 3, 3], [1, 1], [1, 1], [1, 1]),
+        ([2, 19, 15, 17], [33, 5, 3], [2, 1], [2, 1], [1, 2]),
+        ([2, 40, 9, 7], [65, 3, 2], [2, 3], [1, 0], [2, 1]),
+        // N*OH*OW = 1600: the weight gradient splits its reduction (4 splits of 400).
+        ([4, 5, 20, 20], [6, 3, 3], [1, 1], [1, 1], [1, 1]),
+        // At least 16 channels (the forward's channel-tiled path, not the stem's): strided 1x1,
+        // padding wider than the filter.
+        ([2, 17, 5, 5], [3, 1, 1], [2, 2], [0, 0], [1, 1]),
+        ([1, 16, 3, 3], [2, 2, 2], [1, 1], [3, 3], [1, 1]),
+        // The CIFAR stem (3 channels, 27 reduction terms: two tiles) at a small batch.
+        ([3, 3, 10, 9], [70, 3, 3], [1, 1], [1, 1], [1, 1]),
+    ];
+
+    /// Rigorous bound for a `terms`-term dot product of values in [-1, 1] whose inputs are rounded
+    /// to nearest with `mant` explicit mantissa bits: each rounded input is within 2^-(mant+1)
+    /// relatively, so each product within (1 + 2^-(mant+1))^2 - 1 < 2^-mant + 2^-(2 mant + 2),
+    /// at most 2^-mant * 1.01 absolutely; summed over `terms` products, plus the f32 reference's and
+    /// the kernel's own f32 accumulation errors (`atol`, the FP32 kernels' tolerance).
+    /// TF32 (10 bits): terms * 2^-10; BF16 (7 bits): terms * 2^-7.
+    fn rounded_atol(terms: usize, mant: i32) -> f32 {
+        terms as f32 * 2f32.powi(-mant) * 1.01 + atol(terms)
+    }
+
+    fn tc_forward(stream: &Arc<CudaStream>, algo: ConvAlgo, sh: &Conv2dShape, d: &Data, bias: bool) -> Vec<f32> {
+        let x = stream.clone_htod(&d.x).unwrap();
+        let w = stream.clone_htod(&d.w).unwrap();
+        let b = stream.clone_htod(&d.b).unwrap();
+        let mut y = stream.clone_htod(&vec![POISON; sh.output_len()]).unwrap();
+        let b = bias.then_some(&b);
+        cuda::forward_algo(stream, algo, sh, &x, &w, b, &mut y).unwrap();
+        stream.clone_dtoh(&y).unwrap()
+    }
+
+    fn tc_backward_data(stream: &Arc<CudaStream>, algo: ConvAlgo, sh: &Conv2dShape, d: &Data) -> Vec<f32> {
+        let dy = stream.clone_htod(&d.dy).unwrap();
+        let w = stream.clone_htod(&d.w).unwrap();
+        let mut dx = stream.clone_htod(&vec![POISON; sh.input_len()]).unwrap();
+        cuda::backward_data_algo(stream, algo, sh, &dy, &w, &mut dx).unwrap();
+        stream.clone_dtoh(&dx).unwrap()
+    }
+
+    /// With `beta`, `dw` starts as `old` (else NaN, which must never be read).
+    fn tc_backward_weight(
+        stream: &Arc<CudaStream>,
+        algo: ConvAlgo,
+        sh: &Conv2dShape,
+        d: &Data,
+        old: &[f32],
+        beta: f32,
+    ) -> Vec<f32> {
+        let x = stream.clone_htod(&d.x).unwrap();
+        let dy = stream.clone_htod(&d.dy).unwrap();
+        let start = if beta == 0.0 { vec![f32::NAN; sh.filter_len()] } else { old.to_vec() };
+        let mut dw = stream.clone_htod(&start).unwrap();
+        cuda::backward_weight_algo(stream, algo, sh, &x, &dy, &mut dw, beta).unwrap();
+        stream.clone_dtoh(&dw).unwrap()
+    }
+
+    /// CPU references: forward (with or without bias), data gradient, weight gradient (beta 0).
+    fn references(sh: &Conv2dShape, d: &Data, bias: bool) -> [Vec<f32>; 3] {
+        let mut y = vec![0.0; sh.output_len()];
+        cpu::forward_into(sh, &d.x, &d.w, bias.then_some(&d.b[..]), &mut y).unwrap();
+        let mut dx = vec![0.0; sh.input_len()];
+        cpu::backward_data_into(sh, &d.dy, &d.w, &mut dx).unwrap();
+        let mut dw = vec![0.0; sh.filter_len()];
+        cpu::backward_weight_into(sh, &d.x, &d.dy, &mut dw, 0.0).unwrap();
+        [y, dx, dw]
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn tensor_core_passes_match_cpu_within_the_rounding_bound() {
+        let stream = common::gpu();
+        for (i, &case) in GRID.iter().chain(TC).enumerate() {
+            let sh = shape_of(case);
+            let d = data(&sh, 700 + i as u64);
+            let [y, dx, dw] = references(&sh, &d, true);
+            let old = uniform(&mut rng(750 + i as u64), sh.filter_len(), -1.0, 1.0);
+            let dw_acc: Vec<f32> = dw.iter().zip(&old).map(|(g, o)| g + 0.5 * o).collect();
+            let crs = sh.c() * sh.r() * sh.s();
+            let krs = sh.k() * sh.r() * sh.s();
+            let npq = sh.n() * sh.oh() * sh.ow();
+            for (algo, mant) in [(ConvAlgo::Tf32, 10), (ConvAlgo::Bf16, 7)] {
+                let what = |pass: &str| format!("{pass} {algo:?} {case:?}");
+                let got = tc_forward(&stream, algo, &sh, &d, true);
+                assert_close(&what("forward"), &got, &y, rounded_atol(crs, mant), 0.0);
+                let got = tc_backward_data(&stream, algo, &sh, &d);
+                assert_close(&what("backward_data"), &got, &dx, rounded_atol(krs, mant), 0.0);
+                let got = tc_backward_weight(&stream, algo, &sh, &d, &old, 0.0);
+                assert_close(&what("backward_weight"), &got, &dw, rounded_atol(npq, mant), 0.0);
+                // beta * old is added in f32 (old is not rounded): the same bound, plus an ulp.
+                let got = tc_backward_weight(&stream, algo, &sh, &d, &old, 0.5);
+                assert_close(&what("backward_weight beta"), &got, &dw_acc, rounded_atol(npq, mant), 1e-6);
+            }
+        }
+    }
+
+    /// Integers in [-4, 4] are exact in TF32 and BF16, their products (at most 16) and every partial
+    /// sum (at most 16 * terms + 4 < 2^24 here) exact in f32: whatever the order of the sums, the
+    /// tensor cores must give the reference's values exactly, which proves the gathers, the
+    /// fragment layouts, the split-K reduction and the epilogues' indexing (a swapped or missed
+    /// term changes an integer).
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn tensor_core_passes_are_exact_on_integers() {
+        let stream = common::gpu();
+        let ints = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|a| (a * 4.0).round()).collect() };
+        for (i, &case) in GRID.iter().chain(TC).enumerate() {
+            let sh = shape_of(case);
+            let d = data(&sh, 800 + i as u64);
+            let d = Data { x: ints(d.x), w: ints(d.w), b: ints(d.b), dy: ints(d.dy) };
+            assert!(d.x.iter().any(|&v| v != 0.0) && d.w.iter().any(|&v| v != 0.0));
+            for bias in [true, false] {
+                let [y, dx, dw] = references(&sh, &d, bias);
+                for algo in [ConvAlgo::Tf32, ConvAlgo::Bf16] {
+                    let what = |pass: &str| format!("{pass} {algo:?} bias {bias} {case:?}");
+                    let got = tc_forward(&stream, algo, &sh, &d, bias);
+                    assert_close(&what("forward"), &got, &y, 0.0, 0.0);
+                    if bias {
+                        continue;
+                    }
+                    let got = tc_backward_data(&stream, algo, &sh, &d);
+                    assert_close(&what("backward_data"), &got, &dx, 0.0, 0.0);
+                    let got = tc_backward_weight(&stream, algo, &sh, &d, &[], 0.0);
+                    assert_close(&what("backward_weight"), &got, &dw, 0.0, 0.0);
+                }
+            }
+        }
+    }
+
+    /// The weight gradient's split-K sum has a fixed order: two runs on random (rounded, so not
+    /// exactly summable) inputs agree bit for bit, on a shape that splits.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn tensor_core_weight_gradient_is_deterministic() {
+        let stream = common::gpu();
+        let sh = shape_of(TC[3]);
+        let d = data(&sh, 950);
+        for algo in [ConvAlgo::Tf32, ConvAlgo::Bf16] {
+            let bits = || -> Vec<u32> {
+                tc_backward_weight(&stream, algo, &sh, &d, &[], 0.0).iter().map(|v| v.to_bits()).collect()
+            };
+            assert_eq!(bits(), bits(), "{algo:?}");
+        }
+    }
+
+    /// `Auto` is TF32 on the (compute capability 8.0+) test device and `Fp32` runs the FFMA kernel:
+    /// on values that TF32 would round, `Fp32` matches the FP32 kernel bit for bit and `Auto`
+    /// matches `Tf32` bit for bit.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn conv_algo_picks_the_kernel() {
+        let stream = common::gpu();
+        let (major, _) = stream.context().compute_capability().unwrap();
+        let sh = shape_of(TC[0]);
+        let d = data(&sh, 900);
+        let fp32 = tc_forward(&stream, ConvAlgo::Fp32, &sh, &d, true);
+        let x = stream.clone_htod(&d.x).unwrap();
+        let w = stream.clone_htod(&d.w).unwrap();
+        let b = stream.clone_htod(&d.b).unwrap();
+        let mut y = stream.clone_htod(&vec![POISON; sh.output_len()]).unwrap();
+        cuda::forward_with(&stream, Algo::ImplicitGemm, &sh, &x, &w, Some(&b), &mut y).unwrap();
+        assert_eq!(fp32, stream.clone_dtoh(&y).unwrap());
+        let tf32 = tc_forward(&stream, ConvAlgo::Tf32, &sh, &d, true);
+        assert_ne!(tf32, fp32, "TF32 rounds these inputs, so some output must differ");
+        let auto = tc_forward(&stream, ConvAlgo::Auto, &sh, &d, true);
+        assert_eq!(auto, if major >= 8 { tf32 } else { fp32 });
+        assert_eq!(cuda::resolve_algo(&stream, ConvAlgo::Auto).unwrap(), ConvAlgo::Auto.resolve(major));
+        // The trainer's backend: FP32 unless asked, `Auto` resolved for the device.
+        let be = evenclass::train::CudaBackend::new(0).unwrap();
+        assert_eq!(be.conv_algo(), ConvAlgo::Fp32);
+        assert_eq!(be.with_conv_algo(ConvAlgo::Auto).unwrap().conv_algo(), ConvAlgo::Auto.resolve(major));
     }
 
     #[test]

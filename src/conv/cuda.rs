@@ -7,12 +7,19 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::Conv2dShape;
+use super::{Conv2dShape, ConvAlgo};
 use crate::cuda::{after_launch, blocks_for, cfg, check_device, check_devices, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "conv2d (cuda)";
 const MODULE: &str = "conv";
+/// Tile (pixels x filters) and block size of the tensor-core forward kernels.
+const TC_TILE: usize = 64;
+const TC_THREADS: u32 = 128;
+/// Channels per reduction tile of the tensor-core kernels; layers with fewer input channels (the
+/// stem) take the forward kernels that reduce over the flattened (c, r, s), up to this many.
+const TC_CHANNEL_TILE: usize = 16;
+const STEM_MAX_CRS: usize = 256;
 /// Tile sizes of the implicit-GEMM kernels (BM = BN, BK) and their block size.
 const TILE: usize = 64;
 const TILE_K: usize = 16;
@@ -195,6 +202,78 @@ pub fn forward_with<B: DevicePtr<f32>>(
     Ok(())
 }
 
+/// The algorithm [`ConvAlgo::Auto`] stands for on `stream`'s device (any other is returned as
+/// it is); errors ([`Error::NoCuda`]) when a tensor-core one is asked of a device older than
+/// compute capability 8.0.
+pub fn resolve_algo(stream: &Arc<CudaStream>, algo: ConvAlgo) -> Result<ConvAlgo> {
+    let (major, minor) = stream.context().compute_capability().during("reading the compute capability")?;
+    let algo = algo.resolve(major);
+    if matches!(algo, ConvAlgo::Tf32 | ConvAlgo::Bf16) && major < 8 {
+        return Err(Error::NoCuda(format!(
+            "{algo:?} convolutions need tensor cores of compute capability 8.0 or newer; the device has {major}.{minor}"
+        )));
+    }
+    Ok(algo)
+}
+
+/// [`forward`] on the arithmetic `algo` picks: `Fp32` runs [`Algo::ImplicitGemm`], `Tf32` and
+/// `Bf16` the tensor-core kernels (`conv2d_fwd_tf32`, `conv2d_fwd_bf16`), `Auto` what
+/// [`resolve_algo`] says.
+pub fn forward_algo<B: DevicePtr<f32>>(
+    stream: &Arc<CudaStream>,
+    algo: ConvAlgo,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    bias: Option<&B>,
+    y: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    check_devices!(OP, stream, x, w, y);
+    if let Some(b) = &bias {
+        check_device(OP, stream, "bias", &**b)?;
+    }
+    // The stem kernels reduce over the flattened (c, r, s) (see kernels/conv.cu).
+    let stem = shape.c() < TC_CHANNEL_TILE && shape.c() * shape.r() * shape.s() <= STEM_MAX_CRS;
+    let name = match (resolve_algo(stream, algo)?, stem) {
+        (ConvAlgo::Tf32, false) => "conv2d_fwd_tf32",
+        (ConvAlgo::Bf16, false) => "conv2d_fwd_bf16",
+        (ConvAlgo::Tf32, true) => "conv2d_fwd_stem_tf32",
+        (ConvAlgo::Bf16, true) => "conv2d_fwd_stem_bf16",
+        _ => return forward_with(stream, Algo::ImplicitGemm, shape, x, w, bias, y),
+    };
+    let p = Conv2dParams::new(shape)?;
+    check_len(OP, "x", x.len(), shape.input_len())?;
+    check_len(OP, "w", w.len(), shape.filter_len())?;
+    if let Some(b) = bias {
+        check_len(OP, "bias", b.len(), shape.k())?;
+    }
+    check_len(OP, "y", y.len(), shape.output_len())?;
+    let npq = shape.n() * shape.oh() * shape.ow();
+    let (gx, gy) = (npq.div_ceil(TC_TILE), shape.k().div_ceil(TC_TILE));
+    if gx > i32::MAX as usize || gy > 65_535 {
+        return Err(Error::TooLarge { op: OP, msg: format!("grid {gx} x {gy} exceeds the CUDA limits") });
+    }
+    let launch =
+        LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (TC_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let f = function(stream, MODULE, name)?;
+    let (xp, _gx) = x.device_ptr(stream);
+    let (wp, _gw) = w.device_ptr(stream);
+    let bias_guard = bias.map(|b| b.device_ptr(stream));
+    let bp: u64 = bias_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
+    let (yp, _gy) = y.device_ptr_mut(stream);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(&p);
+    // SAFETY: x, w, bias and y hold exactly input_len, filter_len, k and output_len f32s (checked
+    // above); the kernel gathers x and w only at in-bounds coordinates (others are stored as zeros
+    // in shared memory), writes y only for pixels < N*OH*OW and filters < K, all indices < 2^31
+    // (Conv2dParams::new); bias is such a buffer or null, tested before use; 128 threads as the
+    // kernel's __launch_bounds__; the arguments match
+    // `(const float*, const float*, const float*, float*, Conv2dParams)`.
+    unsafe { b.launch(launch) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
+    Ok(())
+}
+
 /// `dx` (NCHW, overwritten) = gradient of the input from `dy` (N x K x OH x OW) and `w` (KCRS),
 /// with the default [`Algo`].
 pub fn backward_data(
@@ -286,11 +365,31 @@ pub fn backward_weight_with(
         return Ok(());
     }
 
-    let rs = shape.r() * shape.s();
+    let splits = weight_splits(shape).0;
+    let launch = tiled_cfg(shape.c(), shape.k(), shape.r() * shape.s() * splits)?;
+    weight_split_k(stream, "conv2d_bwd_weight_f32", launch, shape, x, dy, dw, beta)
+}
+
+/// The split-K weight gradient shared by the FP32 and tensor-core kernels (`kernel`, launched as
+/// `launch`, whose grid's z is R*S times the splits of [`weight_splits`]): one launch into `dw`
+/// when there is one split, else one into a workspace and `conv2d_sum_splits_f32`, which adds
+/// the splits in a fixed order (the same result bit for bit on every run). Lengths checked by
+/// the caller.
+#[allow(clippy::too_many_arguments)]
+fn weight_split_k(
+    stream: &Arc<CudaStream>,
+    kernel: &str,
+    launch: LaunchConfig,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    dw: &mut impl DevicePtrMut<f32>,
+    beta: f32,
+) -> Result<()> {
+    let p = Conv2dParams::new(shape)?;
     let kcrs = shape.filter_len();
     let (splits, chunk) = weight_splits(shape);
-    let launch = tiled_cfg(shape.c(), shape.k(), rs * splits)?;
-    let f = function(stream, MODULE, "conv2d_bwd_weight_f32")?;
+    let f = function(stream, MODULE, kernel)?;
     let (xp, _gx) = x.device_ptr(stream);
     let (dyp, _gdy) = dy.device_ptr(stream);
     let chunk_i = i32::try_from(chunk).map_err(|_| too_large("N*OH*OW"))?;
@@ -298,9 +397,9 @@ pub fn backward_weight_with(
         let (dwp, _gdw) = dw.device_ptr_mut(stream);
         let mut b = stream.launch_builder(&f);
         b.arg(&xp).arg(&dyp).arg(&dwp).arg(&p).arg(&chunk_i).arg(&0i32).arg(&beta);
-        // SAFETY: x, dy and dw hold input_len, output_len and filter_len f32s (checked above); with
-        // one split (split_stride 0) the kernel writes dw[m*CRS + c*RS + rs] for m < K, c < C,
-        // rs < R*S only, and reads x and dy inside their shapes; the arguments match
+        // SAFETY: x, dy and dw hold input_len, output_len and filter_len f32s (checked by the
+        // caller); with one split (split_stride 0) the kernel writes dw[m*CRS + c*RS + rs] for
+        // m < K, c < C, rs < R*S only, and reads x and dy inside their shapes; the arguments match
         // `(const float*, const float*, float*, Conv2dParams, int, int, float)`.
         unsafe { b.launch(launch) }.during(OP)?;
         after_launch(stream, OP, &f)?;
@@ -330,6 +429,76 @@ pub fn backward_weight_with(
     unsafe { b.launch(flat_cfg(kcrs)) }.during(OP)?;
     after_launch(stream, OP, &sum)?;
     Ok(())
+}
+
+/// Grid of a tensor-core kernel: `rows` GEMM rows by `cols` columns (by `z`), 128 threads.
+fn tc_cfg(rows: usize, cols: usize, z: usize) -> Result<LaunchConfig> {
+    let (gx, gy) = (rows.div_ceil(TC_TILE), cols.div_ceil(TC_TILE));
+    if gx > i32::MAX as usize || gy > 65_535 || z > 65_535 {
+        return Err(Error::TooLarge { op: OP, msg: format!("grid {gx} x {gy} x {z} exceeds the CUDA limits") });
+    }
+    Ok(LaunchConfig { grid_dim: (gx as u32, gy as u32, z as u32), block_dim: (TC_THREADS, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// [`backward_data`] on the arithmetic `algo` picks (see [`forward_algo`]).
+pub fn backward_data_algo(
+    stream: &Arc<CudaStream>,
+    algo: ConvAlgo,
+    shape: &Conv2dShape,
+    dy: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    dx: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    check_devices!(OP, stream, dy, w, dx);
+    let name = match resolve_algo(stream, algo)? {
+        ConvAlgo::Tf32 => "conv2d_bwd_data_tf32",
+        ConvAlgo::Bf16 => "conv2d_bwd_data_bf16",
+        _ => return backward_data_with(stream, Algo::ImplicitGemm, shape, dy, w, dx),
+    };
+    let p = Conv2dParams::new(shape)?;
+    check_len(OP, "dy", dy.len(), shape.output_len())?;
+    check_len(OP, "w", w.len(), shape.filter_len())?;
+    check_len(OP, "dx", dx.len(), shape.input_len())?;
+    let launch = tc_cfg(shape.n() * shape.h() * shape.w(), shape.c(), 1)?;
+    let f = function(stream, MODULE, name)?;
+    let (dyp, _gdy) = dy.device_ptr(stream);
+    let (wp, _gw) = w.device_ptr(stream);
+    let (dxp, _gdx) = dx.device_ptr_mut(stream);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&dyp).arg(&wp).arg(&dxp).arg(&p);
+    // SAFETY: dy, w and dx hold exactly output_len, filter_len and input_len f32s (checked above);
+    // the kernel gathers dy and w only at in-bounds coordinates and writes dx only for pixels
+    // < N*H*W and channels < C (indices < 2^31, Conv2dParams::new); 128 threads as its
+    // __launch_bounds__; the arguments match `(const float*, const float*, float*, Conv2dParams)`.
+    unsafe { b.launch(launch) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
+    Ok(())
+}
+
+/// [`backward_weight`] on the arithmetic `algo` picks (see [`forward_algo`]); deterministic
+/// whatever the algorithm (split-K with a fixed-order sum).
+pub fn backward_weight_algo(
+    stream: &Arc<CudaStream>,
+    algo: ConvAlgo,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    dw: &mut impl DevicePtrMut<f32>,
+    beta: f32,
+) -> Result<()> {
+    check_devices!(OP, stream, x, dy, dw);
+    let name = match resolve_algo(stream, algo)? {
+        ConvAlgo::Tf32 => "conv2d_bwd_weight_tf32",
+        ConvAlgo::Bf16 => "conv2d_bwd_weight_bf16",
+        _ => return backward_weight_with(stream, Algo::ImplicitGemm, shape, x, dy, dw, beta),
+    };
+    Conv2dParams::new(shape)?;
+    check_len(OP, "x", x.len(), shape.input_len())?;
+    check_len(OP, "dy", dy.len(), shape.output_len())?;
+    check_len(OP, "dw", dw.len(), shape.filter_len())?;
+    let splits = weight_splits(shape).0;
+    let launch = tc_cfg(shape.k(), shape.c(), shape.r() * shape.s() * splits)?;
+    weight_split_k(stream, name, launch, shape, x, dy, dw, beta)
 }
 
 /// `(splits, chunk)`: the weight gradient's reduction over N*OH*OW is cut into `splits` ranges of

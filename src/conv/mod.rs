@@ -30,6 +30,53 @@ use crate::error::{Error, Result};
 
 const OP: &str = "conv2d";
 
+/// The arithmetic a CUDA convolution pass runs on, chosen per call (storage and accumulation stay
+/// f32 in every case; only the products' inputs are rounded).
+///
+/// - `Fp32`: the FFMA kernels, exact f32 products: the reference and the fallback.
+/// - `Tf32`: tensor cores, inputs rounded to TF32 (10-bit mantissa, f32's range).
+/// - `Bf16`: tensor cores, inputs rounded to bfloat16 (7-bit mantissa, f32's range).
+/// - `Auto`: `Tf32` on devices of compute capability 8.0 or newer (the first with TF32 tensor
+///   cores and `cp.async`), `Fp32` elsewhere. TF32 rather than BF16 because its products are 8
+///   times more precise at the same f32 range, and a product of two TF32 values is exact in f32.
+///
+/// The tensor-core kernels cover the forward pass; the backward passes run on `Fp32` whatever
+/// is asked (see `kernels/conv.cu`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvAlgo {
+    #[default]
+    Auto,
+    Tf32,
+    Bf16,
+    Fp32,
+}
+
+impl ConvAlgo {
+    /// The algorithm `Auto` stands for on a device of compute capability `major.minor`; any
+    /// other value is returned as it is.
+    pub fn resolve(self, major: i32) -> Self {
+        match self {
+            ConvAlgo::Auto if major >= 8 => ConvAlgo::Tf32,
+            ConvAlgo::Auto => ConvAlgo::Fp32,
+            other => other,
+        }
+    }
+}
+
+impl std::str::FromStr for ConvAlgo {
+    type Err = Error;
+    /// `auto`, `tf32`, `bf16` or `fp32`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(ConvAlgo::Auto),
+            "tf32" => Ok(ConvAlgo::Tf32),
+            "bf16" => Ok(ConvAlgo::Bf16),
+            "fp32" => Ok(ConvAlgo::Fp32),
+            _ => Err(Error::shape(OP, format!("unknown conv precision {s:?} (auto, tf32, bf16, fp32)"))),
+        }
+    }
+}
+
 /// Stride, zero padding and dilation, each as `[height, width]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dOpts {

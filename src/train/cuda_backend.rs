@@ -10,7 +10,7 @@ use super::backend::{
     SgdStep, WeightedLoss,
 };
 use crate::confusion::ConfusionMatrix;
-use crate::conv::Conv2dShape;
+use crate::conv::{Conv2dShape, ConvAlgo};
 use crate::cross_entropy::{self, Options, Reduction};
 use crate::error::DriverContext;
 use crate::linear::LinearShape;
@@ -23,6 +23,8 @@ pub struct CudaBackend {
     name: String,
     ws: RefCell<cross_entropy::cuda::Workspace>,
     loss: RefCell<CudaSlice<f32>>,
+    /// The convolutions' arithmetic, resolved for this device (never `Auto`).
+    conv_algo: ConvAlgo,
 }
 
 impl CudaBackend {
@@ -38,7 +40,21 @@ impl CudaBackend {
         let name = format!("cuda: {} (sm_{major}{minor})", ctx.name().during("reading the device name")?);
         let ws = cross_entropy::cuda::Workspace::new(&stream)?;
         let loss = stream.alloc_zeros::<f32>(1).during("allocating")?;
-        Ok(CudaBackend { stream, name, ws: RefCell::new(ws), loss: RefCell::new(loss) })
+        let conv_algo = ConvAlgo::Fp32;
+        Ok(CudaBackend { stream, name, ws: RefCell::new(ws), loss: RefCell::new(loss), conv_algo })
+    }
+
+    /// Runs the convolutions (forward and both gradients) on `algo` ([`ConvAlgo::Auto`] is
+    /// resolved for this device); [`CudaBackend::new`] starts on [`ConvAlgo::Fp32`]. Errors when a
+    /// tensor-core algorithm is asked of a device older than compute capability 8.0.
+    pub fn with_conv_algo(mut self, algo: ConvAlgo) -> Result<Self> {
+        self.conv_algo = conv::cuda::resolve_algo(&self.stream, algo)?;
+        Ok(self)
+    }
+
+    /// The convolutions' arithmetic (never `Auto`).
+    pub fn conv_algo(&self) -> ConvAlgo {
+        self.conv_algo
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -123,7 +139,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let x = view("conv", x, p.input_len())?;
         let mut y = view_mut("conv", y, p.output_len())?;
-        conv::cuda::forward::<CudaSlice<f32>>(&self.stream, p, &x, w, None, &mut y)
+        conv::cuda::forward_algo::<CudaSlice<f32>>(&self.stream, self.conv_algo, p, &x, w, None, &mut y)
     }
 
     fn conv_backward(
@@ -136,9 +152,11 @@ impl Backend for CudaBackend {
         dw: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let dyv = view("conv", dy, p.output_len())?;
-        conv::cuda::backward_weight(&self.stream, p, &view("conv", x, p.input_len())?, &dyv, dw, 0.0)?;
+        let algo = self.conv_algo;
+        conv::cuda::backward_weight_algo(&self.stream, algo, p, &view("conv", x, p.input_len())?, &dyv, dw, 0.0)?;
         if let Some(dx) = dx {
-            conv::cuda::backward_data(&self.stream, p, &dyv, w, &mut view_mut("conv", dx, p.input_len())?)?;
+            let mut dx = view_mut("conv", dx, p.input_len())?;
+            conv::cuda::backward_data_algo(&self.stream, algo, p, &dyv, w, &mut dx)?;
         }
         Ok(())
     }
