@@ -5,8 +5,9 @@ spills, `cuobjdump -sass` for the instructions. Run through scripts/kernel-resou
 provides nvcc and cuobjdump.
 
   --check        fail (exit 1) when any kernel spills, or when a tensor-core kernel (a name with
-                 `_tc`, the house convention) has no HMMA instruction; the emulator's tensor-core
-                 self-test kernels must show HMMA, LDSM and LDGSTS where their PTX asks for them
+                 `_tc`, or a conv2d_*_tf32/_bf16 entry point) has no HMMA instruction; the
+                 emulator's tensor-core self-test kernels must show HMMA, LDSM and LDGSTS where
+                 their PTX asks for them
   --trace FILE   an emulated driver trace (EVENCLASS_EMU_TRACE=1) of a training run: the block
                  sizes and dynamic shared memory of the launches, for the occupancy columns
   --table FILE   write the Markdown table there
@@ -101,6 +102,13 @@ def occupancy(regs, smem, threads):
     return blocks, blocks * warps / 64, limiter
 
 
+def is_tensor_core(name):
+    """A kernel that must run on the tensor cores: `_tc` in its name (the house convention), or a
+    convolution entry point named for its tensor-core input precision (`conv2d_*_tf32`/`_bf16`;
+    other families' `_bf16` entry points are storage types on the CUDA cores)."""
+    return "_tc" in name or (name.startswith("conv2d_") and name.endswith(("_tf32", "_bf16")))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true")
@@ -135,9 +143,14 @@ def main():
     for name, k in sorted(kernels.items()):
         if k["spill_st"] or k["spill_ld"]:
             problems.append(f"{name}: spills ({k['spill_st']} bytes stored, {k['spill_ld']} loaded)")
-        if "_tc" in name and "HMMA" not in k["ops"]:
-            problems.append(f"{name}: a tensor-core kernel (`_tc` in its name) without HMMA in its sm_{ARCH} SASS")
-    tc = [n for n in kernels if "_tc" in n]
+        if is_tensor_core(name) and "HMMA" not in k["ops"]:
+            problems.append(f"{name}: a tensor-core kernel without HMMA in its sm_{ARCH} SASS")
+    tc = [n for n in kernels if is_tensor_core(n)]
+    # A rename must not switch the check off: the conv family's eight tensor-core entry points
+    # (forward, stem forward, data and weight gradient, each TF32 and BF16) must all be there.
+    if sum(1 for n in tc if n.startswith("conv2d_")) < 8:
+        problems.append(f"only {len(tc)} tensor-core kernels found ({', '.join(sorted(tc))}); "
+                        "the conv family has 8: was one renamed?")
     print(f"kernel-resources: {len(kernels)} kernels in {len(sources)} modules for sm_{ARCH}; "
           f"{len(tc)} tensor-core kernels; {len(opcodes)} tensor-core self-test kernels")
     print(f"  max registers: {max(k['regs'] for k in kernels.values())}; "
