@@ -6,7 +6,7 @@
 //! ceiling the CPU numbers are read against: this CPU's fused multiply-add throughput (nothing
 //! but independent FMAs in registers), 256- and 512-bit, on one thread and on every rayon thread.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use evenclass::conv::{cpu, cuda as conv_cuda, Conv2dOpts, Conv2dShape};
+use evenclass::conv::{cpu, cuda as conv_cuda, Conv2dOpts, Conv2dShape, ConvAlgo};
 
 mod common;
 
@@ -245,7 +245,8 @@ fn bench_gpu(c: &mut Criterion) {
 }
 
 /// The seven convolutions of the default GPU network (width 64, depth 2; `src/train/model.rs`) at
-/// its batch, every pass, per algorithm: `net_gpu/{forward,backward_data,backward_weight}_ALGO/LAYER`.
+/// its batch, every pass, per algorithm (FP32 on the CUDA cores, TF32 and BF16 on the tensor
+/// cores): `net_gpu/{forward,backward_data,backward_weight}_{fp32,tf32,bf16}/LAYER`.
 /// `scripts/compare_pytorch_gpu.py` times the same shapes in PyTorch and reads these ids.
 const GPU_NET_LAYERS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
     ("net_stem_3to64_32x32", 3, 64, 32, 3, 1, 1),
@@ -272,18 +273,26 @@ fn bench_gpu_net(c: &mut Criterion) {
         let mut dw = stream.alloc_zeros::<f32>(sh.filter_len()).expect("alloc");
         let none: Option<&cudarc::driver::CudaSlice<f32>> = None;
         g.throughput(Throughput::Elements(sh.flops() as u64));
-        g.bench_function(BenchmarkId::new("forward_fp32", layer.0), |bn| {
-            common::gpu_iter(bn, &stream, || conv_cuda::forward(&stream, &sh, &x, &w, none, &mut y).unwrap())
-        });
-        if layer.1 > 3 {
-            // The stem's input gradient is never needed (the images are not trained).
-            g.bench_function(BenchmarkId::new("backward_data_fp32", layer.0), |bn| {
-                common::gpu_iter(bn, &stream, || conv_cuda::backward_data(&stream, &sh, &dy, &w, &mut dx).unwrap())
+        for (algo, name) in [(ConvAlgo::Fp32, "fp32"), (ConvAlgo::Tf32, "tf32"), (ConvAlgo::Bf16, "bf16")] {
+            g.bench_function(BenchmarkId::new(format!("forward_{name}"), layer.0), |bn| {
+                common::gpu_iter(bn, &stream, || {
+                    conv_cuda::forward_algo(&stream, algo, &sh, &x, &w, none, &mut y).unwrap()
+                })
+            });
+            if layer.1 > 3 {
+                // The stem's input gradient is never needed (the images are not trained).
+                g.bench_function(BenchmarkId::new(format!("backward_data_{name}"), layer.0), |bn| {
+                    common::gpu_iter(bn, &stream, || {
+                        conv_cuda::backward_data_algo(&stream, algo, &sh, &dy, &w, &mut dx).unwrap()
+                    })
+                });
+            }
+            g.bench_function(BenchmarkId::new(format!("backward_weight_{name}"), layer.0), |bn| {
+                common::gpu_iter(bn, &stream, || {
+                    conv_cuda::backward_weight_algo(&stream, algo, &sh, &x, &dy, &mut dw, 0.0).unwrap()
+                })
             });
         }
-        g.bench_function(BenchmarkId::new("backward_weight_fp32", layer.0), |bn| {
-            common::gpu_iter(bn, &stream, || conv_cuda::backward_weight(&stream, &sh, &x, &dy, &mut dw, 0.0).unwrap())
-        });
     }
     g.finish();
 }

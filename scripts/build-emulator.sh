@@ -36,10 +36,18 @@ if [ "$asan" = 1 ]; then
 else
     cxxflags+=(-O3)
 fi
+# The kernels' loads and stores call tests/emulator/init_check.cpp (GCC's kernel-address sanitizer in
+# outline mode: a call per access, no shadow memory or runtime of GCC's). Not with --asan: there
+# AddressSanitizer instruments the same accesses.
+kernelflags=()
+if [ "$asan" = 0 ]; then
+    kernelflags=(-fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0
+        --param asan-stack=0 --param asan-globals=0)
+fi
 # build.rs's nvcc flags, for sm_90 only.
 nvccflags=(-O3 -std=c++17 -lineinfo --expt-relaxed-constexpr -arch=sm_90 -I "$root/kernels")
 
-common_inputs=("$root"/kernels/*.cuh "$emu/cuda_shim.h" "$emu/emu.h" "$emu/tensor_core.h" "$emu/registry.h" "$emu/gen_registry.py"
+common_inputs=("$root"/kernels/*.cuh "$emu/init_check.h" "$emu/cuda_shim.h" "$emu/emu.h" "$emu/tensor_core.h" "$emu/registry.h" "$emu/gen_registry.py"
     "$root/scripts/build-emulator.sh")
 
 build_module() {
@@ -47,7 +55,7 @@ build_module() {
     module=$(basename "$src" .cu)
     dir="$out/obj/$module"
     stamp="$dir/stamp"
-    want=$( { cat "$src" "${common_inputs[@]}"; echo "${cxxflags[*]} ${nvccflags[*]} $("$NVCC" --version | tail -n 1)"; } |
+    want=$( { cat "$src" "${common_inputs[@]}"; echo "${cxxflags[*]} ${kernelflags[*]} ${nvccflags[*]} $("$NVCC" --version | tail -n 1)"; } |
         sha256sum | cut -d' ' -f1)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$dir/reg.o" ]; then
         return 0
@@ -60,9 +68,10 @@ build_module() {
         return 1
     fi
     python3 "$emu/gen_registry.py" "$module" "$src" "$dir/$module.ptx" "$dir/ptxas.log" "$dir/reg.cpp"
-    # Every typed load and store of a kernel checks its alignment (tests/emulator/alignment.cpp).
-    "$CXX" "${cxxflags[@]}" -fsanitize=alignment -fno-sanitize-recover=alignment -include "$emu/cuda_shim.h" \
-        -c "$dir/reg.cpp" -o "$dir/reg.o"
+    # Every typed load and store of a kernel checks its alignment (tests/emulator/alignment.cpp), and
+    # (plain build) calls the init check (tests/emulator/init_check.cpp).
+    "$CXX" "${cxxflags[@]}" "${kernelflags[@]}" -fsanitize=alignment -fno-sanitize-recover=alignment \
+        -include "$emu/cuda_shim.h" -c "$dir/reg.cpp" -o "$dir/reg.o"
     # Keep what the registry came from; drop nvcc's other intermediates.
     find "$dir" -maxdepth 1 -type f ! -name reg.cpp ! -name reg.o ! -name ptxas.log ! -name "$module.ptx" -delete
     echo "$want" >"$stamp"
@@ -85,9 +94,10 @@ for p in "${pids[@]}"; do wait "$p" || fail=1; done
 "$CXX" "${cxxflags[@]}" -c "$emu/shared_guard.cpp" -o "$out/obj/shared_guard.o"
 "$CXX" "${cxxflags[@]}" -c "$emu/alignment.cpp" -o "$out/obj/alignment.o"
 "$CXX" "${cxxflags[@]}" -c "$emu/image_check.cpp" -o "$out/obj/image_check.o"
+"$CXX" "${cxxflags[@]}" -c "$emu/init_check.cpp" -o "$out/obj/init_check.o"
 # runtime.o first: its guard opens the ec_shared section (shared_guard.h).
 objs=("$out/obj/runtime.o" "$out/obj/driver.o" "$out/obj/tensor_core.o" "$out/obj/shared_guard.o" "$out/obj/alignment.o"
-    "$out/obj/image_check.o")
+    "$out/obj/image_check.o" "$out/obj/init_check.o")
 for src in "${sources[@]}"; do objs+=("$out/obj/$(basename "$src" .cu)/reg.o"); done
 ldflags=(-shared -Wl,-soname,libcuda.so.1 -Wl,--no-undefined -lpthread -ldl)
 [ "$asan" = 1 ] && ldflags+=(-fsanitize=address)

@@ -40,8 +40,7 @@ const OP: &str = "conv2d";
 ///   cores and `cp.async`), `Fp32` elsewhere. TF32 rather than BF16 because its products are 8
 ///   times more precise at the same f32 range, and a product of two TF32 values is exact in f32.
 ///
-/// The tensor-core kernels cover the forward pass; the backward passes run on `Fp32` whatever
-/// is asked (see `kernels/conv.cu`).
+/// The forward pass and both gradients run on the algorithm asked for (see `kernels/conv.cu`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvAlgo {
     #[default]
@@ -52,6 +51,16 @@ pub enum ConvAlgo {
 }
 
 impl ConvAlgo {
+    /// `auto`, `tf32`, `bf16` or `fp32`, as [`str::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgo::Auto => "auto",
+            ConvAlgo::Tf32 => "tf32",
+            ConvAlgo::Bf16 => "bf16",
+            ConvAlgo::Fp32 => "fp32",
+        }
+    }
+
     /// The algorithm `Auto` stands for on a device of compute capability `major.minor`; any
     /// other value is returned as it is.
     pub fn resolve(self, major: i32) -> Self {

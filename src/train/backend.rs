@@ -79,14 +79,23 @@ pub trait Backend {
     /// Per-output argmax of a max-pool window (u8).
     type Argmax;
 
-    /// "cpu (2 threads)" or "cuda: NVIDIA H200 (sm_90)".
+    /// "cpu (2 threads)" or "cuda: NVIDIA H200 (sm_90), fp32 convolutions".
     fn describe(&self) -> String;
     /// Bytes that can still be allocated where the buffers live (host RAM or device memory), if
     /// known; checked against [`MemoryEstimate`](super::MemoryEstimate) before a run allocates.
     fn memory_available(&self) -> Option<u64> {
         None
     }
+    /// `len` zeros: for what is read before anything writes it (a parameter starting at 0,
+    /// momentum, running statistics, an accumulator).
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// `len` values that every use writes before reading them (activations, gradients that a
+    /// pass overwrites, workspaces): on a GPU allocated without [`Backend::zeros`]' fill, so
+    /// that a read of a value nothing wrote is garbage there and an error under the emulated
+    /// driver's init check, instead of a silent zero. The default is [`Backend::zeros`].
+    fn scratch(&self, len: usize) -> Result<Self::Buf> {
+        self.zeros(len)
+    }
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn to_host(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;
     fn labels(&self, data: &[i32]) -> Result<Self::Labels>;

@@ -78,9 +78,9 @@ pub fn retrain_classifier<B: Backend>(
     let mut b = be.upload(&b0)?;
     let (mut dw, mut db) = (be.zeros(w0.len())?, be.zeros(classes)?);
     let (mut w_m, mut b_m) = (be.zeros(w0.len())?, be.zeros(classes)?);
-    let mut logits = be.zeros(batch * classes)?;
-    let mut grad = be.zeros(batch * classes)?;
-    let mut dx = be.zeros(batch * inp)?;
+    let mut logits = be.scratch(batch * classes)?;
+    let mut grad = be.scratch(batch * classes)?;
+    let mut dx = be.scratch(batch * inp)?;
     let weight = be.upload(class_weights)?;
     let weighting = WeightedLoss { weight: &weight, label_smoothing: cfg.label_smoothing, scale: None, offset: None };
 

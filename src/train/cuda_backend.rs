@@ -65,6 +65,14 @@ impl CudaBackend {
         // cudarc refuses zero-byte allocations; a 1-element buffer is never read past `len`.
         self.stream.alloc_zeros::<T>(len.max(1)).during("allocating")
     }
+
+    /// [`CudaBackend::alloc`] without the zero fill (see [`Backend::scratch`]).
+    fn alloc_unfilled<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: the device memory is not initialised; `T` is a plain value type (f32, u8) that
+        // every bit pattern is valid for, and the host never reads these buffers before a kernel
+        // or copy has written them (the emulated driver's init check fails such a read).
+        unsafe { self.stream.alloc::<T>(len.max(1)) }.during("allocating")
+    }
 }
 
 fn view<'a, T>(op: &'static str, b: &'a CudaSlice<T>, len: usize) -> Result<CudaView<'a, T>> {
@@ -83,13 +91,17 @@ impl Backend for CudaBackend {
     type Argmax = CudaSlice<u8>;
 
     fn describe(&self) -> String {
-        self.name.clone()
+        // The report records it: a run's convolution precision is part of its result.
+        format!("{}, {} convolutions", self.name, self.conv_algo.name())
     }
     fn memory_available(&self) -> Option<u64> {
         self.stream.context().mem_get_info().ok().map(|(free, _total)| free as u64)
     }
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.alloc(len)
+    }
+    fn scratch(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.alloc_unfilled(len)
     }
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         if data.is_empty() {
@@ -110,7 +122,8 @@ impl Backend for CudaBackend {
         self.stream.clone_htod(data).during("uploading images")
     }
     fn argmax_buf(&self, len: usize) -> Result<CudaSlice<u8>> {
-        self.alloc(len)
+        // Written by the max-pool forward pass before its backward pass reads it.
+        self.alloc_unfilled(len)
     }
 
     fn build_batch(

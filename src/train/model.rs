@@ -104,12 +104,12 @@ impl<B: Backend> Model<B> {
                 bn: BnState {
                     gamma: be.upload(&vec![1.0; g.c])?,
                     beta: be.zeros(g.c)?,
-                    dgamma: be.zeros(g.c)?,
-                    dbeta: be.zeros(g.c)?,
+                    dgamma: be.scratch(g.c)?,
+                    dbeta: be.scratch(g.c)?,
                     running_mean: be.zeros(g.c)?,
                     running_var: be.upload(&vec![1.0; g.c])?,
-                    save_mean: be.zeros(g.c)?,
-                    save_invstd: be.zeros(g.c)?,
+                    save_mean: be.scratch(g.c)?,
+                    save_invstd: be.scratch(g.c)?,
                     momentum: 0.1,
                     eps: 1e-5,
                 },
@@ -156,15 +156,16 @@ impl<B: Backend> Model<B> {
         sizes.push(config.classes);
 
         debug_assert_eq!(sizes, activation_sizes(config));
-        let acts = sizes.iter().map(|&s| be.zeros(s * max_batch)).collect::<Result<Vec<_>>>()?;
+        // Activations and their gradients: each pass writes them before the next reads them.
+        let acts = sizes.iter().map(|&s| be.scratch(s * max_batch)).collect::<Result<Vec<_>>>()?;
         let max_act = sizes.iter().copied().max().unwrap_or(1) * max_batch;
         Ok(Model {
             config,
             ops,
             acts,
             sizes,
-            grad_a: be.zeros(max_act)?,
-            grad_b: be.zeros(max_act)?,
+            grad_a: be.scratch(max_act)?,
+            grad_b: be.scratch(max_act)?,
             max_batch,
             trained_batch: None,
         })

@@ -213,7 +213,7 @@ impl<B: Backend> TrainStep<B> {
             weight: be.upload(class_weights)?,
             scale: None,
             offset: None,
-            dlogits: be.zeros(model.max_batch() * classes)?,
+            dlogits: be.scratch(model.max_batch() * classes)?,
         })
     }
 

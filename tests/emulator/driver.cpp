@@ -40,6 +40,7 @@
 #include "runtime.h"
 #include "shared_guard.h"
 #include "image_check.h"
+#include "init_check.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define EC_ASAN 1
@@ -309,7 +310,8 @@ CUresult alloc(CUdeviceptr* dptr, size_t bytes, const char* op) {
         memset(user - kGuard, kGuardByte, kGuard);
         memset(user + bytes, kGuardByte, kGuard);
     }
-    memset(user, 0xFF, bytes);  // fresh device memory is garbage, not zeros
+    memset(user, ec_emu::kFreshByte, bytes);  // fresh device memory is garbage, not zeros
+    ec_emu::init_check_alloc((uintptr_t)user, bytes);
     st().allocs[(uintptr_t)user] = Alloc{bytes, ctx, block};
     st().allocated += bytes;
     ++g_counters.allocs;
@@ -335,6 +337,7 @@ CUresult release(CUdeviceptr p, const char* op) {
         r = CUDA_ERROR_ILLEGAL_ADDRESS;
     }
     st().allocated -= it->second.size;
+    ec_emu::init_check_free(it->first);
     free(it->second.block);
     TRACE("trace: %s 0x%llx (%zu bytes)", op, (unsigned long long)p, it->second.size);
     st().allocs.erase(it);
@@ -627,9 +630,10 @@ CUresult cuInit(unsigned int flags) {
         for (int d = 0; d < st().devices; ++d) st().primary.push_back(new CUctx_st{d, 0, CUDA_SUCCESS});
         size_t kernels = 0;
         for (auto& m : registry()) kernels += m.count;
-        note("emulated CUDA driver: %d device(s), %zu modules, %zu kernels, schedule seed %llu%s, %s%s", st().devices,
-             registry().size(), kernels, (unsigned long long)ec_emu::schedule_seed(),
+        note("emulated CUDA driver: %d device(s), %zu modules, %zu kernels, schedule seed %llu%s, %s%s%s",
+             st().devices, registry().size(), kernels, (unsigned long long)ec_emu::schedule_seed(),
              EC_ASAN ? ", AddressSanitizer" : ", guard bytes", ec_emu::smem_guard_summary().c_str(),
+             ec_emu::init_check_enabled() ? ", init check" : "",
              g_dry_run ? ", DRY RUN (launches are checked and counted, kernels do not execute)" : "");
     }
     return CUDA_SUCCESS;
@@ -998,6 +1002,7 @@ static CUresult htod(CUdeviceptr dst, const void* src, size_t n, CUstream s, con
     if (CUresult r = check_range(op, dst, n)) return r;
     if (CUresult r = fault_point(ctx, bit(kFaultCopy), op)) return r;
     if (n) memcpy(reinterpret_cast<void*>(dst), src, n);
+    ec_emu::init_check_written(dst, n);
     ++g_counters.htod_copies;
     g_counters.htod_bytes += n;
     TRACE("trace: %s %zu bytes", op, n);
@@ -1019,6 +1024,14 @@ static CUresult dtoh(void* dst, CUdeviceptr src, size_t n, CUstream s, const cha
         pinned = (uintptr_t)dst - it->first < it->second;
     }
     if (CUresult r = fault_point(ctx, bit(kFaultCopy) | (sync || !pinned ? bit(kFaultSync) : 0u), op)) return r;
+    // A dry run executes no kernel: nothing it "computed" was written.
+    const long long unwritten = g_dry_run ? -1 : ec_emu::init_check_first_unwritten(src, n);
+    if (unwritten >= 0) {
+        note("%s: byte %lld of the %zu bytes copied from device memory 0x%llx was never written (no copy, memset "
+             "or kernel store since its allocation): the host would read garbage [EVENCLASS_EMU_INIT_CHECK]",
+             op, unwritten, n, (unsigned long long)src);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
     if (n) memcpy(dst, reinterpret_cast<const void*>(src), n);
     ++g_counters.dtoh_copies;
     g_counters.dtoh_bytes += n;
@@ -1038,6 +1051,7 @@ static CUresult dtod(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s, con
     if (CUresult r = check_range(op, dst, n)) return r;
     if (CUresult r = fault_point(ctx, bit(kFaultCopy), op)) return r;
     if (n) memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+    ec_emu::init_check_copy(dst, src, n);
     ++g_counters.dtod_copies;
     TRACE("trace: %s %zu bytes", op, n);
     return CUDA_SUCCESS;
@@ -1068,6 +1082,7 @@ static CUresult memset_n(CUdeviceptr dst, unsigned v, size_t count, size_t elem,
     if (elem == 1) memset(p, (int)(v & 0xFF), count);
     else
         for (size_t i = 0; i < count; ++i) memcpy(p + i * elem, &v, elem);
+    ec_emu::init_check_written(dst, count * elem);
     ++g_counters.memsets;
     TRACE("trace: %s %zu bytes", op, count * elem);
     return CUDA_SUCCESS;
@@ -1270,7 +1285,9 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
     TRACE("trace: cuLaunchKernel %s grid (%u,%u,%u) block (%u,%u,%u) smem %u", e.name, gx, gy, gz, bx, by, bz, smem);
     if (g_dry_run) return CUDA_SUCCESS;
     std::string message;
+    ec_emu::init_check_launch_begin(e.name, e.num_params, e.param_sizes, params);
     const int code = ec_emu::run_kernel(e, ec_emu::Dim3{gx, gy, gz}, ec_emu::Dim3{bx, by, bz}, smem, params, &message);
+    ec_emu::init_check_launch_end();
     if (code != 0) {
         // As on hardware: the launch was accepted; the fault breaks the context for every later call.
         ctx->sticky = (CUresult)code;

@@ -219,6 +219,16 @@ bool launch_limits() {
     return true;
 }
 
+// Whether the emulator runs its init check (the plain build, unless EVENCLASS_EMU_INIT_CHECK=0).
+bool init_check_on() {
+#if defined(__SANITIZE_ADDRESS__)
+    return false;
+#else
+    const char* s = getenv("EVENCLASS_EMU_INIT_CHECK");
+    return !(s && strcmp(s, "0") == 0);
+#endif
+}
+
 bool memory_checks() {
     CUdeviceptr d;
     EXPECT_CODE(cuMemAlloc(&d, 0), CUDA_ERROR_INVALID_VALUE);
@@ -232,8 +242,13 @@ bool memory_checks() {
     CUdeviceptr e;
     CK(cuMemAlloc(&e, 16));
     unsigned char b[16];
-    CK(cuMemcpyDtoH(b, e, 16));
-    for (unsigned char c : b) EXPECT(c == 0xFF);
+    if (init_check_on()) {
+        // Reading it back is reading garbage: the init check refuses the copy.
+        EXPECT_CODE(cuMemcpyDtoH(b, e, 16), CUDA_ERROR_INVALID_VALUE);
+    } else {
+        CK(cuMemcpyDtoH(b, e, 16));
+        for (unsigned char c : b) EXPECT(c == 0xFF);
+    }
     CK(cuMemFree(d));
     EXPECT_CODE(cuMemFree(d), CUDA_ERROR_INVALID_VALUE);  // double free
     CK(cuMemFree(e));
@@ -381,6 +396,47 @@ bool module_arch() {
     setenv("EVENCLASS_EMU_DRIVER_VERSION", "13000", 1);  // CUDA 13.0: PTX ISA 9.0
     CK(cuModuleLoadData(&m, fatbin({{2, 80, 1, 8}, {1, 90, 9, 0}}).data()));
     CK(cuModuleLoadData(&m, ptx90));
+    return true;
+}
+
+// Init check, no bug: what a copy, a memset or a kernel's stores wrote reads without a report,
+// in the same launch and in later ones; a device-to-device copy carries the written state.
+bool init_tracking() {
+    const int n = 256;
+    int nn = n;
+    CUdeviceptr written, set, copied, out;
+    CK(cuMemAlloc(&written, n * sizeof(float)));
+    CK(cuMemAlloc(&set, n * sizeof(float)));
+    CK(cuMemAlloc(&copied, n * sizeof(float)));
+    out = upload({0.0f});
+    CK(launch(fn("selftest_oob_write"), 1, n, 0, {&written, &nn}));  // n threads: in bounds
+    CK(launch(fn("selftest_block_sum"), 1, 64, 0, {&written, &out, &nn}));
+    CK(cuMemsetD32(set, 0, n));
+    CK(launch(fn("selftest_block_sum"), 1, 64, 0, {&set, &out, &nn}));
+    CK(cuMemcpyDtoD(copied, written, n * sizeof(float)));
+    CK(launch(fn("selftest_block_sum"), 1, 64, 0, {&copied, &out, &nn}));
+    float got = 0;
+    CK(cuMemcpyDtoH(&got, out, sizeof got));
+    EXPECT(got == (float)n);
+    // All but its last float written: so is the copy of it, and reading all of it fails.
+    CUdeviceptr half, half_copy;
+    CK(cuMemAlloc(&half, n * sizeof(float)));
+    CK(cuMemAlloc(&half_copy, n * sizeof(float)));
+    CK(cuMemsetD32(half, 0, n - 1));
+    CK(cuMemcpyDtoD(half_copy, half, n * sizeof(float)));
+    CK(launch(fn("selftest_block_sum"), 1, 64, 0, {&half_copy, &out, &nn}));
+    EXPECT_CODE(cuStreamSynchronize(g_stream), CUDA_ERROR_LAUNCH_FAILED);
+    return true;
+}
+
+// Planted bug for the init check: a kernel sums a buffer that was allocated and never written.
+bool uninit_read() {
+    const int n = 100;
+    int nn = n;
+    CUdeviceptr x, out = upload({0.0f});
+    CK(cuMemAlloc(&x, n * sizeof(float)));
+    CK(launch(fn("selftest_block_sum"), 1, 32, 0, {&x, &out, &nn}));
+    EXPECT_CODE(cuStreamSynchronize(g_stream), CUDA_ERROR_LAUNCH_FAILED);
     return true;
 }
 
@@ -596,6 +652,13 @@ int main(int argc, char** argv) {
         {"fault_lost", fault_lost, "the device is lost at call 3 (selftest_block_sum)", nullptr, false},
         {"fault_bad_spec", fault_bad_spec, "EVENCLASS_EMU_FAULT=sync:twice is invalid", nullptr, false},
     };
+    if (init_check_on()) {
+        cases.push_back({"init_tracking", init_tracking,
+                         "reads 4 bytes at byte 1020 of device buffer", nullptr, false});
+        cases.push_back({"uninit_read", uninit_read,
+                         "(400 bytes; kernel parameter 0 points into it), and byte", nullptr,
+                         false});
+    }
     for (const auto& tc : kTensorCoreCases) cases.push_back({tc.name, tc.run, tc.stderr_must_contain, nullptr, false});
     int passed = 0, failed = 0;
     for (const Case& c : cases) {
@@ -640,6 +703,7 @@ int main(int argc, char** argv) {
             if (!ok || line.find("[evenclass-emu] launch failed") != std::string::npos ||
                 line.find("out-of-bounds") != std::string::npos || line.find("ERROR: AddressSanitizer") != std::string::npos ||
                 line.find("before it was written") != std::string::npos ||
+                line.find("was never written") != std::string::npos ||
                 line.find("elements of D wrong") != std::string::npos ||
                 line.find("read before they landed") != std::string::npos ||
                 line.find("registers, at most") != std::string::npos) {

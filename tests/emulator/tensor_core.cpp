@@ -18,6 +18,7 @@
 
 #include "runtime.h"
 #include "tensor_core.h"
+#include "init_check.h"
 
 namespace ec_emu {
 
@@ -276,6 +277,8 @@ void tc_cp_async(void* dst, const void* src, int size, int src_bytes, const char
         reinterpret_cast<uintptr_t>(src) % (uintptr_t)size != 0)
         kernel_fault(kMisalignedAddress,
                      "issues " + w + ": source and destination must be " + std::to_string(size) + "-byte aligned");
+    // The source is read by the emulator, out of the instrumentation's sight.
+    init_check_read(src, (size_t)src_bytes, "cp.async reads");
     // Poison until the copy lands at a wait that covers it.
     memset(dst, 0xFF, (size_t)size);
     my_async().pending.push_back(PendingCopy{dst, src, size, src_bytes, kOpenGroup});
