@@ -99,6 +99,9 @@ pub trait Backend {
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn to_host(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;
     fn labels(&self, data: &[i32]) -> Result<Self::Labels>;
+    /// Copies `data` into the first `data.len()` labels of `out` (a buffer made by
+    /// [`Backend::labels`]), without allocating; an error when `out` is shorter.
+    fn write_labels(&self, data: &[i32], out: &mut Self::Labels) -> Result<()>;
     fn images(&self, data: &[u8], count: usize) -> Result<Self::Images>;
     fn argmax_buf(&self, len: usize) -> Result<Self::Argmax>;
 

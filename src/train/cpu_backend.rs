@@ -66,6 +66,14 @@ impl Backend for CpuBackend {
     fn labels(&self, data: &[i32]) -> Result<Vec<i32>> {
         Ok(data.to_vec())
     }
+    fn write_labels(&self, data: &[i32], out: &mut Vec<i32>) -> Result<()> {
+        let have = out.len();
+        let o = out
+            .get_mut(..data.len())
+            .ok_or_else(|| Error::shape("write_labels", format!("buffer of {have} labels, need {}", data.len())))?;
+        o.copy_from_slice(data);
+        Ok(())
+    }
     fn images(&self, data: &[u8], _count: usize) -> Result<Vec<u8>> {
         Ok(data.to_vec())
     }
@@ -247,7 +255,7 @@ impl Backend for CpuBackend {
             LogitAdjust { scale: weighting.scale.map(Vec::as_slice), offset: weighting.offset.map(Vec::as_slice) };
         let (loss, g) = cross_entropy::cpu::forward_backward_adjusted(
             x,
-            ArrayView1::from(labels),
+            ArrayView1::from(labels.get(..n).ok_or_else(|| Error::shape("cross_entropy", "fewer labels than rows"))?),
             Some(ArrayView1::from(weight)),
             &adjust,
             &opts,

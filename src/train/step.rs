@@ -165,6 +165,8 @@ pub struct TrainStep<B: Backend> {
     scale: Option<B::Buf>,
     offset: Option<B::Buf>,
     dlogits: B::Buf,
+    /// The batch's labels, written into this buffer of the model's largest batch each step.
+    labels: B::Labels,
 }
 
 /// A per-class logit scale and offset that the training loss applies (`u_c = scale_c * x_c +
@@ -214,6 +216,7 @@ impl<B: Backend> TrainStep<B> {
             scale: None,
             offset: None,
             dlogits: be.scratch(model.max_batch() * classes)?,
+            labels: be.labels(&vec![0; model.max_batch()])?,
         })
     }
 
@@ -283,12 +286,13 @@ impl<B: Backend> TrainStep<B> {
         let labels: Vec<i32> = plan.indices.iter().map(|&i| data.labels[i as usize] as i32).collect();
         be.build_batch(&data.images, plan, self.crop_pad, &CIFAR10_NORMALIZE, model.input_mut())?;
         model.forward(be, n, true)?;
-        let dl = be.labels(&labels)?;
+        be.write_labels(&labels, &mut self.labels)?;
+        let dl = &self.labels;
         let loss = be.cross_entropy(
             n,
             classes,
             model.logits(),
-            &dl,
+            dl,
             &WeightedLoss {
                 weight: &self.weight,
                 label_smoothing: self.label_smoothing,
@@ -301,7 +305,7 @@ impl<B: Backend> TrainStep<B> {
             return Ok(StepOutcome::NonFiniteLoss { loss });
         }
         if let Some(tally) = tally {
-            be.confusion(n, model.logits(), &dl, None, &mut tally.confusion)?;
+            be.confusion(n, model.logits(), dl, None, &mut tally.confusion)?;
             let host_logits = be.to_host(model.logits(), n * classes)?;
             add_class_sums(&mut tally.sums, &host_logits, &labels, classes, self.label_smoothing);
         }
