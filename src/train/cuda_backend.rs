@@ -1,5 +1,6 @@
 //! [`Backend`] on the crate's CUDA kernels, on one stream. Buffers stay on the device; per step
-//! only the batch plan and labels go up and the loss value and confusion counts come back.
+//! of the trainer ([`super::TrainStep::run_deferred`]) only the batch plan and labels go up and
+//! nothing comes back: the losses and the epoch log's counts are read once an epoch.
 //!
 //! A training step allocates nothing once the first step has run: the buffers it needs beyond
 //! the model's and the step's own (the batch plan, the bad-sample flags, the confusion counts of
@@ -28,6 +29,9 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     name: String,
     ws: RefCell<cross_entropy::cuda::Workspace>,
+    /// The loss's workspace of [`Backend::cross_entropy_into`]: it does not wait to check the
+    /// targets ([`Backend::check_deferred`] does).
+    deferred_ws: RefCell<cross_entropy::cuda::Workspace>,
     loss: RefCell<CudaSlice<f32>>,
     step: RefCell<StepBuffers>,
     /// The convolutions' arithmetic, resolved for this device (never `Auto`).
@@ -93,6 +97,7 @@ impl CudaBackend {
         let (major, minor) = ctx.compute_capability().during("reading the compute capability")?;
         let name = format!("cuda: {} (sm_{major}{minor})", ctx.name().during("reading the device name")?);
         let ws = cross_entropy::cuda::Workspace::new(&stream)?;
+        let deferred_ws = RefCell::new(cross_entropy::cuda::Workspace::new(&stream)?.deferred(true));
         let loss = stream.alloc_zeros::<f32>(1).during("allocating")?;
         let step = StepBuffers {
             indices: None,
@@ -108,6 +113,7 @@ impl CudaBackend {
             stream,
             name,
             ws: RefCell::new(ws),
+            deferred_ws,
             loss: RefCell::new(loss),
             step: RefCell::new(step),
             conv_algo,
@@ -139,6 +145,37 @@ impl CudaBackend {
         self.stream.alloc_zeros::<T>(len.max(1)).during("allocating")
     }
 
+    /// [`Backend::build_batch`] into the kept plan buffers; waits for the bad-sample flag (and
+    /// reports it) when `wait`.
+    fn batch(
+        &self,
+        images: &CudaSlice<u8>,
+        plan: &BatchPlan,
+        pad: usize,
+        norm: &Normalize,
+        out: &mut CudaSlice<f32>,
+        wait: bool,
+    ) -> Result<()> {
+        let s = &self.stream;
+        let n = plan.len();
+        let mut o = view_mut("build_batch", out, n * 3 * 32 * 32)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (crop_bytes, flip_bytes) = plan_bytes(plan);
+        let mut bufs = self.step.borrow_mut();
+        let StepBuffers { indices, crops, flips, augment_flag, .. } = &mut *bufs;
+        let mut idx = grown(s, indices, n)?;
+        let mut crops = grown(s, crops, 2 * n)?;
+        let mut flips = grown(s, flips, n)?;
+        let up = "uploading the batch plan";
+        s.memcpy_htod(&plan.indices, &mut idx).during(up)?;
+        s.memcpy_htod(&crop_bytes, &mut crops).during(up)?;
+        s.memcpy_htod(&flip_bytes, &mut flips).during(up)?;
+        let spec = augment_spec(pad, norm);
+        augment::cuda::train_batch_with(s, images, &idx, &crops, &flips, &mut o, &spec, augment_flag, wait)
+    }
+
     /// [`CudaBackend::alloc`] without the zero fill (see [`Backend::scratch`]).
     fn alloc_unfilled<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
         // SAFETY: the device memory is not initialised; `T` is a plain value type (f32, u8) that
@@ -162,6 +199,9 @@ impl Backend for CudaBackend {
     type Labels = CudaSlice<i32>;
     type Images = CudaSlice<u8>;
     type Argmax = CudaSlice<u8>;
+    /// Confusion counts (u64), per-class sums (f64) and the per-row scratch of the sums
+    /// (2 f64 a row of the largest batch).
+    type Tally = (CudaSlice<u64>, CudaSlice<f64>, CudaSlice<f64>);
 
     fn describe(&self) -> String {
         // The report records it: a run's convolution precision is part of its result.
@@ -214,24 +254,17 @@ impl Backend for CudaBackend {
         norm: &Normalize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let s = &self.stream;
-        let n = plan.len();
-        let mut o = view_mut("build_batch", out, n * 3 * 32 * 32)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (crop_bytes, flip_bytes) = plan_bytes(plan);
-        let mut bufs = self.step.borrow_mut();
-        let StepBuffers { indices, crops, flips, augment_flag, .. } = &mut *bufs;
-        let mut idx = grown(s, indices, n)?;
-        let mut crops = grown(s, crops, 2 * n)?;
-        let mut flips = grown(s, flips, n)?;
-        let up = "uploading the batch plan";
-        s.memcpy_htod(&plan.indices, &mut idx).during(up)?;
-        s.memcpy_htod(&crop_bytes, &mut crops).during(up)?;
-        s.memcpy_htod(&flip_bytes, &mut flips).during(up)?;
-        let spec = augment_spec(pad, norm);
-        augment::cuda::train_batch_with(s, images, &idx, &crops, &flips, &mut o, &spec, augment_flag, true)
+        self.batch(images, plan, pad, norm, out, true)
+    }
+    fn build_batch_deferred(
+        &self,
+        images: &CudaSlice<u8>,
+        plan: &BatchPlan,
+        pad: usize,
+        norm: &Normalize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.batch(images, plan, pad, norm, out, false)
     }
 
     fn conv_forward(
@@ -463,6 +496,94 @@ impl Backend for CudaBackend {
             &mut view_mut("cross_entropy", grad, n * classes)?,
         )?;
         Ok(self.stream.clone_dtoh(&*loss).during("reading the loss")?[0])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_into(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<i32>,
+        weighting: &WeightedLoss<'_, CudaSlice<f32>>,
+        grad: &mut CudaSlice<f32>,
+        losses: &mut CudaSlice<f32>,
+        at: usize,
+    ) -> Result<()> {
+        let opts =
+            Options { ignore_index: None, label_smoothing: weighting.label_smoothing, reduction: Reduction::Mean };
+        let have = losses.len();
+        let mut slot = losses
+            .try_slice_mut(at..at + 1)
+            .ok_or_else(|| Error::shape("cross_entropy", format!("loss {at} of {have}")))?;
+        let wv = weighting.weight.as_view();
+        let sv = weighting.scale.map(|s| s.as_view());
+        let ov = weighting.offset.map(|o| o.as_view());
+        let adjust = cross_entropy::cuda::LogitAdjust { scale: sv.as_ref(), offset: ov.as_ref() };
+        cross_entropy::cuda::forward_backward_adjusted(
+            &self.stream,
+            &mut self.deferred_ws.borrow_mut(),
+            &view("cross_entropy", logits, n * classes)?,
+            &view("cross_entropy", labels, n)?,
+            Some(&wv),
+            &adjust,
+            classes,
+            &opts,
+            &mut slot,
+            &mut view_mut("cross_entropy", grad, n * classes)?,
+        )
+    }
+
+    fn tally(&self, classes: usize, max_batch: usize) -> Result<Self::Tally> {
+        // Set (tally_set) before the first tally_add reads them; row_stats written before read.
+        Ok((
+            self.alloc_unfilled(classes * classes)?,
+            self.alloc_unfilled(3 * classes)?,
+            self.alloc_unfilled(2 * max_batch)?,
+        ))
+    }
+    fn tally_set(&self, tally: &mut Self::Tally, counts: &[u64], sums: &[f64]) -> Result<()> {
+        if counts.len() != tally.0.len() || sums.len() != tally.1.len() {
+            return Err(Error::shape("tally", "counts or sums of another number of classes"));
+        }
+        self.stream.memcpy_htod(counts, &mut tally.0).during("setting the tally")?;
+        self.stream.memcpy_htod(sums, &mut tally.1).during("setting the tally")
+    }
+    fn tally_add(
+        &self,
+        tally: &mut Self::Tally,
+        n: usize,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<i32>,
+        smoothing: f32,
+    ) -> Result<()> {
+        let c = tally.1.len() / 3;
+        let s = &self.stream;
+        let (logits, labels) = (view("tally", logits, n * c)?, view("tally", labels, n)?);
+        let flag = &mut self.step.borrow_mut().confusion_flag;
+        confusion::cuda::count_logits_biased_with(s, &logits, None, &labels, &mut tally.0, c, None, flag, false)?;
+        let mut rows = view_mut("tally", &mut tally.2, 2 * n)?;
+        cross_entropy::cuda::class_sums(s, &logits, &labels, c, smoothing, &mut rows, &mut tally.1)
+    }
+    fn tally_read(&self, tally: &Self::Tally, counts: &mut [u64], sums: &mut [f64]) -> Result<()> {
+        if counts.len() != tally.0.len() || sums.len() != tally.1.len() {
+            return Err(Error::shape("tally", "counts or sums of another number of classes"));
+        }
+        self.stream.memcpy_dtoh(&tally.0, counts).during("reading the tally")?;
+        self.stream.memcpy_dtoh(&tally.1, sums).during("reading the tally")
+    }
+    fn check_deferred(&self) -> Result<()> {
+        let s = &self.stream;
+        let mut bufs = self.step.borrow_mut();
+        let batch = bufs.augment_flag.take(s)?;
+        let target = self.deferred_ws.borrow_mut().take_bad_target(s)?;
+        let counted = bufs.confusion_flag.take(s)?;
+        let what = match (batch, target, counted) {
+            (None, None, None) => return Ok(()),
+            (Some(b), _, _) => format!("a bad sample index or crop offset at batch position {b}"),
+            (_, Some(t), _) | (_, _, Some(t)) => format!("a label out of range at batch position {t}"),
+        };
+        Err(Error::shape("train (cuda)", format!("a step that did not wait met {what}")))
     }
 
     fn sgd(
