@@ -1041,7 +1041,10 @@ fn the_deferred_step_equals_the_step() {
     }
     let (got_losses, got_tally) = stats.read(&be, 3).unwrap();
     assert_eq!(bits(&model.state(&be).unwrap()), state);
-    assert_eq!(got_losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(), losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        got_losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
+        losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>()
+    );
     assert_eq!(got_tally.confusion.total(), 96);
     assert_eq!(got_tally, tally);
 
