@@ -353,7 +353,9 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
 
     // 2. One pass over the logits.
     if rows > 0 {
-        let name = format!("cross_entropy_fwd_bwd_{}", T::SUFFIX);
+        // The adjusted loss is its own entry point (see kernels/cross_entropy.cu).
+        let adjusted = p.has_scale != 0 || p.has_offset != 0;
+        let name = format!("cross_entropy_fwd_bwd_{}{}", if adjusted { "adjusted_" } else { "" }, T::SUFFIX);
         let f = function(stream, "cross_entropy", &name)?;
         let (sp, _gs) = ws.stats.device_ptr(stream);
         // Per-row losses go straight to `loss` for Reduction::None, else to the workspace.

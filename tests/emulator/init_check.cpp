@@ -62,7 +62,19 @@ uintptr_t g_lo = UINTPTR_MAX, g_hi = 0;  // the span of all of them: most other 
 // The last allocation found: kernels read the same buffer many times in a row.
 Entry g_last{0, 0, nullptr};
 
+// Pages known to hold no device allocation (shared memory, the threads' stacks, the emulator's own
+// data): most of a kernel's accesses that are not to device memory land on a few such pages, and
+// this direct-mapped cache answers them without a search. Cleared whenever an allocation comes or
+// goes.
+constexpr int kPageBits = 12, kCacheSlots = 256;
+uintptr_t g_not_device[kCacheSlots];
+
+void clear_page_cache() {
+    for (uintptr_t& e : g_not_device) e = ~uintptr_t{0};
+}
+
 void rebuild() {
+    clear_page_cache();
     g_sorted.clear();
     for (auto& [base, sh] : shadows()) g_sorted.push_back(Entry{base, base + sh.size, &sh});
     g_lo = g_sorted.empty() ? UINTPTR_MAX : g_sorted.front().base;
@@ -94,6 +106,9 @@ Shadow* find(uintptr_t p, size_t n, uintptr_t* base) {
         return g_last.shadow;
     }
     if (p < g_lo || p >= g_hi) return nullptr;
+    const uintptr_t page = p >> kPageBits;
+    uintptr_t& slot = g_not_device[page % kCacheSlots];
+    if (slot == page) return nullptr;
     // The last allocation starting at or below p.
     size_t lo = 0, hi = g_sorted.size();
     while (hi - lo > 1) {
@@ -101,7 +116,15 @@ Shadow* find(uintptr_t p, size_t n, uintptr_t* base) {
         (g_sorted[mid].base <= p ? lo : hi) = mid;
     }
     const Entry& e = g_sorted[lo];
-    if (p < e.base || p >= e.end || e.end - p < n) return nullptr;
+    if (p < e.base || p >= e.end || e.end - p < n) {
+        // Remember the page when no allocation overlaps it at all.
+        const uintptr_t first = page << kPageBits, last = first + (uintptr_t{1} << kPageBits);
+        const bool before = e.base <= p && e.end > first;  // the allocation below p reaches into it
+        const bool after = lo + 1 < g_sorted.size() && g_sorted[lo + 1].base < last;
+        const bool below = p < e.base && e.base < last;  // p lies below every allocation
+        if (!before && !after && !below) slot = page;
+        return nullptr;
+    }
     g_last = e;
     *base = e.base;
     return e.shadow;
@@ -209,7 +232,8 @@ void init_check_read(const void* p, size_t n, const char* what) {
 // The instrumentation's entry points (GCC's -fsanitize=kernel-address, outline mode). Only the
 // kernels are compiled with it; in the AddressSanitizer build libasan owns these names.
 #if !defined(__SANITIZE_ADDRESS__)
-#define EC_EXPORT extern "C" __attribute__((visibility("default")))
+// Hidden: the kernels are linked into this library, so their calls need no PLT.
+#define EC_EXPORT extern "C" __attribute__((visibility("hidden")))
 #define EC_ACCESS(N)                                                                           \
     EC_EXPORT void __asan_load##N##_noabort(uintptr_t p) {                                     \
         if (ec_emu::g_enabled) ec_emu::check_load(p, N, "reads");                              \
