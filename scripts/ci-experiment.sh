@@ -214,8 +214,9 @@ python3 - "$cmp" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 r = json.load(open(os.path.join(out, "report.json")))
+# The report's order: the plan's (crt is planned after the biases, before the weight-decay pair).
 want = ["uniform", "null", "reweight", "reweight-test", "iterated", "online-dro", "online-difficulty", "drw", "vs-loss", "cdt",
-        "bias", "bias-budget", "bias-f1", "bias-f1-budget", "reweight-wd", "uniform-wd", "crt"]
+        "bias", "bias-budget", "bias-f1", "bias-f1-budget", "crt", "reweight-wd", "uniform-wd"]
 errors = []
 got = {}
 for m in r.get("methods", []):
