@@ -1,21 +1,22 @@
 //! One full training step of `evenclass::train::Model`, the trainer's own `TrainStep`: draw the
 //! batch plan (crop offsets and flips from the run's RNG), build the augmented batch, forward
-//! (training mode), class-weighted cross-entropy with label smoothing (the loss value read back),
-//! backward, SGD on every parameter. Two variants: `step` is the step exactly as the trainer runs
-//! it, with the per-class tally its epoch log needs (confusion counting, the logits downloaded
-//! for per-class sums); `step_no_tally` leaves the tally out. The progress bar is not timed.
-//! Throughput is images per second (elements = batch).
+//! (training mode), class-weighted cross-entropy with label smoothing, backward, SGD on every
+//! parameter. Two variants: `step` is the step exactly as the trainer runs it
+//! (`TrainStep::run_deferred`: the loss and the per-class tally its epoch log needs stay on the
+//! backend, read after the timing); `step_no_tally` is `TrainStep::run` without the tally, which
+//! reads the loss back every step. The progress bar is not timed. Throughput is images per second
+//! (elements = batch).
 //!
 //! CPU: `CpuBackend`, width 16, depth 1, batch 256 (the trainer's default model). GPU, when a CUDA
 //! device is present: `CudaBackend`, width 64, depth 2, batch 512, timed as wall time per step
-//! ending with a stream synchronize (the step itself already waits once, for the loss).
+//! ending with a stream synchronize (`step` itself does not wait for the GPU).
 //! `cargo bench --bench train_step -- cpu` or `-- gpu` picks one side.
 mod common;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use evenclass::train::{
-    Backend, ClassTally, CpuBackend, CudaBackend, DeviceData, Model, ModelConfig, StepOutcome, TrainConfig, TrainStep,
+    Backend, CpuBackend, CudaBackend, DeviceData, EpochStats, Model, ModelConfig, StepOutcome, TrainConfig, TrainStep,
     INPUT,
 };
 use rand_pcg::Pcg64;
@@ -26,12 +27,12 @@ const DATASET: usize = 4096;
 /// Distinct batches of dataset indices cycled through (drawn before timing).
 const BATCHES: usize = 8;
 
-/// The per-step state: model, data, the step, its tally, and the batches to cycle.
+/// The per-step state: model, data, the step, its losses and tally, and the batches to cycle.
 struct Setup<B: Backend> {
     model: Model<B>,
     data: DeviceData<B>,
     step: TrainStep<B>,
-    tally: ClassTally,
+    stats: EpochStats<B>,
     rng: Pcg64,
     lr: f32,
     batches: Vec<Vec<i32>>,
@@ -47,20 +48,30 @@ fn setup<B: Backend>(be: &B, config: ModelConfig, batch: usize) -> Setup<B> {
     let cfg = TrainConfig { batch_size: batch, lr: 0.01, label_smoothing: 0.1, ..TrainConfig::default() };
     let step = TrainStep::new(be, &model, &cfg, &common::uniform(4, CLASSES, 0.5, 2.0)).unwrap();
     let batches = (0..BATCHES as u64).map(|k| common::labels(100 + k, batch, DATASET)).collect();
-    let tally = ClassTally::new(CLASSES).unwrap();
-    Setup { model, data, step, tally, rng: common::rng(5), lr: cfg.lr, batches, next: 0 }
+    let stats = EpochStats::new(be, CLASSES, batch, BATCHES).unwrap();
+    Setup { model, data, step, stats, rng: common::rng(5), lr: cfg.lr, batches, next: 0 }
 }
 
 impl<B: Backend> Setup<B> {
-    /// One training step on the next batch, with or without the tally; returns the loss.
-    fn step(&mut self, be: &B, tally: bool) -> f32 {
-        let indices = &self.batches[self.next];
+    /// One training step on the next batch: the trainer's (`deferred`: its loss goes to the
+    /// step's slot of `stats`, NaN returned) or `TrainStep::run` without a tally (its loss).
+    fn step(&mut self, be: &B, deferred: bool) -> f32 {
+        let at = self.next;
         self.next = (self.next + 1) % self.batches.len();
-        let plan = self.step.plan(&mut self.rng, indices);
-        let tally = if tally { Some(&mut self.tally) } else { None };
-        match self.step.run(be, &mut self.model, &self.data, &plan, self.lr, tally).unwrap() {
+        let plan = self.step.plan(&mut self.rng, &self.batches[at]);
+        if deferred {
+            let (model, data) = (&mut self.model, &self.data);
+            self.step.run_deferred(be, model, data, &plan, self.lr, &mut self.stats, at).unwrap();
+            return f32::NAN;
+        }
+        match self.step.run(be, &mut self.model, &self.data, &plan, self.lr, None).unwrap() {
             StepOutcome::Updated { loss } | StepOutcome::NonFiniteLoss { loss } => loss,
         }
+    }
+
+    /// The latest deferred losses' first non-finite one, if any (waits for the device).
+    fn deferred_non_finite(&self, be: &B) -> Option<f32> {
+        self.stats.read(be, BATCHES).unwrap().0.into_iter().find(|l| !l.is_finite())
     }
 }
 
@@ -83,6 +94,9 @@ fn bench_model<B: Backend>(
                 sync();
             })
         });
+        if tally {
+            last = s.deferred_non_finite(be).unwrap_or(0.0);
+        }
         if !last.is_finite() {
             eprintln!("warning: the loss became {last} while timing {name} {id}; timings may not be representative");
         }

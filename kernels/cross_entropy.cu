@@ -201,3 +201,65 @@ extern "C" __global__ void EC_BOUNDS_MAX_BLOCK
         else out[0] = s;
     }
 }
+
+// Per-class statistics of a batch for the training log (not part of the loss or its gradient):
+// for each row whose target t is in [0, C), its unweighted label-smoothed cross-entropy on the
+// plain logits, -sum_c q_c logp_c with q_c = eps / C + (1 - eps) [c == t], and the norm
+// ||softmax(x) - q||_2, both in double, added to sums[t] and sums[C + t], and 1 to sums[2 C + t]
+// (sums: 3 x C doubles, accumulated across calls). Rows with another target are skipped. Two
+// launches, so that the sums are deterministic and added in row order as the CPU reference does:
+//   1. cross_entropy_row_stats_<dtype>: a thread per row (grid-stride) writes row_stats[2 i] and
+//      row_stats[2 i + 1] (0 and 0 for a skipped row);
+//   2. cross_entropy_class_sums: one block, a thread per class, adds its rows in row order.
+template <typename T>
+__device__ void ce_row_stats(const T* __restrict__ logits, const int32_t* __restrict__ targets,
+                             double* __restrict__ row_stats, int rows, int cols, float smoothing) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows; i += stride) {
+        const int t = targets[i];
+        double loss = 0.0, g2 = 0.0;
+        if (t >= 0 && t < cols) {
+            const T* x = logits + i * (int64_t)cols;
+            float top = -INFINITY;
+            for (int c = 0; c < cols; ++c) top = fmaxf(top, to_f32(x[c]));
+            double z = 0.0;
+            for (int c = 0; c < cols; ++c) z += exp((double)to_f32(x[c]) - (double)top);
+            const double log_z = log(z), eps = (double)smoothing;
+            for (int c = 0; c < cols; ++c) {
+                const double logp = (double)to_f32(x[c]) - (double)top - log_z;
+                const double q = eps / cols + (c == t ? 1.0 - eps : 0.0);
+                loss -= q * logp;
+                const double g = exp(logp) - q;
+                g2 += g * g;
+            }
+            g2 = sqrt(g2);
+        }
+        row_stats[2 * i] = loss;
+        row_stats[2 * i + 1] = g2;
+    }
+}
+
+#define CE_ROW_STATS_ENTRY(T, SUF)                                                                       \
+    extern "C" __global__ void EC_BOUNDS_MAX_BLOCK cross_entropy_row_stats_##SUF(                        \
+        const T* logits, const int32_t* targets, double* row_stats, int rows, int cols, float smoothing) { \
+        ce_row_stats<T>(logits, targets, row_stats, rows, cols, smoothing);                              \
+    }
+
+EC_FOR_EACH_FLOAT(CE_ROW_STATS_ENTRY)
+
+extern "C" __global__ void EC_BOUNDS_MAX_BLOCK
+    cross_entropy_class_sums(const double* __restrict__ row_stats, const int32_t* __restrict__ targets,
+                             double* __restrict__ sums, int rows, int cols) {
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) {
+        double loss = sums[k], gnorm = sums[cols + k], count = sums[2 * cols + k];
+        for (int i = 0; i < rows; ++i) {
+            if (targets[i] != k) continue;
+            loss += row_stats[2 * i];
+            gnorm += row_stats[2 * i + 1];
+            count += 1.0;
+        }
+        sums[k] = loss;
+        sums[cols + k] = gnorm;
+        sums[2 * cols + k] = count;
+    }
+}

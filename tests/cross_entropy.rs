@@ -724,3 +724,81 @@ fn vs_loss_and_cdt_rules_follow_recall() {
         assert!(vs_loss_adjust(rec, g, t, f).is_err(), "{rec:?} {g} {t} {f}");
     }
 }
+
+/// The training log's per-class sums, worked by hand: row [0, 0] with target 0 has loss ln 2 and
+/// gradient (-0.5, 0.5) (norm sqrt(1/2)); with smoothing 0.2 the target is (0.9, 0.1), the loss
+/// still ln 2 and the gradient (-0.4, 0.4); row [ln 3, 0] with target 1 has p = (0.75, 0.25),
+/// loss ln 4 and gradient (0.75, -0.75). Rows with a target out of range are skipped; the sums
+/// are added to what `sums` held.
+#[test]
+fn class_sums_hand_worked() {
+    let x = arr2(&[[0.0f32, 0.0], [3.0f32.ln(), 0.0], [1.0, 2.0], [5.0, -5.0]]);
+    let t = arr1(&[0, 1, 2, -1]);
+    let mut sums = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    cpu::class_sums(x.view(), t.view(), 0.0, &mut sums).unwrap();
+    let l2 = 2f64.ln();
+    let want = [1.0 + l2, 2.0 + 4f64.ln(), 3.0 + 0.5f64.sqrt(), 4.0 + 0.75 * 2f64.sqrt(), 6.0, 7.0];
+    for (g, w) in sums.iter().zip(want) {
+        assert!((g - w).abs() < 1e-6, "{sums:?} vs {want:?}"); // ln 3 is rounded to f32 in x
+    }
+    let mut sums = vec![0.0; 6];
+    cpu::class_sums(x.slice(ndarray::s![..1, ..]), t.slice(ndarray::s![..1]), 0.2, &mut sums).unwrap();
+    let want = [l2, 0.0, 0.4 * 2f64.sqrt(), 0.0, 1.0, 0.0];
+    for (g, w) in sums.iter().zip(want) {
+        // 0.2 is rounded to f32 (off by 3e-9), which moves the gradient norm by about 4e-9.
+        assert!((g - w).abs() < 1e-8, "{sums:?} vs {want:?}");
+    }
+    // Shapes that do not fit are errors.
+    assert!(cpu::class_sums(x.view(), t.slice(ndarray::s![..3]), 0.0, &mut [0.0; 6]).is_err());
+    assert!(cpu::class_sums(x.view(), t.view(), 0.0, &mut [0.0; 5]).is_err());
+}
+
+fn gpu_class_sums_case<T: evenclass::cuda::Dtype>(n: usize, c: usize, eps: f32, seed: u64) {
+    let s = gpu();
+    let mut r = rng(seed);
+    let xt: Vec<T> = uniform(&mut r, n * c, -8.0, 8.0).into_iter().map(T::from_f32).collect();
+    let x = Array2::from_shape_vec((n, c), xt.iter().map(|v| v.to_f32()).collect()).unwrap();
+    let mut t = labels(&mut r, n, c);
+    if n > 4 {
+        (t[1], t[n - 2]) = (-1, c as i32); // skipped on both sides
+    }
+    // Earlier batches' sums: the call adds to them.
+    let before: Vec<f64> = uniform(&mut r, 3 * c, 0.0, 50.0).into_iter().map(f64::from).collect();
+    let mut want = before.clone();
+    let ta = Array1::from(t.clone());
+    cpu::class_sums(x.view(), ta.view(), eps, &mut want).unwrap();
+    cpu::class_sums(x.view(), ta.view(), eps, &mut want).unwrap();
+
+    let (dx, dt) = (s.clone_htod(&xt).unwrap(), s.clone_htod(&t).unwrap());
+    let mut sums = s.clone_htod(&before).unwrap();
+    let mut rows = s.clone_htod(&vec![POISON as f64; 2 * n + 3]).unwrap(); // longer than needed
+    for _ in 0..2 {
+        cuda::class_sums(&s, &dx.as_view(), &dt.as_view(), c, eps, &mut rows, &mut sums).unwrap();
+    }
+    let got = s.clone_dtoh(&sums).unwrap();
+    // Both sides compute in f64 from the same logits and add the rows in the same order; only
+    // exp and log may differ by an ulp or two between libm and CUDA's: 1e-12 relative is
+    // thousands of times that, and far below any wrong term (>= 1e-3 here).
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-12 * w.abs().max(1.0), "{} n={n} c={c} eps={eps}: sums[{k}] {g} vs {w}", T::SUFFIX);
+    }
+    // Too small a scratch, or sums of another class count, are errors before any launch.
+    let mut small = s.clone_htod(&vec![0.0f64; 2 * n - 1]).unwrap();
+    assert!(cuda::class_sums(&s, &dx.as_view(), &dt.as_view(), c, eps, &mut small, &mut sums).is_err());
+    let mut short = s.clone_htod(&vec![0.0f64; 3 * c - 1]).unwrap();
+    assert!(cuda::class_sums(&s, &dx.as_view(), &dt.as_view(), c, eps, &mut rows, &mut short).is_err());
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_class_sums_match_cpu() {
+    let mut seed = 900;
+    for (n, c) in [(1, 2), (7, 3), (33, 10), (257, 10), (300, 37), (5, 1025)] {
+        for eps in [0.0, 0.1] {
+            seed += 1;
+            gpu_class_sums_case::<f32>(n, c, eps, seed);
+        }
+        gpu_class_sums_case::<half::f16>(n, c, 0.1, seed + 1000);
+        gpu_class_sums_case::<half::bf16>(n, c, 0.1, seed + 2000);
+    }
+}

@@ -1001,3 +1001,65 @@ fn the_training_step_tally_only_observes() {
     assert!(step.set_class_weights(&be, &[1.0; 9]).is_err());
     assert!(step.set_class_weights(&be, &[f32::NAN; 10]).is_err());
 }
+
+/// The trainer's step (`run_deferred`: loss and tally kept on the backend, read once) does on the
+/// CPU exactly what `run` with a tally does, bit for bit: same parameters, same loss, same counts
+/// and sums. A label out of range and a crop offset beyond the padding are errors before the step
+/// touches anything (the device would only flag them).
+#[test]
+fn the_deferred_step_equals_the_step() {
+    use train::{ClassTally, EpochStats, StepOutcome, TrainStep};
+    let be = CpuBackend::new();
+    let config = ModelConfig { width: 2, depth: 1, classes: 10 };
+    let (tr, _) = synthetic_data(&be, 9, 96, 0);
+    let cfg = TrainConfig { label_smoothing: 0.1, ..small_train_config(1, 32, 3) };
+    let weights: Vec<f32> = (0..10).map(|c| 0.5 + 0.1 * c as f32).collect();
+    let batches: Vec<Vec<i32>> = (0..3).map(|k| (0..32).map(|i| (7 * i + k) % 96).collect()).collect();
+
+    let mut model = Model::new(&be, config, 32, 2).unwrap();
+    let mut step = TrainStep::new(&be, &model, &cfg, &weights).unwrap();
+    let mut rng = rand_pcg::Pcg64::new(1, 1);
+    let mut tally = ClassTally::new(10).unwrap();
+    let mut losses = Vec::new();
+    for b in &batches {
+        let plan = step.plan(&mut rng, b);
+        match step.run(&be, &mut model, &tr, &plan, cfg.lr, Some(&mut tally)).unwrap() {
+            StepOutcome::Updated { loss } => losses.push(loss),
+            other => panic!("{other:?}"),
+        }
+    }
+    let state = bits(&model.state(&be).unwrap());
+
+    let mut model = Model::new(&be, config, 32, 2).unwrap();
+    let mut step = TrainStep::new(&be, &model, &cfg, &weights).unwrap();
+    let mut rng = rand_pcg::Pcg64::new(1, 1);
+    let mut stats = EpochStats::new(&be, 10, 32, 3).unwrap();
+    stats.start(&be, &ClassTally::new(10).unwrap()).unwrap();
+    for (at, b) in batches.iter().enumerate() {
+        let plan = step.plan(&mut rng, b);
+        step.run_deferred(&be, &mut model, &tr, &plan, cfg.lr, &mut stats, at).unwrap();
+    }
+    let (got_losses, got_tally) = stats.read(&be, 3).unwrap();
+    assert_eq!(bits(&model.state(&be).unwrap()), state);
+    assert_eq!(
+        got_losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
+        losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(got_tally.confusion.total(), 96);
+    assert_eq!(got_tally, tally);
+
+    // Bad input is refused before anything runs: the state stays as it was.
+    let before = bits(&model.state(&be).unwrap());
+    let mut bad = step.plan(&mut rng, &batches[0]);
+    bad.offsets[5] = (2 * cfg.crop_pad as u8 + 1, 0);
+    let e = step.run_deferred(&be, &mut model, &tr, &bad, cfg.lr, &mut stats, 0).unwrap_err();
+    assert!(e.to_string().contains("crop offset"), "{e}");
+    let labels: Vec<u8> = (0..96).map(|i| if i == 40 { 10 } else { (i % 10) as u8 }).collect();
+    let images: Vec<u8> = (0..96 * 3072).map(|i| (i % 251) as u8).collect();
+    let odd = train::DeviceData::new(&be, &images, &labels).unwrap();
+    let plan = step.plan(&mut rng, &[3, 40, 5]);
+    let e = step.run_deferred(&be, &mut model, &odd, &plan, cfg.lr, &mut stats, 0).unwrap_err();
+    assert!(matches!(e, evenclass::Error::InvalidTarget { index: 1, value: 10, .. }), "{e}");
+    assert_eq!(bits(&model.state(&be).unwrap()), before);
+    assert!(step.run_deferred(&be, &mut model, &tr, &plan, cfg.lr, &mut stats, 3).is_err(), "slot 3 of 3");
+}

@@ -43,6 +43,26 @@ pub fn train_batch(
     out: &mut impl DevicePtrMut<f32>,
     spec: &AugmentSpec,
 ) -> Result<()> {
+    train_batch_with(stream, data, indices, crops, flips, out, spec, &mut BadIndexFlag::new(stream)?, true)
+}
+
+/// [`train_batch`] with the caller's bad-sample flag (clear, or raised by an earlier call: then
+/// this call's error names a sample of this batch or of that one). With `wait`, waits for the
+/// stream and reports a bad sample as [`train_batch`] does, clearing the flag; without, returns
+/// after the launch and leaves the flag to the caller (`flag.take`): the kernel never reads
+/// outside `data` for a bad sample, it only raises the flag.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_batch_with(
+    stream: &Arc<CudaStream>,
+    data: &impl DevicePtr<u8>,
+    indices: &impl DevicePtr<i32>,
+    crops: &impl DevicePtr<u8>,
+    flips: &impl DevicePtr<u8>,
+    out: &mut impl DevicePtrMut<f32>,
+    spec: &AugmentSpec,
+    flag: &mut BadIndexFlag,
+    wait: bool,
+) -> Result<()> {
     check_devices!(OP, stream, data, indices, crops, flips, out);
     let n = indices.len();
     check_len(OP, "crops", crops.len(), 2 * n)?;
@@ -53,7 +73,6 @@ pub fn train_batch(
         return Ok(());
     }
     let f = function(stream, MODULE, "augment_train_f32")?;
-    let mut flag = BadIndexFlag::new(stream)?;
     {
         let (dp, _gd) = data.device_ptr(stream);
         let (ip, _gi) = indices.device_ptr(stream);
@@ -70,7 +89,10 @@ pub fn train_batch(
         unsafe { b.launch(launch(n * spec.image_len())) }.during(OP)?;
         after_launch(stream, OP, &f)?;
     }
-    report(stream, &flag, indices, Some(crops), spec, p.count)
+    if !wait {
+        return Ok(());
+    }
+    report(stream, flag, indices, Some(crops), spec, p.count)
 }
 
 /// Eval batch into `out`: gather and normalize, no crop or flip. Waits for the stream.
@@ -101,19 +123,19 @@ pub fn eval_batch(
         unsafe { b.launch(launch(n * spec.image_len())) }.during(OP)?;
         after_launch(stream, OP, &f)?;
     }
-    report(stream, &flag, indices, None::<&cudarc::driver::CudaSlice<u8>>, spec, p.count)
+    report(stream, &mut flag, indices, None::<&cudarc::driver::CudaSlice<u8>>, spec, p.count)
 }
 
 /// Turns a flagged batch position into an error naming the bad index or crop offset.
 fn report(
     stream: &Arc<CudaStream>,
-    flag: &BadIndexFlag,
+    flag: &mut BadIndexFlag,
     indices: &impl DevicePtr<i32>,
     crops: Option<&impl DevicePtr<u8>>,
     spec: &AugmentSpec,
     count: i32,
 ) -> Result<()> {
-    let Some(b) = flag.read(stream)? else { return Ok(()) };
+    let Some(b) = flag.take(stream)? else { return Ok(()) };
     let idx = stream.clone_dtoh(indices).during(OP)?;
     let value = idx.get(b).copied().unwrap_or(-1);
     if value < 0 || value >= count {

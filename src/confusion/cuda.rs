@@ -64,6 +64,26 @@ pub fn count_logits_biased<T: Dtype>(
     classes: usize,
     ignore_index: Option<i32>,
 ) -> Result<()> {
+    let mut flag = BadIndexFlag::new(stream)?;
+    count_logits_biased_with(stream, logits, bias, targets, counts, classes, ignore_index, &mut flag, true)
+}
+
+/// [`count_logits_biased`] with the caller's bad-target flag. With `wait`, waits for the stream
+/// and reports a bad target as [`count_logits_biased`] does, clearing the flag; without, returns
+/// after the launch and leaves the flag to the caller (`flag.take`): a sample with a bad target
+/// is never counted, it only raises the flag.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn count_logits_biased_with<T: Dtype>(
+    stream: &Arc<CudaStream>,
+    logits: &impl DevicePtr<T>,
+    bias: Option<&CudaView<'_, f32>>,
+    targets: &CudaView<'_, i32>,
+    counts: &mut impl DevicePtrMut<u64>,
+    classes: usize,
+    ignore_index: Option<i32>,
+    bad_target: &mut BadIndexFlag,
+    wait: bool,
+) -> Result<()> {
     check_devices!(OP, stream, logits, targets, counts);
     if let Some(b) = bias {
         check_device(OP, stream, "bias", b)?;
@@ -80,7 +100,6 @@ pub fn count_logits_biased<T: Dtype>(
     let f = function(stream, "confusion", &name)?;
     // A warp per row.
     let (p, launch) = plan(stream, n, (THREADS / 32) as usize, classes, ignore_index)?;
-    let mut bad_target = BadIndexFlag::new(stream)?;
     {
         let (xp, _gx) = logits.device_ptr(stream);
         let bias_guard = bias.map(|b| b.device_ptr(stream));
@@ -101,7 +120,10 @@ pub fn count_logits_biased<T: Dtype>(
         unsafe { b.launch(launch) }.during(OP)?;
         after_launch(stream, OP, &f)?;
     }
-    if let Some(i) = bad_target.read(stream)? {
+    if !wait {
+        return Ok(());
+    }
+    if let Some(i) = bad_target.take(stream)? {
         return Err(bad_target_error(stream, targets, i, classes)?);
     }
     Ok(())

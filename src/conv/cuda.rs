@@ -32,6 +32,49 @@ const MIN_SPLIT_ROWS: usize = 512;
 /// Pass as `bias` for a convolution without one.
 pub const NO_BIAS: Option<&CudaSlice<f32>> = None;
 
+/// The split-K weight gradient's device scratch, kept across calls: a training loop that passes
+/// the same one to [`backward_weight_algo_in`] allocates it once (grown when a larger layer is
+/// first seen) instead of in every backward pass. Every use overwrites the part it reads (each
+/// split writes its whole `K*C*R*S` slice before the sum reads it), so it is never zeroed. Use it
+/// on one stream: a call on that stream is ordered after the previous call's sum has read it.
+#[derive(Default)]
+pub struct WeightWorkspace {
+    buf: Option<CudaSlice<f32>>,
+}
+
+impl WeightWorkspace {
+    /// An empty workspace (nothing allocated until a call needs it).
+    pub fn new() -> Self {
+        WeightWorkspace::default()
+    }
+
+    /// f32s allocated now.
+    pub fn len(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// At least `len` f32s on `stream`'s device, allocated (unfilled) only when the current
+    /// buffer is shorter or absent.
+    fn at_least(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<f32>> {
+        if let Some(b) = &self.buf {
+            check_device(OP, stream, "the weight-gradient workspace", b)?;
+        }
+        if self.len() < len {
+            self.buf = None; // freed before the larger one is allocated
+                             // SAFETY: f32 is valid for every bit pattern, and every launch that reads the
+                             // workspace reads only elements the launch before it on the stream wrote (see the
+                             // type's documentation; the emulated driver's init check fails any other read).
+            let b = unsafe { stream.alloc::<f32>(len) }.during("allocating the weight-gradient workspace")?;
+            self.buf = Some(b);
+        }
+        Ok(self.buf.as_mut().expect("allocated above"))
+    }
+}
+
 /// Which kernel variant runs a pass; all compute the same thing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Algo {
@@ -345,6 +388,21 @@ pub fn backward_weight_with(
     dw: &mut impl DevicePtrMut<f32>,
     beta: f32,
 ) -> Result<()> {
+    backward_weight_with_in(stream, algo, shape, x, dy, dw, beta, &mut WeightWorkspace::new())
+}
+
+/// [`backward_weight_with`] with the caller's workspace.
+#[allow(clippy::too_many_arguments)]
+fn backward_weight_with_in(
+    stream: &Arc<CudaStream>,
+    algo: Algo,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    dw: &mut impl DevicePtrMut<f32>,
+    beta: f32,
+    ws: &mut WeightWorkspace,
+) -> Result<()> {
     check_devices!(OP, stream, x, dy, dw);
     let p = Conv2dParams::new(shape)?;
     check_len(OP, "x", x.len(), shape.input_len())?;
@@ -367,14 +425,14 @@ pub fn backward_weight_with(
 
     let splits = weight_splits(shape).0;
     let launch = tiled_cfg(shape.c(), shape.k(), shape.r() * shape.s() * splits)?;
-    weight_split_k(stream, "conv2d_bwd_weight_f32", launch, shape, x, dy, dw, beta)
+    weight_split_k(stream, "conv2d_bwd_weight_f32", launch, shape, x, dy, dw, beta, ws)
 }
 
 /// The split-K weight gradient shared by the FP32 and tensor-core kernels (`kernel`, launched as
 /// `launch`, whose grid's z is R*S times the splits of [`weight_splits`]): one launch into `dw`
 /// when there is one split, else one into a workspace and `conv2d_sum_splits_f32`, which adds
-/// the splits in a fixed order (the same result bit for bit on every run). Lengths checked by
-/// the caller.
+/// the splits in a fixed order (the same result bit for bit on every run), the workspace taken
+/// from `ws` (grown when too short). Lengths checked by the caller.
 #[allow(clippy::too_many_arguments)]
 fn weight_split_k(
     stream: &Arc<CudaStream>,
@@ -385,6 +443,7 @@ fn weight_split_k(
     dy: &impl DevicePtr<f32>,
     dw: &mut impl DevicePtrMut<f32>,
     beta: f32,
+    ws: &mut WeightWorkspace,
 ) -> Result<()> {
     let p = Conv2dParams::new(shape)?;
     let kcrs = shape.filter_len();
@@ -405,7 +464,7 @@ fn weight_split_k(
         after_launch(stream, OP, &f)?;
         return Ok(());
     }
-    let mut ws = stream.alloc_zeros::<f32>(splits * kcrs).during("allocating the weight-gradient workspace")?;
+    let mut ws = view_mut_of(ws.at_least(stream, splits * kcrs)?, splits * kcrs);
     {
         let (wsp, _gws) = ws.device_ptr_mut(stream);
         let stride = kcrs as i32; // splits * kcrs < 2^31 (weight_splits)
@@ -424,8 +483,8 @@ fn weight_split_k(
     b.arg(&wsp).arg(&dwp).arg(&len).arg(&nsplit).arg(&beta);
     // SAFETY: ws holds splits*len and dw len f32s; the kernel reads ws[s*len + i] and reads/writes
     // dw[i] for s < splits, i < len only; the arguments match
-    // `(const float*, float*, int, int, float)`. `ws` lives until after the launch is queued and its
-    // stream-ordered free runs after the kernel.
+    // `(const float*, float*, int, int, float)`. The workspace outlives the launch: it is the
+    // caller's, or freed stream-ordered after the kernel.
     unsafe { b.launch(flat_cfg(kcrs)) }.during(OP)?;
     after_launch(stream, OP, &sum)?;
     Ok(())
@@ -476,7 +535,8 @@ pub fn backward_data_algo(
 }
 
 /// [`backward_weight`] on the arithmetic `algo` picks (see [`forward_algo`]); deterministic
-/// whatever the algorithm (split-K with a fixed-order sum).
+/// whatever the algorithm (split-K with a fixed-order sum). Allocates its workspace per call:
+/// [`backward_weight_algo_in`] keeps it.
 pub fn backward_weight_algo(
     stream: &Arc<CudaStream>,
     algo: ConvAlgo,
@@ -486,11 +546,27 @@ pub fn backward_weight_algo(
     dw: &mut impl DevicePtrMut<f32>,
     beta: f32,
 ) -> Result<()> {
+    backward_weight_algo_in(stream, algo, shape, x, dy, dw, beta, &mut WeightWorkspace::new())
+}
+
+/// [`backward_weight_algo`] with the split-K scratch in `ws` (see [`WeightWorkspace`]): no
+/// allocation once `ws` is large enough for `shape`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_weight_algo_in(
+    stream: &Arc<CudaStream>,
+    algo: ConvAlgo,
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    dw: &mut impl DevicePtrMut<f32>,
+    beta: f32,
+    ws: &mut WeightWorkspace,
+) -> Result<()> {
     check_devices!(OP, stream, x, dy, dw);
     let name = match resolve_algo(stream, algo)? {
         ConvAlgo::Tf32 => "conv2d_bwd_weight_tf32",
         ConvAlgo::Bf16 => "conv2d_bwd_weight_bf16",
-        _ => return backward_weight_with(stream, Algo::ImplicitGemm, shape, x, dy, dw, beta),
+        _ => return backward_weight_with_in(stream, Algo::ImplicitGemm, shape, x, dy, dw, beta, ws),
     };
     Conv2dParams::new(shape)?;
     check_len(OP, "x", x.len(), shape.input_len())?;
@@ -498,7 +574,12 @@ pub fn backward_weight_algo(
     check_len(OP, "dw", dw.len(), shape.filter_len())?;
     let splits = weight_splits(shape).0;
     let launch = tc_cfg(shape.k(), shape.c(), shape.r() * shape.s() * splits)?;
-    weight_split_k(stream, name, launch, shape, x, dy, dw, beta)
+    weight_split_k(stream, name, launch, shape, x, dy, dw, beta, ws)
+}
+
+/// The first `len` f32s of a workspace buffer (`len <= b.len()`, as `at_least` ensures).
+fn view_mut_of(b: &mut CudaSlice<f32>, len: usize) -> cudarc::driver::CudaViewMut<'_, f32> {
+    b.slice_mut(..len)
 }
 
 /// `(splits, chunk)`: the weight gradient's reduction over N*OH*OW is cut into `splits` ranges of

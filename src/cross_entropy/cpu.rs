@@ -177,3 +177,41 @@ fn nan_max(a: f64, b: f64) -> f64 {
         b
     }
 }
+
+/// CPU reference of [`super::cuda::class_sums`]: adds the batch's per-class statistics to `sums`
+/// (`3 * classes`: per class the summed unweighted cross-entropy with label smoothing `smoothing`
+/// on the plain logits, the summed gradient norms at the logits `||softmax(x) - q||_2` and the
+/// sample count), in f64, rows in order. Rows whose target is not in `[0, classes)` are skipped.
+pub fn class_sums(
+    logits: ArrayView2<'_, f32>,
+    targets: ArrayView1<'_, i32>,
+    smoothing: f32,
+    sums: &mut [f64],
+) -> Result<()> {
+    let c = logits.ncols();
+    if targets.len() != logits.nrows() || sums.len() != 3 * c || c == 0 {
+        return Err(Error::shape(
+            OP,
+            format!("{} x {c} logits, {} targets, {} sums", logits.nrows(), targets.len(), sums.len()),
+        ));
+    }
+    let eps = smoothing as f64;
+    for (row, &y) in logits.rows().into_iter().zip(targets) {
+        let Some(y) = usize::try_from(y).ok().filter(|&y| y < c) else { continue };
+        let top = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - top).exp()).sum();
+        let log_z = z.ln();
+        let (mut loss, mut g2) = (0.0, 0.0);
+        for (k, &v) in row.iter().enumerate() {
+            let logp = v as f64 - top - log_z;
+            let target = eps / c as f64 + if k == y { 1.0 - eps } else { 0.0 };
+            loss -= target * logp;
+            let g = logp.exp() - target;
+            g2 += g * g;
+        }
+        sums[y] += loss;
+        sums[c + y] += g2.sqrt();
+        sums[2 * c + y] += 1.0;
+    }
+    Ok(())
+}

@@ -102,6 +102,13 @@ impl Workspace {
         self.check(stream, targets, classes)
     }
 
+    /// Waits for the stream; the first bad target's row seen since the last check or take, if
+    /// any (the flag is cleared), for a caller that no longer holds the targets.
+    pub fn take_bad_target(&mut self, stream: &Arc<CudaStream>) -> Result<Option<usize>> {
+        check_device(OP, stream, "the workspace", &self.stats)?;
+        self.flag.take(stream)
+    }
+
     fn check(&mut self, stream: &Arc<CudaStream>, targets: &CudaView<'_, i32>, classes: usize) -> Result<()> {
         let Some(index) = self.flag.read(stream)? else { return Ok(()) };
         // Clear it for the next call before reporting.
@@ -405,5 +412,68 @@ fn launch<T: Dtype, L: DevicePtrMut<f32>, G: DevicePtrMut<T>>(
     if ws.sync_check {
         ws.check(stream, targets, classes)?;
     }
+    Ok(())
+}
+
+/// Adds a batch's per-class statistics to `sums` (`3 * classes` f64, accumulated across calls):
+/// per class the summed unweighted label-smoothed cross-entropy of its rows (on the plain logits),
+/// their summed gradient norms at the logits `||softmax(x) - q||_2` and their count, as
+/// [`super::cpu::class_sums`] computes them (in f64, rows added in order). Rows whose target is
+/// not in `[0, classes)` are skipped. `row_stats` is scratch of at least `2 * rows` f64. Two
+/// launches and no wait: nothing is read back.
+pub fn class_sums<T: Dtype>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaView<'_, T>,
+    targets: &CudaView<'_, i32>,
+    classes: usize,
+    label_smoothing: f32,
+    row_stats: &mut (impl DevicePtr<f64> + DevicePtrMut<f64>),
+    sums: &mut impl DevicePtrMut<f64>,
+) -> Result<()> {
+    check_devices!(OP, stream, logits, targets, row_stats, sums);
+    if classes == 0 || classes > MAX_INDEX {
+        return Err(Error::shape(OP, format!("{classes} classes: at least 1, at most {MAX_INDEX}")));
+    }
+    if !(0.0..=1.0).contains(&label_smoothing) {
+        return Err(Error::shape(OP, format!("label smoothing {label_smoothing} not in [0, 1]")));
+    }
+    let rows = targets.len();
+    if rows.checked_mul(classes).is_none_or(|n| n > MAX_INDEX) {
+        return Err(Error::TooLarge { op: OP, msg: format!("{rows} samples x {classes} classes") });
+    }
+    check_len(OP, "logits", logits.len(), rows * classes)?;
+    check_len(OP, "sums", sums.len(), 3 * classes)?;
+    if row_stats.len() < 2 * rows {
+        return Err(Error::shape(OP, format!("row_stats holds {} f64, need {}", row_stats.len(), 2 * rows)));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let (r, c) = (rows as i32, classes as i32); // rows * classes <= MAX_INDEX (checked)
+    let (xp, _gx) = logits.device_ptr(stream);
+    let (tp, _gt) = targets.device_ptr(stream);
+    {
+        let f = function(stream, "cross_entropy", &format!("cross_entropy_row_stats_{}", T::SUFFIX))?;
+        let (rp, _gr) = row_stats.device_ptr_mut(stream);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&xp).arg(&tp).arg(&rp).arg(&r).arg(&c).arg(&label_smoothing);
+        // SAFETY: logits hold rows*classes elements of T, targets rows i32, row_stats >= 2*rows f64
+        // (checked above); the kernel reads logits[i*cols + c] for i < rows, c < cols only for
+        // rows whose target is in [0, cols), and writes row_stats[2i], row_stats[2i + 1] for
+        // i < rows; the arguments match `(const T*, const int32_t*, double*, int, int, float)`.
+        unsafe { b.launch(cfg(blocks_for(rows, 256).min(65_535), 256, 0)) }.during(OP)?;
+        after_launch(stream, OP, &f)?;
+    }
+    let f = function(stream, "cross_entropy", "cross_entropy_class_sums")?;
+    let (rp, _gr) = row_stats.device_ptr(stream);
+    let (sp, _gs) = sums.device_ptr_mut(stream);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&rp).arg(&tp).arg(&sp).arg(&r).arg(&c);
+    // SAFETY: row_stats holds >= 2*rows f64 written by the launch before on this stream, targets
+    // rows i32, sums 3*classes f64 (checked above); thread k < cols reads and writes sums[k],
+    // sums[cols + k], sums[2 cols + k] only; the arguments match
+    // `(const double*, const int32_t*, double*, int, int)`.
+    unsafe { b.launch(cfg(1, classes.next_multiple_of(32).min(1024) as u32, 0)) }.during(OP)?;
+    after_launch(stream, OP, &f)?;
     Ok(())
 }

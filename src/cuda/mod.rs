@@ -298,6 +298,15 @@ impl BadIndexFlag {
         let v = stream.clone_dtoh(&self.buf).during("reading the bad-index flag")?;
         Ok((v[0] != Self::CLEAR).then_some(v[0] as usize))
     }
+
+    /// [`BadIndexFlag::read`], then clears a raised flag, so that one flag serves call after call.
+    pub(crate) fn take(&mut self, stream: &Arc<CudaStream>) -> Result<Option<usize>> {
+        let v = self.read(stream)?;
+        if v.is_some() {
+            stream.memcpy_htod(&[Self::CLEAR], &mut self.buf).during("clearing the bad-index flag")?;
+        }
+        Ok(v)
+    }
 }
 
 /// Reads one element of a device buffer (used to name the bad value in an error).

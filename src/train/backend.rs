@@ -78,6 +78,10 @@ pub trait Backend {
     type Images;
     /// Per-output argmax of a max-pool window (u8).
     type Argmax;
+    /// The epoch log's training statistics, accumulated where the step runs: the confusion
+    /// counts (classes x classes) and the per-class sums (3 x classes) of
+    /// [`crate::cross_entropy::cpu::class_sums`]. See [`Backend::tally_add`].
+    type Tally;
 
     /// "cpu (2 threads)" or "cuda: NVIDIA H200 (sm_90), fp32 convolutions".
     fn describe(&self) -> String;
@@ -99,6 +103,9 @@ pub trait Backend {
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn to_host(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;
     fn labels(&self, data: &[i32]) -> Result<Self::Labels>;
+    /// Copies `data` into the first `data.len()` labels of `out` (a buffer made by
+    /// [`Backend::labels`]), without allocating; an error when `out` is shorter.
+    fn write_labels(&self, data: &[i32], out: &mut Self::Labels) -> Result<()>;
     fn images(&self, data: &[u8], count: usize) -> Result<Self::Images>;
     fn argmax_buf(&self, len: usize) -> Result<Self::Argmax>;
 
@@ -112,6 +119,19 @@ pub trait Backend {
         norm: &Normalize,
         out: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// [`Backend::build_batch`] without waiting for the device: a bad index or crop offset
+    /// (which never makes it read outside `images`) is reported by [`Backend::check_deferred`].
+    fn build_batch_deferred(
+        &self,
+        images: &Self::Images,
+        plan: &BatchPlan,
+        pad: usize,
+        norm: &Normalize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.build_batch(images, plan, pad, norm, out)
+    }
 
     fn conv_forward(&self, p: &Conv2dShape, x: &Self::Buf, w: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// Gradients of the filters (overwritten) and, when `dx` is given, of the input (overwritten).
@@ -208,6 +228,47 @@ pub trait Backend {
         weighting: &WeightedLoss<'_, Self::Buf>,
         grad: &mut Self::Buf,
     ) -> Result<f32>;
+
+    /// [`Backend::cross_entropy`] that writes the loss to `losses[at]` and returns without
+    /// waiting for the device: the loss stays where it was computed, and a bad target (whose row
+    /// gets loss and gradient 0) is reported by [`Backend::check_deferred`].
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_into(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Self::Buf,
+        labels: &Self::Labels,
+        weighting: &WeightedLoss<'_, Self::Buf>,
+        grad: &mut Self::Buf,
+        losses: &mut Self::Buf,
+        at: usize,
+    ) -> Result<()>;
+
+    /// An empty tally of `classes` for batches of up to `max_batch` images.
+    fn tally(&self, classes: usize, max_batch: usize) -> Result<Self::Tally>;
+    /// Sets the tally's counts (classes x classes) and sums (3 x classes), e.g. to zeros at the
+    /// start of an epoch or to a checkpoint's partial-epoch values.
+    fn tally_set(&self, tally: &mut Self::Tally, counts: &[u64], sums: &[f64]) -> Result<()>;
+    /// Adds the batch's confusion counts (prediction: the logits' argmax) and per-class sums
+    /// (label smoothing `smoothing`) to the tally, without waiting for the device; rows whose
+    /// label is out of range are not counted (reported by [`Backend::check_deferred`]).
+    fn tally_add(
+        &self,
+        tally: &mut Self::Tally,
+        n: usize,
+        logits: &Self::Buf,
+        labels: &Self::Labels,
+        smoothing: f32,
+    ) -> Result<()>;
+    /// Copies the tally's counts and sums out (overwriting `counts` and `sums`).
+    fn tally_read(&self, tally: &Self::Tally, counts: &mut [u64], sums: &mut [f64]) -> Result<()>;
+    /// Waits for the device; errors when a call that did not wait
+    /// ([`Backend::cross_entropy_into`], [`Backend::tally_add`], the batch builder) met a bad
+    /// sample index, crop offset or label since the last check.
+    fn check_deferred(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// In-place SGD update of a flat parameter buffer.
     fn sgd(

@@ -43,6 +43,7 @@ impl Backend for CpuBackend {
     type Labels = Vec<i32>;
     type Images = Vec<u8>;
     type Argmax = Vec<u8>;
+    type Tally = (ConfusionMatrix, Vec<f64>);
 
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -65,6 +66,14 @@ impl Backend for CpuBackend {
     }
     fn labels(&self, data: &[i32]) -> Result<Vec<i32>> {
         Ok(data.to_vec())
+    }
+    fn write_labels(&self, data: &[i32], out: &mut Vec<i32>) -> Result<()> {
+        let have = out.len();
+        let o = out
+            .get_mut(..data.len())
+            .ok_or_else(|| Error::shape("write_labels", format!("buffer of {have} labels, need {}", data.len())))?;
+        o.copy_from_slice(data);
+        Ok(())
     }
     fn images(&self, data: &[u8], _count: usize) -> Result<Vec<u8>> {
         Ok(data.to_vec())
@@ -247,7 +256,7 @@ impl Backend for CpuBackend {
             LogitAdjust { scale: weighting.scale.map(Vec::as_slice), offset: weighting.offset.map(Vec::as_slice) };
         let (loss, g) = cross_entropy::cpu::forward_backward_adjusted(
             x,
-            ArrayView1::from(labels),
+            ArrayView1::from(labels.get(..n).ok_or_else(|| Error::shape("cross_entropy", "fewer labels than rows"))?),
             Some(ArrayView1::from(weight)),
             &adjust,
             &opts,
@@ -255,6 +264,60 @@ impl Backend for CpuBackend {
         let out = prefix_mut("cross_entropy", grad, n * classes)?;
         out.copy_from_slice(g.as_slice().expect("standard layout"));
         Ok(loss[0])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_into(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        weighting: &WeightedLoss<'_, Vec<f32>>,
+        grad: &mut Vec<f32>,
+        losses: &mut Vec<f32>,
+        at: usize,
+    ) -> Result<()> {
+        let have = losses.len();
+        let slot = losses.get_mut(at).ok_or_else(|| Error::shape("cross_entropy", format!("loss {at} of {have}")))?;
+        *slot = self.cross_entropy(n, classes, logits, labels, weighting, grad)?;
+        Ok(())
+    }
+
+    fn tally(&self, classes: usize, _max_batch: usize) -> Result<Self::Tally> {
+        Ok((ConfusionMatrix::new(classes)?, vec![0.0; 3 * classes]))
+    }
+    fn tally_set(&self, tally: &mut Self::Tally, counts: &[u64], sums: &[f64]) -> Result<()> {
+        let c = tally.0.classes();
+        tally.0 = ConfusionMatrix::from_counts(c, counts.to_vec())?;
+        if sums.len() != 3 * c {
+            return Err(Error::shape("tally", format!("{} sums for {c} classes", sums.len())));
+        }
+        tally.1.copy_from_slice(sums);
+        Ok(())
+    }
+    fn tally_add(
+        &self,
+        tally: &mut Self::Tally,
+        n: usize,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        smoothing: f32,
+    ) -> Result<()> {
+        let c = tally.0.classes();
+        self.confusion(n, logits, labels, None, &mut tally.0)?;
+        let x = ArrayView2::from_shape((n, c), prefix("tally", logits, n * c)?)
+            .map_err(|e| Error::shape("tally", e.to_string()))?;
+        let y = labels.get(..n).ok_or_else(|| Error::shape("tally", "fewer labels than rows"))?;
+        cross_entropy::cpu::class_sums(x, ArrayView1::from(y), smoothing, &mut tally.1)
+    }
+    fn tally_read(&self, tally: &Self::Tally, counts: &mut [u64], sums: &mut [f64]) -> Result<()> {
+        if counts.len() != tally.0.counts().len() || sums.len() != tally.1.len() {
+            return Err(Error::shape("tally", "counts or sums of another number of classes"));
+        }
+        counts.copy_from_slice(tally.0.counts());
+        sums.copy_from_slice(&tally.1);
+        Ok(())
     }
 
     fn sgd(

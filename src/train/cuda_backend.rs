@@ -1,5 +1,11 @@
 //! [`Backend`] on the crate's CUDA kernels, on one stream. Buffers stay on the device; per step
-//! only the batch plan and labels go up and the loss value and confusion counts come back.
+//! of the trainer ([`super::TrainStep::run_deferred`]) only the batch plan and labels go up and
+//! nothing comes back: the losses and the epoch log's counts are read once an epoch.
+//!
+//! A training step allocates nothing once the first step has run: the buffers it needs beyond
+//! the model's and the step's own (the batch plan, the bad-sample flags, the confusion counts of
+//! a batch, the convolutions' weight-gradient workspace) are the backend's [`StepBuffers`], each
+//! grown once, the first time a larger size is asked for.
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -12,6 +18,7 @@ use super::backend::{
 use crate::confusion::ConfusionMatrix;
 use crate::conv::{Conv2dShape, ConvAlgo};
 use crate::cross_entropy::{self, Options, Reduction};
+use crate::cuda::BadIndexFlag;
 use crate::error::DriverContext;
 use crate::linear::LinearShape;
 use crate::pool::PoolShape;
@@ -22,9 +29,49 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     name: String,
     ws: RefCell<cross_entropy::cuda::Workspace>,
+    /// The loss's workspace of [`Backend::cross_entropy_into`]: it does not wait to check the
+    /// targets ([`Backend::check_deferred`] does).
+    deferred_ws: RefCell<cross_entropy::cuda::Workspace>,
     loss: RefCell<CudaSlice<f32>>,
+    step: RefCell<StepBuffers>,
     /// The convolutions' arithmetic, resolved for this device (never `Auto`).
     conv_algo: ConvAlgo,
+}
+
+/// Device buffers that the ops of a training step reuse from step to step instead of
+/// allocating them per call. Each `Option` is allocated (unfilled) the first time it is needed
+/// and replaced by a larger one only when a call needs more: after the first step of a run,
+/// none is allocated again. All live on the backend's one stream, which orders every reuse after
+/// the previous use.
+struct StepBuffers {
+    /// The batch plan: dataset indices, crop offsets (2 bytes an image), flips.
+    indices: Option<CudaSlice<i32>>,
+    crops: Option<CudaSlice<u8>>,
+    flips: Option<CudaSlice<u8>>,
+    /// The batch builder's bad-sample flag and the confusion count's bad-target flag.
+    augment_flag: BadIndexFlag,
+    confusion_flag: BadIndexFlag,
+    /// One batch's confusion counts (classes x classes), zeroed before each count.
+    counts: Option<CudaSlice<u64>>,
+    /// The split-K scratch of every convolution's weight gradient (the largest layer's size).
+    conv_ws: conv::cuda::WeightWorkspace,
+}
+
+/// The first `len` elements of `slot`, allocated without a fill (or replaced by a longer
+/// buffer) when it holds fewer: every caller writes the prefix before a kernel reads it.
+fn grown<'a, T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    slot: &'a mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<CudaViewMut<'a, T>> {
+    if slot.as_ref().is_none_or(|b| b.len() < len) {
+        *slot = None; // freed before the larger one is allocated
+                      // SAFETY: `T` is a plain value type (i32, u8, u64) valid for every bit pattern; the
+                      // callers copy or memset the prefix they use before any kernel or copy reads it.
+        *slot = Some(unsafe { stream.alloc::<T>(len.max(1)) }.during("allocating a step buffer")?);
+    }
+    let b = slot.as_mut().expect("allocated above");
+    Ok(b.slice_mut(..len))
 }
 
 impl CudaBackend {
@@ -35,13 +82,42 @@ impl CudaBackend {
             return Err(Error::KernelsNotCompiled(why.to_string()));
         }
         let ctx = crate::cuda::open(ordinal)?;
+        // cudarc records an event after every use of a buffer and makes every launch wait on the
+        // events of the buffers it uses, so that buffers shared between streams are used in
+        // order (about 3.5 records and 5.6 waits a launch in the training step). Here they order
+        // nothing: `ctx` is this backend's own handle (`open` makes a new one each call, and the
+        // flag is per handle), and every buffer allocated through it is allocated, used, copied
+        // and freed (stream-ordered) on `stream` alone, whose operations run in issue order. So
+        // tracking is off, before the first buffer exists, for every buffer of this backend.
+        // SAFETY: cudarc's conditions hold because only one stream of this handle ever touches
+        // its buffers; [`CudaBackend::stream`] tells a caller who makes another stream to
+        // synchronize with this one.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().during("creating a stream")?;
         let (major, minor) = ctx.compute_capability().during("reading the compute capability")?;
         let name = format!("cuda: {} (sm_{major}{minor})", ctx.name().during("reading the device name")?);
         let ws = cross_entropy::cuda::Workspace::new(&stream)?;
+        let deferred_ws = RefCell::new(cross_entropy::cuda::Workspace::new(&stream)?.deferred(true));
         let loss = stream.alloc_zeros::<f32>(1).during("allocating")?;
+        let step = StepBuffers {
+            indices: None,
+            crops: None,
+            flips: None,
+            augment_flag: BadIndexFlag::new(&stream)?,
+            confusion_flag: BadIndexFlag::new(&stream)?,
+            counts: None,
+            conv_ws: conv::cuda::WeightWorkspace::new(),
+        };
         let conv_algo = ConvAlgo::Fp32;
-        Ok(CudaBackend { stream, name, ws: RefCell::new(ws), loss: RefCell::new(loss), conv_algo })
+        Ok(CudaBackend {
+            stream,
+            name,
+            ws: RefCell::new(ws),
+            deferred_ws,
+            loss: RefCell::new(loss),
+            step: RefCell::new(step),
+            conv_algo,
+        })
     }
 
     /// Runs the convolutions (forward and both gradients) on `algo` ([`ConvAlgo::Auto`] is
@@ -57,6 +133,9 @@ impl CudaBackend {
         self.conv_algo
     }
 
+    /// The stream every op and buffer of this backend uses. The backend's buffers do not
+    /// record events (see [`CudaBackend::new`]): use them on this stream, or synchronize it
+    /// before another stream touches them.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -64,6 +143,37 @@ impl CudaBackend {
     fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
         // cudarc refuses zero-byte allocations; a 1-element buffer is never read past `len`.
         self.stream.alloc_zeros::<T>(len.max(1)).during("allocating")
+    }
+
+    /// [`Backend::build_batch`] into the kept plan buffers; waits for the bad-sample flag (and
+    /// reports it) when `wait`.
+    fn batch(
+        &self,
+        images: &CudaSlice<u8>,
+        plan: &BatchPlan,
+        pad: usize,
+        norm: &Normalize,
+        out: &mut CudaSlice<f32>,
+        wait: bool,
+    ) -> Result<()> {
+        let s = &self.stream;
+        let n = plan.len();
+        let mut o = view_mut("build_batch", out, n * 3 * 32 * 32)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (crop_bytes, flip_bytes) = plan_bytes(plan);
+        let mut bufs = self.step.borrow_mut();
+        let StepBuffers { indices, crops, flips, augment_flag, .. } = &mut *bufs;
+        let mut idx = grown(s, indices, n)?;
+        let mut crops = grown(s, crops, 2 * n)?;
+        let mut flips = grown(s, flips, n)?;
+        let up = "uploading the batch plan";
+        s.memcpy_htod(&plan.indices, &mut idx).during(up)?;
+        s.memcpy_htod(&crop_bytes, &mut crops).during(up)?;
+        s.memcpy_htod(&flip_bytes, &mut flips).during(up)?;
+        let spec = augment_spec(pad, norm);
+        augment::cuda::train_batch_with(s, images, &idx, &crops, &flips, &mut o, &spec, augment_flag, wait)
     }
 
     /// [`CudaBackend::alloc`] without the zero fill (see [`Backend::scratch`]).
@@ -89,6 +199,9 @@ impl Backend for CudaBackend {
     type Labels = CudaSlice<i32>;
     type Images = CudaSlice<u8>;
     type Argmax = CudaSlice<u8>;
+    /// Confusion counts (u64), per-class sums (f64) and the per-row scratch of the sums
+    /// (2 f64 a row of the largest batch).
+    type Tally = (CudaSlice<u64>, CudaSlice<f64>, CudaSlice<f64>);
 
     fn describe(&self) -> String {
         // The report records it: a run's convolution precision is part of its result.
@@ -118,6 +231,13 @@ impl Backend for CudaBackend {
     fn labels(&self, data: &[i32]) -> Result<CudaSlice<i32>> {
         self.stream.clone_htod(data).during("uploading labels")
     }
+    fn write_labels(&self, data: &[i32], out: &mut CudaSlice<i32>) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut o = view_mut("write_labels", out, data.len())?;
+        self.stream.memcpy_htod(data, &mut o).during("uploading labels")
+    }
     fn images(&self, data: &[u8], _count: usize) -> Result<CudaSlice<u8>> {
         self.stream.clone_htod(data).during("uploading images")
     }
@@ -134,13 +254,17 @@ impl Backend for CudaBackend {
         norm: &Normalize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let s = &self.stream;
-        let (crops, flips) = plan_bytes(plan);
-        let idx = s.clone_htod(&plan.indices).during("uploading the batch plan")?;
-        let crops = s.clone_htod(&crops).during("uploading the batch plan")?;
-        let flips = s.clone_htod(&flips).during("uploading the batch plan")?;
-        let mut o = view_mut("build_batch", out, plan.len() * 3 * 32 * 32)?;
-        augment::cuda::train_batch(s, images, &idx, &crops, &flips, &mut o, &augment_spec(pad, norm))
+        self.batch(images, plan, pad, norm, out, true)
+    }
+    fn build_batch_deferred(
+        &self,
+        images: &CudaSlice<u8>,
+        plan: &BatchPlan,
+        pad: usize,
+        norm: &Normalize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.batch(images, plan, pad, norm, out, false)
     }
 
     fn conv_forward(
@@ -166,7 +290,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let dyv = view("conv", dy, p.output_len())?;
         let algo = self.conv_algo;
-        conv::cuda::backward_weight_algo(&self.stream, algo, p, &view("conv", x, p.input_len())?, &dyv, dw, 0.0)?;
+        let x = view("conv", x, p.input_len())?;
+        let ws = &mut self.step.borrow_mut().conv_ws;
+        conv::cuda::backward_weight_algo_in(&self.stream, algo, p, &x, &dyv, dw, 0.0, ws)?;
         if let Some(dx) = dx {
             let mut dx = view_mut("conv", dx, p.input_len())?;
             conv::cuda::backward_data_algo(&self.stream, algo, p, &dyv, w, &mut dx)?;
@@ -372,6 +498,94 @@ impl Backend for CudaBackend {
         Ok(self.stream.clone_dtoh(&*loss).during("reading the loss")?[0])
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_into(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<i32>,
+        weighting: &WeightedLoss<'_, CudaSlice<f32>>,
+        grad: &mut CudaSlice<f32>,
+        losses: &mut CudaSlice<f32>,
+        at: usize,
+    ) -> Result<()> {
+        let opts =
+            Options { ignore_index: None, label_smoothing: weighting.label_smoothing, reduction: Reduction::Mean };
+        let have = losses.len();
+        let mut slot = losses
+            .try_slice_mut(at..at + 1)
+            .ok_or_else(|| Error::shape("cross_entropy", format!("loss {at} of {have}")))?;
+        let wv = weighting.weight.as_view();
+        let sv = weighting.scale.map(|s| s.as_view());
+        let ov = weighting.offset.map(|o| o.as_view());
+        let adjust = cross_entropy::cuda::LogitAdjust { scale: sv.as_ref(), offset: ov.as_ref() };
+        cross_entropy::cuda::forward_backward_adjusted(
+            &self.stream,
+            &mut self.deferred_ws.borrow_mut(),
+            &view("cross_entropy", logits, n * classes)?,
+            &view("cross_entropy", labels, n)?,
+            Some(&wv),
+            &adjust,
+            classes,
+            &opts,
+            &mut slot,
+            &mut view_mut("cross_entropy", grad, n * classes)?,
+        )
+    }
+
+    fn tally(&self, classes: usize, max_batch: usize) -> Result<Self::Tally> {
+        // Set (tally_set) before the first tally_add reads them; row_stats written before read.
+        Ok((
+            self.alloc_unfilled(classes * classes)?,
+            self.alloc_unfilled(3 * classes)?,
+            self.alloc_unfilled(2 * max_batch)?,
+        ))
+    }
+    fn tally_set(&self, tally: &mut Self::Tally, counts: &[u64], sums: &[f64]) -> Result<()> {
+        if counts.len() != tally.0.len() || sums.len() != tally.1.len() {
+            return Err(Error::shape("tally", "counts or sums of another number of classes"));
+        }
+        self.stream.memcpy_htod(counts, &mut tally.0).during("setting the tally")?;
+        self.stream.memcpy_htod(sums, &mut tally.1).during("setting the tally")
+    }
+    fn tally_add(
+        &self,
+        tally: &mut Self::Tally,
+        n: usize,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<i32>,
+        smoothing: f32,
+    ) -> Result<()> {
+        let c = tally.1.len() / 3;
+        let s = &self.stream;
+        let (logits, labels) = (view("tally", logits, n * c)?, view("tally", labels, n)?);
+        let flag = &mut self.step.borrow_mut().confusion_flag;
+        confusion::cuda::count_logits_biased_with(s, &logits, None, &labels, &mut tally.0, c, None, flag, false)?;
+        let mut rows = view_mut("tally", &mut tally.2, 2 * n)?;
+        cross_entropy::cuda::class_sums(s, &logits, &labels, c, smoothing, &mut rows, &mut tally.1)
+    }
+    fn tally_read(&self, tally: &Self::Tally, counts: &mut [u64], sums: &mut [f64]) -> Result<()> {
+        if counts.len() != tally.0.len() || sums.len() != tally.1.len() {
+            return Err(Error::shape("tally", "counts or sums of another number of classes"));
+        }
+        self.stream.memcpy_dtoh(&tally.0, counts).during("reading the tally")?;
+        self.stream.memcpy_dtoh(&tally.1, sums).during("reading the tally")
+    }
+    fn check_deferred(&self) -> Result<()> {
+        let s = &self.stream;
+        let mut bufs = self.step.borrow_mut();
+        let batch = bufs.augment_flag.take(s)?;
+        let target = self.deferred_ws.borrow_mut().take_bad_target(s)?;
+        let counted = bufs.confusion_flag.take(s)?;
+        let what = match (batch, target, counted) {
+            (None, None, None) => return Ok(()),
+            (Some(b), _, _) => format!("a bad sample index or crop offset at batch position {b}"),
+            (_, Some(t), _) | (_, _, Some(t)) => format!("a label out of range at batch position {t}"),
+        };
+        Err(Error::shape("train (cuda)", format!("a step that did not wait met {what}")))
+    }
+
     fn sgd(
         &self,
         step: &SgdStep,
@@ -399,18 +613,24 @@ impl Backend for CudaBackend {
         counts: &mut ConfusionMatrix,
     ) -> Result<()> {
         let c = counts.classes();
-        let mut d = self.alloc::<u64>(c * c)?;
+        let s = &self.stream;
+        let mut bufs = self.step.borrow_mut();
+        let StepBuffers { counts: d, confusion_flag, .. } = &mut *bufs;
+        let mut d = grown(s, d, c * c)?;
+        s.memset_zeros(&mut d).during("zeroing confusion counts")?;
         let bias = bias.map(|b| view("confusion bias", b, c)).transpose()?;
-        confusion::cuda::count_logits_biased(
-            &self.stream,
+        confusion::cuda::count_logits_biased_with(
+            s,
             &view("confusion", logits, n * c)?,
             bias.as_ref(),
             &view("confusion", labels, n)?,
-            &mut view_mut("confusion", &mut d, c * c)?,
+            &mut d,
             c,
             None,
+            confusion_flag,
+            true,
         )?;
-        let batch = self.stream.clone_dtoh(&d).during("reading confusion counts")?;
+        let batch = s.clone_dtoh(&d).during("reading confusion counts")?;
         for (a, b) in counts.counts_mut().iter_mut().zip(batch) {
             *a += b;
         }

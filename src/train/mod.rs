@@ -21,7 +21,7 @@ pub use crt::{features, retrain_classifier};
 pub use cuda_backend::CudaBackend;
 pub use epoch_log::EpochLog;
 pub use model::{MemoryEstimate, Model, ModelConfig, Param, INPUT};
-pub use step::{ClassTally, DeviceData, LogitAdjustment, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
+pub use step::{ClassTally, DeviceData, EpochStats, LogitAdjustment, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
 pub use trainer::{
     evaluate, evaluate_with, per_class_loss, train, train_with, EpochEnd, EpochHook, EvalOptions, Evaluation, Monitor,
     Progress, TrainControl, TrainJob, TrainOutcome,

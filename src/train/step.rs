@@ -1,14 +1,15 @@
-//! One training step, written once: the trainer ([`super::train_with`]), `examples/speed.rs` and
-//! `benches/train_step.rs` all run [`TrainStep::run`], so the published speed numbers time the
-//! step the trainer runs.
+//! One training step, written once: the trainer ([`super::train_with`]) and `benches/train_step.rs`
+//! run [`TrainStep::run_deferred`], `examples/speed.rs` (CPU) [`TrainStep::run`], the same
+//! operations, so the published speed numbers time the step the trainer runs.
 //!
 //! A step is: the batch plan (random crop offsets and flips drawn from the run's RNG,
 //! [`TrainStep::plan`]), the augmented batch built on the backend, the forward pass in training
-//! mode, the class-weighted cross-entropy with its gradient (the loss value read back), the
-//! backward pass and one SGD update of every parameter. What the epoch log needs per class
-//! (confusion counts, per-class loss and gradient sums) is opt-in: pass a [`ClassTally`] and the
-//! step also counts the batch's predictions and downloads its logits to sum per class; pass `None`
-//! and it does neither.
+//! mode, the class-weighted cross-entropy with its gradient, the backward pass and one SGD update
+//! of every parameter. What the epoch log needs per class (confusion counts, per-class loss and
+//! gradient sums) is counted too. [`TrainStep::run`] reads the loss back and stops before the
+//! update when it is not finite; with a [`ClassTally`] it also counts on the host (the logits
+//! downloaded). [`TrainStep::run_deferred`] keeps the loss and the tally on the backend, in an
+//! [`EpochStats`] read once an epoch, so that on a GPU a step neither waits nor allocates.
 use rand::RngExt;
 use rand_pcg::Pcg64;
 
@@ -97,26 +98,57 @@ impl ClassTally {
 }
 
 /// Adds a batch's per-class sums to `sums` (see [`ClassTally::sums`]), from the logits on the
-/// host. Rows with a label out of range are skipped (the loss rejects them before this runs).
-/// Computed in f64: a few microseconds per batch.
-pub(super) fn add_class_sums(sums: &mut [f64], logits: &[f32], labels: &[i32], classes: usize, smoothing: f32) {
-    let (eps, c) = (smoothing as f64, classes);
-    for (row, &y) in logits.chunks_exact(c).zip(labels) {
-        let Some(y) = usize::try_from(y).ok().filter(|&y| y < c) else { continue };
-        let top = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let z: f64 = row.iter().map(|&v| (v as f64 - top).exp()).sum();
-        let log_z = z.ln();
-        let (mut loss, mut g2) = (0.0, 0.0);
-        for (k, &v) in row.iter().enumerate() {
-            let logp = v as f64 - top - log_z;
-            let target = eps / c as f64 + if k == y { 1.0 - eps } else { 0.0 };
-            loss -= target * logp;
-            let g = logp.exp() - target;
-            g2 += g * g;
+/// host: [`crate::cross_entropy::cpu::class_sums`]. Rows with a label out of range are skipped
+/// (the loss rejects them before this runs). Computed in f64: a few microseconds per batch.
+pub(super) fn add_class_sums(
+    sums: &mut [f64],
+    logits: &[f32],
+    labels: &[i32],
+    classes: usize,
+    smoothing: f32,
+) -> Result<()> {
+    let x = ndarray::ArrayView2::from_shape((labels.len(), classes), logits)
+        .map_err(|e| Error::shape("class sums", e.to_string()))?;
+    crate::cross_entropy::cpu::class_sums(x, ndarray::ArrayView1::from(labels), smoothing, sums)
+}
+
+/// What the trainer's steps ([`TrainStep::run_deferred`]) accumulate on the backend during an
+/// epoch, read by the host once, at the epoch's end (or when a caller asks, e.g. to write a
+/// checkpoint): each step's loss, and the epoch log's [`ClassTally`].
+pub struct EpochStats<B: Backend> {
+    /// One loss per step of the epoch (zeros until written, so any prefix can be read).
+    losses: B::Buf,
+    steps: usize,
+    tally: B::Tally,
+    classes: usize,
+}
+
+impl<B: Backend> EpochStats<B> {
+    /// Room for `steps` losses a epoch and a tally of `classes` for batches up to `max_batch`.
+    pub fn new(be: &B, classes: usize, max_batch: usize, steps: usize) -> Result<Self> {
+        Ok(EpochStats { losses: be.zeros(steps)?, steps, tally: be.tally(classes, max_batch)?, classes })
+    }
+
+    /// Starts (or continues, from a checkpoint) an epoch with this tally.
+    pub fn start(&mut self, be: &B, tally: &ClassTally) -> Result<()> {
+        if tally.classes() != self.classes {
+            return Err(Error::shape("epoch stats", format!("a tally of {} classes", tally.classes())));
         }
-        sums[y] += loss;
-        sums[c + y] += g2.sqrt();
-        sums[2 * c + y] += 1.0;
+        be.tally_set(&mut self.tally, tally.confusion.counts(), &tally.sums)
+    }
+
+    /// Waits for the device: errors when a step met a bad sample or label, else the losses of
+    /// the first `steps` steps and the tally so far.
+    pub fn read(&self, be: &B, steps: usize) -> Result<(Vec<f32>, ClassTally)> {
+        be.check_deferred()?;
+        if steps > self.steps {
+            return Err(Error::shape("epoch stats", format!("{steps} losses of {}", self.steps)));
+        }
+        let losses = be.to_host(&self.losses, steps)?;
+        let c = self.classes;
+        let (mut counts, mut sums) = (vec![0; c * c], vec![0.0; 3 * c]);
+        be.tally_read(&self.tally, &mut counts, &mut sums)?;
+        Ok((losses, ClassTally::from_parts(c, counts, sums)?))
     }
 }
 
@@ -165,6 +197,8 @@ pub struct TrainStep<B: Backend> {
     scale: Option<B::Buf>,
     offset: Option<B::Buf>,
     dlogits: B::Buf,
+    /// The batch's labels, written into this buffer of the model's largest batch each step.
+    labels: B::Labels,
 }
 
 /// A per-class logit scale and offset that the training loss applies (`u_c = scale_c * x_c +
@@ -214,6 +248,7 @@ impl<B: Backend> TrainStep<B> {
             scale: None,
             offset: None,
             dlogits: be.scratch(model.max_batch() * classes)?,
+            labels: be.labels(&vec![0; model.max_batch()])?,
         })
     }
 
@@ -262,7 +297,17 @@ impl<B: Backend> TrainStep<B> {
         lr: f32,
         tally: Option<&mut ClassTally>,
     ) -> Result<StepOutcome> {
-        let (n, classes) = (plan.len(), self.classes);
+        let classes = self.classes;
+        self.check_plan(model, data, plan)?;
+        if tally.as_ref().is_some_and(|t| t.classes() != classes || t.sums.len() != 3 * classes) {
+            return Err(Error::shape("train step", format!("a class tally that is not of {classes} classes")));
+        }
+        self.step_on(be, model, data, plan, lr, tally)
+    }
+
+    /// Errors unless the plan is a batch of 1 to the model's largest batch images, each in `data`.
+    fn check_plan(&self, model: &Model<B>, data: &DeviceData<B>, plan: &BatchPlan) -> Result<()> {
+        let n = plan.len();
         if n == 0 || n > model.max_batch() || plan.offsets.len() != n || plan.flips.len() != n {
             return Err(Error::shape(
                 "train step",
@@ -277,18 +322,30 @@ impl<B: Backend> TrainStep<B> {
         if let Some(i) = plan.indices.iter().find(|&&i| i < 0 || i as usize >= data.len()) {
             return Err(Error::shape("train step", format!("image {i} of a dataset of {}", data.len())));
         }
-        if tally.as_ref().is_some_and(|t| t.classes() != classes || t.sums.len() != 3 * classes) {
-            return Err(Error::shape("train step", format!("a class tally that is not of {classes} classes")));
-        }
+        Ok(())
+    }
+
+    /// [`TrainStep::run`] after its checks.
+    fn step_on(
+        &mut self,
+        be: &B,
+        model: &mut Model<B>,
+        data: &DeviceData<B>,
+        plan: &BatchPlan,
+        lr: f32,
+        tally: Option<&mut ClassTally>,
+    ) -> Result<StepOutcome> {
+        let (n, classes) = (plan.len(), self.classes);
         let labels: Vec<i32> = plan.indices.iter().map(|&i| data.labels[i as usize] as i32).collect();
         be.build_batch(&data.images, plan, self.crop_pad, &CIFAR10_NORMALIZE, model.input_mut())?;
         model.forward(be, n, true)?;
-        let dl = be.labels(&labels)?;
+        be.write_labels(&labels, &mut self.labels)?;
+        let dl = &self.labels;
         let loss = be.cross_entropy(
             n,
             classes,
             model.logits(),
-            &dl,
+            dl,
             &WeightedLoss {
                 weight: &self.weight,
                 label_smoothing: self.label_smoothing,
@@ -301,13 +358,68 @@ impl<B: Backend> TrainStep<B> {
             return Ok(StepOutcome::NonFiniteLoss { loss });
         }
         if let Some(tally) = tally {
-            be.confusion(n, model.logits(), &dl, None, &mut tally.confusion)?;
+            be.confusion(n, model.logits(), dl, None, &mut tally.confusion)?;
             let host_logits = be.to_host(model.logits(), n * classes)?;
-            add_class_sums(&mut tally.sums, &host_logits, &labels, classes, self.label_smoothing);
+            add_class_sums(&mut tally.sums, &host_logits, &labels, classes, self.label_smoothing)?;
         }
         model.backward(be, n, &self.dlogits)?;
         let sgd = SgdStep { lr, momentum: self.momentum, weight_decay: self.weight_decay, nesterov: self.nesterov };
         model.sgd_step(be, &sgd)?;
         Ok(StepOutcome::Updated { loss })
+    }
+
+    /// [`TrainStep::run`] as the trainer runs it: the step's loss goes to step `at` of `stats`
+    /// and the batch's confusion counts and per-class sums to its tally, all on the backend, and
+    /// the step returns without waiting for the device (on a GPU it only queues work, and
+    /// allocates nothing after the first step). So a non-finite loss is not seen here: the step
+    /// updates the parameters whatever the loss, and the caller checks the losses when it reads
+    /// `stats` ([`EpochStats::read`]). The plan and its labels are checked on the host first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_deferred(
+        &mut self,
+        be: &B,
+        model: &mut Model<B>,
+        data: &DeviceData<B>,
+        plan: &BatchPlan,
+        lr: f32,
+        stats: &mut EpochStats<B>,
+        at: usize,
+    ) -> Result<()> {
+        let (n, classes) = (plan.len(), self.classes);
+        self.check_plan(model, data, plan)?;
+        if stats.classes != classes || at >= stats.steps {
+            return Err(Error::shape("train step", format!("step {at} of epoch stats of {} steps", stats.steps)));
+        }
+        let labels: Vec<i32> = plan.indices.iter().map(|&i| data.labels[i as usize] as i32).collect();
+        if let Some((index, &y)) = labels.iter().enumerate().find(|(_, &y)| y < 0 || y as usize >= classes) {
+            return Err(Error::InvalidTarget { op: "train step", index, value: y as i64, classes });
+        }
+        let most = 2 * self.crop_pad as u8;
+        if let Some(&(dy, dx)) = plan.offsets.iter().find(|&&(dy, dx)| dy > most || dx > most) {
+            return Err(Error::shape("train step", format!("crop offset ({dy}, {dx}) exceeds 2 * pad = {most}")));
+        }
+        be.build_batch_deferred(&data.images, plan, self.crop_pad, &CIFAR10_NORMALIZE, model.input_mut())?;
+        model.forward(be, n, true)?;
+        be.write_labels(&labels, &mut self.labels)?;
+        let weighting = WeightedLoss {
+            weight: &self.weight,
+            label_smoothing: self.label_smoothing,
+            scale: self.scale.as_ref(),
+            offset: self.offset.as_ref(),
+        };
+        be.cross_entropy_into(
+            n,
+            classes,
+            model.logits(),
+            &self.labels,
+            &weighting,
+            &mut self.dlogits,
+            &mut stats.losses,
+            at,
+        )?;
+        be.tally_add(&mut stats.tally, n, model.logits(), &self.labels, self.label_smoothing)?;
+        model.backward(be, n, &self.dlogits)?;
+        let sgd = SgdStep { lr, momentum: self.momentum, weight_decay: self.weight_decay, nesterov: self.nesterov };
+        model.sgd_step(be, &sgd)
     }
 }

@@ -18,7 +18,7 @@ use super::checkpoint::{first_non_finite, Checkpoint, CheckpointMeta, CHECKPOINT
 use super::config::TrainConfig;
 use super::epoch_log::EpochLog;
 use super::model::Model;
-use super::step::{add_class_sums, ClassTally, DeviceData, LogitAdjustment, StepOutcome, TrainStep, CIFAR10_NORMALIZE};
+use super::step::{add_class_sums, ClassTally, DeviceData, EpochStats, LogitAdjustment, TrainStep, CIFAR10_NORMALIZE};
 use crate::confusion::ConfusionMatrix;
 use crate::error::Located;
 use crate::json::{describe_diffs, diff_fields};
@@ -216,10 +216,14 @@ pub fn train<B: Backend>(be: &B, model: &mut Model<B>, job: &TrainJob<'_, B>) ->
 /// count and partial-epoch sums, so on the CPU (same thread count) the final model is
 /// bit-identical to that of an uninterrupted run.
 ///
-/// A non-finite loss (checked every step) or a non-finite parameter, running statistic or
-/// momentum (checked at the end of every epoch, before the checkpoint is written) is
+/// A non-finite loss or a non-finite parameter, running statistic or momentum is
 /// [`Error::Diverged`], naming the training, epoch and step and the last good checkpoint, which
-/// is left in place.
+/// is left in place. Both are checked at the end of every epoch (and when stopped), before the
+/// checkpoint is written: the steps keep their losses and the epoch log's counts on the backend
+/// and the host reads them once an epoch ([`TrainStep::run_deferred`]), so that a GPU step never
+/// waits. A NaN loss is therefore noticed at the end of its epoch, not at its step (the steps
+/// after it train on, to no effect on any checkpoint), and the error names the first step whose
+/// loss was not finite.
 pub fn train_with<B: Backend>(
     be: &B,
     model: &mut Model<B>,
@@ -270,6 +274,7 @@ pub fn train_with<B: Backend>(
     // The last partial batch is dropped: every step sees a full batch (batch-norm statistics).
     let steps_per_epoch = train.len() / cfg.batch_size;
     let total = steps_per_epoch * cfg.epochs;
+    let mut stats = EpochStats::new(be, classes, model.max_batch(), steps_per_epoch).at(stage, setup)?;
 
     let mut meta = CheckpointMeta {
         format: CHECKPOINT_FORMAT,
@@ -323,13 +328,6 @@ pub fn train_with<B: Backend>(
         }
         last_good = control.checkpoint.map(Path::to_path_buf);
     }
-    let diverged = |meta: &CheckpointMeta, what: String, last_good: &Option<PathBuf>| Error::Diverged {
-        stage: stage.to_string(),
-        epoch: meta.epoch + 1,
-        step: meta.step,
-        what,
-        last_good: last_good.clone(),
-    };
 
     // The monitored split's confusion after the latest epoch of this call (no hook runs after
     // the last epoch, so at the end it is the final model's).
@@ -350,36 +348,42 @@ pub fn train_with<B: Backend>(
         bar.set_position(meta.batch as u64);
         let started = Instant::now();
         let seconds_before = meta.epoch_seconds;
-        let mut tally =
+        let tally =
             ClassTally::from_parts(classes, std::mem::take(&mut meta.counts), std::mem::take(&mut meta.class_sums))?;
+        stats.start(be, &tally).at(stage, || format!("start of epoch {}", epoch + 1))?;
+        let (first_batch, first_step) = (meta.batch, meta.step);
         let mut stopped = false;
         while meta.batch < steps_per_epoch {
             let b = meta.batch;
             let plan = step.plan(&mut meta.rng, &order[b * cfg.batch_size..(b + 1) * cfg.batch_size]);
             let lr = cfg.lr_at(meta.step, total, steps_per_epoch);
             let place = || format!("epoch {}, step {} of {steps_per_epoch}", epoch + 1, b + 1);
-            let loss = match step.run(be, model, train, &plan, lr, Some(&mut tally)).at(stage, place)? {
-                StepOutcome::Updated { loss } => loss,
-                StepOutcome::NonFiniteLoss { loss } => {
-                    let what = format!("the loss is {loss} (batch {} of the epoch)", b + 1);
-                    return Err(diverged(&meta, what, &last_good));
-                }
-            };
+            step.run_deferred(be, model, train, &plan, lr, &mut stats, b).at(stage, place)?;
             meta.lr = lr;
             meta.step += 1;
             meta.batch += 1;
-            meta.loss_sum += loss as f64;
             bar.inc(1);
             let secs = seconds_before + started.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.3} {:.0} img/s",
-                meta.loss_sum / meta.batch as f64,
-                ((meta.batch) * cfg.batch_size) as f64 / secs.max(1e-9)
-            ));
+            // The loss is read at the end of the epoch, not here: reading it would wait for the GPU.
+            bar.set_message(format!("{:.0} img/s", (meta.batch * cfg.batch_size) as f64 / secs.max(1e-9)));
             if control.stop.is_some_and(|s| s.load(Ordering::SeqCst)) && meta.batch < steps_per_epoch {
                 stopped = true;
                 break;
             }
+        }
+        // The one read of the epoch's losses and tally (the device's work is done after it).
+        let (losses, tally) = stats.read(be, meta.batch).at(stage, || format!("end of epoch {}", epoch + 1))?;
+        for (i, &loss) in losses.iter().enumerate().skip(first_batch) {
+            if !loss.is_finite() {
+                return Err(Error::Diverged {
+                    stage: stage.to_string(),
+                    epoch: epoch + 1,
+                    step: first_step + (i - first_batch),
+                    what: format!("the loss is {loss} (batch {} of the epoch)", i + 1),
+                    last_good,
+                });
+            }
+            meta.loss_sum += loss as f64;
         }
         bar.finish_and_clear();
         meta.epoch_seconds = seconds_before + started.elapsed().as_secs_f64();
@@ -489,7 +493,7 @@ pub fn per_class_loss(logits: &[f32], labels: &[i32], classes: usize) -> Result<
         return Err(Error::shape("per_class_loss", format!("label {y} is not below {classes} classes")));
     }
     let mut sums = vec![0.0; 3 * classes];
-    add_class_sums(&mut sums, logits, labels, classes, 0.0);
+    add_class_sums(&mut sums, logits, labels, classes, 0.0)?;
     Ok((0..classes)
         .map(|k| if sums[2 * classes + k] > 0.0 { sums[k] / sums[2 * classes + k] } else { f64::NAN })
         .collect())
