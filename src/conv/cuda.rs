@@ -216,6 +216,22 @@ pub fn forward_with<B: DevicePtr<f32>>(
     if let Some(b) = &bias {
         check_device(OP, stream, "bias", &**b)?;
     }
+    let p = forward_lens(shape, x, w, bias, y)?;
+    let (name, launch) = match algo {
+        Algo::ImplicitGemm => ("conv2d_fwd_f32", tiled_cfg(shape.n() * shape.oh() * shape.ow(), shape.k(), 1)?),
+        Algo::Naive => ("conv2d_fwd_naive_f32", flat_cfg(shape.output_len())),
+    };
+    launch_forward(stream, name, launch, &p, x, w, bias, y)
+}
+
+/// The forward pass's parameters, once the buffers' lengths match `shape`.
+fn forward_lens<B: DevicePtr<f32>>(
+    shape: &Conv2dShape,
+    x: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    bias: Option<&B>,
+    y: &impl DevicePtrMut<f32>,
+) -> Result<Conv2dParams> {
     let p = Conv2dParams::new(shape)?;
     check_len(OP, "x", x.len(), shape.input_len())?;
     check_len(OP, "w", w.len(), shape.filter_len())?;
@@ -223,10 +239,22 @@ pub fn forward_with<B: DevicePtr<f32>>(
         check_len(OP, "bias", b.len(), shape.k())?;
     }
     check_len(OP, "y", y.len(), shape.output_len())?;
-    let (name, launch) = match algo {
-        Algo::ImplicitGemm => ("conv2d_fwd_f32", tiled_cfg(shape.n() * shape.oh() * shape.ow(), shape.k(), 1)?),
-        Algo::Naive => ("conv2d_fwd_naive_f32", flat_cfg(shape.output_len())),
-    };
+    Ok(p)
+}
+
+/// Launches the forward kernel `name` of kernels/conv.cu (they share one argument list) on
+/// buffers [`forward_lens`] has checked.
+#[allow(clippy::too_many_arguments)]
+fn launch_forward<B: DevicePtr<f32>>(
+    stream: &Arc<CudaStream>,
+    name: &str,
+    launch: LaunchConfig,
+    p: &Conv2dParams,
+    x: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    bias: Option<&B>,
+    y: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     let f = function(stream, MODULE, name)?;
     let (xp, _gx) = x.device_ptr(stream);
     let (wp, _gw) = w.device_ptr(stream);
@@ -235,11 +263,15 @@ pub fn forward_with<B: DevicePtr<f32>>(
     let bp: u64 = bias_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
     let (yp, _gy) = y.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
-    b.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(&p);
-    // SAFETY: x, w, bias and y hold exactly input_len, filter_len, k and output_len f32s (checked
-    // above) and the kernels only index inside those, by the shape in `p` (all < 2^31, checked by
-    // Conv2dParams::new); bias is either such a buffer or null, which the kernels test before use;
-    // the argument list matches `(const float*, const float*, const float*, float*, Conv2dParams)`.
+    b.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(p);
+    // SAFETY: x, w, bias and y hold exactly input_len, filter_len, k and output_len f32s
+    // (forward_lens). Every forward kernel indexes only inside those, by the shape in `p` (all
+    // < 2^31, Conv2dParams::new): the FP32 ones by construction, the tensor-core ones gather x and
+    // w only at in-bounds coordinates (others are stored as zeros in shared memory) and write y
+    // only for pixels < N*OH*OW and filters < K. bias is such a buffer or null, tested before use.
+    // `launch` has the block size of the kernel's __launch_bounds__ (tiled_cfg, flat_cfg or the
+    // 128 threads of the tensor-core grids); the argument list matches
+    // `(const float*, const float*, const float*, float*, Conv2dParams)`.
     unsafe { b.launch(launch) }.during(OP)?;
     after_launch(stream, OP, &f)?;
     Ok(())
@@ -284,37 +316,9 @@ pub fn forward_algo<B: DevicePtr<f32>>(
         (ConvAlgo::Bf16, true) => "conv2d_fwd_stem_bf16",
         _ => return forward_with(stream, Algo::ImplicitGemm, shape, x, w, bias, y),
     };
-    let p = Conv2dParams::new(shape)?;
-    check_len(OP, "x", x.len(), shape.input_len())?;
-    check_len(OP, "w", w.len(), shape.filter_len())?;
-    if let Some(b) = bias {
-        check_len(OP, "bias", b.len(), shape.k())?;
-    }
-    check_len(OP, "y", y.len(), shape.output_len())?;
-    let npq = shape.n() * shape.oh() * shape.ow();
-    let (gx, gy) = (npq.div_ceil(TC_TILE), shape.k().div_ceil(TC_TILE));
-    if gx > i32::MAX as usize || gy > 65_535 {
-        return Err(Error::TooLarge { op: OP, msg: format!("grid {gx} x {gy} exceeds the CUDA limits") });
-    }
-    let launch =
-        LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (TC_THREADS, 1, 1), shared_mem_bytes: 0 };
-    let f = function(stream, MODULE, name)?;
-    let (xp, _gx) = x.device_ptr(stream);
-    let (wp, _gw) = w.device_ptr(stream);
-    let bias_guard = bias.map(|b| b.device_ptr(stream));
-    let bp: u64 = bias_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
-    let (yp, _gy) = y.device_ptr_mut(stream);
-    let mut b = stream.launch_builder(&f);
-    b.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(&p);
-    // SAFETY: x, w, bias and y hold exactly input_len, filter_len, k and output_len f32s (checked
-    // above); the kernel gathers x and w only at in-bounds coordinates (others are stored as zeros
-    // in shared memory), writes y only for pixels < N*OH*OW and filters < K, all indices < 2^31
-    // (Conv2dParams::new); bias is such a buffer or null, tested before use; 128 threads as the
-    // kernel's __launch_bounds__; the arguments match
-    // `(const float*, const float*, const float*, float*, Conv2dParams)`.
-    unsafe { b.launch(launch) }.during(OP)?;
-    after_launch(stream, OP, &f)?;
-    Ok(())
+    let p = forward_lens(shape, x, w, bias, y)?;
+    let launch = tc_cfg(shape.n() * shape.oh() * shape.ow(), shape.k(), 1)?;
+    launch_forward(stream, name, launch, &p, x, w, bias, y)
 }
 
 /// `dx` (NCHW, overwritten) = gradient of the input from `dy` (N x K x OH x OW) and `w` (KCRS),
@@ -340,23 +344,50 @@ pub fn backward_data_with(
     dx: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
     check_devices!(OP, stream, dy, w, dx);
-    let p = Conv2dParams::new(shape)?;
-    check_len(OP, "dy", dy.len(), shape.output_len())?;
-    check_len(OP, "w", w.len(), shape.filter_len())?;
-    check_len(OP, "dx", dx.len(), shape.input_len())?;
+    let p = data_lens(shape, dy, w, dx)?;
     let (name, launch) = match algo {
         Algo::ImplicitGemm => ("conv2d_bwd_data_f32", tiled_cfg(shape.n() * shape.h() * shape.w(), shape.c(), 1)?),
         Algo::Naive => ("conv2d_bwd_data_naive_f32", flat_cfg(shape.input_len())),
     };
+    launch_backward_data(stream, name, launch, &p, dy, w, dx)
+}
+
+/// The data gradient's parameters, once the buffers' lengths match `shape`.
+fn data_lens(
+    shape: &Conv2dShape,
+    dy: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    dx: &impl DevicePtrMut<f32>,
+) -> Result<Conv2dParams> {
+    let p = Conv2dParams::new(shape)?;
+    check_len(OP, "dy", dy.len(), shape.output_len())?;
+    check_len(OP, "w", w.len(), shape.filter_len())?;
+    check_len(OP, "dx", dx.len(), shape.input_len())?;
+    Ok(p)
+}
+
+/// Launches the data-gradient kernel `name` of kernels/conv.cu (they share one argument list) on
+/// buffers [`data_lens`] has checked.
+fn launch_backward_data(
+    stream: &Arc<CudaStream>,
+    name: &str,
+    launch: LaunchConfig,
+    p: &Conv2dParams,
+    dy: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<f32>,
+    dx: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
     let f = function(stream, MODULE, name)?;
     let (dyp, _gdy) = dy.device_ptr(stream);
     let (wp, _gw) = w.device_ptr(stream);
     let (dxp, _gdx) = dx.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
-    b.arg(&dyp).arg(&wp).arg(&dxp).arg(&p);
-    // SAFETY: dy, w and dx hold exactly output_len, filter_len and input_len f32s (checked above);
-    // the kernels index only inside those by the shape in `p` (< 2^31 elements each); the argument
-    // list matches `(const float*, const float*, float*, Conv2dParams)`.
+    b.arg(&dyp).arg(&wp).arg(&dxp).arg(p);
+    // SAFETY: dy, w and dx hold exactly output_len, filter_len and input_len f32s (data_lens).
+    // Every data-gradient kernel indexes only inside those by the shape in `p` (< 2^31 elements
+    // each): the tensor-core one gathers dy and w only at in-bounds coordinates and writes dx
+    // only for pixels < N*H*W and channels < C. `launch` has the block size of the kernel's
+    // __launch_bounds__; the argument list matches `(const float*, const float*, float*, Conv2dParams)`.
     unsafe { b.launch(launch) }.during(OP)?;
     after_launch(stream, OP, &f)?;
     Ok(())
@@ -514,24 +545,9 @@ pub fn backward_data_algo(
         ConvAlgo::Bf16 => "conv2d_bwd_data_bf16",
         _ => return backward_data_with(stream, Algo::ImplicitGemm, shape, dy, w, dx),
     };
-    let p = Conv2dParams::new(shape)?;
-    check_len(OP, "dy", dy.len(), shape.output_len())?;
-    check_len(OP, "w", w.len(), shape.filter_len())?;
-    check_len(OP, "dx", dx.len(), shape.input_len())?;
+    let p = data_lens(shape, dy, w, dx)?;
     let launch = tc_cfg(shape.n() * shape.h() * shape.w(), shape.c(), 1)?;
-    let f = function(stream, MODULE, name)?;
-    let (dyp, _gdy) = dy.device_ptr(stream);
-    let (wp, _gw) = w.device_ptr(stream);
-    let (dxp, _gdx) = dx.device_ptr_mut(stream);
-    let mut b = stream.launch_builder(&f);
-    b.arg(&dyp).arg(&wp).arg(&dxp).arg(&p);
-    // SAFETY: dy, w and dx hold exactly output_len, filter_len and input_len f32s (checked above);
-    // the kernel gathers dy and w only at in-bounds coordinates and writes dx only for pixels
-    // < N*H*W and channels < C (indices < 2^31, Conv2dParams::new); 128 threads as its
-    // __launch_bounds__; the arguments match `(const float*, const float*, float*, Conv2dParams)`.
-    unsafe { b.launch(launch) }.during(OP)?;
-    after_launch(stream, OP, &f)?;
-    Ok(())
+    launch_backward_data(stream, name, launch, &p, dy, w, dx)
 }
 
 /// [`backward_weight`] on the arithmetic `algo` picks (see [`forward_algo`]); deterministic
