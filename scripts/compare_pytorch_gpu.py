@@ -28,6 +28,7 @@ import os
 import re
 import statistics
 import sys
+import time
 
 PEAK_TFLOPS = {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0}  # H200 SXM, dense
 PEAK_BW = 4.8e12
@@ -164,19 +165,118 @@ def torch_case(torch, group, function, value):
                 fn = lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, padding=1)  # noqa: E731
             times[label] = timer(torch, fn)
         torch.backends.cudnn.allow_tf32 = False
-        fp32 = times.pop("fp32")
-        return fp32, times
+        # The row's PyTorch time is the same precision as ours; the other two go beside it.
+        same = {"fp32": "fp32", "tf32": "tf32 CL", "bf16": "bf16 CL"}.get(function.rsplit("_", 1)[1], "fp32")
+        return times.pop(same), times
     return None
+
+
+def torch_step(torch, width, depth, batch, precision, steps, repeats, warmup=3):
+    """Images/s of PyTorch eager's training step on the network and recipe of examples/speed.rs
+    (src/train/model.rs; crop/flip, class-weighted cross-entropy, confusion counting, SGD with
+    Nesterov momentum and weight decay on conv/linear weights), on the GPU, channels-last.
+    precision: fp32 (TF32 off), tf32 (TF32 on), bf16 (autocast to bfloat16). The loss is kept on
+    the device (ours reads it once an epoch too)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from compare_pytorch_cpu import MEAN, PAD, STD, build_model
+
+    F = torch.nn.functional
+    dev = "cuda"
+    classes = 10
+    torch.manual_seed(0)
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    cl = torch.channels_last
+    n_images = max(4096 // batch, 2) * batch
+    g = torch.Generator(device=dev).manual_seed(0)
+    images = torch.randint(0, 256, (n_images, 3, 32, 32), dtype=torch.uint8, device=dev, generator=g)
+    labels_all = torch.randint(0, classes, (n_images,), device=dev, generator=g)
+    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
+    weights = torch.tensor([0.5 + 0.15 * c for c in range(classes)], device=dev)
+    model = build_model(torch, width, depth, classes).to(dev).to(memory_format=cl)
+    decay = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0.0}],
+                          lr=0.05, momentum=0.9, nesterov=True)
+    counts = torch.zeros(classes * classes, dtype=torch.int64, device=dev)
+    loss_sum = torch.zeros((), device=dev)
+    ar = torch.arange(32, device=dev)
+    bidx = torch.arange(batch, device=dev).view(batch, 1, 1, 1)
+    cidx = torch.arange(3, device=dev).view(1, 3, 1, 1)
+    batches = n_images // batch
+    state = {"next": 0}
+
+    def step():
+        lo = (state["next"] % batches) * batch
+        state["next"] += 1
+        x = F.pad((images[lo:lo + batch].float().div_(255.0) - mean) / std, (PAD, PAD, PAD, PAD))
+        dy = torch.randint(0, 2 * PAD + 1, (batch, 1), device=dev)
+        dx = torch.randint(0, 2 * PAD + 1, (batch, 1), device=dev)
+        flip = torch.rand(batch, 1, device=dev) < 0.5
+        cols = torch.where(flip, dx + ar.flip(0), dx + ar)
+        x = x[bidx, cidx, (dy + ar).view(batch, 1, 32, 1), cols.view(batch, 1, 1, 32)].contiguous(memory_format=cl)
+        y = labels_all[lo:lo + batch]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(x)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, y, weight=weights)
+        loss_sum.add_(loss.detach())
+        counts.add_(torch.bincount(y * classes + logits.detach().argmax(1), minlength=classes * classes))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    ips = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        ips.append(steps * batch / (time.perf_counter() - t))
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return statistics.median(ips), ips
+
+
+def step_table(torch, path):
+    """Lines of the training-step table: each line of `path` (examples/speed --device cuda JSON)
+    beside PyTorch eager on the same network, batch and precision."""
+    lines = ["", "## Training step (images/s, median of the repeats)", ""]
+    try:
+        ours = [json.loads(x) for x in open(path) if x.strip()]
+    except (OSError, ValueError) as e:
+        return lines + [f"no training-step measurements of ours ({e})"]
+    if not ours:
+        return lines + [f"no training-step measurements of ours in {path}"]
+    lines += ["| network | batch | precision | ours | PyTorch eager CL | ours / PyTorch |", "|---|--:|---|--:|--:|--:|"]
+    for o in ours:
+        prec = o.get("conv_precision", "fp32")
+        net = f"width {o['width']}, depth {o['depth']}"
+        theirs = None
+        if torch is not None:
+            theirs, _ = torch_step(torch, o["width"], o["depth"], o["batch"], prec, o["steps"], o["repeats"])
+        them = f"{theirs:.0f}" if theirs else "skipped"
+        ratio = f"{o['train_images_per_s'] / theirs:.2f}x" if theirs else ""
+        lines.append(f"| {net} | {o['batch']} | {prec} | {o['train_images_per_s']:.0f} | {them} | {ratio} |")
+    return lines
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("criterion_dir")
+    ap.add_argument("criterion_dir", nargs="?", help="criterion's output of the bench binaries (omit for --step-ours alone)")
     ap.add_argument("--out", help="also write the Markdown table here")
     ap.add_argument("--json", help="also write every row as JSON lines here")
+    ap.add_argument("--step-ours", help="JSON lines of examples/speed --device cuda: adds the training-step "
+                    "table, PyTorch eager timed at the same network, batch and precision")
     args = ap.parse_args()
     ours = [r for r in read_ours(args.criterion_dir)
-            if r[0] in ("cross_entropy_gpu", "softmax_gpu", "confusion_gpu", "net_gpu")]
+            if r[0] in ("cross_entropy_gpu", "softmax_gpu", "confusion_gpu", "net_gpu")] if args.criterion_dir else []
     lines = []
     try:
         import torch
@@ -188,16 +288,17 @@ def main():
     except ImportError as e:
         torch = None
         lines.append(f"PyTorch: skipped ({e}); our side only")
-    if not ours:
+    if args.criterion_dir and not ours:
         lines.append(f"no measurements of ours under {args.criterion_dir} (a dry run, or the benches did not run)")
     copy_bw = None
-    if torch is not None:
+    if torch is not None and args.criterion_dir:
         a = torch.empty(1 << 28, device="cuda")
         b = torch.empty_like(a)
         copy_bw = 2 * a.numel() * 4 / timer(torch, lambda: b.copy_(a))
         lines.append(f"device copy: {copy_bw / 1e12:.2f} TB/s ({copy_bw / PEAK_BW:.0%} of 4.8 TB/s)")
-    lines += ["", "| op | shape | ours ms | PyTorch ms | speed-up | ours | of peak | PyTorch, other precisions |",
-              "|---|---|--:|--:|--:|--:|--:|---|"]
+    if ours:
+        lines += ["", "| op | shape | ours ms | PyTorch ms | speed-up | ours | of peak | PyTorch, other precisions |",
+                  "|---|---|--:|--:|--:|--:|--:|---|"]
     rows = []
     for group, function, value, secs in ours:
         res = torch_case(torch, group, function, value) if torch is not None else None
@@ -217,6 +318,8 @@ def main():
         lines.append(f"| {group}/{function} | {value} | {secs * 1e3:.3f} | {them} | {speed} | {rate} | {frac} | {other} |")
         rows.append({"group": group, "function": function, "value": value, "ours_s": secs, "pytorch_s": theirs,
                      "pytorch_other_s": extra, "bytes": byts, "flops": flops})
+    if args.step_ours:
+        lines += step_table(torch, args.step_ours)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Builds the test, bench and example binaries (release, kernels compiled for real) into one folder
 # that fits the GPU host's 64 MiB transfer limit and needs no Rust toolchain there:
-#   scripts/gpu-bundle.sh [DEST]        (default dist/gpu)
-#   DEST/run-gpu.sh [OUT_DIR]           on the GPU host: unpacks, runs every test (GPU ones
-#                                       included), the benchmarks, and a short GPU experiment
+#   scripts/gpu-bundle.sh [--no-pack] [DEST]   (default dist/gpu)
+#   DEST/run-gpu.sh [OUT_DIR]                  on the GPU host: the prepared run (docs/gpu-runs.md)
 # Environment: EVENCLASS_CUDA_ARCHS (default here 90: the lent GPU is an H200; the library's own
 # default is 80,90), TRAIN_LIMIT (training images carried, default 20000; 0 = none), NO_DATA=1.
+# --no-pack leaves the binaries unpacked and unstripped in DEST, built for the caller's
+# EVENCLASS_CUDA_ARCHS (so an existing release build is reused), and carries no data: the
+# emulated rehearsal of CI (scripts/gpu-playbook-dry-run.sh), never a bundle to send.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cuda-env.sh
 export EVENCLASS_REQUIRE_NVCC=1
-export EVENCLASS_CUDA_ARCHS="${EVENCLASS_CUDA_ARCHS:-90}"
+pack=1
+if [ "${1:-}" = --no-pack ]; then
+    pack=0
+    shift
+else
+    export EVENCLASS_CUDA_ARCHS="${EVENCLASS_CUDA_ARCHS:-90}"
+fi
 dest="${1:-dist/gpu}"
 rm -rf "$dest"
 stage="$(mktemp -d)"
@@ -43,12 +51,21 @@ for line in sys.stdin:
 echo "tests:";    cargo test --release --no-run --message-format=json 2>/dev/null | collect
 echo "benches:";  cargo bench --no-run --message-format=json 2>/dev/null | collect
 echo "examples:"; cargo build --release --examples --message-format=json 2>/dev/null | collect
-find "$stage" -type f -perm -u+x -exec strip {} +
 git rev-parse HEAD > "$stage/COMMIT" 2>/dev/null || true
+if [ "$pack" = 0 ]; then
+    cp -a "$stage/." "$dest/"
+    for f in run-gpu.sh compare_pytorch_gpu.py compare_pytorch_cpu.py; do
+        cp "scripts/$f" "$dest/$f"
+    done
+    echo "unpacked into $dest"
+    exit 0
+fi
+find "$stage" -type f -perm -u+x -exec strip {} +
 # Every binary embeds the same kernel images: one xz stream with a large window stores them once.
 tar -C "$stage" -cf - . | xz -9e --lzma2=preset=9e,dict=192MiB -T1 > "$dest/bin.tar.xz"
-cp scripts/run-gpu.sh "$dest/run-gpu.sh"
-cp scripts/compare_pytorch_gpu.py "$dest/compare_pytorch_gpu.py"
+for f in run-gpu.sh compare_pytorch_gpu.py compare_pytorch_cpu.py; do
+    cp "scripts/$f" "$dest/$f"
+done
 
 # The compact CIFAR-10 copy and its unpacker, when ../shared has them (the training pack cut to
 # TRAIN_LIMIT records to fit the transfer limit).
