@@ -171,18 +171,18 @@ def torch_case(torch, group, function, value):
     return None
 
 
-def torch_step(torch, width, depth, batch, precision, steps, repeats, warmup=3):
+def torch_step(torch, width, depth, batch, precision, steps, repeats, warmup=3, dev="cuda"):
     """Images/s of PyTorch eager's training step on the network and recipe of examples/speed.rs
     (src/train/model.rs; crop/flip, class-weighted cross-entropy, confusion counting, SGD with
     Nesterov momentum and weight decay on conv/linear weights), on the GPU, channels-last.
     precision: fp32 (TF32 off), tf32 (TF32 on), bf16 (autocast to bfloat16). The loss is kept on
-    the device (ours reads it once an epoch too)."""
+    the device (ours reads it once an epoch too). `dev` = "cpu" only checks the code runs."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from compare_pytorch_cpu import MEAN, PAD, STD, build_model
 
     F = torch.nn.functional
-    dev = "cuda"
     classes = 10
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
@@ -218,7 +218,7 @@ def torch_step(torch, width, depth, batch, precision, steps, repeats, warmup=3):
         cols = torch.where(flip, dx + ar.flip(0), dx + ar)
         x = x[bidx, cidx, (dy + ar).view(batch, 1, 32, 1), cols.view(batch, 1, 1, 32)].contiguous(memory_format=cl)
         y = labels_all[lo:lo + batch]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(x)
         logits = logits.float()
         loss = F.cross_entropy(logits, y, weight=weights)
@@ -231,13 +231,13 @@ def torch_step(torch, width, depth, batch, precision, steps, repeats, warmup=3):
     model.train()
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    sync()
     ips = []
     for _ in range(repeats):
         t = time.perf_counter()
         for _ in range(steps):
             step()
-        torch.cuda.synchronize()
+        sync()
         ips.append(steps * batch / (time.perf_counter() - t))
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
