@@ -490,11 +490,11 @@ fn split_plan_cuts_every_channel_into_non_empty_slices() {
             }
         }
     }
-    // The default network's first layer (batch 512, 64 channels of 32x32): 17 slices of 30,844
-    // values (1,088 blocks, about 8 for each of 132 SMs); 512 channels of 4x4 (8,192 values
-    // each) are already 512 blocks and a slice may not be shorter than 8,192: one slice each.
+    // The default network's first layer (batch 512, 64 channels of 32x32): 16 slices of 32
+    // images (1,024 blocks, one wave of 8 for each of 132 SMs); 512 channels of 4x4 (8,192
+    // values each) are already 512 blocks and a slice may not be shorter than 8,192: one each.
     let p = cuda::split_plan(BnShape { n: 512, c: 64, hw: 1024 }, true);
-    assert_eq!((p.splits, p.chunk), (17, 30_844));
+    assert_eq!((p.splits, p.chunk), (16, 32 * 1024));
     let p = cuda::split_plan(BnShape { n: 512, c: 512, hw: 16 }, true);
     assert_eq!((p.splits, p.chunk), (1, 8192));
 }

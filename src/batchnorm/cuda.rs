@@ -20,8 +20,8 @@ const MODULE: &str = "batchnorm";
 const THREADS: u32 = 256;
 /// Most slices a channel is cut into (`BN_MAX_SPLITS`: the merge gives each a lane of one warp).
 pub const MAX_SPLITS: usize = 32;
-/// The slices aim at about this many blocks: 132 SMs (H100/H200) x 8 resident 256-thread blocks,
-/// one full wave at full occupancy.
+/// The slices aim at up to this many blocks: 132 SMs (H100/H200) x 8 resident 256-thread blocks,
+/// one full wave at full occupancy (the register use allows it: docs/kernel-resources.md).
 const TARGET_BLOCKS: usize = 132 * 8;
 /// ...but give each slice at least this many values (8 float4 groups a thread), so that a block's
 /// fixed cost (the merge, the index setup) stays small next to its loads.
@@ -76,15 +76,16 @@ pub struct SplitPlan {
     pub chunk: usize,
 }
 
-/// The slices of [`SplitPlan`] for `shape`: about [`TARGET_BLOCKS`] blocks over all channels, at
-/// most [`MAX_SPLITS`] a channel, at least [`MIN_CHUNK`] values a slice (one slice when the
+/// The slices of [`SplitPlan`] for `shape`: at most [`TARGET_BLOCKS`] blocks over all channels
+/// (unless there are more channels), at most [`MAX_SPLITS`] a channel, at least [`MIN_CHUNK`] values a slice (one slice when the
 /// channel is shorter). Empty shapes get one slice of 0.
 pub fn split_plan(shape: BnShape, vec: bool) -> SplitPlan {
     let m = shape.per_channel();
     if m == 0 {
         return SplitPlan { splits: 1, chunk: 0 };
     }
-    let want = TARGET_BLOCKS.div_ceil(shape.c.max(1)).clamp(1, MAX_SPLITS).min(m.div_ceil(MIN_CHUNK)).max(1);
+    // Rounded down: one more block than a wave holds would run a second, nearly empty wave.
+    let want = (TARGET_BLOCKS / shape.c.max(1)).clamp(1, MAX_SPLITS).min(m.div_ceil(MIN_CHUNK));
     let mut chunk = m.div_ceil(want);
     if vec {
         chunk = chunk.next_multiple_of(4);
