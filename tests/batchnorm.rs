@@ -310,7 +310,7 @@ fn gpu_matches_cpu_planes_longer_than_a_block() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn gpu_matches_cpu_long_channels() {
-    // m = 35,557 values a channel: 5 slices of 7,112 values or fewer (scalar path, hw odd).
+    // m = 35,557 values a channel: 9 slices of 3,951 values or fewer (scalar path, hw odd).
     gpu_case(BnShape { n: 37, c: 2, hw: 31 * 31 }, 3);
 }
 
@@ -332,12 +332,12 @@ fn gpu_matches_cpu_odd_planes() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn gpu_matches_cpu_float4_slices_across_images() {
-    // hw = 32x32 (float4 path): m = 9,216 in 2 slices of 4,608 values, so a slice ends in the
+    // hw = 32x32 (float4 path): m = 7,168 in 2 slices of 3,584 values, so a slice ends in the
     // middle of an image; hw = 4 and 8x8 with tiny n: float4 groups, one slice.
-    gpu_case(BnShape { n: 9, c: 2, hw: 32 * 32 }, 20);
+    gpu_case(BnShape { n: 7, c: 2, hw: 32 * 32 }, 20);
     gpu_case(BnShape { n: 1, c: 3, hw: 4 }, 21);
     gpu_case(BnShape { n: 3, c: 70, hw: 8 * 8 }, 22);
-    assert_eq!(cuda::split_plan(BnShape { n: 9, c: 2, hw: 32 * 32 }, true), cuda::SplitPlan { splits: 2, chunk: 4608 });
+    assert_eq!(cuda::split_plan(BnShape { n: 7, c: 2, hw: 32 * 32 }, true), cuda::SplitPlan { splits: 2, chunk: 3584 });
 }
 
 #[test]
@@ -368,7 +368,7 @@ fn gpu_statistics_survive_a_large_mean() {
     // Channel 0 is 1e4 + N(0, 1), channel 1 is N(0, 1) * 1e-3 + 5: the variance is 1e-8 (ch 0)
     // and 1e-9 (ch 1) of the squared mean. In f32 the sum of squares minus the squared sum
     // cancels it away (ulp(1e8) = 8 against a variance of 1); Welford per thread and Chan's merge
-    // square only deviations from running means. m = 20,736 values in 3 slices (float4 path).
+    // square only deviations from running means. m = 20,736 values in 6 slices (float4 path).
     let shape = BnShape { n: 9, c: 2, hw: 48 * 48 };
     let mut r = rng(40);
     let z = normal(&mut r, shape.len());
@@ -439,7 +439,7 @@ fn gpu_statistics_survive_a_large_mean() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn gpu_results_are_the_same_bits_every_run() {
-    // Several slices a channel (5 here), float4 and scalar paths: the forward and the backward
+    // Several slices a channel (9 and 3 here), scalar and float4 paths: the forward and the backward
     // twice each on the same inputs (the second with a reused, already-written workspace) give
     // the same bits; nothing depends on block timing.
     for shape in [BnShape { n: 37, c: 2, hw: 31 * 31 }, BnShape { n: 9, c: 3, hw: 32 * 32 }] {
@@ -492,10 +492,12 @@ fn split_plan_cuts_every_channel_into_non_empty_slices() {
     }
     // The default network's first layer (batch 512, 64 channels of 32x32): 16 slices of 32
     // images (1,024 blocks, one wave of 8 for each of 132 SMs); 512 channels of 4x4 (8,192
-    // values each) are already 512 blocks and a slice may not be shorter than 8,192: one each.
+    // values each) get 2 slices (floor(1056 / 512)) of 4,096, the shortest a slice may be.
     let p = cuda::split_plan(BnShape { n: 512, c: 64, hw: 1024 }, true);
     assert_eq!((p.splits, p.chunk), (16, 32 * 1024));
     let p = cuda::split_plan(BnShape { n: 512, c: 512, hw: 16 }, true);
+    assert_eq!((p.splits, p.chunk), (2, 4096));
+    let p = cuda::split_plan(BnShape { n: 512, c: 1024, hw: 16 }, true);
     assert_eq!((p.splits, p.chunk), (1, 8192));
 }
 

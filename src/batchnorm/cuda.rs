@@ -23,9 +23,9 @@ pub const MAX_SPLITS: usize = 32;
 /// The slices aim at up to this many blocks: 132 SMs (H100/H200) x 8 resident 256-thread blocks,
 /// one full wave at full occupancy (the register use allows it: docs/kernel-resources.md).
 const TARGET_BLOCKS: usize = 132 * 8;
-/// ...but give each slice at least this many values (8 float4 groups a thread), so that a block's
+/// ...but give each slice at least this many values (4 float4 groups a thread), so that a block's
 /// fixed cost (the merge, the index setup) stays small next to its loads.
-const MIN_CHUNK: usize = 8 * 4 * THREADS as usize;
+const MIN_CHUNK: usize = 4 * 4 * THREADS as usize;
 
 /// Device scratch of the per-slice partial results (two f32 per channel and slice), kept across
 /// calls: a training loop that passes the same one to the `_in` functions allocates it once
@@ -77,8 +77,8 @@ pub struct SplitPlan {
 }
 
 /// The slices of [`SplitPlan`] for `shape`: at most [`TARGET_BLOCKS`] blocks over all channels
-/// (unless there are more channels), at most [`MAX_SPLITS`] a channel, at least [`MIN_CHUNK`] values a slice (one slice when the
-/// channel is shorter). Empty shapes get one slice of 0.
+/// (unless there are more channels), at most [`MAX_SPLITS`] a channel, at least [`MIN_CHUNK`]
+/// values a slice (one slice when the channel is shorter). Empty shapes get one slice of 0.
 pub fn split_plan(shape: BnShape, vec: bool) -> SplitPlan {
     let m = shape.per_channel();
     if m == 0 {
