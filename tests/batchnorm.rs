@@ -384,8 +384,8 @@ fn gpu_statistics_survive_a_large_mean() {
         .collect();
     // f64 reference of the f32 inputs.
     let m = shape.per_channel() as f64;
-    let mut want_mean = vec![0.0f64; 2];
-    let mut want_var = vec![0.0f64; 2];
+    let mut want_mean = [0.0f64; 2];
+    let mut want_var = [0.0f64; 2];
     for ch in 0..2 {
         let vals: Vec<f64> = (0..shape.n)
             .flat_map(|i| x[(i * shape.c + ch) * shape.hw..][..shape.hw].iter().map(|&v| f64::from(v)))
@@ -470,7 +470,7 @@ fn gpu_results_are_the_same_bits_every_run() {
         for (k, (a, b)) in a.iter().zip(&b).enumerate() {
             assert!(a == b, "{shape:?}: output {k} differs between two runs");
         }
-        assert_eq!(ws.len(), 2 * c * cuda::split_plan(shape, shape.hw % 4 == 0).splits);
+        assert_eq!(ws.len(), 2 * c * cuda::split_plan(shape, shape.hw.is_multiple_of(4)).splits);
     }
 }
 
@@ -485,7 +485,7 @@ fn split_plan_cuts_every_channel_into_non_empty_slices() {
                     let p = cuda::split_plan(shape, vec);
                     assert!((1..=cuda::MAX_SPLITS).contains(&p.splits), "{shape:?}: {p:?}");
                     assert!((p.splits - 1) * p.chunk < m && m <= p.splits * p.chunk, "{shape:?}: {p:?}");
-                    assert!(!vec || p.chunk % 4 == 0, "{shape:?}: {p:?}");
+                    assert!(!vec || p.chunk.is_multiple_of(4), "{shape:?}: {p:?}");
                 }
             }
         }

@@ -534,7 +534,7 @@ where
 
 /// Whether every pointer is 16-byte aligned (float4 loads and stores need it).
 fn aligned(ptrs: &[u64]) -> bool {
-    ptrs.iter().all(|&p| p % 16 == 0)
+    ptrs.iter().all(|&p| p.is_multiple_of(16))
 }
 
 /// f32s of the workspace a launch with `p` uses: (two partials) x channels x splits.
@@ -557,7 +557,7 @@ fn check_size(shape: BnShape) -> Result<()> {
 /// The kernels' parameters; float4 groups when `hw % 4 == 0` and `aligned`. Call after
 /// [`check_size`] and only for a non-empty shape.
 fn params(shape: BnShape, config: BnConfig, relu: bool, aligned: bool) -> Result<BnParams> {
-    let vec = aligned && shape.hw % 4 == 0;
+    let vec = aligned && shape.hw.is_multiple_of(4);
     let plan = split_plan(shape, vec);
     // Every value is at most n*c*hw <= MAX_INDEX (check_size), chunk <= m and splits <= 32.
     let int = |v: usize| {
