@@ -366,7 +366,7 @@ fn normal(r: &mut rand_pcg::Pcg64, n: usize) -> Vec<f64> {
 #[ignore = "needs a CUDA device"]
 fn gpu_statistics_survive_a_large_mean() {
     // Channel 0 is 1e4 + N(0, 1), channel 1 is N(0, 1) * 1e-3 + 5: the variance is 1e-8 (ch 0)
-    // and 1e-9 (ch 1) of the squared mean. In f32 the sum of squares minus the squared sum
+    // and 4e-8 (ch 1) of the squared mean. In f32 the sum of squares minus the squared sum
     // cancels it away (ulp(1e8) = 8 against a variance of 1); Welford per thread and Chan's merge
     // square only deviations from running means. m = 20,736 values in 6 slices (float4 path).
     let shape = BnShape { n: 9, c: 2, hw: 48 * 48 };
@@ -413,18 +413,19 @@ fn gpu_statistics_survive_a_large_mean() {
             want_mean[ch]
         );
         // Variance: Welford and Chan square deviations from means that are off by a few f32
-        // roundings of the mean (1e-3 absolute for channel 0), which moves the variance by their
-        // square (1e-6 relative); observed 4e-6 on both channels (the invstd's own f32 rounding
-        // included). 1e-4 leaves a 25x margin and is 100x below what the cancelling formula gets
-        // wrong (checked below).
+        // roundings of the mean (1e-3 absolute for channel 0), which enter through the merges'
+        // squared mean differences; observed 1.6e-5 (channel 0) and 1.1e-6 (channel 1), the
+        // invstd's own f32 rounding included. 1e-3 leaves a 60x margin for the device's different
+        // rounding (fused multiply-adds) and is a million times below what the cancelling formula
+        // gets wrong (4e3 relative here, checked below).
         let got_var = 1.0 / f64::from(invstd[ch]).powi(2) - f64::from(eps);
-        assert!(((got_var - var) / var).abs() < 1e-4, "ch {ch}: var {got_var} vs {var}");
+        assert!(((got_var - var) / var).abs() < 1e-3, "ch {ch}: var {got_var} vs {var}");
         let unbiased = var * m / (m - 1.0);
         let rel = (f64::from(rv[ch]) - unbiased) / unbiased;
-        assert!(rel.abs() < 1e-4, "ch {ch}: running var {} vs {unbiased}", rv[ch]);
+        assert!(rel.abs() < 1e-3, "ch {ch}: running var {} vs {unbiased}", rv[ch]);
     }
     // The test has teeth: the one-pass sum of squares in f32 gets channel 0's variance wrong by
-    // far more than the tolerance.
+    // far more than the tolerance (observed: 4e3 times the variance).
     let (mut s1, mut s2) = (0.0f32, 0.0f32);
     for i in 0..shape.n {
         for &v in &x[(i * shape.c) * shape.hw..][..shape.hw] {
@@ -433,7 +434,7 @@ fn gpu_statistics_survive_a_large_mean() {
         }
     }
     let naive = f64::from(s2 / m as f32 - (s1 / m as f32).powi(2));
-    assert!(((naive - want_var[0]) / want_var[0]).abs() > 1e-2, "naive var {naive} vs {}", want_var[0]);
+    assert!(((naive - want_var[0]) / want_var[0]).abs() > 1.0, "naive var {naive} vs {}", want_var[0]);
 }
 
 #[test]
