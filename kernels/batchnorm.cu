@@ -48,8 +48,11 @@ struct BnParams {
 EC_CHECK_PARAMS(BnParams);
 
 // Every kernel runs BN_THREADS threads; a channel's partials fit one warp (one lane a split).
+// Both mirror constants of src/batchnorm/cuda.rs (THREADS, MAX_SPLITS).
 #define BN_THREADS 256
 #define BN_MAX_SPLITS 32
+static_assert(BN_MAX_SPLITS == 32, "the merges give each split one lane of warp 0");
+static_assert(BN_THREADS % 32 == 0 && BN_THREADS / 32 <= 32, "block_merge merges one value a warp in warp 0");
 
 // ReLU as PyTorch: NaN passes through, -0 and negatives become 0.
 __device__ __forceinline__ float relu(float v) { return v <= 0.0f ? 0.0f : v; }
@@ -137,8 +140,9 @@ __device__ __forceinline__ Moments moments4(float4 v) {
     return {4.0f, mu, (a * a + b * b) + (c * c + d * d)};
 }
 
-// The merged moments of channel blockIdx.x's partials, in every thread of warp 0 that asks (lane
-// 0's value is the result). Every block of the channel computes the same bits.
+// The merged moments of channel blockIdx.x's partials (p.splits <= BN_MAX_SPLITS: lane s holds
+// split s), called by all of warp 0; lane 0's value is the result. Every block of the channel
+// computes the same bits.
 __device__ __forceinline__ Moments channel_moments(const float* __restrict__ partial, const BnParams& p) {
     const int lane = threadIdx.x & 31;
     Moments v = {0.0f, 0.0f, 0.0f};
