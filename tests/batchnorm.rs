@@ -189,73 +189,109 @@ fn bad_inputs_are_errors() {
 // ---- GPU vs CPU ----------------------------------------------------------------------------------
 
 fn gpu_case(shape: BnShape, seed: u64) {
-    use cudarc::driver::CudaSlice;
-    let s = common::gpu();
     let mut r = rng(seed);
-    let c = shape.c;
     let x = uniform(&mut r, shape.len(), -3.0, 5.0);
-    let dy = uniform(&mut r, shape.len(), -1.0, 1.0);
+    gpu_case_x(shape, &x, seed, 0);
+}
+
+/// The GPU against the CPU reference on `x` (other inputs drawn from `seed`): training forward
+/// (plain with a fresh workspace a call, fused ReLU with one workspace for every call), eval
+/// forward, backward. `offset` > 0 places every tensor that many floats into its buffer, so
+/// that the pointers are not 16-byte aligned and the kernels take the scalar path.
+fn gpu_case_x(shape: BnShape, x: &[f32], seed: u64, offset: usize) {
+    use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+    let s = common::gpu();
+    let mut r = rng(seed ^ 0x5eed);
+    let c = shape.c;
+    let len = shape.len();
+    let dy = uniform(&mut r, len, -1.0, 1.0);
     let gamma = uniform(&mut r, c, 0.5, 1.5);
     let beta = uniform(&mut r, c, -0.5, 0.5);
     let rm0 = uniform(&mut r, c, -0.5, 0.5);
     let rv0 = uniform(&mut r, c, 0.5, 2.0);
     let up = |v: &[f32]| s.clone_htod(v).unwrap();
+    // A tensor behind `offset` poisoned floats (written, so never read uninitialized).
+    let up_at = |v: &[f32]| {
+        let mut b = vec![POISON; offset];
+        b.extend_from_slice(v);
+        s.clone_htod(&b).unwrap()
+    };
     let poison = |n: usize| s.clone_htod(&vec![POISON; n]).unwrap();
     let down = |d: &CudaSlice<f32>| s.clone_dtoh(d).unwrap();
-    let (xd, dyd, gd, bd) = (up(&x), up(&dy), up(&gamma), up(&beta));
+    let down_at = |d: &CudaSlice<f32>| s.clone_dtoh(d).unwrap()[offset..].to_vec();
+    fn at(d: &CudaSlice<f32>, offset: usize) -> CudaView<'_, f32> {
+        d.slice(offset..)
+    }
+    fn at_mut(d: &mut CudaSlice<f32>, offset: usize) -> CudaViewMut<'_, f32> {
+        d.slice_mut(offset..)
+    }
+    let (xd, dyd, gd, bd) = (up_at(x), up_at(&dy), up(&gamma), up(&beta));
+    let mut ws = cuda::Workspace::new();
 
     for relu in [false, true] {
-        let what = if relu { "relu" } else { "plain" };
+        let what = format!("{shape:?} offset {offset} {}", if relu { "relu" } else { "plain" });
         // Training forward.
         let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
         let f = if relu { cpu::relu_forward_train } else { cpu::forward_train };
-        let want = f(&x, &gamma, &beta, &mut rm, &mut rv, shape, CFG).unwrap();
+        let want = f(x, &gamma, &beta, &mut rm, &mut rv, shape, CFG).unwrap();
         let (mut rmd, mut rvd) = (up(&rm0), up(&rv0));
-        let (mut yd, mut smd, mut sid) = (poison(shape.len()), poison(c), poison(c));
+        let (mut yd, mut smd, mut sid) = (poison(len + offset), poison(c), poison(c));
+        let (xv, mut yv) = (at(&xd, offset), at_mut(&mut yd, offset));
         if relu {
-            cuda::relu_forward_train(&s, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut smd, &mut sid, shape, CFG)
+            cuda::relu_forward_train_in(
+                &s, &xv, &gd, &bd, &mut rmd, &mut rvd, &mut yv, &mut smd, &mut sid, shape, CFG, &mut ws,
+            )
         } else {
-            cuda::forward_train(&s, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut smd, &mut sid, shape, CFG)
+            cuda::forward_train(&s, &xv, &gd, &bd, &mut rmd, &mut rvd, &mut yv, &mut smd, &mut sid, shape, CFG)
         }
         .unwrap();
-        assert_close(&format!("{what} y"), &down(&yd), &want.y, 1e-4, 1e-4);
+        // The GPU merges per-thread and per-slice moments, the CPU sums in two passes: both are
+        // accurate to a few f32 roundings of the values' scale, far inside these tolerances.
+        assert_close(&format!("{what} y"), &down_at(&yd), &want.y, 1e-4, 1e-4);
         assert_close(&format!("{what} save_mean"), &down(&smd), &want.save_mean, 1e-5, 1e-5);
         assert_close(&format!("{what} save_invstd"), &down(&sid), &want.save_invstd, 1e-5, 1e-4);
         assert_close(&format!("{what} running_mean"), &down(&rmd), &rm, 1e-5, 1e-5);
         assert_close(&format!("{what} running_var"), &down(&rvd), &rv, 1e-5, 1e-4);
+        if offset > 0 {
+            assert!(down(&yd)[..offset].iter().all(|&v| v == POISON), "{what}: wrote before y");
+        }
 
         // Eval forward from the (CPU-updated) running statistics.
         let fe = if relu { cpu::relu_forward_eval } else { cpu::forward_eval };
-        let want_eval = fe(&x, &gamma, &beta, &rm, &rv, shape, CFG).unwrap();
-        let mut yed = poison(shape.len());
+        let want_eval = fe(x, &gamma, &beta, &rm, &rv, shape, CFG).unwrap();
+        let mut yed = poison(len + offset);
         let (rmd, rvd) = (up(&rm), up(&rv));
+        let mut yev = at_mut(&mut yed, offset);
         if relu {
-            cuda::relu_forward_eval(&s, &xd, &gd, &bd, &rmd, &rvd, &mut yed, shape, CFG)
+            cuda::relu_forward_eval(&s, &xv, &gd, &bd, &rmd, &rvd, &mut yev, shape, CFG)
         } else {
-            cuda::forward_eval(&s, &xd, &gd, &bd, &rmd, &rvd, &mut yed, shape, CFG)
+            cuda::forward_eval(&s, &xv, &gd, &bd, &rmd, &rvd, &mut yev, shape, CFG)
         }
         .unwrap();
-        assert_close(&format!("{what} eval y"), &down(&yed), &want_eval, 1e-5, 1e-5);
+        assert_close(&format!("{what} eval y"), &down_at(&yed), &want_eval, 1e-5, 1e-5);
 
         // Backward, from the CPU's saved statistics and output so both sides see the same mask.
         let want_g = if relu {
-            cpu::relu_backward(&x, &want.y, &dy, &gamma, &want.save_mean, &want.save_invstd, shape).unwrap()
+            cpu::relu_backward(x, &want.y, &dy, &gamma, &want.save_mean, &want.save_invstd, shape).unwrap()
         } else {
-            cpu::backward(&x, &dy, &gamma, &want.save_mean, &want.save_invstd, shape).unwrap()
+            cpu::backward(x, &dy, &gamma, &want.save_mean, &want.save_invstd, shape).unwrap()
         };
         let (smd, sid) = (up(&want.save_mean), up(&want.save_invstd));
-        let (mut dxd, mut dgd, mut dbd) = (poison(shape.len()), poison(c), poison(c));
+        let (mut dxd, mut dgd, mut dbd) = (poison(len + offset), poison(c), poison(c));
+        let (dyv, mut dxv) = (at(&dyd, offset), at_mut(&mut dxd, offset));
         if relu {
-            let yd = up(&want.y);
-            cuda::relu_backward(&s, &xd, &yd, &dyd, &gd, &smd, &sid, &mut dxd, &mut dgd, &mut dbd, shape).unwrap();
+            let yd = up_at(&want.y);
+            let yv = at(&yd, offset);
+            cuda::relu_backward_in(&s, &xv, &yv, &dyv, &gd, &smd, &sid, &mut dxv, &mut dgd, &mut dbd, shape, &mut ws)
+                .unwrap();
         } else {
-            cuda::backward(&s, &xd, &dyd, &gd, &smd, &sid, &mut dxd, &mut dgd, &mut dbd, shape).unwrap();
+            cuda::backward(&s, &xv, &dyv, &gd, &smd, &sid, &mut dxv, &mut dgd, &mut dbd, shape).unwrap();
         }
         // Sums of m values in different orders: the absolute tolerance grows with m.
         let sum_tol = 1e-5 + 1e-6 * shape.per_channel() as f32;
         assert_close(&format!("{what} dbeta"), &down(&dbd), &want_g.dbeta, sum_tol, 1e-4);
         assert_close(&format!("{what} dgamma"), &down(&dgd), &want_g.dgamma, sum_tol, 1e-4);
-        assert_close(&format!("{what} dx"), &down(&dxd), &want_g.dx, 1e-4, 1e-3);
+        assert_close(&format!("{what} dx"), &down_at(&dxd), &want_g.dx, 1e-4, 1e-3);
     }
 }
 
@@ -274,8 +310,196 @@ fn gpu_matches_cpu_planes_longer_than_a_block() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn gpu_matches_cpu_long_channels() {
-    // n * hw >= 32768 takes the 512-thread reduction.
+    // m = 35,557 values a channel: 9 slices of 3,951 values or fewer (scalar path, hw odd).
     gpu_case(BnShape { n: 37, c: 2, hw: 31 * 31 }, 3);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_matches_cpu_odd_planes() {
+    // hw = 1, 3, 5x5, 7x7 with n = 1 and 3 (n * hw >= 2 for training): the scalar path, one slice.
+    let mut seed = 10;
+    for hw in [1, 3, 25, 49] {
+        for n in [1, 3] {
+            if n * hw >= 2 {
+                gpu_case(BnShape { n, c: 3, hw }, seed);
+                seed += 1;
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_matches_cpu_float4_slices_across_images() {
+    // hw = 32x32 (float4 path): m = 7,168 in 2 slices of 3,584 values, so a slice ends in the
+    // middle of an image; hw = 4 and 8x8 with tiny n: float4 groups, one slice.
+    gpu_case(BnShape { n: 7, c: 2, hw: 32 * 32 }, 20);
+    gpu_case(BnShape { n: 1, c: 3, hw: 4 }, 21);
+    gpu_case(BnShape { n: 3, c: 70, hw: 8 * 8 }, 22);
+    assert_eq!(cuda::split_plan(BnShape { n: 7, c: 2, hw: 32 * 32 }, true), cuda::SplitPlan { splits: 2, chunk: 3584 });
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_matches_cpu_unaligned_tensors() {
+    // Tensors one float into their buffers: hw % 4 == 0 but the pointers are not 16-byte aligned,
+    // so the kernels must take the scalar path (a float4 access there faults, on the emulated
+    // driver as on a GPU).
+    let shape = BnShape { n: 9, c: 2, hw: 32 * 32 };
+    let x = uniform(&mut rng(30), shape.len(), -3.0, 5.0);
+    gpu_case_x(shape, &x, 30, 1);
+}
+
+/// Standard normal values (Box-Muller on the test's uniform generator).
+fn normal(r: &mut rand_pcg::Pcg64, n: usize) -> Vec<f64> {
+    let u = uniform(r, 2 * n, 0.0, 1.0);
+    u.chunks_exact(2)
+        .map(|p| {
+            let (a, b) = (f64::from(p[0]).max(1e-12), f64::from(p[1]));
+            (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_statistics_survive_a_large_mean() {
+    // Channel 0 is 1e4 + N(0, 1), channel 1 is N(0, 1) * 1e-3 + 5: the variance is 1e-8 (ch 0)
+    // and 4e-8 (ch 1) of the squared mean. In f32 the sum of squares minus the squared sum
+    // cancels it away (ulp(1e8) = 8 against a variance of 1); Welford per thread and Chan's merge
+    // square only deviations from running means. m = 20,736 values in 6 slices (float4 path).
+    let shape = BnShape { n: 9, c: 2, hw: 48 * 48 };
+    let mut r = rng(40);
+    let z = normal(&mut r, shape.len());
+    let x: Vec<f32> = (0..shape.len())
+        .map(|i| {
+            let ch = (i / shape.hw) % shape.c;
+            if ch == 0 {
+                (1e4 + z[i]) as f32
+            } else {
+                (5.0 + 1e-3 * z[i]) as f32
+            }
+        })
+        .collect();
+    // f64 reference of the f32 inputs.
+    let m = shape.per_channel() as f64;
+    let mut want_mean = [0.0f64; 2];
+    let mut want_var = [0.0f64; 2];
+    for ch in 0..2 {
+        let vals: Vec<f64> = (0..shape.n)
+            .flat_map(|i| x[(i * shape.c + ch) * shape.hw..][..shape.hw].iter().map(|&v| f64::from(v)))
+            .collect();
+        want_mean[ch] = vals.iter().sum::<f64>() / m;
+        want_var[ch] = vals.iter().map(|v| (v - want_mean[ch]).powi(2)).sum::<f64>() / m;
+    }
+    let s = common::gpu();
+    let up = |v: &[f32]| s.clone_htod(v).unwrap();
+    let (xd, gd, bd) = (up(&x), up(&[1.0, 1.0]), up(&[0.0, 0.0]));
+    let (mut rmd, mut rvd) = (up(&[0.0, 0.0]), up(&[1.0, 1.0]));
+    let (mut yd, mut smd, mut sid) = (up(&vec![POISON; shape.len()]), up(&[POISON; 2]), up(&[POISON; 2]));
+    let eps = 1e-12; // so that invstd measures the variance, not eps (1e-6 is channel 1's)
+    let cfg = BnConfig { eps, momentum: 1.0 };
+    cuda::forward_train(&s, &xd, &gd, &bd, &mut rmd, &mut rvd, &mut yd, &mut smd, &mut sid, shape, cfg).unwrap();
+    let (mean, invstd, rv) = (s.clone_dtoh(&smd).unwrap(), s.clone_dtoh(&sid).unwrap(), s.clone_dtoh(&rvd).unwrap());
+    for ch in 0..2 {
+        let var = want_var[ch];
+        // Mean: one f32 rounding of 1e4 is 5e-4 absolute; allow 4 (merges round it again).
+        let mean_tol = 4.0 * f64::from(f32::EPSILON) * want_mean[ch].abs();
+        assert!(
+            (f64::from(mean[ch]) - want_mean[ch]).abs() <= mean_tol,
+            "ch {ch}: mean {} vs {}",
+            mean[ch],
+            want_mean[ch]
+        );
+        // Variance: Welford and Chan square deviations from means that are off by a few f32
+        // roundings of the mean (1e-3 absolute for channel 0), which enter through the merges'
+        // squared mean differences; observed 1.6e-5 (channel 0) and 1.1e-6 (channel 1), the
+        // invstd's own f32 rounding included. 1e-3 leaves a 60x margin for the device's different
+        // rounding (fused multiply-adds) and is a million times below what the cancelling formula
+        // gets wrong (4e3 relative here, checked below).
+        let got_var = 1.0 / f64::from(invstd[ch]).powi(2) - f64::from(eps);
+        assert!(((got_var - var) / var).abs() < 1e-3, "ch {ch}: var {got_var} vs {var}");
+        let unbiased = var * m / (m - 1.0);
+        let rel = (f64::from(rv[ch]) - unbiased) / unbiased;
+        assert!(rel.abs() < 1e-3, "ch {ch}: running var {} vs {unbiased}", rv[ch]);
+    }
+    // The test has teeth: the one-pass sum of squares in f32 gets channel 0's variance wrong by
+    // far more than the tolerance (observed: 4e3 times the variance).
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for i in 0..shape.n {
+        for &v in &x[(i * shape.c) * shape.hw..][..shape.hw] {
+            s1 += v;
+            s2 += v * v;
+        }
+    }
+    let naive = f64::from(s2 / m as f32 - (s1 / m as f32).powi(2));
+    assert!(((naive - want_var[0]) / want_var[0]).abs() > 1.0, "naive var {naive} vs {}", want_var[0]);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_results_are_the_same_bits_every_run() {
+    // Several slices a channel (9 and 3 here), scalar and float4 paths: the forward and the backward
+    // twice each on the same inputs (the second with a reused, already-written workspace) give
+    // the same bits; nothing depends on block timing.
+    for shape in [BnShape { n: 37, c: 2, hw: 31 * 31 }, BnShape { n: 9, c: 3, hw: 32 * 32 }] {
+        let s = common::gpu();
+        let mut r = rng(50);
+        let x = uniform(&mut r, shape.len(), -3.0, 5.0);
+        let dy = uniform(&mut r, shape.len(), -1.0, 1.0);
+        let c = shape.c;
+        let up = |v: &[f32]| s.clone_htod(v).unwrap();
+        let (xd, dyd, gd, bd) = (up(&x), up(&dy), up(&vec![1.2; c]), up(&vec![0.1; c]));
+        let mut ws = cuda::Workspace::new();
+        let mut run = || {
+            let (mut rm, mut rv) = (up(&vec![0.0; c]), up(&vec![1.0; c]));
+            let (mut y, mut sm, mut si) = (up(&vec![POISON; shape.len()]), up(&vec![POISON; c]), up(&vec![POISON; c]));
+            cuda::relu_forward_train_in(
+                &s, &xd, &gd, &bd, &mut rm, &mut rv, &mut y, &mut sm, &mut si, shape, CFG, &mut ws,
+            )
+            .unwrap();
+            let (mut dx, mut dg, mut db) = (up(&vec![POISON; shape.len()]), up(&vec![POISON; c]), up(&vec![POISON; c]));
+            cuda::relu_backward_in(&s, &xd, &y, &dyd, &gd, &sm, &si, &mut dx, &mut dg, &mut db, shape, &mut ws)
+                .unwrap();
+            let bits = |d: &cudarc::driver::CudaSlice<f32>| -> Vec<u32> {
+                s.clone_dtoh(d).unwrap().iter().map(|v| v.to_bits()).collect()
+            };
+            [&y, &sm, &si, &rm, &rv, &dx, &dg, &db].map(bits)
+        };
+        let (a, b) = (run(), run());
+        for (k, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!(a == b, "{shape:?}: output {k} differs between two runs");
+        }
+        assert_eq!(ws.len(), 2 * c * cuda::split_plan(shape, shape.hw.is_multiple_of(4)).splits);
+    }
+}
+
+#[test]
+fn split_plan_cuts_every_channel_into_non_empty_slices() {
+    for n in [1, 2, 3, 37, 512] {
+        for hw in [1, 3, 4, 25, 49, 64, 1024] {
+            for c in [1, 3, 64, 512, 5000] {
+                for vec in [false, true] {
+                    let shape = BnShape { n, c, hw };
+                    let m = shape.per_channel();
+                    let p = cuda::split_plan(shape, vec);
+                    assert!((1..=cuda::MAX_SPLITS).contains(&p.splits), "{shape:?}: {p:?}");
+                    assert!((p.splits - 1) * p.chunk < m && m <= p.splits * p.chunk, "{shape:?}: {p:?}");
+                    assert!(!vec || p.chunk.is_multiple_of(4), "{shape:?}: {p:?}");
+                }
+            }
+        }
+    }
+    // The default network's first layer (batch 512, 64 channels of 32x32): 16 slices of 32
+    // images (1,024 blocks, one wave of 8 for each of 132 SMs); 512 channels of 4x4 (8,192
+    // values each) get 2 slices (floor(1056 / 512)) of 4,096, the shortest a slice may be.
+    let p = cuda::split_plan(BnShape { n: 512, c: 64, hw: 1024 }, true);
+    assert_eq!((p.splits, p.chunk), (16, 32 * 1024));
+    let p = cuda::split_plan(BnShape { n: 512, c: 512, hw: 16 }, true);
+    assert_eq!((p.splits, p.chunk), (2, 4096));
+    let p = cuda::split_plan(BnShape { n: 512, c: 1024, hw: 16 }, true);
+    assert_eq!((p.splits, p.chunk), (1, 8192));
 }
 
 #[test]

@@ -1,15 +1,97 @@
 //! CUDA launches of `kernels/batchnorm.cu` on the caller's stream. Every buffer is f32; `x`, `y`,
 //! `dy`, `dx` hold `n * c * hw` elements (NCHW), every per-channel buffer `c`.
+//!
+//! Every kernel runs a grid of (channels, splits) blocks: each channel's `n * hw` values are cut
+//! into [`split_plan`]'s slices so that a layer of few channels still fills the GPU. The training
+//! forward and the backward write per-slice partial results to a [`Workspace`] and merge them in
+//! a fixed order (the same bits on every run). The `_in` forms take the caller's workspace (a
+//! training loop allocates it once); the others allocate one per call.
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{BnConfig, BnShape};
-use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, MAX_INDEX};
+use crate::cuda::{after_launch, check_device, check_devices, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "batchnorm (cuda)";
 const MODULE: &str = "batchnorm";
+/// Threads per block of every kernel (`BN_THREADS` in the kernel).
+const THREADS: u32 = 256;
+/// Most slices a channel is cut into (`BN_MAX_SPLITS`: the merge gives each a lane of one warp).
+pub const MAX_SPLITS: usize = 32;
+/// The slices aim at up to this many blocks: 132 SMs (H100/H200) x 8 resident 256-thread blocks,
+/// one full wave at full occupancy (the register use allows it: docs/kernel-resources.md).
+const TARGET_BLOCKS: usize = 132 * 8;
+/// ...but give each slice at least this many values (4 float4 groups a thread), so that a block's
+/// fixed cost (the merge, the index setup) stays small next to its loads.
+const MIN_CHUNK: usize = 4 * 4 * THREADS as usize;
+
+/// Device scratch of the per-slice partial results (two f32 per channel and slice), kept across
+/// calls: a training loop that passes the same one to the `_in` functions allocates it once
+/// (grown when a larger layer is first seen). Every launch that reads it reads only what the
+/// launch before it on the stream wrote, so it is never zeroed. Use it on one stream.
+#[derive(Default)]
+pub struct Workspace {
+    buf: Option<CudaSlice<f32>>,
+}
+
+impl Workspace {
+    /// An empty workspace (nothing allocated until a call needs it).
+    pub fn new() -> Self {
+        Workspace::default()
+    }
+
+    /// f32s allocated now.
+    pub fn len(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// At least `len` f32s on `stream`'s device, allocated (unfilled) only when the current
+    /// buffer is shorter or absent.
+    fn at_least(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<f32>> {
+        if let Some(b) = &self.buf {
+            check_device(OP, stream, "the batch-norm workspace", b)?;
+        }
+        if self.len() < len {
+            self.buf = None; // freed before the larger one is allocated
+                             // SAFETY: f32 is valid for every bit pattern, and the kernels read only
+                             // partials that the launch before them on the stream wrote.
+            let b = unsafe { stream.alloc::<f32>(len) }.during("allocating the batch-norm workspace")?;
+            self.buf = Some(b);
+        }
+        Ok(self.buf.as_mut().expect("allocated above"))
+    }
+}
+
+/// How the kernels cut each channel's `m = n * hw` values: `splits` slices of `chunk` values (the
+/// last one shorter, none empty); `chunk` is a multiple of 4 when `vec` (float4 groups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitPlan {
+    pub splits: usize,
+    pub chunk: usize,
+}
+
+/// The slices of [`SplitPlan`] for `shape`: at most [`TARGET_BLOCKS`] blocks over all channels
+/// (unless there are more channels), at most [`MAX_SPLITS`] a channel, at least [`MIN_CHUNK`]
+/// values a slice (one slice when the channel is shorter). Empty shapes get one slice of 0.
+pub fn split_plan(shape: BnShape, vec: bool) -> SplitPlan {
+    let m = shape.per_channel();
+    if m == 0 {
+        return SplitPlan { splits: 1, chunk: 0 };
+    }
+    // Rounded down: one more block than a wave holds would run a second, nearly empty wave.
+    let want = (TARGET_BLOCKS / shape.c.max(1)).clamp(1, MAX_SPLITS).min(m.div_ceil(MIN_CHUNK));
+    let mut chunk = m.div_ceil(want);
+    if vec {
+        chunk = chunk.next_multiple_of(4);
+    }
+    SplitPlan { splits: m.div_ceil(chunk), chunk }
+}
 
 /// Mirrors `BnParams` in `kernels/batchnorm.cu`.
 #[repr(C)]
@@ -21,14 +103,17 @@ struct BnParams {
     eps: f32,
     momentum: f32,
     relu: i32,
-    from_var: i32,
+    splits: i32,
+    chunk: i32,
+    vec: i32,
 }
-// SAFETY: plain-old-data with the same layout as the C struct (seven 4-byte fields; no padding).
+// SAFETY: plain-old-data with the same layout as the C struct (nine 4-byte fields; no padding).
 unsafe impl cudarc::driver::DeviceRepr for BnParams {}
 crate::cuda::check_params_layout!(BnParams);
 
 /// Training forward: `y = bn(x)` with batch statistics; writes `save_mean`, `save_invstd` and
-/// updates `running_mean`, `running_var` in place.
+/// updates `running_mean`, `running_var` in place. Allocates a workspace; see
+/// [`forward_train_in`].
 #[allow(clippy::too_many_arguments)]
 pub fn forward_train(
     stream: &Arc<CudaStream>,
@@ -43,11 +128,33 @@ pub fn forward_train(
     shape: BnShape,
     config: BnConfig,
 ) -> Result<()> {
-    check_devices!(OP, stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd);
-    train(stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd, shape, config, false)
+    let ws = &mut Workspace::new();
+    forward_train_in(stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd, shape, config, ws)
 }
 
-/// Training forward fused with a ReLU: `y = relu(bn(x))`.
+/// [`forward_train`] with the caller's workspace.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_train_in(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<f32>,
+    gamma: &impl DevicePtr<f32>,
+    beta: &impl DevicePtr<f32>,
+    running_mean: &mut impl DevicePtrMut<f32>,
+    running_var: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<f32>,
+    save_mean: &mut impl DevicePtrMut<f32>,
+    save_invstd: &mut impl DevicePtrMut<f32>,
+    shape: BnShape,
+    config: BnConfig,
+    ws: &mut Workspace,
+) -> Result<()> {
+    check_devices!(OP, stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd);
+    let bufs = TrainBufs { x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd };
+    train(stream, bufs, shape, config, false, ws)
+}
+
+/// Training forward fused with a ReLU: `y = relu(bn(x))`. Allocates a workspace; see
+/// [`relu_forward_train_in`].
 #[allow(clippy::too_many_arguments)]
 pub fn relu_forward_train(
     stream: &Arc<CudaStream>,
@@ -62,8 +169,42 @@ pub fn relu_forward_train(
     shape: BnShape,
     config: BnConfig,
 ) -> Result<()> {
+    let ws = &mut Workspace::new();
+    relu_forward_train_in(
+        stream,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        y,
+        save_mean,
+        save_invstd,
+        shape,
+        config,
+        ws,
+    )
+}
+
+/// [`relu_forward_train`] with the caller's workspace.
+#[allow(clippy::too_many_arguments)]
+pub fn relu_forward_train_in(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<f32>,
+    gamma: &impl DevicePtr<f32>,
+    beta: &impl DevicePtr<f32>,
+    running_mean: &mut impl DevicePtrMut<f32>,
+    running_var: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<f32>,
+    save_mean: &mut impl DevicePtrMut<f32>,
+    save_invstd: &mut impl DevicePtrMut<f32>,
+    shape: BnShape,
+    config: BnConfig,
+    ws: &mut Workspace,
+) -> Result<()> {
     check_devices!(OP, stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd);
-    train(stream, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd, shape, config, true)
+    let bufs = TrainBufs { x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd };
+    train(stream, bufs, shape, config, true, ws)
 }
 
 /// Eval forward from the running statistics.
@@ -100,7 +241,8 @@ pub fn relu_forward_eval(
     eval(stream, x, gamma, beta, running_mean, running_var, y, shape, config, true)
 }
 
-/// Backward of [`forward_train`]: writes `dx`, `dgamma`, `dbeta`.
+/// Backward of [`forward_train`]: writes `dx`, `dgamma`, `dbeta`. Allocates a workspace; see
+/// [`backward_in`].
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     stream: &Arc<CudaStream>,
@@ -114,12 +256,32 @@ pub fn backward(
     dbeta: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
 ) -> Result<()> {
-    check_devices!(OP, stream, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
-    // `x` stands in for the unused `y`: only its length is checked and the kernels never read it.
-    bwd(stream, x, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, shape, false)
+    backward_in(stream, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, shape, &mut Workspace::new())
 }
 
-/// Backward of [`relu_forward_train`]; `y` is its saved output.
+/// [`backward`] with the caller's workspace.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_in(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    gamma: &impl DevicePtr<f32>,
+    save_mean: &impl DevicePtr<f32>,
+    save_invstd: &impl DevicePtr<f32>,
+    dx: &mut impl DevicePtrMut<f32>,
+    dgamma: &mut impl DevicePtrMut<f32>,
+    dbeta: &mut impl DevicePtrMut<f32>,
+    shape: BnShape,
+    ws: &mut Workspace,
+) -> Result<()> {
+    check_devices!(OP, stream, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
+    // `x` stands in for the unused `y`: only its length is checked and the kernels never read it.
+    let bufs = BwdBufs { x, y: x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta };
+    bwd(stream, bufs, shape, false, ws)
+}
+
+/// Backward of [`relu_forward_train`]; `y` is its saved output. Allocates a workspace; see
+/// [`relu_backward_in`].
 #[allow(clippy::too_many_arguments)]
 pub fn relu_backward(
     stream: &Arc<CudaStream>,
@@ -134,69 +296,123 @@ pub fn relu_backward(
     dbeta: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
 ) -> Result<()> {
+    let ws = &mut Workspace::new();
+    relu_backward_in(stream, x, y, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, shape, ws)
+}
+
+/// [`relu_backward`] with the caller's workspace.
+#[allow(clippy::too_many_arguments)]
+pub fn relu_backward_in(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<f32>,
+    y: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    gamma: &impl DevicePtr<f32>,
+    save_mean: &impl DevicePtr<f32>,
+    save_invstd: &impl DevicePtr<f32>,
+    dx: &mut impl DevicePtrMut<f32>,
+    dgamma: &mut impl DevicePtrMut<f32>,
+    dbeta: &mut impl DevicePtrMut<f32>,
+    shape: BnShape,
+    ws: &mut Workspace,
+) -> Result<()> {
     check_devices!(OP, stream, x, y, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
-    bwd(stream, x, y, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, shape, true)
+    let bufs = BwdBufs { x, y, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta };
+    bwd(stream, bufs, shape, true, ws)
 }
 
 // ---- implementation ----------------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
-fn train(
+/// The buffers of a training forward.
+struct TrainBufs<'a, X, G, B, RM, RV, Y, SM, SI> {
+    x: &'a X,
+    gamma: &'a G,
+    beta: &'a B,
+    running_mean: &'a mut RM,
+    running_var: &'a mut RV,
+    y: &'a mut Y,
+    save_mean: &'a mut SM,
+    save_invstd: &'a mut SI,
+}
+
+/// The buffers of a backward.
+struct BwdBufs<'a, X, Y, DY, G, SM, SI, DX, DG, DB> {
+    x: &'a X,
+    y: &'a Y,
+    dy: &'a DY,
+    gamma: &'a G,
+    save_mean: &'a SM,
+    save_invstd: &'a SI,
+    dx: &'a mut DX,
+    dgamma: &'a mut DG,
+    dbeta: &'a mut DB,
+}
+
+#[allow(clippy::type_complexity)]
+fn train<X, G, B, RM, RV, Y, SM, SI>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
-    gamma: &impl DevicePtr<f32>,
-    beta: &impl DevicePtr<f32>,
-    running_mean: &mut impl DevicePtrMut<f32>,
-    running_var: &mut impl DevicePtrMut<f32>,
-    y: &mut impl DevicePtrMut<f32>,
-    save_mean: &mut impl DevicePtrMut<f32>,
-    save_invstd: &mut impl DevicePtrMut<f32>,
+    t: TrainBufs<'_, X, G, B, RM, RV, Y, SM, SI>,
     shape: BnShape,
     config: BnConfig,
     relu: bool,
-) -> Result<()> {
-    let p = params(shape, config, relu, false)?;
+    ws: &mut Workspace,
+) -> Result<()>
+where
+    X: DevicePtr<f32>,
+    G: DevicePtr<f32>,
+    B: DevicePtr<f32>,
+    RM: DevicePtrMut<f32>,
+    RV: DevicePtrMut<f32>,
+    Y: DevicePtrMut<f32>,
+    SM: DevicePtrMut<f32>,
+    SI: DevicePtrMut<f32>,
+{
     let total = shape.len();
-    check_len(OP, "x", x.len(), total)?;
-    check_len(OP, "y", y.len(), total)?;
+    check_len(OP, "x", t.x.len(), total)?;
+    check_len(OP, "y", t.y.len(), total)?;
     for (what, len) in [
-        ("gamma", gamma.len()),
-        ("beta", beta.len()),
-        ("running_mean", running_mean.len()),
-        ("running_var", running_var.len()),
-        ("save_mean", save_mean.len()),
-        ("save_invstd", save_invstd.len()),
+        ("gamma", t.gamma.len()),
+        ("beta", t.beta.len()),
+        ("running_mean", t.running_mean.len()),
+        ("running_var", t.running_var.len()),
+        ("save_mean", t.save_mean.len()),
+        ("save_invstd", t.save_invstd.len()),
     ] {
         check_len(OP, what, len, shape.c)?;
     }
     check_training_batch(shape)?;
+    check_size(shape)?;
     if total == 0 {
         return Ok(());
     }
     let stats = function(stream, MODULE, "batchnorm_stats_f32")?;
-    let apply = function(stream, MODULE, "batchnorm_apply_f32")?;
-    let (xp, _gx) = x.device_ptr(stream);
-    let (gp, _gg) = gamma.device_ptr(stream);
-    let (bp, _gb) = beta.device_ptr(stream);
-    let (rmp, _grm) = running_mean.device_ptr_mut(stream);
-    let (rvp, _grv) = running_var.device_ptr_mut(stream);
-    let (yp, _gy) = y.device_ptr_mut(stream);
-    let (smp, _gsm) = save_mean.device_ptr_mut(stream);
-    let (sip, _gsi) = save_invstd.device_ptr_mut(stream);
+    let apply = function(stream, MODULE, "batchnorm_train_apply_f32")?;
+    let (xp, _gx) = t.x.device_ptr(stream);
+    let (gp, _gg) = t.gamma.device_ptr(stream);
+    let (bp, _gb) = t.beta.device_ptr(stream);
+    let (rmp, _grm) = t.running_mean.device_ptr_mut(stream);
+    let (rvp, _grv) = t.running_var.device_ptr_mut(stream);
+    let (yp, _gy) = t.y.device_ptr_mut(stream);
+    let (smp, _gsm) = t.save_mean.device_ptr_mut(stream);
+    let (sip, _gsi) = t.save_invstd.device_ptr_mut(stream);
+    let p = params(shape, config, relu, aligned(&[xp, yp]))?;
+    let partial = ws.at_least(stream, partial_len(shape, p))?;
+    let (pp, _gp) = partial.device_ptr_mut(stream);
 
     let mut b = stream.launch_builder(&stats);
-    b.arg(&xp).arg(&rmp).arg(&rvp).arg(&smp).arg(&sip).arg(&p);
-    // SAFETY: x holds n*c*hw f32 and the four statistics buffers c f32 each (checked above); a block
-    // handles channels ch < c and reads only (i*c + ch)*hw + k with i < n, k < hw; m = n*hw >= 2;
+    b.arg(&xp).arg(&pp).arg(&p);
+    // SAFETY: x holds n*c*hw f32 (checked above) and the workspace 2*c*splits; block (ch, s)
+    // reads (i*c + ch)*hw + k with i < n, k < hw (float4 groups only when hw % 4 == 0 and x is
+    // 16-byte aligned, `params`) and writes partial[(ch*splits + s)*2 + {0, 1}]; m = n*hw >= 2;
     // the arguments match the kernel's signature.
-    unsafe { b.launch(reduce_cfg(shape)) }.during(OP)?;
+    unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &stats)?;
 
     let mut b = stream.launch_builder(&apply);
-    b.arg(&xp).arg(&smp).arg(&sip).arg(&gp).arg(&bp).arg(&yp).arg(&p);
-    // SAFETY: x and y hold n*c*hw f32, the per-channel buffers c f32 (checked above); the kernel
-    // touches indices below n*c*hw (<= i32::MAX) and channels (i / hw) % c < c.
-    unsafe { b.launch(elementwise_cfg(total)) }.during(OP)?;
+    b.arg(&xp).arg(&pp).arg(&gp).arg(&bp).arg(&rmp).arg(&rvp).arg(&smp).arg(&sip).arg(&yp).arg(&p);
+    // SAFETY: as above for x and y (same indices, y 16-byte aligned when float4); it reads the
+    // partials the stats launch just wrote and writes the per-channel buffers (c f32 each) at ch.
+    unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &apply)?;
     Ok(())
 }
@@ -214,7 +430,6 @@ fn eval(
     config: BnConfig,
     relu: bool,
 ) -> Result<()> {
-    let p = params(shape, config, relu, true)?;
     let total = shape.len();
     check_len(OP, "x", x.len(), total)?;
     check_len(OP, "y", y.len(), total)?;
@@ -226,6 +441,7 @@ fn eval(
     ] {
         check_len(OP, what, len, shape.c)?;
     }
+    check_size(shape)?;
     if total == 0 {
         return Ok(());
     }
@@ -236,76 +452,98 @@ fn eval(
     let (rmp, _grm) = running_mean.device_ptr(stream);
     let (rvp, _grv) = running_var.device_ptr(stream);
     let (yp, _gy) = y.device_ptr_mut(stream);
+    let p = params(shape, config, relu, aligned(&[xp, yp]))?;
     let mut b = stream.launch_builder(&apply);
     b.arg(&xp).arg(&rmp).arg(&rvp).arg(&gp).arg(&bp).arg(&yp).arg(&p);
-    // SAFETY: as in `train`'s apply launch; from_var = 1 makes the kernel read running_var (c f32).
-    unsafe { b.launch(elementwise_cfg(total)) }.during(OP)?;
+    // SAFETY: x and y hold n*c*hw f32, the per-channel buffers c f32 (checked above); block
+    // (ch, s) touches (i*c + ch)*hw + k with i < n, k < hw (float4 only when aligned, `params`).
+    unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &apply)?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bwd(
+#[allow(clippy::type_complexity)]
+fn bwd<X, Y, DY, G, SM, SI, DX, DG, DB>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
-    y: &impl DevicePtr<f32>,
-    dy: &impl DevicePtr<f32>,
-    gamma: &impl DevicePtr<f32>,
-    save_mean: &impl DevicePtr<f32>,
-    save_invstd: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<f32>,
-    dgamma: &mut impl DevicePtrMut<f32>,
-    dbeta: &mut impl DevicePtrMut<f32>,
+    t: BwdBufs<'_, X, Y, DY, G, SM, SI, DX, DG, DB>,
     shape: BnShape,
     relu: bool,
-) -> Result<()> {
-    let p = params(shape, BnConfig::default(), relu, false)?;
+    ws: &mut Workspace,
+) -> Result<()>
+where
+    X: DevicePtr<f32>,
+    Y: DevicePtr<f32>,
+    DY: DevicePtr<f32>,
+    G: DevicePtr<f32>,
+    SM: DevicePtr<f32>,
+    SI: DevicePtr<f32>,
+    DX: DevicePtrMut<f32>,
+    DG: DevicePtrMut<f32>,
+    DB: DevicePtrMut<f32>,
+{
     let total = shape.len();
-    check_len(OP, "x", x.len(), total)?;
-    check_len(OP, "y", y.len(), total)?;
-    check_len(OP, "dy", dy.len(), total)?;
-    check_len(OP, "dx", dx.len(), total)?;
+    check_len(OP, "x", t.x.len(), total)?;
+    check_len(OP, "y", t.y.len(), total)?;
+    check_len(OP, "dy", t.dy.len(), total)?;
+    check_len(OP, "dx", t.dx.len(), total)?;
     for (what, len) in [
-        ("gamma", gamma.len()),
-        ("save_mean", save_mean.len()),
-        ("save_invstd", save_invstd.len()),
-        ("dgamma", dgamma.len()),
-        ("dbeta", dbeta.len()),
+        ("gamma", t.gamma.len()),
+        ("save_mean", t.save_mean.len()),
+        ("save_invstd", t.save_invstd.len()),
+        ("dgamma", t.dgamma.len()),
+        ("dbeta", t.dbeta.len()),
     ] {
         check_len(OP, what, len, shape.c)?;
     }
     check_training_batch(shape)?;
+    check_size(shape)?;
     if total == 0 {
         return Ok(());
     }
     let reduce = function(stream, MODULE, "batchnorm_bwd_reduce_f32")?;
     let dx_fn = function(stream, MODULE, "batchnorm_bwd_dx_f32")?;
-    let (xp, _gx) = x.device_ptr(stream);
-    let (yp, _gy) = y.device_ptr(stream);
-    let (dyp, _gdy) = dy.device_ptr(stream);
-    let (gp, _gg) = gamma.device_ptr(stream);
-    let (smp, _gsm) = save_mean.device_ptr(stream);
-    let (sip, _gsi) = save_invstd.device_ptr(stream);
-    let (dxp, _gdx) = dx.device_ptr_mut(stream);
-    let (dgp, _gdg) = dgamma.device_ptr_mut(stream);
-    let (dbp, _gdb) = dbeta.device_ptr_mut(stream);
+    let (xp, _gx) = t.x.device_ptr(stream);
+    let (yp, _gy) = t.y.device_ptr(stream);
+    let (dyp, _gdy) = t.dy.device_ptr(stream);
+    let (gp, _gg) = t.gamma.device_ptr(stream);
+    let (smp, _gsm) = t.save_mean.device_ptr(stream);
+    let (sip, _gsi) = t.save_invstd.device_ptr(stream);
+    let (dxp, _gdx) = t.dx.device_ptr_mut(stream);
+    let (dgp, _gdg) = t.dgamma.device_ptr_mut(stream);
+    let (dbp, _gdb) = t.dbeta.device_ptr_mut(stream);
+    let p = params(shape, BnConfig::default(), relu, aligned(&[xp, yp, dyp, dxp]))?;
+    let partial = ws.at_least(stream, partial_len(shape, p))?;
+    let (pp, _gp) = partial.device_ptr_mut(stream);
 
     let mut b = stream.launch_builder(&reduce);
-    b.arg(&xp).arg(&yp).arg(&dyp).arg(&smp).arg(&sip).arg(&dgp).arg(&dbp).arg(&p);
-    // SAFETY: x, y, dy hold n*c*hw f32 and the per-channel buffers c f32 (checked above); blocks
-    // read (i*c + ch)*hw + k with ch < c, i < n, k < hw, and write dgamma/dbeta[ch].
-    unsafe { b.launch(reduce_cfg(shape)) }.during(OP)?;
+    b.arg(&xp).arg(&yp).arg(&dyp).arg(&smp).arg(&pp).arg(&p);
+    // SAFETY: x, y, dy hold n*c*hw f32, save_mean c f32 and the workspace 2*c*splits (checked
+    // above); block (ch, s) reads (i*c + ch)*hw + k with ch < c, i < n, k < hw (float4 groups only
+    // when hw % 4 == 0 and every tensor is 16-byte aligned) and writes partial[(ch*splits + s)*2..].
+    unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &reduce)?;
 
     let mut b = stream.launch_builder(&dx_fn);
-    b.arg(&xp).arg(&yp).arg(&dyp).arg(&smp).arg(&sip).arg(&gp).arg(&dgp).arg(&dbp).arg(&dxp).arg(&p);
-    // SAFETY: as above; indices below n*c*hw (<= i32::MAX), channels (i / hw) % c < c.
-    unsafe { b.launch(elementwise_cfg(total)) }.during(OP)?;
+    b.arg(&xp).arg(&yp).arg(&dyp).arg(&smp).arg(&sip).arg(&gp).arg(&pp).arg(&dgp).arg(&dbp).arg(&dxp).arg(&p);
+    // SAFETY: as above; it reads the partials the reduce launch just wrote, writes dx at the same
+    // indices and dgamma/dbeta (c f32 each) at ch.
+    unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &dx_fn)?;
     Ok(())
 }
 
-fn params(shape: BnShape, config: BnConfig, relu: bool, from_var: bool) -> Result<BnParams> {
+/// Whether every pointer is 16-byte aligned (float4 loads and stores need it).
+fn aligned(ptrs: &[u64]) -> bool {
+    ptrs.iter().all(|&p| p.is_multiple_of(16))
+}
+
+/// f32s of the workspace a launch with `p` uses: (two partials) x channels x splits.
+fn partial_len(shape: BnShape, p: BnParams) -> usize {
+    2 * shape.c * p.splits as usize
+}
+
+/// Refuses tensors beyond the kernels' 32-bit indexing.
+fn check_size(shape: BnShape) -> Result<()> {
     let fits = shape.n.checked_mul(shape.c).and_then(|v| v.checked_mul(shape.hw)).is_some_and(|v| v <= MAX_INDEX);
     if !fits {
         return Err(Error::TooLarge {
@@ -313,16 +551,28 @@ fn params(shape: BnShape, config: BnConfig, relu: bool, from_var: bool) -> Resul
             msg: format!("{shape:?} has more than {MAX_INDEX} elements (32-bit indexing)"),
         });
     }
-    // n, c and hw are each at most the product (or the product is 0 and the kernels do not run).
-    let small = |v: usize| v.min(i32::MAX as usize) as i32;
+    Ok(())
+}
+
+/// The kernels' parameters; float4 groups when `hw % 4 == 0` and `aligned`. Call after
+/// [`check_size`] and only for a non-empty shape.
+fn params(shape: BnShape, config: BnConfig, relu: bool, aligned: bool) -> Result<BnParams> {
+    let vec = aligned && shape.hw.is_multiple_of(4);
+    let plan = split_plan(shape, vec);
+    // Every value is at most n*c*hw <= MAX_INDEX (check_size), chunk <= m and splits <= 32.
+    let int = |v: usize| {
+        i32::try_from(v).map_err(|_| Error::TooLarge { op: OP, msg: format!("{shape:?}: {v} does not fit 32 bits") })
+    };
     Ok(BnParams {
-        n: small(shape.n),
-        c: small(shape.c),
-        hw: small(shape.hw),
+        n: int(shape.n)?,
+        c: int(shape.c)?,
+        hw: int(shape.hw)?,
         eps: config.eps,
         momentum: config.momentum,
         relu: relu as i32,
-        from_var: from_var as i32,
+        splits: int(plan.splits)?,
+        chunk: int(plan.chunk)?,
+        vec: vec as i32,
     })
 }
 
@@ -336,13 +586,7 @@ fn check_training_batch(shape: BnShape) -> Result<()> {
     Ok(())
 }
 
-/// A block per channel (grid-stride beyond 65535 channels); 512 threads for long channels.
-fn reduce_cfg(shape: BnShape) -> LaunchConfig {
-    let threads = if shape.per_channel() >= 1 << 15 { 512 } else { 256 };
-    cfg(shape.c.clamp(1, 65_535) as u32, threads, 0)
-}
-
-/// Grid-stride elementwise launch: 256 threads, at most 8192 blocks.
-fn elementwise_cfg(total: usize) -> LaunchConfig {
-    cfg(blocks_for(total, 256).min(8192), 256, 0)
+/// One block per (channel, slice): channels on x (up to 2^31 - 1), slices on y (<= 32).
+fn grid(shape: BnShape, p: BnParams) -> LaunchConfig {
+    LaunchConfig { grid_dim: (shape.c as u32, p.splits as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }

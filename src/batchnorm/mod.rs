@@ -1,7 +1,8 @@
 //! BatchNorm2d over NCHW (statistics per channel over N, H, W), optionally fused with a ReLU.
 //!
-//! - kernel: `kernels/batchnorm.cu` (`batchnorm_stats_f32`, `batchnorm_apply_f32`,
-//!   `batchnorm_bwd_reduce_f32`, `batchnorm_bwd_dx_f32`)
+//! - kernel: `kernels/batchnorm.cu` (`batchnorm_stats_f32`, `batchnorm_train_apply_f32`,
+//!   `batchnorm_apply_f32`, `batchnorm_bwd_reduce_f32`, `batchnorm_bwd_dx_f32`); design and the
+//!   bytes each moves: `docs/batchnorm.md`
 //! - CUDA wrapper: [`cuda`]; CPU version (also the trainer's CPU path): [`cpu`]; tests: `tests/batchnorm.rs`
 //!
 //! Semantics are PyTorch's `nn.BatchNorm2d` (f32), with `m = n * h * w` values per channel:
@@ -17,7 +18,9 @@
 //! - fused ReLU (`relu_*`): the forward returns `relu(bn(x))`; the backward takes that saved output
 //!   `y` and uses `dy` only where `y > 0` (as PyTorch's ReLU backward, NaN passes), saving a pass.
 //!
-//! The GPU reductions are a block per channel with a fixed order: deterministic, no float atomics.
+//! The GPU reductions cut each channel into slices (a block each), reduce each in one pass
+//! (Welford and Chan's merge for the statistics) and merge the slices in a fixed order:
+//! deterministic, no float atomics.
 pub mod cpu;
 pub mod cuda;
 

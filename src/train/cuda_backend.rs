@@ -4,7 +4,7 @@
 //!
 //! A training step allocates nothing once the first step has run: the buffers it needs beyond
 //! the model's and the step's own (the batch plan, the bad-sample flags, the confusion counts of
-//! a batch, the convolutions' weight-gradient workspace) are the backend's [`StepBuffers`], each
+//! a batch, the convolutions' weight-gradient workspace, the batch norms' partial sums) are the backend's [`StepBuffers`], each
 //! grown once, the first time a larger size is asked for.
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -55,6 +55,8 @@ struct StepBuffers {
     counts: Option<CudaSlice<u64>>,
     /// The split-K scratch of every convolution's weight gradient (the largest layer's size).
     conv_ws: conv::cuda::WeightWorkspace,
+    /// The batch norms' per-slice partial sums (the largest layer's size).
+    bn_ws: batchnorm::cuda::Workspace,
 }
 
 /// The first `len` elements of `slot`, allocated without a fill (or replaced by a longer
@@ -107,6 +109,7 @@ impl CudaBackend {
             confusion_flag: BadIndexFlag::new(&stream)?,
             counts: None,
             conv_ws: conv::cuda::WeightWorkspace::new(),
+            bn_ws: batchnorm::cuda::Workspace::new(),
         };
         let conv_algo = ConvAlgo::Fp32;
         Ok(CudaBackend {
@@ -348,7 +351,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let (shape, cfg) = bn_parts(n, g, bn);
         let len = n * g.len();
-        batchnorm::cuda::relu_forward_train(
+        let ws = &mut self.step.borrow_mut().bn_ws;
+        batchnorm::cuda::relu_forward_train_in(
             &self.stream,
             &view("batchnorm", x, len)?,
             &bn.gamma,
@@ -360,6 +364,7 @@ impl Backend for CudaBackend {
             &mut bn.save_invstd,
             shape,
             cfg,
+            ws,
         )
     }
 
@@ -398,7 +403,8 @@ impl Backend for CudaBackend {
         let (x, y) = (saved.input, saved.output);
         let (shape, _) = bn_parts(n, g, bn);
         let len = n * g.len();
-        batchnorm::cuda::relu_backward(
+        let ws = &mut self.step.borrow_mut().bn_ws;
+        batchnorm::cuda::relu_backward_in(
             &self.stream,
             &view("batchnorm", x, len)?,
             &view("batchnorm", y, len)?,
@@ -410,6 +416,7 @@ impl Backend for CudaBackend {
             &mut bn.dgamma,
             &mut bn.dbeta,
             shape,
+            ws,
         )
     }
 
