@@ -16,7 +16,9 @@ examples/speed.rs does for ours:
 
 PyTorch runs with its defaults (oneDNN/mkldnn as shipped, channels-first tensors) apart from the
 thread count: torch.set_num_interop_threads(1) and torch.set_num_threads(t) before any op.
-`--channels-last` is the one variant offered (model and input in channels_last memory format).
+Variants: `--channels-last` (model and input in channels_last memory format) and `--compile`
+(`torch.compile` with its default inductor backend, channels-last too; compiled in the warm-up,
+outside the timing; when it fails the JSON line says why instead of timing anything).
 The `table` subcommand needs only the standard library.
 """
 
@@ -68,7 +70,7 @@ def bench(args):
     batch = args.batch
     eval_steps = args.eval_steps or args.steps
     n_images = max(4096 // batch, 1, eval_steps) * batch
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if args.channels_last or args.compile else torch.contiguous_format
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n_images, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -78,6 +80,7 @@ def bench(args):
     class_weights = torch.tensor([0.5 + 0.15 * c for c in range(CLASSES)])
 
     model = build_model(torch, args.width, args.depth, CLASSES).to(memory_format=fmt)
+    run_model = torch.compile(model) if args.compile else model
     decay = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     decay_ids = {id(p) for p in decay}
     no_decay = [p for p in model.parameters() if id(p) not in decay_ids]
@@ -114,7 +117,7 @@ def bench(args):
 
     def step():
         x, y = train_batch()
-        logits = model(x)
+        logits = run_model(x)
         loss = F.cross_entropy(logits, y, weight=class_weights)
         state["loss"] = loss.item()
         count(logits.detach(), y)
@@ -127,11 +130,20 @@ def bench(args):
             for b in range(n_batches):
                 lo = b * batch
                 x = normalize(images[lo : lo + batch]).contiguous(memory_format=fmt)
-                count(model(x), labels_all[lo : lo + batch])
+                count(run_model(x), labels_all[lo : lo + batch])
 
+    side = "pytorch-compile" if args.compile else "pytorch-channels-last" if args.channels_last else "pytorch"
     model.train()
-    for _ in range(args.warmup):
-        step()
+    try:
+        for _ in range(max(args.warmup, 1 if args.compile else 0)):
+            step()
+    except Exception as e:  # noqa: BLE001 - torch.compile raises many kinds; the line says which
+        if not args.compile:
+            raise
+        print(json.dumps({"side": side, "width": args.width, "depth": args.depth, "batch": batch,
+                          "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "error": f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"}))
+        return
     train_ips = []
     for _ in range(args.repeats):
         t = time.perf_counter()
@@ -145,7 +157,7 @@ def bench(args):
     prep_s = (time.perf_counter() - t) / args.steps
 
     model.eval()
-    for _ in range(args.warmup):
+    for _ in range(max(args.warmup, 1 if args.compile else 0)):
         evaluate(1)
     eval_ips = []
     for _ in range(args.repeats):
@@ -154,7 +166,7 @@ def bench(args):
         eval_ips.append(eval_steps * batch / (time.perf_counter() - t))
 
     out = {
-        "side": "pytorch-channels-last" if args.channels_last else "pytorch",
+        "side": side,
         "torch": torch.__version__,
         "mkldnn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -178,69 +190,92 @@ def bench(args):
     print(json.dumps(out))
 
 
+SIDES = [("evenclass", "ours"), ("pytorch", "eager"), ("pytorch-channels-last", "CL"), ("pytorch-compile", "compile")]
+TRAIN_TARGET = EVAL_TARGET = 1.5
+SCALING_TARGET = 1.85
+
+
 def table(args):
     rows = [json.loads(line) for line in open(args.results) if line.strip().startswith("{")]
-    by = {(r["side"], r["width"], r["threads"]): r for r in rows}
-    widths = sorted({r["width"] for r in rows})
+    runs = {}  # (side, width, depth, threads) -> [row of each repetition]
+    errors = {}
+    for r in rows:
+        key = (r["side"], r["width"], r["depth"], r["threads"])
+        if "error" in r:
+            errors[key] = r["error"]
+        else:
+            runs.setdefault(key, []).append(r)
+    nets = sorted({(r["width"], r["depth"]) for r in rows}, key=lambda n: (n[1], n[0]))
     threads = sorted({r["threads"] for r in rows})
-    cl = any(r["side"] == "pytorch-channels-last" for r in rows)
-    targets = {16: 1.5}
-    default_target = 1.2
+    sides = [(k, n) for k, n in SIDES if any(key[0] == k for key in runs) or any(key[0] == k for key in errors)]
+    reps = max((len(v) for v in runs.values()), default=0)
 
-    def get(side, w, t, key):
-        r = by.get((side, w, t))
-        return r[key] if r else None
+    def values(side, w, d, t, key):
+        return [r[key] for r in runs.get((side, w, d, t), [])]
 
-    def num(v, fmt="{:.0f}"):
-        return "-" if v is None else fmt.format(v)
+    def med(v):
+        return statistics.median(v) if v else None
 
-    def ratio(a, b):
-        return None if a is None or b is None or b == 0 else a / b
+    def cell(v):
+        """median, and the repetitions' half-range as a percentage of it: 1234±3%"""
+        if not v:
+            return "-"
+        m = statistics.median(v)
+        if len(v) == 1 or m == 0:
+            return f"{m:.0f}"
+        return f"{m:.0f}±{50 * (max(v) - min(v)) / m:.0f}%"
 
-    head = ["width", "thr", "train ours", "train torch", "ours/torch", "target", "eval ours", "eval torch", "ours/torch"]
-    if cl:
-        head += ["train torch CL", "eval torch CL"]
-    lines = [head]
-    for t in threads:
-        for w in widths:
-            to, tt = get("evenclass", w, t, "train_images_per_s"), get("pytorch", w, t, "train_images_per_s")
-            eo, et = get("evenclass", w, t, "eval_images_per_s"), get("pytorch", w, t, "eval_images_per_s")
-            r = ratio(to, tt)
-            goal = targets.get(w, default_target)
-            verdict = "-" if r is None else f">={goal} {'met' if r >= goal else 'MISSED'}"
-            row = [str(w), str(t), num(to), num(tt), num(r, "{:.2f}x"), verdict, num(eo), num(et)]
-            row.append(num(ratio(eo, et), "{:.2f}x"))
-            if cl:
-                row += [num(get("pytorch-channels-last", w, t, "train_images_per_s"))]
-                row += [num(get("pytorch-channels-last", w, t, "eval_images_per_s"))]
-            lines.append(row)
-    print("images/s (median of repeats); batch %s, depth %s" % (rows[0]["batch"], rows[0]["depth"]))
-    print(render(lines))
+    print(f"images/s, median of {reps} interleaved repetition(s) ± half their range; batch {rows[0]['batch']}")
+    for key, what, target in (("train_images_per_s", "training step", TRAIN_TARGET),
+                              ("eval_images_per_s", "evaluation", EVAL_TARGET)):
+        head = ["net", "thr"] + [n for _, n in sides] + ["ours/best", f">={target}"]
+        lines = [head]
+        for t in threads:
+            for w, d in nets:
+                row = [f"{w}x{d}", str(t)]
+                best = None
+                for side, _ in sides:
+                    if (side, w, d, t) in errors and not runs.get((side, w, d, t)):
+                        row.append("failed")
+                        continue
+                    v = values(side, w, d, t, key)
+                    row.append(cell(v))
+                    if side != "evenclass" and v and (best is None or med(v) > best):
+                        best = med(v)
+                ours = med(values("evenclass", w, d, t, key))
+                ratio = None if ours is None or not best else ours / best
+                row.append("-" if ratio is None else f"{ratio:.2f}x")
+                row.append("-" if ratio is None else ("met" if ratio >= target else "MISSED"))
+                lines.append(row)
+        print()
+        print(f"{what} (net: stem width x convolutions per stage; best: the fastest PyTorch column)")
+        print(render(lines))
 
     if len(threads) >= 2:
         lo, hi = threads[0], threads[-1]
         print()
-        print(f"thread scaling ({hi} threads / {lo} thread{'s' if lo > 1 else ''}); target for ours: >= 1.8x")
-        head = ["width", "train ours", "train torch", "eval ours", "eval torch"]
+        print(f"thread scaling, {hi} threads / {lo}; target for ours >= {SCALING_TARGET}x")
+        head = ["net"] + [f"train {n}" for _, n in sides] + ["eval ours"]
         lines = [head]
-        for w in widths:
-            row = [str(w)]
-            for key in ("train_images_per_s", "eval_images_per_s"):
-                for side in ("evenclass", "pytorch"):
-                    row.append(num(ratio(get(side, w, hi, key), get(side, w, lo, key)), "{:.2f}x"))
-            # Column order: train ours, train torch, eval ours, eval torch.
+        for w, d in nets:
+            row = [f"{w}x{d}"]
+            for side, _ in sides:
+                a, b = med(values(side, w, d, hi, "train_images_per_s")), med(values(side, w, d, lo, "train_images_per_s"))
+                row.append("-" if a is None or not b else f"{a / b:.2f}x")
+            a, b = med(values("evenclass", w, d, hi, "eval_images_per_s")), med(values("evenclass", w, d, lo, "eval_images_per_s"))
+            row.append("-" if a is None or not b else f"{a / b:.2f}x")
             lines.append(row)
         print(render(lines))
-    torch_rows = [r for r in rows if r["side"] == "pytorch"]
+    for key, msg in sorted(errors.items()):
+        print(f"{key[0]} {key[1]}x{key[2]}, {key[3]} thread(s): {msg}")
+    torch_rows = [r for r in rows if r["side"] == "pytorch" and "train_batch_prep_s" in r]
     if torch_rows:
         r = torch_rows[0]
-        prep = ", ".join(
-            f"w{x['width']}/{x['threads']}t {1000 * x['train_batch_prep_s']:.1f} ms"
-            for x in torch_rows
-        )
         print()
-        print(f"torch {r['torch']}, mkldnn {r['mkldnn']}, cpu capability {r['cpu_capability']}, interop threads "
-              f"{r['interop_threads']}; PyTorch's batch preparation per training step (included): {prep}")
+        print(f"torch {r['torch']}, mkldnn {r['mkldnn']}, cpu capability {r['cpu_capability']}, "
+              f"interop threads {r['interop_threads']};")
+        print("PyTorch's batch preparation per training step (included): "
+              f"{1000 * statistics.median(x['train_batch_prep_s'] for x in torch_rows):.1f} ms median")
 
 
 def render(lines):
@@ -266,6 +301,7 @@ def main():
     b.add_argument("--eval-steps", type=int, default=None)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--channels-last", action="store_true")
+    b.add_argument("--compile", action="store_true", help="torch.compile (inductor), channels-last")
     t = sub.add_parser("table", help="print the comparison table from the JSON lines of both sides")
     t.add_argument("results")
     args = p.parse_args()
