@@ -248,7 +248,7 @@ def table(args):
                 row.append("-" if ratio is None else ("met" if ratio >= target else "MISSED"))
                 lines.append(row)
         print()
-        print(f"{what} (net: stem width x convolutions per stage; best: the fastest PyTorch column)")
+        print(f"{what} (net: width x convolutions per stage; best: fastest PyTorch)")
         print(render(lines))
 
     if len(threads) >= 2:
