@@ -8,10 +8,10 @@
 //! training loop allocates it once); the others allocate one per call.
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{BnConfig, BnShape};
-use crate::cuda::{after_launch, check_device, check_devices, check_len, function, MAX_INDEX};
+use crate::cuda::{after_launch, check_devices, check_len, function, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "batchnorm (cuda)";
@@ -31,42 +31,7 @@ const MIN_CHUNK: usize = 4 * 4 * THREADS as usize;
 /// calls: a training loop that passes the same one to the `_in` functions allocates it once
 /// (grown when a larger layer is first seen). Every launch that reads it reads only what the
 /// launch before it on the stream wrote, so it is never zeroed. Use it on one stream.
-#[derive(Default)]
-pub struct Workspace {
-    buf: Option<CudaSlice<f32>>,
-}
-
-impl Workspace {
-    /// An empty workspace (nothing allocated until a call needs it).
-    pub fn new() -> Self {
-        Workspace::default()
-    }
-
-    /// f32s allocated now.
-    pub fn len(&self) -> usize {
-        self.buf.as_ref().map_or(0, |b| b.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// At least `len` f32s on `stream`'s device, allocated (unfilled) only when the current
-    /// buffer is shorter or absent.
-    fn at_least(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<f32>> {
-        if let Some(b) = &self.buf {
-            check_device(OP, stream, "the batch-norm workspace", b)?;
-        }
-        if self.len() < len {
-            self.buf = None; // freed before the larger one is allocated
-                             // SAFETY: f32 is valid for every bit pattern, and the kernels read only
-                             // partials that the launch before them on the stream wrote.
-            let b = unsafe { stream.alloc::<f32>(len) }.during("allocating the batch-norm workspace")?;
-            self.buf = Some(b);
-        }
-        Ok(self.buf.as_mut().expect("allocated above"))
-    }
-}
+pub type Workspace = crate::cuda::Scratch;
 
 /// How the kernels cut each channel's `m = n * hw` values: `splits` slices of `chunk` values (the
 /// last one shorter, none empty); `chunk` is a multiple of 4 when `vec` (float4 groups).
@@ -396,7 +361,7 @@ where
     let (smp, _gsm) = t.save_mean.device_ptr_mut(stream);
     let (sip, _gsi) = t.save_invstd.device_ptr_mut(stream);
     let p = params(shape, config, relu, aligned(&[xp, yp]))?;
-    let partial = ws.at_least(stream, partial_len(shape, p))?;
+    let partial = ws.at_least(stream, partial_len(shape, p), OP, "allocating the batch-norm workspace")?;
     let (pp, _gp) = partial.device_ptr_mut(stream);
 
     let mut b = stream.launch_builder(&stats);
@@ -512,7 +477,7 @@ where
     let (dgp, _gdg) = t.dgamma.device_ptr_mut(stream);
     let (dbp, _gdb) = t.dbeta.device_ptr_mut(stream);
     let p = params(shape, BnConfig::default(), relu, aligned(&[xp, yp, dyp, dxp]))?;
-    let partial = ws.at_least(stream, partial_len(shape, p))?;
+    let partial = ws.at_least(stream, partial_len(shape, p), OP, "allocating the batch-norm workspace")?;
     let (pp, _gp) = partial.device_ptr_mut(stream);
 
     let mut b = stream.launch_builder(&reduce);

@@ -37,43 +37,7 @@ pub const NO_BIAS: Option<&CudaSlice<f32>> = None;
 /// first seen) instead of in every backward pass. Every use overwrites the part it reads (each
 /// split writes its whole `K*C*R*S` slice before the sum reads it), so it is never zeroed. Use it
 /// on one stream: a call on that stream is ordered after the previous call's sum has read it.
-#[derive(Default)]
-pub struct WeightWorkspace {
-    buf: Option<CudaSlice<f32>>,
-}
-
-impl WeightWorkspace {
-    /// An empty workspace (nothing allocated until a call needs it).
-    pub fn new() -> Self {
-        WeightWorkspace::default()
-    }
-
-    /// f32s allocated now.
-    pub fn len(&self) -> usize {
-        self.buf.as_ref().map_or(0, |b| b.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// At least `len` f32s on `stream`'s device, allocated (unfilled) only when the current
-    /// buffer is shorter or absent.
-    fn at_least(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<f32>> {
-        if let Some(b) = &self.buf {
-            check_device(OP, stream, "the weight-gradient workspace", b)?;
-        }
-        if self.len() < len {
-            self.buf = None; // freed before the larger one is allocated
-                             // SAFETY: f32 is valid for every bit pattern, and every launch that reads the
-                             // workspace reads only elements the launch before it on the stream wrote (see the
-                             // type's documentation; the emulated driver's init check fails any other read).
-            let b = unsafe { stream.alloc::<f32>(len) }.during("allocating the weight-gradient workspace")?;
-            self.buf = Some(b);
-        }
-        Ok(self.buf.as_mut().expect("allocated above"))
-    }
-}
+pub type WeightWorkspace = crate::cuda::Scratch;
 
 /// Which kernel variant runs a pass; all compute the same thing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -495,7 +459,8 @@ fn weight_split_k(
         after_launch(stream, OP, &f)?;
         return Ok(());
     }
-    let mut ws = view_mut_of(ws.at_least(stream, splits * kcrs)?, splits * kcrs);
+    let mut ws =
+        view_mut_of(ws.at_least(stream, splits * kcrs, OP, "allocating the weight-gradient workspace")?, splits * kcrs);
     {
         let (wsp, _gws) = ws.device_ptr_mut(stream);
         let stride = kcrs as i32; // splits * kcrs < 2^31 (weight_splits)

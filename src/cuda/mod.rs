@@ -354,6 +354,56 @@ macro_rules! check_devices {
 }
 pub(crate) use check_devices;
 
+/// Device scratch of f32s kept across calls and grown once: a training loop that passes the same
+/// one to a family's `_in` functions allocates it the first time a size is seen, never again for
+/// that size. Never zeroed: its users (the convolutions' split-K weight gradient, batch norm's
+/// per-slice partials) read only elements the launch before them on the stream wrote. Use it on
+/// one stream.
+#[derive(Default)]
+pub struct Scratch {
+    buf: Option<CudaSlice<f32>>,
+}
+
+impl Scratch {
+    /// An empty scratch (nothing allocated until a call needs it).
+    pub fn new() -> Self {
+        Scratch::default()
+    }
+
+    /// f32s allocated now.
+    pub fn len(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// At least `len` f32s on `stream`'s device, allocated (unfilled) only when the current
+    /// buffer is shorter or absent. Errors name the user's `op`, and `allocating` (e.g.
+    /// "allocating the batch-norm workspace") when the allocation fails.
+    pub(crate) fn at_least(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        len: usize,
+        op: &'static str,
+        allocating: &'static str,
+    ) -> Result<&mut CudaSlice<f32>> {
+        if let Some(b) = &self.buf {
+            check_device(op, stream, "its workspace", b)?;
+        }
+        if self.len() < len {
+            self.buf = None; // freed before the larger one is allocated
+                             // SAFETY: f32 is valid for every bit pattern, and every launch that reads the scratch
+                             // reads only elements the launch before it on the stream wrote (see the type's
+                             // documentation; the emulated driver's init check fails any other read).
+            let b = unsafe { stream.alloc::<f32>(len) }.during(allocating)?;
+            self.buf = Some(b);
+        }
+        Ok(self.buf.as_mut().expect("allocated above"))
+    }
+}
+
 /// Checks that a device buffer has exactly `want` elements.
 pub(crate) fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
     if got == want {
