@@ -1,5 +1,7 @@
-// Builds a normalized f32 training batch from uint8 images (dataset: count x c x h x w, CHW planes),
-// applying per-image choices made on the host (so the CPU version builds the very same batch):
+// Builds a normalized batch from uint8 images (dataset: count x c x h x w, CHW planes), as f32
+// or, in mixed precision, bf16 (normalized in f32, then rounded; entry points `augment_train_f32`
+// and `augment_train_f32_abf16`), applying per-image choices made on the host (so the CPU version
+// builds the very same batch):
 //
 //   train: random crop of the image zero-padded by `pad` on every side, at offset (dy, dx) in
 //          [0, 2 pad], then a horizontal flip of the crop when flip != 0
@@ -29,10 +31,10 @@ struct AugmentParams {
 };
 EC_CHECK_PARAMS(AugmentParams);
 
-template <bool TRAIN>
+template <bool TRAIN, typename T>
 __device__ void augment_batch(const uint8_t* __restrict__ data, const int32_t* __restrict__ index,
                               const uint8_t* __restrict__ crop, const uint8_t* __restrict__ flip,
-                              float* __restrict__ out, int* first_bad, const AugmentParams& p) {
+                              T* __restrict__ out, int* first_bad, const AugmentParams& p) {
     const int total = p.n * p.c * p.h * p.w;
     const int64_t image = (int64_t)p.c * p.h * p.w;
     for (int64_t ii = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; ii < total; ii += (int64_t)gridDim.x * blockDim.x) {
@@ -53,7 +55,7 @@ __device__ void augment_batch(const uint8_t* __restrict__ data, const int32_t* _
         }
         if (src < 0 || src >= p.count || dy > 2 * p.pad || dx > 2 * p.pad) {
             flag_bad(first_bad, b);
-            out[i] = 0.0f;
+            st_act(out, i, 0.0f);
             continue;
         }
         const int sy = y + dy - p.pad;
@@ -63,16 +65,18 @@ __device__ void augment_batch(const uint8_t* __restrict__ data, const int32_t* _
             const float u = (float)data[src * image + ((int64_t)ch * p.h + sy) * p.w + sx];
             v = (u / 255.0f - p.mean[ch]) / p.std[ch];
         }
-        out[i] = v;
+        st_act(out, i, v);
     }
 }
 
-extern "C" __global__ void augment_train_f32(const uint8_t* data, const int32_t* index, const uint8_t* crop,
-                                             const uint8_t* flip, float* out, int* first_bad, AugmentParams p) {
-    augment_batch<true>(data, index, crop, flip, out, first_bad, p);
-}
-
-extern "C" __global__ void augment_eval_f32(const uint8_t* data, const int32_t* index, float* out, int* first_bad,
-                                            AugmentParams p) {
-    augment_batch<false>(data, index, nullptr, nullptr, out, first_bad, p);
-}
+#define AUGMENT_ENTRY(T, ACT)                                                                                 \
+    extern "C" __global__ void augment_train_f32##ACT(const uint8_t* data, const int32_t* index,               \
+                                                       const uint8_t* crop, const uint8_t* flip, T* out,        \
+                                                       int* first_bad, AugmentParams p) {                       \
+        augment_batch<true>(data, index, crop, flip, out, first_bad, p);                                       \
+    }                                                                                                           \
+    extern "C" __global__ void augment_eval_f32##ACT(const uint8_t* data, const int32_t* index, T* out,        \
+                                                      int* first_bad, AugmentParams p) {                        \
+        augment_batch<false>(data, index, (const uint8_t*)nullptr, (const uint8_t*)nullptr, out, first_bad, p); \
+    }
+EC_FOR_EACH_ACT(AUGMENT_ENTRY)

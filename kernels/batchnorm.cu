@@ -1,5 +1,6 @@
 // BatchNorm2d over NCHW (per channel), training and eval forward, backward, optionally fused with
-// a ReLU on the output. f32 storage and math. x is n x c x hw, contiguous.
+// a ReLU on the output. Activations (x, y, dy, dx) are f32, or bf16 in mixed precision; the
+// statistics, parameters and all math are f32. x is n x c x hw, contiguous.
 //
 //   training forward:  mean, var (biased) over (n, hw) of each channel; invstd = 1 / sqrt(var + eps)
 //                      y = x * scale + shift, scale = gamma * invstd, shift = beta - mean * scale
@@ -31,6 +32,9 @@
 // training forward or backward is still two launches. Loads and stores are float4 when
 // p.vec is set (the host checks hw % 4 == 0 and 16-byte aligned pointers, and makes chunk a
 // multiple of 4, so a group of 4 never crosses an image), scalar otherwise.
+//
+// Entry points per activation type (EC_FOR_EACH_ACT): `batchnorm_stats_f32` for f32 activations,
+// `batchnorm_stats_f32_abf16` for bf16 ones (a group of 4 is then 8 bytes, aligned to 8).
 #include "common.cuh"
 
 // Mirrors `BnParams` in src/batchnorm/cuda.rs. The host guarantees n * c * hw <= INT32_MAX - 1024
@@ -89,8 +93,6 @@ __device__ __forceinline__ void for_each_group(const BnParams& p, Slice s, F f) 
     }
 }
 
-__device__ __forceinline__ float4 load4(const float* a, int i) { return *reinterpret_cast<const float4*>(a + i); }
-__device__ __forceinline__ void store4(float* a, int i, float4 v) { *reinterpret_cast<float4*>(a + i) = v; }
 
 // ---- moments: (count, mean, M2 = sum of squared deviations), merged with Chan's formula ---------
 
@@ -156,13 +158,13 @@ __device__ __forceinline__ Moments channel_moments(const float* __restrict__ par
 // ---- training forward ---------------------------------------------------------------------------
 
 // Moments of this block's slice to partial[(ch * splits + split) * 2 + {0: mean, 1: M2}].
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    batchnorm_stats_f32(const float* __restrict__ x, float* __restrict__ partial, BnParams p) {
-    __shared__ Moments scratch[BN_THREADS / 32];
+template <typename T>
+__device__ __forceinline__ void stats(const T* __restrict__ x, float* __restrict__ partial, const BnParams& p,
+                                      Moments* scratch) {
     const Slice s = block_slice(p);
     Moments t = {0.0f, 0.0f, 0.0f};
     for_each_group(p, s, [&](int i, int w) {
-        t = merge(t, w == 4 ? moments4(load4(x, i)) : Moments{1.0f, x[i], 0.0f});
+        t = merge(t, w == 4 ? moments4(ld_act4(x, i)) : Moments{1.0f, ld_act(x, i), 0.0f});
     });
     t = block_merge(t, scratch);
     if (threadIdx.x == 0) {
@@ -174,13 +176,12 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
 
 // y = x * scale + shift (then ReLU when fused) on this block's slice, from the merged partials.
 // Split 0 writes save_mean, save_invstd and updates the running statistics.
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    batchnorm_train_apply_f32(const float* __restrict__ x, const float* __restrict__ partial,
-                              const float* __restrict__ gamma, const float* __restrict__ beta,
-                              float* __restrict__ running_mean, float* __restrict__ running_var,
-                              float* __restrict__ save_mean, float* __restrict__ save_invstd,
-                              float* __restrict__ y, BnParams p) {
-    __shared__ float coef[2];
+template <typename T>
+__device__ __forceinline__ void train_apply(const T* __restrict__ x, const float* __restrict__ partial,
+                                            const float* __restrict__ gamma, const float* __restrict__ beta,
+                                            float* __restrict__ running_mean, float* __restrict__ running_var,
+                                            float* __restrict__ save_mean, float* __restrict__ save_invstd,
+                                            T* __restrict__ y, const BnParams& p, float* coef) {
     const int ch = blockIdx.x;
     if (threadIdx.x < 32) {
         const Moments t = channel_moments(partial, p);
@@ -204,35 +205,35 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
     const bool fuse = p.relu;
     for_each_group(p, block_slice(p), [&](int i, int w) {
         if (w == 4) {
-            float4 v = load4(x, i);
+            float4 v = ld_act4(x, i);
             v = {v.x * scale + shift, v.y * scale + shift, v.z * scale + shift, v.w * scale + shift};
             if (fuse) v = {relu(v.x), relu(v.y), relu(v.z), relu(v.w)};
-            store4(y, i, v);
+            st_act4(y, i, v);
         } else {
-            const float v = x[i] * scale + shift;
-            y[i] = fuse ? relu(v) : v;
+            const float v = ld_act(x, i) * scale + shift;
+            st_act(y, i, fuse ? relu(v) : v);
         }
     });
 }
 
 // Eval forward: the same map with mean = running_mean, invstd = 1 / sqrt(running_var + eps).
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    batchnorm_apply_f32(const float* __restrict__ x, const float* __restrict__ running_mean,
-                        const float* __restrict__ running_var, const float* __restrict__ gamma,
-                        const float* __restrict__ beta, float* __restrict__ y, BnParams p) {
+template <typename T>
+__device__ __forceinline__ void apply(const T* __restrict__ x, const float* __restrict__ running_mean,
+                                      const float* __restrict__ running_var, const float* __restrict__ gamma,
+                                      const float* __restrict__ beta, T* __restrict__ y, const BnParams& p) {
     const int ch = blockIdx.x;
     const float scale = gamma[ch] * (1.0f / sqrtf(running_var[ch] + p.eps));
     const float shift = beta[ch] - running_mean[ch] * scale;
     const bool fuse = p.relu;
     for_each_group(p, block_slice(p), [&](int i, int w) {
         if (w == 4) {
-            float4 v = load4(x, i);
+            float4 v = ld_act4(x, i);
             v = {v.x * scale + shift, v.y * scale + shift, v.z * scale + shift, v.w * scale + shift};
             if (fuse) v = {relu(v.x), relu(v.y), relu(v.z), relu(v.w)};
-            store4(y, i, v);
+            st_act4(y, i, v);
         } else {
-            const float v = x[i] * scale + shift;
-            y[i] = fuse ? relu(v) : v;
+            const float v = ld_act(x, i) * scale + shift;
+            st_act(y, i, fuse ? relu(v) : v);
         }
     });
 }
@@ -244,29 +245,28 @@ __device__ __forceinline__ float masked(float g, float y, bool fuse) { return (f
 
 // (sum g, sum g * (x - mean)) of this block's slice to partial[(ch * splits + split) * 2 + {0, 1}].
 // `y` (the saved forward output) is read only when p.relu is set.
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    batchnorm_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ y,
-                             const float* __restrict__ dy, const float* __restrict__ mean,
-                             float* __restrict__ partial, BnParams p) {
-    __shared__ float scratch[32];
+template <typename T>
+__device__ __forceinline__ void bwd_reduce(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                                           const float* __restrict__ mean, float* __restrict__ partial,
+                                           const BnParams& p, float* scratch) {
     const float mu = mean[blockIdx.x];
     const bool fuse = p.relu;
     float sg = 0.0f, sgx = 0.0f;
     for_each_group(p, block_slice(p), [&](int i, int w) {
         if (w == 4) {
-            const float4 xv = load4(x, i);
-            float4 g = load4(dy, i);
+            const float4 xv = ld_act4(x, i);
+            float4 g = ld_act4(dy, i);
             if (fuse) {
-                const float4 yv = load4(y, i);
+                const float4 yv = ld_act4(y, i);
                 g = {masked(g.x, yv.x, true), masked(g.y, yv.y, true), masked(g.z, yv.z, true),
                      masked(g.w, yv.w, true)};
             }
             sg += (g.x + g.y) + (g.z + g.w);
             sgx += (g.x * (xv.x - mu) + g.y * (xv.y - mu)) + (g.z * (xv.z - mu) + g.w * (xv.w - mu));
         } else {
-            const float g = masked(dy[i], fuse ? y[i] : 1.0f, fuse);
+            const float g = masked(ld_act(dy, i), fuse ? ld_act(y, i) : 1.0f, fuse);
             sg += g;
-            sgx += g * (x[i] - mu);
+            sgx += g * (ld_act(x, i) - mu);
         }
     });
     sg = block_sum(sg, scratch);
@@ -279,13 +279,12 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
 }
 
 // dx on this block's slice from the merged partials; split 0 writes dgamma and dbeta.
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    batchnorm_bwd_dx_f32(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,
-                         const float* __restrict__ mean, const float* __restrict__ invstd,
-                         const float* __restrict__ gamma, const float* __restrict__ partial,
-                         float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ dx,
-                         BnParams p) {
-    __shared__ float coef[3];
+template <typename T>
+__device__ __forceinline__ void bwd_dx(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy,
+                                       const float* __restrict__ mean, const float* __restrict__ invstd,
+                                       const float* __restrict__ gamma, const float* __restrict__ partial,
+                                       float* __restrict__ dgamma, float* __restrict__ dbeta, T* __restrict__ dx,
+                                       const BnParams& p, float* coef) {
     const int ch = blockIdx.x;
     if (threadIdx.x < 32) {
         // Lane s holds split s; warp_sum's butterfly gives every lane the same bits (a + b = b + a).
@@ -316,19 +315,55 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
     const bool fuse = p.relu;
     for_each_group(p, block_slice(p), [&](int i, int w) {
         if (w == 4) {
-            const float4 xv = load4(x, i);
-            float4 g = load4(dy, i);
+            const float4 xv = ld_act4(x, i);
+            float4 g = ld_act4(dy, i);
             if (fuse) {
-                const float4 yv = load4(y, i);
+                const float4 yv = ld_act4(y, i);
                 g = {masked(g.x, yv.x, true), masked(g.y, yv.y, true), masked(g.z, yv.z, true),
                      masked(g.w, yv.w, true)};
             }
-            store4(dx, i,
+            st_act4(dx, i,
                    {(g.x - mean_g - (xv.x - mu) * proj) * k, (g.y - mean_g - (xv.y - mu) * proj) * k,
                     (g.z - mean_g - (xv.z - mu) * proj) * k, (g.w - mean_g - (xv.w - mu) * proj) * k});
         } else {
-            const float g = masked(dy[i], fuse ? y[i] : 1.0f, fuse);
-            dx[i] = (g - mean_g - (x[i] - mu) * proj) * k;
+            const float g = masked(ld_act(dy, i), fuse ? ld_act(y, i) : 1.0f, fuse);
+            st_act(dx, i, (g - mean_g - (ld_act(x, i) - mu) * proj) * k);
         }
     });
 }
+
+// The shared scratch of each body above (BN_THREADS / 32 moments, 32 floats, or 2-3
+// coefficients) is declared by its entry point: a __shared__ static inside a template function is
+// not one per kernel under the emulated driver (see kernels/conv.cu's note on Smem).
+#define BN_ENTRY(T, ACT)                                                                                              \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
+        batchnorm_stats_f32##ACT(const T* __restrict__ x, float* __restrict__ partial, BnParams p) {                  \
+        __shared__ Moments scratch[BN_THREADS / 32];                                                                  \
+        stats(x, partial, p, scratch);                                                                                \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS) batchnorm_train_apply_f32##ACT(                          \
+        const T* __restrict__ x, const float* __restrict__ partial, const float* __restrict__ gamma,                  \
+        const float* __restrict__ beta, float* __restrict__ running_mean, float* __restrict__ running_var,            \
+        float* __restrict__ save_mean, float* __restrict__ save_invstd, T* __restrict__ y, BnParams p) {              \
+        __shared__ float coef[2];                                                                                     \
+        train_apply(x, partial, gamma, beta, running_mean, running_var, save_mean, save_invstd, y, p, coef);          \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS) batchnorm_apply_f32##ACT(                                \
+        const T* __restrict__ x, const float* __restrict__ running_mean, const float* __restrict__ running_var,       \
+        const float* __restrict__ gamma, const float* __restrict__ beta, T* __restrict__ y, BnParams p) {             \
+        apply(x, running_mean, running_var, gamma, beta, y, p);                                                       \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS) batchnorm_bwd_reduce_f32##ACT(                           \
+        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy, const float* __restrict__ mean,   \
+        float* __restrict__ partial, BnParams p) {                                                                    \
+        __shared__ float scratch[32];                                                                                 \
+        bwd_reduce(x, y, dy, mean, partial, p, scratch);                                                              \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS) batchnorm_bwd_dx_f32##ACT(                               \
+        const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ dy, const float* __restrict__ mean,   \
+        const float* __restrict__ invstd, const float* __restrict__ gamma, const float* __restrict__ partial,         \
+        float* __restrict__ dgamma, float* __restrict__ dbeta, T* __restrict__ dx, BnParams p) {                      \
+        __shared__ float coef[3];                                                                                     \
+        bwd_dx(x, y, dy, mean, invstd, gamma, partial, dgamma, dbeta, dx, p, coef);                                   \
+    }
+EC_FOR_EACH_ACT(BN_ENTRY)

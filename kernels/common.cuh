@@ -16,6 +16,31 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// ---- activation storage: f32, or bf16 in mixed precision (math stays f32) ----------------------
+// Element loads and stores, and groups of four for the vectorized paths: a group is 16 bytes of
+// f32 or 8 of bf16, aligned to its size (the host checks the pointers).
+__device__ __forceinline__ float ld_act(const float* a, int i) { return a[i]; }
+__device__ __forceinline__ float ld_act(const __nv_bfloat16* a, int i) { return __bfloat162float(a[i]); }
+__device__ __forceinline__ void st_act(float* a, int i, float v) { a[i] = v; }
+__device__ __forceinline__ void st_act(__nv_bfloat16* a, int i, float v) { a[i] = __float2bfloat16_rn(v); }
+__device__ __forceinline__ float4 ld_act4(const float* a, int i) { return *reinterpret_cast<const float4*>(a + i); }
+__device__ __forceinline__ float4 ld_act4(const __nv_bfloat16* a, int i) {
+    const uint2 u = *reinterpret_cast<const uint2*>(a + i);
+    // bf16 -> f32 is exact: the bf16 bits are the f32's high half.
+    return {__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+            __uint_as_float(u.y & 0xffff0000u)};
+}
+__device__ __forceinline__ void st_act4(float* a, int i, float4 v) { *reinterpret_cast<float4*>(a + i) = v; }
+__device__ __forceinline__ void st_act4(__nv_bfloat16* a, int i, float4 v) {
+    const auto bits = [](float f) { return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(f)); };
+    *reinterpret_cast<uint2*>(a + i) = {bits(v.x) | bits(v.y) << 16, bits(v.z) | bits(v.w) << 16};
+}
+
+// extern "C" entry points per activation type: NAME (f32 activations) and NAME_abf16.
+#define EC_FOR_EACH_ACT(M) \
+    M(float, )             \
+    M(__nv_bfloat16, _abf16)
+
 // ---- reductions ----------------------------------------------------------------------------------
 // fmaxf drops NaN; softmax must propagate it (PyTorch does), so max is NaN-sticky.
 __device__ __forceinline__ float nan_max(float a, float b) {

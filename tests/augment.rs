@@ -170,6 +170,34 @@ fn gpu_matches_cpu_bit_for_bit() {
     }
 }
 
+/// The bf16 batch (mixed precision) is the f32 batch rounded once: the kernel normalizes in f32
+/// exactly as the CPU does (the test above: bit for bit), then rounds to nearest even, as
+/// `half::bf16::from_f32` does; so the two agree bit for bit too.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_bf16_batch_is_the_rounded_f32_batch() {
+    use common::{bf16_round, from_bf16};
+    let st = common::gpu();
+    let mut r = rng(54);
+    let s = AugmentSpec::cifar10();
+    let count = 7;
+    let data: Vec<u8> = (0..count * s.image_len()).map(|_| r.random_range(0..=255u8)).collect();
+    let n = 13;
+    let idx: Vec<i32> = (0..n).map(|_| r.random_range(0..count as i32)).collect();
+    let crops: Vec<u8> = (0..2 * n).map(|_| r.random_range(0..=2 * s.pad as u8)).collect();
+    let flips: Vec<u8> = (0..n).map(|_| r.random_range(0..2u8)).collect();
+    let dd = st.clone_htod(&data).unwrap();
+    let (id, cd, fd) = (st.clone_htod(&idx).unwrap(), st.clone_htod(&crops).unwrap(), st.clone_htod(&flips).unwrap());
+    let want = bf16_round(&cpu::train_batch(&data, &idx, &crops, &flips, &s).unwrap());
+    let mut out = st.clone_htod(&vec![half::bf16::NAN; want.len()]).unwrap();
+    cuda::train_batch(&st, &dd, &id, &cd, &fd, &mut out, &s).unwrap();
+    assert_eq!(from_bf16(&st.clone_dtoh(&out).unwrap()), want, "bf16 train batch");
+    let want = bf16_round(&cpu::eval_batch(&data, &idx, &s).unwrap());
+    let mut out = st.clone_htod(&vec![half::bf16::NAN; want.len()]).unwrap();
+    cuda::eval_batch(&st, &dd, &id, &mut out, &s).unwrap();
+    assert_eq!(from_bf16(&st.clone_dtoh(&out).unwrap()), want, "bf16 eval batch");
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn gpu_bad_indices_and_offsets_are_errors() {

@@ -518,3 +518,108 @@ fn gpu_bad_lengths_are_errors() {
     let r = cuda::forward_train(&s, &x, &g, &g, &mut rm, &mut rv, &mut y, &mut sm, &mut si, shape, CFG);
     assert!(matches!(r, Err(Error::Shape { .. })));
 }
+
+/// bf16 activations (mixed precision): x, y, dy and dx are bf16, the statistics, parameters and
+/// math f32. The inputs are bf16 values, so the CPU reference (f32) runs on exactly what the GPU
+/// reads. Tolerances: the f32 kernel's (the GPU's reduction order against the CPU's), plus one
+/// bf16 ulp (2^-7 relative) on the bf16 outputs y and dx, whose f32 values on the two sides can
+/// straddle a rounding boundary.
+fn gpu_case_bf16(shape: BnShape, seed: u64, offset: usize) {
+    use common::{bf16_round, from_bf16, to_bf16};
+    use half::bf16;
+    let s = common::gpu();
+    let mut r = rng(seed);
+    let (c, len) = (shape.c, shape.len());
+    let x = bf16_round(&uniform(&mut r, len, -3.0, 5.0));
+    let dy = bf16_round(&uniform(&mut r, len, -1.0, 1.0));
+    let gamma = uniform(&mut r, c, 0.5, 1.5);
+    let beta = uniform(&mut r, c, -0.5, 0.5);
+    let rm0 = uniform(&mut r, c, -0.5, 0.5);
+    let rv0 = uniform(&mut r, c, 0.5, 2.0);
+    let up = |v: &[f32]| s.clone_htod(v).unwrap();
+    // `offset` bf16 values before each activation tensor: 2 bytes each, so an odd offset leaves
+    // the pointers unaligned for the 8-byte groups and the kernels take the scalar path.
+    let up_act = |v: &[f32]| {
+        let mut b = vec![bf16::NAN; offset];
+        b.extend(to_bf16(v));
+        s.clone_htod(&b).unwrap()
+    };
+    let poison_act = || s.clone_htod(&vec![bf16::NAN; len + offset]).unwrap();
+    let down_act = |d: &cudarc::driver::CudaSlice<bf16>| from_bf16(&s.clone_dtoh(d).unwrap()[offset..]);
+    let poison = |n: usize| s.clone_htod(&vec![POISON; n]).unwrap();
+    let down = |d: &cudarc::driver::CudaSlice<f32>| s.clone_dtoh(d).unwrap();
+    const ULP: f32 = 1.0 / 128.0;
+    let (xd, dyd, gd, bd) = (up_act(&x), up_act(&dy), up(&gamma), up(&beta));
+    let mut ws = cuda::Workspace::new();
+    for relu in [false, true] {
+        let what = format!("bf16 {shape:?} offset {offset} {}", if relu { "relu" } else { "plain" });
+        let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
+        let f = if relu { cpu::relu_forward_train } else { cpu::forward_train };
+        let want = f(&x, &gamma, &beta, &mut rm, &mut rv, shape, CFG).unwrap();
+        let (mut rmd, mut rvd, mut yd, mut smd, mut sid) = (up(&rm0), up(&rv0), poison_act(), poison(c), poison(c));
+        let xv = xd.slice(offset..);
+        let mut yv = yd.slice_mut(offset..);
+        if relu {
+            cuda::relu_forward_train_in(
+                &s, &xv, &gd, &bd, &mut rmd, &mut rvd, &mut yv, &mut smd, &mut sid, shape, CFG, &mut ws,
+            )
+        } else {
+            cuda::forward_train_in(
+                &s, &xv, &gd, &bd, &mut rmd, &mut rvd, &mut yv, &mut smd, &mut sid, shape, CFG, &mut ws,
+            )
+        }
+        .unwrap();
+        assert_close(&format!("{what} y"), &down_act(&yd), &want.y, 1e-4, 1e-4 + ULP);
+        assert_close(&format!("{what} save_mean"), &down(&smd), &want.save_mean, 1e-5, 1e-5);
+        assert_close(&format!("{what} save_invstd"), &down(&sid), &want.save_invstd, 1e-5, 1e-4);
+        assert_close(&format!("{what} running_var"), &down(&rvd), &rv, 1e-5, 1e-4);
+
+        let fe = if relu { cpu::relu_forward_eval } else { cpu::forward_eval };
+        let want_eval = fe(&x, &gamma, &beta, &rm, &rv, shape, CFG).unwrap();
+        let (rmd, rvd, mut yed) = (up(&rm), up(&rv), poison_act());
+        let mut yev = yed.slice_mut(offset..);
+        if relu {
+            cuda::relu_forward_eval(&s, &xv, &gd, &bd, &rmd, &rvd, &mut yev, shape, CFG)
+        } else {
+            cuda::forward_eval(&s, &xv, &gd, &bd, &rmd, &rvd, &mut yev, shape, CFG)
+        }
+        .unwrap();
+        assert_close(&format!("{what} eval y"), &down_act(&yed), &want_eval, 1e-5, 1e-5 + ULP);
+
+        // Backward from the CPU's statistics and its output rounded as the GPU stores it: the
+        // ReLU mask is the same on both sides (rounding keeps the sign and zero).
+        let y_saved = bf16_round(&want.y);
+        let want_g = if relu {
+            cpu::relu_backward(&x, &y_saved, &dy, &gamma, &want.save_mean, &want.save_invstd, shape).unwrap()
+        } else {
+            cpu::backward(&x, &dy, &gamma, &want.save_mean, &want.save_invstd, shape).unwrap()
+        };
+        let (smd, sid, ysd) = (up(&want.save_mean), up(&want.save_invstd), up_act(&y_saved));
+        let (mut dxd, mut dgd, mut dbd) = (poison_act(), poison(c), poison(c));
+        let (dyv, ysv) = (dyd.slice(offset..), ysd.slice(offset..));
+        let mut dxv = dxd.slice_mut(offset..);
+        if relu {
+            cuda::relu_backward_in(&s, &xv, &ysv, &dyv, &gd, &smd, &sid, &mut dxv, &mut dgd, &mut dbd, shape, &mut ws)
+        } else {
+            cuda::backward_in(&s, &xv, &dyv, &gd, &smd, &sid, &mut dxv, &mut dgd, &mut dbd, shape, &mut ws)
+        }
+        .unwrap();
+        let sum_tol = 1e-5 + 1e-6 * shape.per_channel() as f32;
+        assert_close(&format!("{what} dbeta"), &down(&dbd), &want_g.dbeta, sum_tol, 1e-4);
+        assert_close(&format!("{what} dgamma"), &down(&dgd), &want_g.dgamma, sum_tol, 1e-4);
+        assert_close(&format!("{what} dx"), &down_act(&dxd), &want_g.dx, 1e-4, 1e-3 + ULP);
+        if offset > 0 {
+            assert!(s.clone_dtoh(&dxd).unwrap()[..offset].iter().all(|v| v.is_nan()), "{what}: wrote before dx");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_bf16_activations_match_cpu() {
+    // Vectorized (hw % 4 == 0, aligned; a channel cut into several slices), scalar (odd plane),
+    // and unaligned (one bf16 into the buffers).
+    gpu_case_bf16(BnShape { n: 9, c: 3, hw: 32 * 32 }, 40, 0);
+    gpu_case_bf16(BnShape { n: 3, c: 5, hw: 7 * 9 }, 41, 0);
+    gpu_case_bf16(BnShape { n: 5, c: 2, hw: 16 * 16 }, 42, 1);
+}

@@ -196,3 +196,46 @@ fn gpu_matches_cpu() {
     let bad = PoolShape { n: 1, c: 1, h: 1, w: 3 };
     assert!(matches!(cuda::max_pool_forward(&s, &xd, &mut yd, &mut amd, bad), Err(Error::Shape { .. })));
 }
+
+/// bf16 activations (mixed precision): the kernels read bf16, compute in f32 and round what they
+/// write. Inputs are bf16 values, so the CPU reference runs on exactly what the GPU reads; the
+/// max-pool and both backward passes then agree bit for bit (a maximum is one of its inputs, a
+/// routed gradient a copy, and dy / hw is one f32 division rounded the same way on both sides),
+/// and the global average (an f32 output) to the f32 kernel's tolerance.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_bf16_activations_match_cpu() {
+    use common::{bf16_round, from_bf16, to_bf16};
+    use half::bf16;
+    let s = common::gpu();
+    let mut r = rng(22);
+    let poison = bf16::NAN;
+    for shape in [PoolShape { n: 3, c: 5, h: 7, w: 9 }, PoolShape { n: 2, c: 3, h: 33, w: 35 }] {
+        let x = bf16_round(&uniform(&mut r, shape.len(), -2.0, 2.0));
+        let xd = s.clone_htod(&to_bf16(&x)).unwrap();
+        let (y, am) = cpu::max_pool_forward(&x, shape).unwrap();
+        let mut yd = s.clone_htod(&vec![poison; shape.pooled_len()]).unwrap();
+        let mut amd = s.clone_htod(&vec![0xABu8; shape.pooled_len()]).unwrap();
+        cuda::max_pool_forward(&s, &xd, &mut yd, &mut amd, shape).unwrap();
+        assert_eq!(from_bf16(&s.clone_dtoh(&yd).unwrap()), y, "bf16 max-pool y {shape:?}");
+        assert_eq!(s.clone_dtoh(&amd).unwrap(), am, "bf16 max-pool argmax {shape:?}");
+
+        let dy = bf16_round(&uniform(&mut r, shape.pooled_len(), -1.0, 1.0));
+        let dx = cpu::max_pool_backward(&dy, &am, shape).unwrap();
+        let dyd = s.clone_htod(&to_bf16(&dy)).unwrap();
+        let mut dxd = s.clone_htod(&vec![poison; shape.len()]).unwrap();
+        cuda::max_pool_backward(&s, &dyd, &amd, &mut dxd, shape).unwrap();
+        assert_eq!(from_bf16(&s.clone_dtoh(&dxd).unwrap()), dx, "bf16 max-pool dx {shape:?}");
+
+        let g = cpu::global_avg_pool_forward(&x, shape).unwrap();
+        let mut gd = s.clone_htod(&vec![POISON; shape.planes()]).unwrap();
+        cuda::global_avg_pool_forward(&s, &xd, &mut gd, shape).unwrap();
+        assert_close(&format!("bf16 gap y {shape:?}"), &s.clone_dtoh(&gd).unwrap(), &g, 1e-6, 1e-5);
+        let dg = uniform(&mut r, shape.planes(), -1.0, 1.0);
+        let dgx = bf16_round(&cpu::global_avg_pool_backward(&dg, shape).unwrap());
+        let dgd = s.clone_htod(&dg).unwrap();
+        let mut dgxd = s.clone_htod(&vec![poison; shape.len()]).unwrap();
+        cuda::global_avg_pool_backward(&s, &dgd, &mut dgxd, shape).unwrap();
+        assert_eq!(from_bf16(&s.clone_dtoh(&dgxd).unwrap()), dgx, "bf16 gap dx {shape:?}");
+    }
+}

@@ -1,4 +1,5 @@
-//! CUDA launches of `kernels/augment.cu` on the caller's stream.
+//! CUDA launches of `kernels/augment.cu` on the caller's stream. The batch is written as the
+//! activations' [`ActDtype`]: f32, or bf16 in mixed precision (normalized in f32, then rounded).
 //!
 //! Both functions wait for the stream at the end: they read back the device flag that says
 //! whether an index or crop offset was bad, so that a bad choice is an error, never a silent batch.
@@ -7,7 +8,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::{AugmentSpec, MAX_CHANNELS};
-use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, BadIndexFlag, MAX_INDEX};
+use crate::cuda::{
+    after_launch, blocks_for, cfg, check_devices, check_len, function, ActDtype, BadIndexFlag, MAX_INDEX,
+};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "augment (cuda)";
@@ -34,13 +37,13 @@ crate::cuda::check_params_layout!(AugmentParams);
 /// Training batch into `out` (`n x c x h x w` f32, `n = indices.len()`): gather `data`
 /// (`count x c x h x w` bytes), crop at `crops` (`(dy, dx)` per image, `2 n` bytes), mirror where
 /// `flips` (`n` bytes) is nonzero, normalize. Waits for the stream (see the module docs).
-pub fn train_batch(
+pub fn train_batch<A: ActDtype>(
     stream: &Arc<CudaStream>,
     data: &impl DevicePtr<u8>,
     indices: &impl DevicePtr<i32>,
     crops: &impl DevicePtr<u8>,
     flips: &impl DevicePtr<u8>,
-    out: &mut impl DevicePtrMut<f32>,
+    out: &mut impl DevicePtrMut<A>,
     spec: &AugmentSpec,
 ) -> Result<()> {
     train_batch_with(stream, data, indices, crops, flips, out, spec, &mut BadIndexFlag::new(stream)?, true)
@@ -52,13 +55,13 @@ pub fn train_batch(
 /// after the launch and leaves the flag to the caller (`flag.take`): the kernel never reads
 /// outside `data` for a bad sample, it only raises the flag.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn train_batch_with(
+pub(crate) fn train_batch_with<A: ActDtype>(
     stream: &Arc<CudaStream>,
     data: &impl DevicePtr<u8>,
     indices: &impl DevicePtr<i32>,
     crops: &impl DevicePtr<u8>,
     flips: &impl DevicePtr<u8>,
-    out: &mut impl DevicePtrMut<f32>,
+    out: &mut impl DevicePtrMut<A>,
     spec: &AugmentSpec,
     flag: &mut BadIndexFlag,
     wait: bool,
@@ -72,7 +75,7 @@ pub(crate) fn train_batch_with(
     if n == 0 {
         return Ok(());
     }
-    let f = function(stream, MODULE, "augment_train_f32")?;
+    let f = function(stream, MODULE, &format!("augment_train_f32{}", A::ACT_SUFFIX))?;
     {
         let (dp, _gd) = data.device_ptr(stream);
         let (ip, _gi) = indices.device_ptr(stream);
@@ -82,7 +85,7 @@ pub(crate) fn train_batch_with(
         let (bp, _gb) = flag.buf_mut().device_ptr_mut(stream);
         let mut b = stream.launch_builder(&f);
         b.arg(&dp).arg(&ip).arg(&cp).arg(&fp).arg(&op).arg(&bp).arg(&p);
-        // SAFETY: out holds n*c*h*w f32 (<= i32::MAX), indices n, flips n, crops 2n (checked above);
+        // SAFETY: out holds n*c*h*w activations (<= i32::MAX), indices n, flips n, crops 2n (checked above);
         // data holds count*c*h*w bytes (params checked the division). The kernel reads data only
         // for 0 <= index < count, 0 <= dy, dx <= 2 pad and in-image (sy, sx), and writes out[i] for
         // i < n*c*h*w; the flag is one i32.
@@ -96,11 +99,11 @@ pub(crate) fn train_batch_with(
 }
 
 /// Eval batch into `out`: gather and normalize, no crop or flip. Waits for the stream.
-pub fn eval_batch(
+pub fn eval_batch<A: ActDtype>(
     stream: &Arc<CudaStream>,
     data: &impl DevicePtr<u8>,
     indices: &impl DevicePtr<i32>,
-    out: &mut impl DevicePtrMut<f32>,
+    out: &mut impl DevicePtrMut<A>,
     spec: &AugmentSpec,
 ) -> Result<()> {
     check_devices!(OP, stream, data, indices, out);
@@ -110,7 +113,7 @@ pub fn eval_batch(
     if n == 0 {
         return Ok(());
     }
-    let f = function(stream, MODULE, "augment_eval_f32")?;
+    let f = function(stream, MODULE, &format!("augment_eval_f32{}", A::ACT_SUFFIX))?;
     let mut flag = BadIndexFlag::new(stream)?;
     {
         let (dp, _gd) = data.device_ptr(stream);

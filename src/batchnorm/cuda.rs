@@ -1,5 +1,6 @@
-//! CUDA launches of `kernels/batchnorm.cu` on the caller's stream. Every buffer is f32; `x`, `y`,
-//! `dy`, `dx` hold `n * c * hw` elements (NCHW), every per-channel buffer `c`.
+//! CUDA launches of `kernels/batchnorm.cu` on the caller's stream. The activations `x`, `y`, `dy`,
+//! `dx` hold `n * c * hw` elements (NCHW) of an [`ActDtype`] (f32, or bf16 in mixed precision);
+//! every per-channel buffer is `c` f32, and all math is f32.
 //!
 //! Every kernel runs a grid of (channels, splits) blocks: each channel's `n * hw` values are cut
 //! into [`split_plan`]'s slices so that a layer of few channels still fills the GPU. The training
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{BnConfig, BnShape};
-use crate::cuda::{after_launch, check_devices, check_len, function, MAX_INDEX};
+use crate::cuda::{after_launch, check_devices, check_len, function, ActDtype, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "batchnorm (cuda)";
@@ -23,7 +24,7 @@ pub const MAX_SPLITS: usize = 32;
 /// The slices aim at up to this many blocks: 132 SMs (H100/H200) x 8 resident 256-thread blocks,
 /// one full wave at full occupancy (the register use allows it: docs/kernel-resources.md).
 const TARGET_BLOCKS: usize = 132 * 8;
-/// ...but give each slice at least this many values (4 float4 groups a thread), so that a block's
+/// ...but give each slice at least this many values (4 groups of 4 a thread), so that a block's
 /// fixed cost (the merge, the index setup) stays small next to its loads.
 const MIN_CHUNK: usize = 4 * 4 * THREADS as usize;
 
@@ -34,7 +35,7 @@ const MIN_CHUNK: usize = 4 * 4 * THREADS as usize;
 pub type Workspace = crate::cuda::Scratch;
 
 /// How the kernels cut each channel's `m = n * hw` values: `splits` slices of `chunk` values (the
-/// last one shorter, none empty); `chunk` is a multiple of 4 when `vec` (float4 groups).
+/// last one shorter, none empty); `chunk` is a multiple of 4 when `vec` (groups of 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitPlan {
     pub splits: usize,
@@ -80,14 +81,14 @@ crate::cuda::check_params_layout!(BnParams);
 /// updates `running_mean`, `running_var` in place. Allocates a workspace; see
 /// [`forward_train_in`].
 #[allow(clippy::too_many_arguments)]
-pub fn forward_train(
+pub fn forward_train<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     beta: &impl DevicePtr<f32>,
     running_mean: &mut impl DevicePtrMut<f32>,
     running_var: &mut impl DevicePtrMut<f32>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
     save_mean: &mut impl DevicePtrMut<f32>,
     save_invstd: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
@@ -99,14 +100,14 @@ pub fn forward_train(
 
 /// [`forward_train`] with the caller's workspace.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_train_in(
+pub fn forward_train_in<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     beta: &impl DevicePtr<f32>,
     running_mean: &mut impl DevicePtrMut<f32>,
     running_var: &mut impl DevicePtrMut<f32>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
     save_mean: &mut impl DevicePtrMut<f32>,
     save_invstd: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
@@ -121,14 +122,14 @@ pub fn forward_train_in(
 /// Training forward fused with a ReLU: `y = relu(bn(x))`. Allocates a workspace; see
 /// [`relu_forward_train_in`].
 #[allow(clippy::too_many_arguments)]
-pub fn relu_forward_train(
+pub fn relu_forward_train<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     beta: &impl DevicePtr<f32>,
     running_mean: &mut impl DevicePtrMut<f32>,
     running_var: &mut impl DevicePtrMut<f32>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
     save_mean: &mut impl DevicePtrMut<f32>,
     save_invstd: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
@@ -153,14 +154,14 @@ pub fn relu_forward_train(
 
 /// [`relu_forward_train`] with the caller's workspace.
 #[allow(clippy::too_many_arguments)]
-pub fn relu_forward_train_in(
+pub fn relu_forward_train_in<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     beta: &impl DevicePtr<f32>,
     running_mean: &mut impl DevicePtrMut<f32>,
     running_var: &mut impl DevicePtrMut<f32>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
     save_mean: &mut impl DevicePtrMut<f32>,
     save_invstd: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
@@ -174,14 +175,14 @@ pub fn relu_forward_train_in(
 
 /// Eval forward from the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_eval(
+pub fn forward_eval<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     beta: &impl DevicePtr<f32>,
     running_mean: &impl DevicePtr<f32>,
     running_var: &impl DevicePtr<f32>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
     shape: BnShape,
     config: BnConfig,
 ) -> Result<()> {
@@ -191,14 +192,14 @@ pub fn forward_eval(
 
 /// Eval forward fused with a ReLU.
 #[allow(clippy::too_many_arguments)]
-pub fn relu_forward_eval(
+pub fn relu_forward_eval<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     beta: &impl DevicePtr<f32>,
     running_mean: &impl DevicePtr<f32>,
     running_var: &impl DevicePtr<f32>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
     shape: BnShape,
     config: BnConfig,
 ) -> Result<()> {
@@ -209,14 +210,14 @@ pub fn relu_forward_eval(
 /// Backward of [`forward_train`]: writes `dx`, `dgamma`, `dbeta`. Allocates a workspace; see
 /// [`backward_in`].
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
-    dy: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
+    dy: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     save_mean: &impl DevicePtr<f32>,
     save_invstd: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<f32>,
+    dx: &mut impl DevicePtrMut<A>,
     dgamma: &mut impl DevicePtrMut<f32>,
     dbeta: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
@@ -226,14 +227,14 @@ pub fn backward(
 
 /// [`backward`] with the caller's workspace.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_in(
+pub fn backward_in<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
-    dy: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
+    dy: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     save_mean: &impl DevicePtr<f32>,
     save_invstd: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<f32>,
+    dx: &mut impl DevicePtrMut<A>,
     dgamma: &mut impl DevicePtrMut<f32>,
     dbeta: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
@@ -248,15 +249,15 @@ pub fn backward_in(
 /// Backward of [`relu_forward_train`]; `y` is its saved output. Allocates a workspace; see
 /// [`relu_backward_in`].
 #[allow(clippy::too_many_arguments)]
-pub fn relu_backward(
+pub fn relu_backward<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
-    y: &impl DevicePtr<f32>,
-    dy: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
+    y: &impl DevicePtr<A>,
+    dy: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     save_mean: &impl DevicePtr<f32>,
     save_invstd: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<f32>,
+    dx: &mut impl DevicePtrMut<A>,
     dgamma: &mut impl DevicePtrMut<f32>,
     dbeta: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
@@ -267,15 +268,15 @@ pub fn relu_backward(
 
 /// [`relu_backward`] with the caller's workspace.
 #[allow(clippy::too_many_arguments)]
-pub fn relu_backward_in(
+pub fn relu_backward_in<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
-    y: &impl DevicePtr<f32>,
-    dy: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
+    y: &impl DevicePtr<A>,
+    dy: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     save_mean: &impl DevicePtr<f32>,
     save_invstd: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<f32>,
+    dx: &mut impl DevicePtrMut<A>,
     dgamma: &mut impl DevicePtrMut<f32>,
     dbeta: &mut impl DevicePtrMut<f32>,
     shape: BnShape,
@@ -314,7 +315,7 @@ struct BwdBufs<'a, X, Y, DY, G, SM, SI, DX, DG, DB> {
 }
 
 #[allow(clippy::type_complexity)]
-fn train<X, G, B, RM, RV, Y, SM, SI>(
+fn train<A: ActDtype, X, G, B, RM, RV, Y, SM, SI>(
     stream: &Arc<CudaStream>,
     t: TrainBufs<'_, X, G, B, RM, RV, Y, SM, SI>,
     shape: BnShape,
@@ -323,12 +324,12 @@ fn train<X, G, B, RM, RV, Y, SM, SI>(
     ws: &mut Workspace,
 ) -> Result<()>
 where
-    X: DevicePtr<f32>,
+    X: DevicePtr<A>,
     G: DevicePtr<f32>,
     B: DevicePtr<f32>,
     RM: DevicePtrMut<f32>,
     RV: DevicePtrMut<f32>,
-    Y: DevicePtrMut<f32>,
+    Y: DevicePtrMut<A>,
     SM: DevicePtrMut<f32>,
     SI: DevicePtrMut<f32>,
 {
@@ -350,8 +351,8 @@ where
     if total == 0 {
         return Ok(());
     }
-    let stats = function(stream, MODULE, "batchnorm_stats_f32")?;
-    let apply = function(stream, MODULE, "batchnorm_train_apply_f32")?;
+    let stats = function(stream, MODULE, &format!("batchnorm_stats_f32{}", A::ACT_SUFFIX))?;
+    let apply = function(stream, MODULE, &format!("batchnorm_train_apply_f32{}", A::ACT_SUFFIX))?;
     let (xp, _gx) = t.x.device_ptr(stream);
     let (gp, _gg) = t.gamma.device_ptr(stream);
     let (bp, _gb) = t.beta.device_ptr(stream);
@@ -360,22 +361,22 @@ where
     let (yp, _gy) = t.y.device_ptr_mut(stream);
     let (smp, _gsm) = t.save_mean.device_ptr_mut(stream);
     let (sip, _gsi) = t.save_invstd.device_ptr_mut(stream);
-    let p = params(shape, config, relu, aligned(&[xp, yp]))?;
+    let p = params(shape, config, relu, aligned::<A>(&[xp, yp]))?;
     let partial = ws.at_least(stream, partial_len(shape, p), OP, "allocating the batch-norm workspace")?;
     let (pp, _gp) = partial.device_ptr_mut(stream);
 
     let mut b = stream.launch_builder(&stats);
     b.arg(&xp).arg(&pp).arg(&p);
-    // SAFETY: x holds n*c*hw f32 (checked above) and the workspace 2*c*splits; block (ch, s)
-    // reads (i*c + ch)*hw + k with i < n, k < hw (float4 groups only when hw % 4 == 0 and x is
-    // 16-byte aligned, `params`) and writes partial[(ch*splits + s)*2 + {0, 1}]; m = n*hw >= 2;
+    // SAFETY: x holds n*c*hw activations (checked above) and the workspace 2*c*splits; block (ch, s)
+    // reads (i*c + ch)*hw + k with i < n, k < hw (groups of 4 only when hw % 4 == 0 and x is
+    // aligned to a group, `params`) and writes partial[(ch*splits + s)*2 + {0, 1}]; m = n*hw >= 2;
     // the arguments match the kernel's signature.
     unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &stats)?;
 
     let mut b = stream.launch_builder(&apply);
     b.arg(&xp).arg(&pp).arg(&gp).arg(&bp).arg(&rmp).arg(&rvp).arg(&smp).arg(&sip).arg(&yp).arg(&p);
-    // SAFETY: as above for x and y (same indices, y 16-byte aligned when float4); it reads the
+    // SAFETY: as above for x and y (same indices, y aligned to a group when vectorized); it reads the
     // partials the stats launch just wrote and writes the per-channel buffers (c f32 each) at ch.
     unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &apply)?;
@@ -383,14 +384,14 @@ where
 }
 
 #[allow(clippy::too_many_arguments)]
-fn eval(
+fn eval<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     gamma: &impl DevicePtr<f32>,
     beta: &impl DevicePtr<f32>,
     running_mean: &impl DevicePtr<f32>,
     running_var: &impl DevicePtr<f32>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
     shape: BnShape,
     config: BnConfig,
     relu: bool,
@@ -410,25 +411,25 @@ fn eval(
     if total == 0 {
         return Ok(());
     }
-    let apply = function(stream, MODULE, "batchnorm_apply_f32")?;
+    let apply = function(stream, MODULE, &format!("batchnorm_apply_f32{}", A::ACT_SUFFIX))?;
     let (xp, _gx) = x.device_ptr(stream);
     let (gp, _gg) = gamma.device_ptr(stream);
     let (bp, _gb) = beta.device_ptr(stream);
     let (rmp, _grm) = running_mean.device_ptr(stream);
     let (rvp, _grv) = running_var.device_ptr(stream);
     let (yp, _gy) = y.device_ptr_mut(stream);
-    let p = params(shape, config, relu, aligned(&[xp, yp]))?;
+    let p = params(shape, config, relu, aligned::<A>(&[xp, yp]))?;
     let mut b = stream.launch_builder(&apply);
     b.arg(&xp).arg(&rmp).arg(&rvp).arg(&gp).arg(&bp).arg(&yp).arg(&p);
-    // SAFETY: x and y hold n*c*hw f32, the per-channel buffers c f32 (checked above); block
-    // (ch, s) touches (i*c + ch)*hw + k with i < n, k < hw (float4 only when aligned, `params`).
+    // SAFETY: x and y hold n*c*hw activations, the per-channel buffers c f32 (checked above); block
+    // (ch, s) touches (i*c + ch)*hw + k with i < n, k < hw (groups of 4 only when aligned, `params`).
     unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &apply)?;
     Ok(())
 }
 
 #[allow(clippy::type_complexity)]
-fn bwd<X, Y, DY, G, SM, SI, DX, DG, DB>(
+fn bwd<A: ActDtype, X, Y, DY, G, SM, SI, DX, DG, DB>(
     stream: &Arc<CudaStream>,
     t: BwdBufs<'_, X, Y, DY, G, SM, SI, DX, DG, DB>,
     shape: BnShape,
@@ -436,13 +437,13 @@ fn bwd<X, Y, DY, G, SM, SI, DX, DG, DB>(
     ws: &mut Workspace,
 ) -> Result<()>
 where
-    X: DevicePtr<f32>,
-    Y: DevicePtr<f32>,
-    DY: DevicePtr<f32>,
+    X: DevicePtr<A>,
+    Y: DevicePtr<A>,
+    DY: DevicePtr<A>,
     G: DevicePtr<f32>,
     SM: DevicePtr<f32>,
     SI: DevicePtr<f32>,
-    DX: DevicePtrMut<f32>,
+    DX: DevicePtrMut<A>,
     DG: DevicePtrMut<f32>,
     DB: DevicePtrMut<f32>,
 {
@@ -465,8 +466,8 @@ where
     if total == 0 {
         return Ok(());
     }
-    let reduce = function(stream, MODULE, "batchnorm_bwd_reduce_f32")?;
-    let dx_fn = function(stream, MODULE, "batchnorm_bwd_dx_f32")?;
+    let reduce = function(stream, MODULE, &format!("batchnorm_bwd_reduce_f32{}", A::ACT_SUFFIX))?;
+    let dx_fn = function(stream, MODULE, &format!("batchnorm_bwd_dx_f32{}", A::ACT_SUFFIX))?;
     let (xp, _gx) = t.x.device_ptr(stream);
     let (yp, _gy) = t.y.device_ptr(stream);
     let (dyp, _gdy) = t.dy.device_ptr(stream);
@@ -476,15 +477,15 @@ where
     let (dxp, _gdx) = t.dx.device_ptr_mut(stream);
     let (dgp, _gdg) = t.dgamma.device_ptr_mut(stream);
     let (dbp, _gdb) = t.dbeta.device_ptr_mut(stream);
-    let p = params(shape, BnConfig::default(), relu, aligned(&[xp, yp, dyp, dxp]))?;
+    let p = params(shape, BnConfig::default(), relu, aligned::<A>(&[xp, yp, dyp, dxp]))?;
     let partial = ws.at_least(stream, partial_len(shape, p), OP, "allocating the batch-norm workspace")?;
     let (pp, _gp) = partial.device_ptr_mut(stream);
 
     let mut b = stream.launch_builder(&reduce);
     b.arg(&xp).arg(&yp).arg(&dyp).arg(&smp).arg(&pp).arg(&p);
-    // SAFETY: x, y, dy hold n*c*hw f32, save_mean c f32 and the workspace 2*c*splits (checked
-    // above); block (ch, s) reads (i*c + ch)*hw + k with ch < c, i < n, k < hw (float4 groups only
-    // when hw % 4 == 0 and every tensor is 16-byte aligned) and writes partial[(ch*splits + s)*2..].
+    // SAFETY: x, y, dy hold n*c*hw activations, save_mean c f32 and the workspace 2*c*splits (checked
+    // above); block (ch, s) reads (i*c + ch)*hw + k with ch < c, i < n, k < hw (groups of 4 only
+    // when hw % 4 == 0 and every tensor is aligned to a group) and writes partial[(ch*splits + s)*2..].
     unsafe { b.launch(grid(shape, p)) }.during(OP)?;
     after_launch(stream, OP, &reduce)?;
 
@@ -497,9 +498,11 @@ where
     Ok(())
 }
 
-/// Whether every pointer is 16-byte aligned (float4 loads and stores need it).
-fn aligned(ptrs: &[u64]) -> bool {
-    ptrs.iter().all(|&p| p.is_multiple_of(16))
+/// Whether every pointer is aligned to a group of four activations (16 bytes of f32, 8 of bf16),
+/// as the vectorized loads and stores need.
+fn aligned<A: ActDtype>(ptrs: &[u64]) -> bool {
+    let group = 4 * std::mem::size_of::<A>() as u64;
+    ptrs.iter().all(|&p| p.is_multiple_of(group))
 }
 
 /// f32s of the workspace a launch with `p` uses: (two partials) x channels x splits.
@@ -519,7 +522,7 @@ fn check_size(shape: BnShape) -> Result<()> {
     Ok(())
 }
 
-/// The kernels' parameters; float4 groups when `hw % 4 == 0` and `aligned`. Call after
+/// The kernels' parameters; groups of 4 when `hw % 4 == 0` and `aligned`. Call after
 /// [`check_size`] and only for a non-empty shape.
 fn params(shape: BnShape, config: BnConfig, relu: bool, aligned: bool) -> Result<BnParams> {
     let vec = aligned && shape.hw.is_multiple_of(4);

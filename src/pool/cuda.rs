@@ -1,10 +1,11 @@
-//! CUDA launches of `kernels/pool.cu` on the caller's stream (f32 data, u8 argmax).
+//! CUDA launches of `kernels/pool.cu` on the caller's stream: activations of an [`ActDtype`] (f32,
+//! or bf16 in mixed precision), u8 argmax, the global average's pooled values f32.
 use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::PoolShape;
-use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, MAX_INDEX};
+use crate::cuda::{after_launch, blocks_for, cfg, check_devices, check_len, function, ActDtype, MAX_INDEX};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "pool (cuda)";
@@ -23,10 +24,10 @@ unsafe impl cudarc::driver::DeviceRepr for PoolParams {}
 crate::cuda::check_params_layout!(PoolParams);
 
 /// 2x2 stride-2 max-pool: `y` and `argmax` hold `shape.pooled_len()` elements.
-pub fn max_pool_forward(
+pub fn max_pool_forward<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
-    y: &mut impl DevicePtrMut<f32>,
+    x: &impl DevicePtr<A>,
+    y: &mut impl DevicePtrMut<A>,
     argmax: &mut impl DevicePtrMut<u8>,
     shape: PoolShape,
 ) -> Result<()> {
@@ -38,13 +39,13 @@ pub fn max_pool_forward(
     if shape.planes() == 0 {
         return Ok(());
     }
-    let f = function(stream, MODULE, "max_pool_fwd_f32")?;
+    let f = function(stream, MODULE, &format!("max_pool_fwd_f32{}", A::ACT_SUFFIX))?;
     let (xp, _gx) = x.device_ptr(stream);
     let (yp, _gy) = y.device_ptr_mut(stream);
     let (ap, _ga) = argmax.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
     b.arg(&xp).arg(&yp).arg(&ap).arg(&p);
-    // SAFETY: x holds planes*h*w f32, y and argmax planes*(h/2)*(w/2) elements (checked above); the
+    // SAFETY: x holds planes*h*w elements, y and argmax planes*(h/2)*(w/2) elements (checked above); the
     // kernel writes output o < planes*(h/2)*(w/2) and reads rows 2*oy, 2*oy+1 < h and columns
     // 2*ox, 2*ox+1 < w of plane o / ((h/2)*(w/2)) < planes.
     unsafe { b.launch(elementwise_cfg(shape.pooled_len())) }.during(OP)?;
@@ -53,11 +54,11 @@ pub fn max_pool_forward(
 }
 
 /// Backward of the max-pool: writes all of `dx` (`shape.len()`).
-pub fn max_pool_backward(
+pub fn max_pool_backward<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    dy: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<A>,
     argmax: &impl DevicePtr<u8>,
-    dx: &mut impl DevicePtrMut<f32>,
+    dx: &mut impl DevicePtrMut<A>,
     shape: PoolShape,
 ) -> Result<()> {
     check_devices!(OP, stream, dy, argmax, dx);
@@ -68,13 +69,13 @@ pub fn max_pool_backward(
     if shape.planes() == 0 {
         return Ok(());
     }
-    let f = function(stream, MODULE, "max_pool_bwd_f32")?;
+    let f = function(stream, MODULE, &format!("max_pool_bwd_f32{}", A::ACT_SUFFIX))?;
     let (dyp, _gdy) = dy.device_ptr(stream);
     let (ap, _ga) = argmax.device_ptr(stream);
     let (dxp, _gdx) = dx.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
     b.arg(&dyp).arg(&ap).arg(&dxp).arg(&p);
-    // SAFETY: dx holds planes*h*w f32, dy and argmax planes*(h/2)*(w/2) (checked above); the kernel
+    // SAFETY: dx holds planes*h*w elements, dy and argmax planes*(h/2)*(w/2) (checked above); the kernel
     // writes each dx index below planes*h*w once and reads dy/argmax only at (plane*oh + oy)*ow + ox
     // with oy < oh, ox < ow.
     unsafe { b.launch(elementwise_cfg(shape.len())) }.during(OP)?;
@@ -83,9 +84,9 @@ pub fn max_pool_backward(
 }
 
 /// Global average pooling: `y` (`n c`) = mean of each `h w` plane of `x`.
-pub fn global_avg_pool_forward(
+pub fn global_avg_pool_forward<A: ActDtype>(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     y: &mut impl DevicePtrMut<f32>,
     shape: PoolShape,
 ) -> Result<()> {
@@ -96,12 +97,12 @@ pub fn global_avg_pool_forward(
     if shape.planes() == 0 {
         return Ok(());
     }
-    let f = function(stream, MODULE, "global_avg_pool_fwd_f32")?;
+    let f = function(stream, MODULE, &format!("global_avg_pool_fwd_f32{}", A::ACT_SUFFIX))?;
     let (xp, _gx) = x.device_ptr(stream);
     let (yp, _gy) = y.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
     b.arg(&xp).arg(&yp).arg(&p);
-    // SAFETY: x holds planes*h*w f32 and y planes (checked above); a warp per plane < planes reads
+    // SAFETY: x holds planes*h*w elements and y planes f32 (checked above); a warp per plane < planes reads
     // that plane's h*w values and writes y[plane]. 256 threads = 8 warps per block.
     unsafe { b.launch(cfg(blocks_for(shape.planes(), 8).min(65_535), 256, 0)) }.during(OP)?;
     after_launch(stream, OP, &f)?;
@@ -109,10 +110,10 @@ pub fn global_avg_pool_forward(
 }
 
 /// Backward of global average pooling: `dx[i, c, :, :] = dy[i, c] / (h w)`.
-pub fn global_avg_pool_backward(
+pub fn global_avg_pool_backward<A: ActDtype>(
     stream: &Arc<CudaStream>,
     dy: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<f32>,
+    dx: &mut impl DevicePtrMut<A>,
     shape: PoolShape,
 ) -> Result<()> {
     check_devices!(OP, stream, dy, dx);
@@ -122,12 +123,12 @@ pub fn global_avg_pool_backward(
     if shape.planes() == 0 {
         return Ok(());
     }
-    let f = function(stream, MODULE, "global_avg_pool_bwd_f32")?;
+    let f = function(stream, MODULE, &format!("global_avg_pool_bwd_f32{}", A::ACT_SUFFIX))?;
     let (dyp, _gdy) = dy.device_ptr(stream);
     let (dxp, _gdx) = dx.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
     b.arg(&dyp).arg(&dxp).arg(&p);
-    // SAFETY: dx holds planes*h*w f32, dy planes (checked above); index i < planes*h*w reads dy[i / (h*w)].
+    // SAFETY: dx holds planes*h*w elements, dy planes f32 (checked above); index i < planes*h*w reads dy[i / (h*w)].
     unsafe { b.launch(elementwise_cfg(shape.len())) }.during(OP)?;
     after_launch(stream, OP, &f)?;
     Ok(())

@@ -58,3 +58,18 @@ pub fn tree(root: &std::path::Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// `v` rounded to bf16 (nearest even) and widened back: exactly the values a bf16 tensor holds.
+pub fn bf16_round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+}
+
+/// `v` as bf16 (nearest even), for uploading as a bf16 activation tensor.
+pub fn to_bf16(v: &[f32]) -> Vec<half::bf16> {
+    v.iter().map(|&x| half::bf16::from_f32(x)).collect()
+}
+
+/// A bf16 tensor widened to f32 (exact).
+pub fn from_bf16(v: &[half::bf16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
