@@ -152,6 +152,27 @@ impl Dtype for half::bf16 {
     }
 }
 
+/// Element type of activation tensors (and their gradients) between layers: f32, or bf16 for
+/// mixed-precision training. Sealed: the kernels exist for these two only.
+pub trait ActDtype: Dtype + sealed::Sealed {
+    /// Appended to a kernel's f32-activation name: "" for f32, "_abf16" for bf16.
+    const ACT_SUFFIX: &'static str;
+}
+
+impl ActDtype for f32 {
+    const ACT_SUFFIX: &'static str = "";
+}
+
+impl ActDtype for half::bf16 {
+    const ACT_SUFFIX: &'static str = "_abf16";
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+}
+
 type ModuleKey = (usize, &'static str);
 
 /// Loaded modules and looked-up functions, per context. Entries keep their context alive, so a
