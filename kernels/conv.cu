@@ -1,4 +1,14 @@
-// 2-D convolution, NCHW activations, KCRS filters, f32 storage and accumulation.
+// 2-D convolution, NCHW activations, KCRS filters, f32 accumulation. Filters, bias and the
+// weight gradient (and its split-K workspace) are f32; the activations (x, y) and their gradients
+// (dy, dx) are f32 or bf16 (mixed-precision training).
+//
+// Entry-point names: every kernel's name says its arithmetic (`_f32` FFMA, `_tf32`/`_bf16` tensor-core
+// input precision), and a kernel whose activations are bf16 appends `_abf16`: `conv2d_fwd_f32` and
+// `conv2d_fwd_f32_abf16`, `conv2d_fwd_tf32` and `conv2d_fwd_tf32_abf16`, ... (CONV_FOR_EACH_ACT makes
+// both from one template; src/cuda's ActDtype::ACT_SUFFIX is the same suffix). bf16 elements are
+// converted to f32 exactly on load and rounded to nearest even on store (common.cuh's to_f32 and
+// from_f32); nothing else changes, so the f32 instantiations compile to what they did before. The
+// naive kernels, the split sum and the bias gradient exist for f32 activations only.
 //
 // Two variants of each pass sit side by side and are checked against the same CPU reference:
 //   - `*_naive_f32`: one thread per output element, direct loops. Simple and slow.
@@ -19,6 +29,12 @@
 // stays at most 2^31 - 1025 (MAX_INDEX in src/cuda), so indices formed up to a tile (64) or a block
 // stride (256) past the end cannot overflow. Elements outside the image read as zero; nothing is read or written out of bounds.
 #include "common.cuh"
+
+// Entry points per activation type: (T, name suffix). An empty suffix for f32 keeps the names the
+// kernels had before bf16 activations existed.
+#define CONV_FOR_EACH_ACT(M) \
+    M(float, )               \
+    M(__nv_bfloat16, _abf16)
 
 // Mirrors `Conv2dParams` in src/conv/cuda.rs.
 struct Conv2dParams {
@@ -84,11 +100,12 @@ __device__ __forceinline__ void run_tiles(int ntiles, Tiles& sm, float acc[4][4]
 using namespace conv;
 
 // ---- forward: y = conv(x, w) + bias ---------------------------------------------------------------
-// Grid (ceil(N*OH*OW / 64), ceil(K / 64)). `bias` may be null.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                   float* __restrict__ y, Conv2dParams p) {
-    __shared__ __align__(16) Tiles sm;
+// Grid (ceil(N*OH*OW / 64), ceil(K / 64)). `bias` may be null. T: the activation type (x, y).
+namespace conv {
+template <typename T>
+__device__ __forceinline__ void fwd(const T* __restrict__ x, const float* __restrict__ w,
+                                    const float* __restrict__ bias, T* __restrict__ y, const Conv2dParams& p,
+                                    Tiles& sm) {
     const int tid = threadIdx.x;
     const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
@@ -117,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int c = c0 + bk + 4 * i;
-            rb[i] = (ok && c < p.c) ? x[off + c * HW] : 0.0f;
+            rb[i] = (ok && c < p.c) ? to_f32(x[off + c * HW]) : 0.0f;
         }
         const int c = c0 + ak;
 #pragma unroll
@@ -143,22 +160,22 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         const int cj = n0 + tx + 16 * j;
         if (cj >= NPQ) continue;
         const int img = cj / PQ, pq = cj - img * PQ;
-        float* yb = y + img * p.k * PQ + pq;
+        T* yb = y + img * p.k * PQ + pq;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + ty * 4 + i;
-            if (m < p.k) yb[m * PQ] = acc[i][j] + (bias != nullptr ? bias[m] : 0.0f);
+            if (m < p.k) yb[m * PQ] = from_f32<T>(acc[i][j] + (bias != nullptr ? bias[m] : 0.0f));
         }
     }
 }
 
 // ---- backward-data: dx = conv^T(dy, w) --------------------------------------------------------------
 // Grid (ceil(N*H*W / 64), ceil(C / 64)). Gather form: each input pixel collects, per tap, the one
-// output (if any) that read it. With stride > 1 most taps hit nothing and load zeros.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_bwd_data_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-                        Conv2dParams p) {
-    __shared__ __align__(16) Tiles sm;
+// output (if any) that read it. With stride > 1 most taps hit nothing and load zeros. T: the
+// activation-gradient type (dy, dx).
+template <typename T>
+__device__ __forceinline__ void bwd_data(const T* __restrict__ dy, const float* __restrict__ w, T* __restrict__ dx,
+                                         const Conv2dParams& p, Tiles& sm) {
     const int tid = threadIdx.x;
     const int PQ = p.oh * p.ow, HW = p.h * p.w, NHW = p.n * HW, RS = p.r * p.s, CRS = p.c * RS;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
@@ -194,7 +211,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int k = k0 + bk + 4 * i;
-            rb[i] = (ok && k < p.k) ? dy[off + k * PQ] : 0.0f;
+            rb[i] = (ok && k < p.k) ? to_f32(dy[off + k * PQ]) : 0.0f;
         }
         const int c = m0 + am;
 #pragma unroll
@@ -220,11 +237,11 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         const int cj = n0 + tx + 16 * j;
         if (cj >= NHW) continue;
         const int img = cj / HW, hw = cj - img * HW;
-        float* xb = dx + img * p.c * HW + hw;
+        T* xb = dx + img * p.c * HW + hw;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int c = m0 + ty * 4 + i;
-            if (c < p.c) xb[c * HW] = acc[i][j];
+            if (c < p.c) xb[c * HW] = from_f32<T>(acc[i][j]);
         }
     }
 }
@@ -234,10 +251,11 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 // [split * chunk, min((split + 1) * chunk, N*OH*OW)) (chunk a multiple of 16) into
 // out + split * split_stride. The host passes either (out = dw, split_stride = 0, beta) when there is
 // one split, or (out = workspace, split_stride = K*C*R*S, beta = 0). beta == 0 never reads out.
-extern "C" __global__ void __launch_bounds__(THREADS)
-    conv2d_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
-                          Conv2dParams p, int chunk, int split_stride, float beta) {
-    __shared__ __align__(16) Tiles sm;
+// T: the activation type (x, dy); out is f32 whatever T.
+template <typename T>
+__device__ __forceinline__ void bwd_weight(const T* __restrict__ x, const T* __restrict__ dy, float* __restrict__ out,
+                                           const Conv2dParams& p, int chunk, int split_stride, float beta,
+                                           Tiles& sm) {
     const int tid = threadIdx.x;
     const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
@@ -265,9 +283,9 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + lr + 16 * i;
-            ra[i] = (row_ok && m < p.k) ? dy[dyoff + m * PQ] : 0.0f;
+            ra[i] = (row_ok && m < p.k) ? to_f32(dy[dyoff + m * PQ]) : 0.0f;
             const int c = n0 + lr + 16 * i;
-            rb[i] = (x_ok && c < p.c) ? x[xoff + c * HW] : 0.0f;
+            rb[i] = (x_ok && c < p.c) ? to_f32(x[xoff + c * HW]) : 0.0f;
         }
     };
     auto store = [&](float (*a)[LDS], float (*b)[LDS], const float ra[4], const float rb[4]) {
@@ -296,6 +314,32 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         }
     }
 }
+}  // namespace conv
+
+// The FP32 entry points, one per activation type (CONV_FOR_EACH_ACT). `sm` is declared by each
+// kernel itself: a __shared__ static of a template function is not one per kernel under the
+// emulated driver.
+#define CONV_FP32(T, SUF)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                         \
+        conv2d_fwd_f32##SUF(const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, \
+                            T* __restrict__ y, Conv2dParams p) {                                                  \
+        __shared__ __align__(16) Tiles sm;                                                                        \
+        conv::fwd<T>(x, w, bias, y, p, sm);                                                                       \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                         \
+        conv2d_bwd_data_f32##SUF(const T* __restrict__ dy, const float* __restrict__ w, T* __restrict__ dx,      \
+                                 Conv2dParams p) {                                                                \
+        __shared__ __align__(16) Tiles sm;                                                                        \
+        conv::bwd_data<T>(dy, w, dx, p, sm);                                                                      \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                         \
+        conv2d_bwd_weight_f32##SUF(const T* __restrict__ x, const T* __restrict__ dy, float* __restrict__ out,   \
+                                   Conv2dParams p, int chunk, int split_stride, float beta) {                    \
+        __shared__ __align__(16) Tiles sm;                                                                        \
+        conv::bwd_weight<T>(x, dy, out, p, chunk, split_stride, beta, sm);                                       \
+    }
+CONV_FOR_EACH_ACT(CONV_FP32)
+#undef CONV_FP32
 
 // out[i] = sum_{s < splits} ws[s * len + i] (in order) + beta * out[i]; beta == 0 never reads out.
 extern "C" __global__ void conv2d_sum_splits_f32(const float* __restrict__ ws, float* __restrict__ out, int len,
@@ -396,8 +440,8 @@ extern "C" __global__ void conv2d_bwd_weight_naive_f32(const float* __restrict__
 // F32 accumulation. A block computes 64 pixels x 64 filters with 4 warps (2 x 2, each 32 x 32 =
 // 2 m16 x 4 n8 fragments), reduction tiles of 16 channels of one tap, a 3-stage cp.async pipeline.
 //
-// Shared memory holds f32 (the activations and filters stay f32 in global memory and cp.async
-// copies bytes, it cannot convert), both operands k-contiguous: a[pixel][k], b[filter][k], rows of
+// Shared memory holds f32 (the filters are f32 in global memory, the activations f32 or bf16,
+// and cp.async copies bytes, it cannot convert), both operands k-contiguous: a[pixel][k], b[filter][k], rows of
 // 20 floats (80 bytes: 16-byte aligned, and 8 consecutive rows start in 8 distinct 4-bank groups,
 // so ldmatrix reads them without conflicts).
 //   - TF32: a 32-bit element is two 16-bit halves, so ldmatrix of an 8 x (4 f32) block gives lane l
@@ -406,7 +450,7 @@ extern "C" __global__ void conv2d_bwd_weight_naive_f32(const float* __restrict__
 //   - BF16: the fragments hold bf16 pairs, converted (round to nearest even) from f32 pairs read
 //     with 8-byte shared loads: ldmatrix would copy the f32 bits unconverted.
 // The gather (im2col) is a cp.async of 4 bytes per element (NCHW: consecutive channels are HW
-// apart, not contiguous); taps outside the image and channels or filters past the end are stored
+// apart, not contiguous), or for bf16 activations a converting register load (`gather`); taps outside the image and channels or filters past the end are stored
 // as zeros instead. Each thread's pixel (image offset, first input row and column) is computed once
 // before the main loop, which walks (channel tile, tap) by increments: no division in it.
 // Compiled for sm_80 and newer only (the host picks the FP32 kernels on older devices).
@@ -436,6 +480,18 @@ __device__ __forceinline__ uint32_t bf16_bits(float f) {
     return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 __device__ __forceinline__ uint32_t bf16x2(float2 v) { return bf16_bits(v.x) | (bf16_bits(v.y) << 16); }
+
+// Gathers one activation into the f32 shared tile. f32: an asynchronous 4-byte cp.async, waited
+// for by the pipeline. bf16: cp.async copies only 4, 8 or 16 bytes (a strided 2-byte element
+// cannot be its source) and never converts, so a register load, converted to f32 exactly, and a
+// plain shared store. That is the simplest correct choice: the tile, the fragment loads and the
+// pipeline stay the f32 path's, and the store is published like the zero fills of out-of-image
+// taps (the barrier at the top of a later iteration of `gemm` precedes every read of the stage).
+// It costs the overlap of that load with the tensor-core work; a bf16 shared tile would keep it
+// (8-byte cp.async of bf16 pairs are not possible either: NCHW neighbours in the reduction are
+// HW apart) but needs a second fragment path.
+__device__ __forceinline__ void gather(float* dst, const float* src) { cp_async_ca_4(dst, src); }
+__device__ __forceinline__ void gather(float* dst, const __nv_bfloat16* src) { *dst = to_f32(*src); }
 
 template <bool BF16>
 __device__ __forceinline__ void mma_tile(const float (*a)[LDK], const float (*b)[LDK], float acc[MI][NI][4],
@@ -541,9 +597,10 @@ __device__ __forceinline__ void epilogue(const float acc[MI][NI][4], int m0, int
 // Grid (ceil(N*OH*OW / 64), ceil(K / 64)), 128 threads. `bias` may be null. `sm` is declared by
 // the kernel itself (a __shared__ static of a template function is not one per kernel under the
 // emulated driver, which places __shared__ variables by their section).
-template <bool BF16>
-__device__ __forceinline__ void fwd(const float* __restrict__ x, const float* __restrict__ w,
-                                    const float* __restrict__ bias, float* __restrict__ y, const Conv2dParams& p,
+// T: the activation type (x, y).
+template <bool BF16, typename T>
+__device__ __forceinline__ void fwd(const T* __restrict__ x, const float* __restrict__ w,
+                                    const float* __restrict__ bias, T* __restrict__ y, const Conv2dParams& p,
                                     Smem& sm) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
@@ -573,7 +630,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ x, const float* __
             const int kk = kr + 2 * i, c = c0 + kk;
             float* da = &sm.a[stage][row][kk];
             if (in && c < p.c)
-                cp_async_ca_4(da, x + xoff + c * HW);
+                gather(da, x + xoff + c * HW);
             else
                 *da = 0.0f;
             float* db = &sm.b[stage][row][kk];
@@ -607,13 +664,14 @@ __device__ __forceinline__ void fwd(const float* __restrict__ x, const float* __
             const int pr = m0 + wm + mi * 16 + g + half * 8;
             if (pr >= NPQ) continue;
             const int img = pr / PQ, pq = pr - img * PQ;
-            float* yb = y + img * p.k * PQ + pq;
+            T* yb = y + img * p.k * PQ + pq;
 #pragma unroll
             for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int f = n0 + wn + ni * 8 + 2 * t4 + e;
-                    if (f < p.k) yb[f * PQ] = acc[mi][ni][half * 2 + e] + (bias != nullptr ? bias[f] : 0.0f);
+                    if (f < p.k)
+                        yb[f * PQ] = from_f32<T>(acc[mi][ni][half * 2 + e] + (bias != nullptr ? bias[f] : 0.0f));
                 }
         }
 }
@@ -623,10 +681,10 @@ __device__ __forceinline__ void fwd(const float* __restrict__ x, const float* __
 // op * stride_h = ih + pad_h - r * dil_h (and the same for the width), if that divides. The
 // quotient and remainder of the first tap are computed once; each later tap subtracts dil's
 // quotient and remainder with a borrow, so the main loop divides nothing.
-// Grid (ceil(N*H*W / 64), ceil(C / 64)), 128 threads.
-template <bool BF16>
-__device__ __forceinline__ void bwd_data(const float* __restrict__ dy, const float* __restrict__ w,
-                                         float* __restrict__ dx, const Conv2dParams& p, Smem& sm) {
+// Grid (ceil(N*H*W / 64), ceil(C / 64)), 128 threads. T: the activation-gradient type (dy, dx).
+template <bool BF16, typename T>
+__device__ __forceinline__ void bwd_data(const T* __restrict__ dy, const float* __restrict__ w,
+                                         T* __restrict__ dx, const Conv2dParams& p, Smem& sm) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int PQ = p.oh * p.ow, HW = p.h * p.w, NHW = p.n * HW, RS = p.r * p.s, CRS = p.c * RS;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
@@ -658,7 +716,7 @@ __device__ __forceinline__ void bwd_data(const float* __restrict__ dy, const flo
             const int kk = kr + 2 * i, k = k0 + kk;
             float* da = &sm.a[stage][row][kk];
             if (in && k < p.k)
-                cp_async_ca_4(da, dy + off + k * PQ);
+                gather(da, dy + off + k * PQ);
             else
                 *da = 0.0f;
             float* db = &sm.b[stage][row][kk];
@@ -697,7 +755,7 @@ __device__ __forceinline__ void bwd_data(const float* __restrict__ dy, const flo
     gemm<BF16>(sm, ntiles, load, acc, lane, wm, wn);
     epilogue(acc, m0, n0, NHW, p.c, lane, wm, wn, [&](int r, int c, float v) {
         const int img = r / HW, hw = r - img * HW;
-        dx[(img * p.c + c) * HW + hw] = v;
+        dx[(img * p.c + c) * HW + hw] = from_f32<T>(v);
     });
 }
 
@@ -707,9 +765,10 @@ __device__ __forceinline__ void bwd_data(const float* __restrict__ dy, const flo
 // conv2d_sum_splits_f32, so the result is the same bit for bit on every run). Each thread gathers
 // one npq of a tile (lane kk) for 8 filters and 8 channels; its (image, row, column) advances by
 // 16 pixels a tile with carries, no division. beta == 0 never reads out.
-// Grid (ceil(K / 64), ceil(C / 64), R*S * splits), 128 threads.
-template <bool BF16>
-__device__ __forceinline__ void bwd_weight(const float* __restrict__ x, const float* __restrict__ dy,
+// Grid (ceil(K / 64), ceil(C / 64), R*S * splits), 128 threads. T: the activation type (x, dy);
+// out is f32 whatever T.
+template <bool BF16, typename T>
+__device__ __forceinline__ void bwd_weight(const T* __restrict__ x, const T* __restrict__ dy,
                                            float* __restrict__ out, const Conv2dParams& p, int chunk,
                                            int split_stride, float beta, Smem& sm) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -741,12 +800,12 @@ __device__ __forceinline__ void bwd_weight(const float* __restrict__ x, const fl
             const int rr = r0 + ROW_STEP * i, m = m0 + rr, c = n0 + rr;
             float* da = &sm.a[stage][rr][kk];
             if (ok && m < p.k)
-                cp_async_ca_4(da, dy + dyoff + m * PQ);
+                gather(da, dy + dyoff + m * PQ);
             else
                 *da = 0.0f;
             float* db = &sm.b[stage][rr][kk];
             if (in && c < p.c)
-                cp_async_ca_4(db, x + xoff + c * HW);
+                gather(db, x + xoff + c * HW);
             else
                 *db = 0.0f;
         }
@@ -786,9 +845,10 @@ struct StemTable {
     int dw[STEM_MAX_CRS];   // s*dil_w
 };
 
-template <bool BF16>
-__device__ __forceinline__ void fwd_stem(const float* __restrict__ x, const float* __restrict__ w,
-                                         const float* __restrict__ bias, float* __restrict__ y, const Conv2dParams& p,
+// T: the activation type (x, y).
+template <bool BF16, typename T>
+__device__ __forceinline__ void fwd_stem(const T* __restrict__ x, const float* __restrict__ w,
+                                         const float* __restrict__ bias, T* __restrict__ y, const Conv2dParams& p,
                                          Smem& sm, StemTable& tab) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int PQ = p.oh * p.ow, NPQ = p.n * PQ, HW = p.h * p.w, RS = p.r * p.s, CRS = p.c * RS;
@@ -822,7 +882,7 @@ __device__ __forceinline__ void fwd_stem(const float* __restrict__ x, const floa
             const int ih = k_ok ? ih0 + tab.dh[k] : -1, iw = k_ok ? iw0 + tab.dw[k] : -1;
             float* da = &sm.a[stage][row][kk];
             if (pix_ok && k_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w)
-                cp_async_ca_4(da, x + xorg + tab.off[k]);
+                gather(da, x + xorg + tab.off[k]);
             else
                 *da = 0.0f;
             float* db = &sm.b[stage][row][kk];
@@ -840,48 +900,44 @@ __device__ __forceinline__ void fwd_stem(const float* __restrict__ x, const floa
     gemm<BF16>(sm, ntiles, load, acc, lane, wm, wn);
     epilogue(acc, m0, n0, NPQ, p.k, lane, wm, wn, [&](int r, int f, float v) {
         const int img = r / PQ, pq = r - img * PQ;
-        y[(img * p.k + f) * PQ + pq] = v + (bias != nullptr ? bias[f] : 0.0f);
+        y[(img * p.k + f) * PQ + pq] = from_f32<T>(v + (bias != nullptr ? bias[f] : 0.0f));
     });
 }
 }  // namespace convtc
 
-// One entry point per input precision (the storage stays f32).
-#define CONV_TC_FWD(NAME, BF16)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
-        NAME(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,          \
-             float* __restrict__ y, Conv2dParams p) {                                                            \
-        __shared__ __align__(16) convtc::Smem sm;                                                                \
-        convtc::fwd<BF16>(x, w, bias, y, p, sm);                                                                 \
+// Entry points per tensor-core input precision (PREC, BF16) and activation type (T, SUF):
+// conv2d_fwd_tf32, conv2d_fwd_tf32_abf16, conv2d_fwd_bf16, conv2d_fwd_bf16_abf16, ...
+#define CONV_TC_PREC(T, SUF, PREC, BF16)                                                                          \
+    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                 \
+        conv2d_fwd_##PREC##SUF(const T* __restrict__ x, const float* __restrict__ w,                             \
+                               const float* __restrict__ bias, T* __restrict__ y, Conv2dParams p) {              \
+        __shared__ __align__(16) convtc::Smem sm;                                                                 \
+        convtc::fwd<BF16>(x, w, bias, y, p, sm);                                                                  \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                 \
+        conv2d_fwd_stem_##PREC##SUF(const T* __restrict__ x, const float* __restrict__ w,                        \
+                                    const float* __restrict__ bias, T* __restrict__ y, Conv2dParams p) {         \
+        __shared__ __align__(16) convtc::Smem sm;                                                                 \
+        __shared__ convtc::StemTable tab;                                                                         \
+        convtc::fwd_stem<BF16>(x, w, bias, y, p, sm, tab);                                                        \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                 \
+        conv2d_bwd_data_##PREC##SUF(const T* __restrict__ dy, const float* __restrict__ w, T* __restrict__ dx,   \
+                                    Conv2dParams p) {                                                             \
+        __shared__ __align__(16) convtc::Smem sm;                                                                 \
+        convtc::bwd_data<BF16>(dy, w, dx, p, sm);                                                                 \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                 \
+        conv2d_bwd_weight_##PREC##SUF(const T* __restrict__ x, const T* __restrict__ dy,                         \
+                                      float* __restrict__ out, Conv2dParams p, int chunk, int split_stride,      \
+                                      float beta) {                                                               \
+        __shared__ __align__(16) convtc::Smem sm;                                                                 \
+        convtc::bwd_weight<BF16>(x, dy, out, p, chunk, split_stride, beta, sm);                                   \
     }
-CONV_TC_FWD(conv2d_fwd_tf32, false)
-CONV_TC_FWD(conv2d_fwd_bf16, true)
-#undef CONV_TC_FWD
-#define CONV_TC_STEM(NAME, BF16)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
-        NAME(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,          \
-             float* __restrict__ y, Conv2dParams p) {                                                            \
-        __shared__ __align__(16) convtc::Smem sm;                                                                \
-        __shared__ convtc::StemTable tab;                                                                        \
-        convtc::fwd_stem<BF16>(x, w, bias, y, p, sm, tab);                                                       \
-    }
-CONV_TC_STEM(conv2d_fwd_stem_tf32, false)
-CONV_TC_STEM(conv2d_fwd_stem_bf16, true)
-#undef CONV_TC_STEM
-#define CONV_TC_BWD(PREC, BF16)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
-        conv2d_bwd_data_##PREC(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, \
-                               Conv2dParams p) {                                                                 \
-        __shared__ __align__(16) convtc::Smem sm;                                                                \
-        convtc::bwd_data<BF16>(dy, w, dx, p, sm);                                                                \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(convtc::THREADS)                                                \
-        conv2d_bwd_weight_##PREC(const float* __restrict__ x, const float* __restrict__ dy,                      \
-                                 float* __restrict__ out, Conv2dParams p, int chunk, int split_stride,           \
-                                 float beta) {                                                                   \
-        __shared__ __align__(16) convtc::Smem sm;                                                                \
-        convtc::bwd_weight<BF16>(x, dy, out, p, chunk, split_stride, beta, sm);                                  \
-    }
-CONV_TC_BWD(tf32, false)
-CONV_TC_BWD(bf16, true)
-#undef CONV_TC_BWD
+#define CONV_TC(T, SUF)                  \
+    CONV_TC_PREC(T, SUF, tf32, false) \
+    CONV_TC_PREC(T, SUF, bf16, true)
+CONV_FOR_EACH_ACT(CONV_TC)
+#undef CONV_TC
+#undef CONV_TC_PREC
 #endif  // sm_80 and newer

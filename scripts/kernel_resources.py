@@ -104,9 +104,11 @@ def occupancy(regs, smem, threads):
 
 def is_tensor_core(name):
     """A kernel that must run on the tensor cores: `_tc` in its name (the house convention), or a
-    convolution entry point named for its tensor-core input precision (`conv2d_*_tf32`/`_bf16`;
-    other families' `_bf16` entry points are storage types on the CUDA cores)."""
-    return "_tc" in name or (name.startswith("conv2d_") and name.endswith(("_tf32", "_bf16")))
+    convolution entry point named for its tensor-core input precision (`conv2d_*_tf32`/`_bf16`,
+    before the `_abf16` of bf16 activations: `conv2d_fwd_f32_abf16` is an FFMA kernel; other
+    families' `_bf16` entry points are storage types on the CUDA cores)."""
+    base = name.removesuffix("_abf16")
+    return "_tc" in name or (base.startswith("conv2d_") and base.endswith(("_tf32", "_bf16")))
 
 
 def main():
@@ -146,11 +148,12 @@ def main():
         if is_tensor_core(name) and "HMMA" not in k["ops"]:
             problems.append(f"{name}: a tensor-core kernel without HMMA in its sm_{ARCH} SASS")
     tc = [n for n in kernels if is_tensor_core(n)]
-    # A rename must not switch the check off: the conv family's eight tensor-core entry points
-    # (forward, stem forward, data and weight gradient, each TF32 and BF16) must all be there.
-    if sum(1 for n in tc if n.startswith("conv2d_")) < 8:
+    # A rename must not switch the check off: the conv family's sixteen tensor-core entry points
+    # (forward, stem forward, data and weight gradient, each TF32 and BF16, each with f32 and bf16
+    # activations) must all be there.
+    if sum(1 for n in tc if n.startswith("conv2d_")) < 16:
         problems.append(f"only {len(tc)} tensor-core kernels found ({', '.join(sorted(tc))}); "
-                        "the conv family has 8: was one renamed?")
+                        "the conv family has 16: was one renamed?")
     print(f"kernel-resources: {len(kernels)} kernels in {len(sources)} modules for sm_{ARCH}; "
           f"{len(tc)} tensor-core kernels; {len(opcodes)} tensor-core self-test kernels")
     print(f"  max registers: {max(k['regs'] for k in kernels.values())}; "

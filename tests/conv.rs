@@ -484,6 +484,7 @@ mod gpu {
     use cudarc::driver::CudaStream;
     use evenclass::conv::cuda::{self, Algo, NO_BIAS};
     use evenclass::conv::ConvAlgo;
+    use half::bf16;
     use std::sync::Arc;
 
     /// CIFAR-10 CNN layers at small batches, and sizes that are no multiple of the tiles.
@@ -746,6 +747,201 @@ mod gpu {
         let be = evenclass::train::CudaBackend::new(0).unwrap();
         assert_eq!(be.conv_algo(), ConvAlgo::Fp32);
         assert_eq!(be.with_conv_algo(ConvAlgo::Auto).unwrap().conv_algo(), ConvAlgo::Auto.resolve(major));
+    }
+
+    // ---- bf16 activations (mixed precision: f32 weights, bf16 activations and gradients) --------
+
+    /// Rounds to bf16 (to nearest even, as the kernels store) and back: the values a bf16
+    /// activation tensor holds.
+    fn bf16_round(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect()
+    }
+
+    fn to_bf16(v: &[f32]) -> Vec<bf16> {
+        v.iter().map(|&a| bf16::from_f32(a)).collect()
+    }
+
+    fn from_bf16(v: &[bf16]) -> Vec<f32> {
+        v.iter().map(|a| a.to_f32()).collect()
+    }
+
+    /// `d` with the activations (x, dy) rounded to bf16 on the host; the filters and the bias stay f32.
+    fn act_rounded(d: &Data) -> Data {
+        Data { x: bf16_round(&d.x), w: d.w.clone(), b: d.b.clone(), dy: bf16_round(&d.dy) }
+    }
+
+    /// The three passes of `algo` with bf16 activations, as f32: y (with the bias when `bias`) and
+    /// dx are bf16 tensors poisoned with NaN bits before the launch, dw is f32 and starts as NaN
+    /// (beta 0, so never read). `d.x` and `d.dy` must be bf16 values already (exact conversions).
+    fn bf16_act_passes(
+        stream: &Arc<CudaStream>,
+        algo: ConvAlgo,
+        sh: &Conv2dShape,
+        d: &Data,
+        bias: bool,
+    ) -> [Vec<f32>; 3] {
+        let x = stream.clone_htod(&to_bf16(&d.x)).unwrap();
+        let dy = stream.clone_htod(&to_bf16(&d.dy)).unwrap();
+        let w = stream.clone_htod(&d.w).unwrap();
+        let b = stream.clone_htod(&d.b).unwrap();
+        let mut y = stream.clone_htod(&vec![bf16::NAN; sh.output_len()]).unwrap();
+        cuda::forward_algo(stream, algo, sh, &x, &w, bias.then_some(&b), &mut y).unwrap();
+        let mut dx = stream.clone_htod(&vec![bf16::NAN; sh.input_len()]).unwrap();
+        cuda::backward_data_algo(stream, algo, sh, &dy, &w, &mut dx).unwrap();
+        let mut dw = stream.clone_htod(&vec![f32::NAN; sh.filter_len()]).unwrap();
+        let mut ws = cuda::WeightWorkspace::new();
+        cuda::backward_weight_algo_in(stream, algo, sh, &x, &dy, &mut dw, 0.0, &mut ws).unwrap();
+        [
+            from_bf16(&stream.clone_dtoh(&y).unwrap()),
+            from_bf16(&stream.clone_dtoh(&dx).unwrap()),
+            stream.clone_dtoh(&dw).unwrap(),
+        ]
+    }
+
+    /// What each algorithm's f32-activation kernels are allowed, as (atol, rtol) for a sum of
+    /// `terms` products (the tolerances of the f32 tests above): FP32 `atol(terms)` and 1e-4, the
+    /// tensor cores `rounded_atol(terms, mant)` and 0.
+    fn algo_tol(algo: ConvAlgo, terms: usize) -> (f32, f32) {
+        match algo {
+            ConvAlgo::Tf32 => (rounded_atol(terms, 10), 0.0),
+            ConvAlgo::Bf16 => (rounded_atol(terms, 7), 0.0),
+            _ => (atol(terms), 1e-4),
+        }
+    }
+
+    /// (atol, rtol) of a bf16 output: the kernel's f32 result g is within a + r|w| of the reference
+    /// w (the algorithm's tolerance), and rounding g to bf16 (8 significant bits, to nearest) moves
+    /// it by at most 2^-8 |g| <= 2^-8 (|w| + a + r|w|). So a(1 + 2^-8) and r + 2^-8 (1 + r).
+    fn bf16_out_tol((a, r): (f32, f32)) -> (f32, f32) {
+        let u = 2f32.powi(-8);
+        (a * (1.0 + u), r + u * (1.0 + r))
+    }
+
+    /// The bf16-activation cases: every tensor-core case (odd sizes, the 3-channel stem, strided,
+    /// padded, dilated and split-K layers) and the grid's 3-channel stride-2 layer.
+    fn bf16_cases() -> impl Iterator<Item = Case> {
+        TC.iter().copied().chain([GRID[1], GRID[5]])
+    }
+
+    /// bf16 activations against the f32 CPU reference run on the same bf16-rounded inputs, for the
+    /// FP32 and both tensor-core algorithms: y and dx within the algorithm's tolerance plus the
+    /// bf16 rounding of the output (`bf16_out_tol`), dw (f32) within the algorithm's tolerance.
+    /// Outputs start as NaN, so an element never written fails.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn bf16_activations_match_cpu_on_rounded_inputs() {
+        let stream = common::gpu();
+        for (i, case) in bf16_cases().enumerate() {
+            let sh = shape_of(case);
+            let d = act_rounded(&data(&sh, 1000 + i as u64));
+            let [y, dx, dw] = references(&sh, &d, true);
+            let crs = sh.c() * sh.r() * sh.s();
+            let krs = sh.k() * sh.r() * sh.s();
+            let npq = sh.n() * sh.oh() * sh.ow();
+            for algo in [ConvAlgo::Fp32, ConvAlgo::Tf32, ConvAlgo::Bf16] {
+                let what = |pass: &str| format!("{pass} bf16 activations {algo:?} {case:?}");
+                let [gy, gdx, gdw] = bf16_act_passes(&stream, algo, &sh, &d, true);
+                let (a, r) = bf16_out_tol(algo_tol(algo, crs));
+                assert_close(&what("forward"), &gy, &y, a, r);
+                let (a, r) = bf16_out_tol(algo_tol(algo, krs));
+                assert_close(&what("backward_data"), &gdx, &dx, a, r);
+                let (a, r) = algo_tol(algo, npq);
+                assert_close(&what("backward_weight"), &gdw, &dw, a, r);
+            }
+        }
+    }
+
+    /// The bf16-activation kernels are the f32 ones with an exact conversion on load and a
+    /// rounding on store, the same arithmetic in the same order: on bf16-valued inputs, y and dx
+    /// are the f32 kernels' results rounded to nearest even and dw (also with beta, and split-K)
+    /// is theirs, bit for bit (tolerance 0). This pins every gather and epilogue of the bf16
+    /// instantiations to the f32 ones, which the tests above check against the CPU.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn bf16_activations_are_the_f32_kernels_rounded() {
+        let stream = common::gpu();
+        for (i, case) in bf16_cases().enumerate() {
+            let sh = shape_of(case);
+            let d = act_rounded(&data(&sh, 1100 + i as u64));
+            let old = uniform(&mut rng(1150 + i as u64), sh.filter_len(), -1.0, 1.0);
+            for algo in [ConvAlgo::Fp32, ConvAlgo::Tf32, ConvAlgo::Bf16] {
+                let what = |pass: &str| format!("{pass} bf16 activations {algo:?} {case:?}");
+                let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|a| a.to_bits()).collect() };
+                let [gy, gdx, gdw] = bf16_act_passes(&stream, algo, &sh, &d, true);
+                assert_eq!(
+                    bits(&gy),
+                    bits(&bf16_round(&tc_forward(&stream, algo, &sh, &d, true))),
+                    "{}",
+                    what("forward")
+                );
+                assert_eq!(
+                    bits(&gdx),
+                    bits(&bf16_round(&tc_backward_data(&stream, algo, &sh, &d))),
+                    "{}",
+                    what("backward_data")
+                );
+                assert_eq!(
+                    bits(&gdw),
+                    bits(&tc_backward_weight(&stream, algo, &sh, &d, &old, 0.0)),
+                    "{}",
+                    what("backward_weight")
+                );
+                // beta: dw = beta * old + grad, old f32 (the weights' gradient stays f32).
+                let x = stream.clone_htod(&to_bf16(&d.x)).unwrap();
+                let dy = stream.clone_htod(&to_bf16(&d.dy)).unwrap();
+                let mut dw = stream.clone_htod(&old).unwrap();
+                cuda::backward_weight_algo(&stream, algo, &sh, &x, &dy, &mut dw, 0.5).unwrap();
+                let want = tc_backward_weight(&stream, algo, &sh, &d, &old, 0.5);
+                assert_eq!(bits(&stream.clone_dtoh(&dw).unwrap()), bits(&want), "{}", what("backward_weight beta"));
+            }
+        }
+    }
+
+    /// Integers in [-4, 4] are exact in bf16 and every sum exact in f32 (as in
+    /// `tensor_core_passes_are_exact_on_integers`): y and dx must be the reference rounded to bf16
+    /// exactly, dw the reference exactly, for every algorithm, with and without the bias.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn bf16_activations_are_exact_on_integers() {
+        let stream = common::gpu();
+        let ints = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|a| (a * 4.0).round()).collect() };
+        for (i, case) in bf16_cases().enumerate() {
+            let sh = shape_of(case);
+            let d = data(&sh, 1200 + i as u64);
+            let d = Data { x: ints(d.x), w: ints(d.w), b: ints(d.b), dy: ints(d.dy) };
+            for bias in [true, false] {
+                let [y, dx, dw] = references(&sh, &d, bias);
+                for algo in [ConvAlgo::Fp32, ConvAlgo::Tf32, ConvAlgo::Bf16] {
+                    let what = |pass: &str| format!("{pass} bf16 activations {algo:?} bias {bias} {case:?}");
+                    let [gy, gdx, gdw] = bf16_act_passes(&stream, algo, &sh, &d, bias);
+                    assert_close(&what("forward"), &gy, &bf16_round(&y), 0.0, 0.0);
+                    assert_close(&what("backward_data"), &gdx, &bf16_round(&dx), 0.0, 0.0);
+                    assert_close(&what("backward_weight"), &gdw, &dw, 0.0, 0.0);
+                }
+            }
+        }
+    }
+
+    /// The bf16 wrappers check lengths as the f32 ones do, before launching.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn bf16_activation_buffer_lengths_are_errors() {
+        let stream = common::gpu();
+        let sh = shape_of(GRID[1]);
+        let x = stream.alloc_zeros::<bf16>(sh.input_len()).unwrap();
+        let short = stream.alloc_zeros::<bf16>(sh.input_len() - 1).unwrap();
+        let w = stream.alloc_zeros::<f32>(sh.filter_len()).unwrap();
+        let dy = stream.alloc_zeros::<bf16>(sh.output_len()).unwrap();
+        let mut y = stream.alloc_zeros::<bf16>(sh.output_len() + 1).unwrap();
+        let mut dx = stream.alloc_zeros::<bf16>(sh.input_len()).unwrap();
+        let mut dw = stream.alloc_zeros::<f32>(sh.filter_len() - 1).unwrap();
+        let is_shape = |r: evenclass::Result<()>| assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+        for algo in [ConvAlgo::Fp32, ConvAlgo::Tf32, ConvAlgo::Bf16] {
+            is_shape(cuda::forward_algo(&stream, algo, &sh, &x, &w, NO_BIAS, &mut y));
+            is_shape(cuda::backward_data_algo(&stream, algo, &sh, &dy, &w, &mut y));
+            is_shape(cuda::backward_data_algo(&stream, algo, &sh, &short, &w, &mut dx));
+            is_shape(cuda::backward_weight_algo(&stream, algo, &sh, &x, &dy, &mut dw, 0.0));
+        }
     }
 
     #[test]

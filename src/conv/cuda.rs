@@ -1,4 +1,11 @@
-//! CUDA launches of `kernels/conv.cu` on the caller's stream and device buffers (f32).
+//! CUDA launches of `kernels/conv.cu` on the caller's stream and device buffers.
+//!
+//! Filters, bias and gradients of filters and bias are f32. The activations and their gradients
+//! (x, y, dy, dx) are f32 everywhere, and f32 or bf16 ([`ActDtype`]) in the functions of the
+//! trainer's passes ([`forward_algo`], [`backward_data_algo`], [`backward_weight_algo`],
+//! [`backward_weight_algo_in`]): mixed-precision training, with f32 accumulation either way. A bf16
+//! activation is converted to f32 exactly by the kernels, and a bf16 output is the f32 result
+//! rounded to nearest even. The [`Algo::Naive`] kernels and [`bias_grad`] exist for f32 only.
 //!
 //! Every function checks every buffer length against the [`Conv2dShape`] before launching. The
 //! kernels index with 32-bit integers, so tensors (and GEMM dimensions) above [`MAX_INDEX`] are refused
@@ -8,7 +15,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{Conv2dShape, ConvAlgo};
-use crate::cuda::{after_launch, blocks_for, cfg, check_device, check_devices, check_len, function, MAX_INDEX};
+use crate::cuda::{
+    after_launch, blocks_for, cfg, check_device, check_devices, check_len, function, ActDtype, MAX_INDEX,
+};
 use crate::error::{DriverContext, Error, Result};
 
 const OP: &str = "conv2d (cuda)";
@@ -188,13 +197,19 @@ pub fn forward_with<B: DevicePtr<f32>>(
     launch_forward(stream, name, launch, &p, x, w, bias, y)
 }
 
+/// The kernel `base` (its f32-activation name, e.g. `conv2d_fwd_tf32`) for activations of type `A`:
+/// `conv2d_fwd_tf32` or `conv2d_fwd_tf32_abf16` (the naming of kernels/conv.cu's header).
+fn act_kernel<A: ActDtype>(base: &str) -> String {
+    format!("{base}{}", A::ACT_SUFFIX)
+}
+
 /// The forward pass's parameters, once the buffers' lengths match `shape`.
-fn forward_lens<B: DevicePtr<f32>>(
+fn forward_lens<A: ActDtype, B: DevicePtr<f32>>(
     shape: &Conv2dShape,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     w: &impl DevicePtr<f32>,
     bias: Option<&B>,
-    y: &impl DevicePtrMut<f32>,
+    y: &impl DevicePtrMut<A>,
 ) -> Result<Conv2dParams> {
     let p = Conv2dParams::new(shape)?;
     check_len(OP, "x", x.len(), shape.input_len())?;
@@ -206,18 +221,18 @@ fn forward_lens<B: DevicePtr<f32>>(
     Ok(p)
 }
 
-/// Launches the forward kernel `name` of kernels/conv.cu (they share one argument list) on
-/// buffers [`forward_lens`] has checked.
+/// Launches the forward kernel `name` of kernels/conv.cu for activations of type `A` (they share
+/// one argument list, with `A` for x and y) on buffers [`forward_lens`] has checked.
 #[allow(clippy::too_many_arguments)]
-fn launch_forward<B: DevicePtr<f32>>(
+fn launch_forward<A: ActDtype, B: DevicePtr<f32>>(
     stream: &Arc<CudaStream>,
     name: &str,
     launch: LaunchConfig,
     p: &Conv2dParams,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     w: &impl DevicePtr<f32>,
     bias: Option<&B>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
 ) -> Result<()> {
     let f = function(stream, MODULE, name)?;
     let (xp, _gx) = x.device_ptr(stream);
@@ -228,14 +243,16 @@ fn launch_forward<B: DevicePtr<f32>>(
     let (yp, _gy) = y.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
     b.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(p);
-    // SAFETY: x, w, bias and y hold exactly input_len, filter_len, k and output_len f32s
-    // (forward_lens). Every forward kernel indexes only inside those, by the shape in `p` (all
-    // < 2^31, Conv2dParams::new): the FP32 ones by construction, the tensor-core ones gather x and
-    // w only at in-bounds coordinates (others are stored as zeros in shared memory) and write y
-    // only for pixels < N*OH*OW and filters < K. bias is such a buffer or null, tested before use.
-    // `launch` has the block size of the kernel's __launch_bounds__ (tiled_cfg, flat_cfg or the
-    // 128 threads of the tensor-core grids); the argument list matches
-    // `(const float*, const float*, const float*, float*, Conv2dParams)`.
+    // SAFETY: x and y hold exactly input_len and output_len elements of A, w and bias exactly
+    // filter_len and k f32s (forward_lens). Every forward kernel indexes only inside those, by the
+    // shape in `p` (all < 2^31, Conv2dParams::new): the FP32 ones by construction, the tensor-core
+    // ones gather x and w only at in-bounds coordinates (others are stored as zeros in shared
+    // memory) and write y only for pixels < N*OH*OW and filters < K. bias is such a buffer or
+    // null, tested before use. `name` is the entry point for A (act_kernel; the naive kernels,
+    // launched with f32 only, have no other), so the argument list matches
+    // `(const T*, const float*, const float*, T*, Conv2dParams)` with T = float for f32 and
+    // __nv_bfloat16 (2 bytes, as half::bf16) for bf16. `launch` has the block size of the
+    // kernel's __launch_bounds__ (tiled_cfg, flat_cfg or the 128 threads of the tensor-core grids).
     unsafe { b.launch(launch) }.during(OP)?;
     after_launch(stream, OP, &f)?;
     Ok(())
@@ -255,17 +272,18 @@ pub fn resolve_algo(stream: &Arc<CudaStream>, algo: ConvAlgo) -> Result<ConvAlgo
     Ok(algo)
 }
 
-/// [`forward`] on the arithmetic `algo` picks: `Fp32` runs [`Algo::ImplicitGemm`], `Tf32` and
-/// `Bf16` the tensor-core kernels (`conv2d_fwd_tf32`, `conv2d_fwd_bf16`), `Auto` what
-/// [`resolve_algo`] says.
-pub fn forward_algo<B: DevicePtr<f32>>(
+/// [`forward`] on the arithmetic `algo` picks, with activations `x` and `y` of type `A` (f32, or
+/// bf16 for mixed precision: `y` is then the f32 result rounded to bf16): `Fp32` runs
+/// [`Algo::ImplicitGemm`], `Tf32` and `Bf16` the tensor-core kernels (`conv2d_fwd_tf32`,
+/// `conv2d_fwd_bf16`, with `_abf16` for bf16 activations), `Auto` what [`resolve_algo`] says.
+pub fn forward_algo<A: ActDtype, B: DevicePtr<f32>>(
     stream: &Arc<CudaStream>,
     algo: ConvAlgo,
     shape: &Conv2dShape,
-    x: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
     w: &impl DevicePtr<f32>,
     bias: Option<&B>,
-    y: &mut impl DevicePtrMut<f32>,
+    y: &mut impl DevicePtrMut<A>,
 ) -> Result<()> {
     check_devices!(OP, stream, x, w, y);
     if let Some(b) = &bias {
@@ -273,16 +291,18 @@ pub fn forward_algo<B: DevicePtr<f32>>(
     }
     // The stem kernels reduce over the flattened (c, r, s) (see kernels/conv.cu).
     let stem = shape.c() < TC_CHANNEL_TILE && shape.c() * shape.r() * shape.s() <= STEM_MAX_CRS;
-    let name = match (resolve_algo(stream, algo)?, stem) {
-        (ConvAlgo::Tf32, false) => "conv2d_fwd_tf32",
-        (ConvAlgo::Bf16, false) => "conv2d_fwd_bf16",
-        (ConvAlgo::Tf32, true) => "conv2d_fwd_stem_tf32",
-        (ConvAlgo::Bf16, true) => "conv2d_fwd_stem_bf16",
-        _ => return forward_with(stream, Algo::ImplicitGemm, shape, x, w, bias, y),
-    };
+    let algo = resolve_algo(stream, algo)?;
     let p = forward_lens(shape, x, w, bias, y)?;
-    let launch = tc_cfg(shape.n() * shape.oh() * shape.ow(), shape.k(), 1)?;
-    launch_forward(stream, name, launch, &p, x, w, bias, y)
+    let (npq, k) = (shape.n() * shape.oh() * shape.ow(), shape.k());
+    let (base, launch) = match (algo, stem) {
+        (ConvAlgo::Tf32, false) => ("conv2d_fwd_tf32", tc_cfg(npq, k, 1)?),
+        (ConvAlgo::Bf16, false) => ("conv2d_fwd_bf16", tc_cfg(npq, k, 1)?),
+        (ConvAlgo::Tf32, true) => ("conv2d_fwd_stem_tf32", tc_cfg(npq, k, 1)?),
+        (ConvAlgo::Bf16, true) => ("conv2d_fwd_stem_bf16", tc_cfg(npq, k, 1)?),
+        // Fp32: the FFMA kernel of Algo::ImplicitGemm.
+        _ => ("conv2d_fwd_f32", tiled_cfg(npq, k, 1)?),
+    };
+    launch_forward(stream, &act_kernel::<A>(base), launch, &p, x, w, bias, y)
 }
 
 /// `dx` (NCHW, overwritten) = gradient of the input from `dy` (N x K x OH x OW) and `w` (KCRS),
@@ -317,11 +337,11 @@ pub fn backward_data_with(
 }
 
 /// The data gradient's parameters, once the buffers' lengths match `shape`.
-fn data_lens(
+fn data_lens<A: ActDtype>(
     shape: &Conv2dShape,
-    dy: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<A>,
     w: &impl DevicePtr<f32>,
-    dx: &impl DevicePtrMut<f32>,
+    dx: &impl DevicePtrMut<A>,
 ) -> Result<Conv2dParams> {
     let p = Conv2dParams::new(shape)?;
     check_len(OP, "dy", dy.len(), shape.output_len())?;
@@ -330,16 +350,16 @@ fn data_lens(
     Ok(p)
 }
 
-/// Launches the data-gradient kernel `name` of kernels/conv.cu (they share one argument list) on
-/// buffers [`data_lens`] has checked.
-fn launch_backward_data(
+/// Launches the data-gradient kernel `name` of kernels/conv.cu for activation gradients of type
+/// `A` (they share one argument list, with `A` for dy and dx) on buffers [`data_lens`] has checked.
+fn launch_backward_data<A: ActDtype>(
     stream: &Arc<CudaStream>,
     name: &str,
     launch: LaunchConfig,
     p: &Conv2dParams,
-    dy: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<A>,
     w: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<f32>,
+    dx: &mut impl DevicePtrMut<A>,
 ) -> Result<()> {
     let f = function(stream, MODULE, name)?;
     let (dyp, _gdy) = dy.device_ptr(stream);
@@ -347,11 +367,13 @@ fn launch_backward_data(
     let (dxp, _gdx) = dx.device_ptr_mut(stream);
     let mut b = stream.launch_builder(&f);
     b.arg(&dyp).arg(&wp).arg(&dxp).arg(p);
-    // SAFETY: dy, w and dx hold exactly output_len, filter_len and input_len f32s (data_lens).
-    // Every data-gradient kernel indexes only inside those by the shape in `p` (< 2^31 elements
-    // each): the tensor-core one gathers dy and w only at in-bounds coordinates and writes dx
-    // only for pixels < N*H*W and channels < C. `launch` has the block size of the kernel's
-    // __launch_bounds__; the argument list matches `(const float*, const float*, float*, Conv2dParams)`.
+    // SAFETY: dy and dx hold exactly output_len and input_len elements of A, w filter_len f32s
+    // (data_lens). Every data-gradient kernel indexes only inside those by the shape in `p`
+    // (< 2^31 elements each): the tensor-core one gathers dy and w only at in-bounds coordinates
+    // and writes dx only for pixels < N*H*W and channels < C. `name` is the entry point for A
+    // (act_kernel), so the argument list matches `(const T*, const float*, T*, Conv2dParams)`
+    // with T = float for f32 and __nv_bfloat16 (2 bytes, as half::bf16) for bf16. `launch` has
+    // the block size of the kernel's __launch_bounds__.
     unsafe { b.launch(launch) }.during(OP)?;
     after_launch(stream, OP, &f)?;
     Ok(())
@@ -420,22 +442,23 @@ fn backward_weight_with_in(
 
     let splits = weight_splits(shape).0;
     let launch = tiled_cfg(shape.c(), shape.k(), shape.r() * shape.s() * splits)?;
-    weight_split_k(stream, "conv2d_bwd_weight_f32", launch, shape, x, dy, dw, beta, ws)
+    weight_split_k::<f32>(stream, "conv2d_bwd_weight_f32", launch, shape, x, dy, dw, beta, ws)
 }
 
-/// The split-K weight gradient shared by the FP32 and tensor-core kernels (`kernel`, launched as
-/// `launch`, whose grid's z is R*S times the splits of [`weight_splits`]): one launch into `dw`
-/// when there is one split, else one into a workspace and `conv2d_sum_splits_f32`, which adds
-/// the splits in a fixed order (the same result bit for bit on every run), the workspace taken
-/// from `ws` (grown when too short). Lengths checked by the caller.
+/// The split-K weight gradient shared by the FP32 and tensor-core kernels (`kernel`, the entry
+/// point for activations of type `A`, launched as `launch`, whose grid's z is R*S times the splits
+/// of [`weight_splits`]): one launch into `dw` when there is one split, else one into a (f32)
+/// workspace and `conv2d_sum_splits_f32`, which adds the splits in a fixed order (the same result
+/// bit for bit on every run), the workspace taken from `ws` (grown when too short). Lengths checked
+/// by the caller.
 #[allow(clippy::too_many_arguments)]
-fn weight_split_k(
+fn weight_split_k<A: ActDtype>(
     stream: &Arc<CudaStream>,
     kernel: &str,
     launch: LaunchConfig,
     shape: &Conv2dShape,
-    x: &impl DevicePtr<f32>,
-    dy: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
+    dy: &impl DevicePtr<A>,
     dw: &mut impl DevicePtrMut<f32>,
     beta: f32,
     ws: &mut WeightWorkspace,
@@ -451,10 +474,12 @@ fn weight_split_k(
         let (dwp, _gdw) = dw.device_ptr_mut(stream);
         let mut b = stream.launch_builder(&f);
         b.arg(&xp).arg(&dyp).arg(&dwp).arg(&p).arg(&chunk_i).arg(&0i32).arg(&beta);
-        // SAFETY: x, dy and dw hold input_len, output_len and filter_len f32s (checked by the
-        // caller); with one split (split_stride 0) the kernel writes dw[m*CRS + c*RS + rs] for
-        // m < K, c < C, rs < R*S only, and reads x and dy inside their shapes; the arguments match
-        // `(const float*, const float*, float*, Conv2dParams, int, int, float)`.
+        // SAFETY: x and dy hold input_len and output_len elements of A, dw filter_len f32s
+        // (checked by the caller); with one split (split_stride 0) the kernel writes
+        // dw[m*CRS + c*RS + rs] for m < K, c < C, rs < R*S only, and reads x and dy inside their
+        // shapes; `kernel` is the entry point for A, so the arguments match
+        // `(const T*, const T*, float*, Conv2dParams, int, int, float)`, T = float for f32 and
+        // __nv_bfloat16 (2 bytes, as half::bf16) for bf16.
         unsafe { b.launch(launch) }.during(OP)?;
         after_launch(stream, OP, &f)?;
         return Ok(());
@@ -495,35 +520,38 @@ fn tc_cfg(rows: usize, cols: usize, z: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig { grid_dim: (gx as u32, gy as u32, z as u32), block_dim: (TC_THREADS, 1, 1), shared_mem_bytes: 0 })
 }
 
-/// [`backward_data`] on the arithmetic `algo` picks (see [`forward_algo`]).
-pub fn backward_data_algo(
+/// [`backward_data`] on the arithmetic `algo` picks (see [`forward_algo`]), with activation
+/// gradients `dy` and `dx` of type `A` (bf16: `dx` is the f32 result rounded to bf16).
+pub fn backward_data_algo<A: ActDtype>(
     stream: &Arc<CudaStream>,
     algo: ConvAlgo,
     shape: &Conv2dShape,
-    dy: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<A>,
     w: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<f32>,
+    dx: &mut impl DevicePtrMut<A>,
 ) -> Result<()> {
     check_devices!(OP, stream, dy, w, dx);
-    let name = match resolve_algo(stream, algo)? {
-        ConvAlgo::Tf32 => "conv2d_bwd_data_tf32",
-        ConvAlgo::Bf16 => "conv2d_bwd_data_bf16",
-        _ => return backward_data_with(stream, Algo::ImplicitGemm, shape, dy, w, dx),
-    };
+    let algo = resolve_algo(stream, algo)?;
     let p = data_lens(shape, dy, w, dx)?;
-    let launch = tc_cfg(shape.n() * shape.h() * shape.w(), shape.c(), 1)?;
-    launch_backward_data(stream, name, launch, &p, dy, w, dx)
+    let (nhw, c) = (shape.n() * shape.h() * shape.w(), shape.c());
+    let (base, launch) = match algo {
+        ConvAlgo::Tf32 => ("conv2d_bwd_data_tf32", tc_cfg(nhw, c, 1)?),
+        ConvAlgo::Bf16 => ("conv2d_bwd_data_bf16", tc_cfg(nhw, c, 1)?),
+        _ => ("conv2d_bwd_data_f32", tiled_cfg(nhw, c, 1)?),
+    };
+    launch_backward_data(stream, &act_kernel::<A>(base), launch, &p, dy, w, dx)
 }
 
-/// [`backward_weight`] on the arithmetic `algo` picks (see [`forward_algo`]); deterministic
-/// whatever the algorithm (split-K with a fixed-order sum). Allocates its workspace per call:
-/// [`backward_weight_algo_in`] keeps it.
-pub fn backward_weight_algo(
+/// [`backward_weight`] on the arithmetic `algo` picks (see [`forward_algo`]), with activations
+/// `x` and `dy` of type `A` (`dw` is f32 whatever `A`); deterministic whatever the algorithm
+/// (split-K with a fixed-order sum). Allocates its workspace per call: [`backward_weight_algo_in`]
+/// keeps it.
+pub fn backward_weight_algo<A: ActDtype>(
     stream: &Arc<CudaStream>,
     algo: ConvAlgo,
     shape: &Conv2dShape,
-    x: &impl DevicePtr<f32>,
-    dy: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
+    dy: &impl DevicePtr<A>,
     dw: &mut impl DevicePtrMut<f32>,
     beta: f32,
 ) -> Result<()> {
@@ -533,29 +561,30 @@ pub fn backward_weight_algo(
 /// [`backward_weight_algo`] with the split-K scratch in `ws` (see [`WeightWorkspace`]): no
 /// allocation once `ws` is large enough for `shape`.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_weight_algo_in(
+pub fn backward_weight_algo_in<A: ActDtype>(
     stream: &Arc<CudaStream>,
     algo: ConvAlgo,
     shape: &Conv2dShape,
-    x: &impl DevicePtr<f32>,
-    dy: &impl DevicePtr<f32>,
+    x: &impl DevicePtr<A>,
+    dy: &impl DevicePtr<A>,
     dw: &mut impl DevicePtrMut<f32>,
     beta: f32,
     ws: &mut WeightWorkspace,
 ) -> Result<()> {
     check_devices!(OP, stream, x, dy, dw);
-    let name = match resolve_algo(stream, algo)? {
-        ConvAlgo::Tf32 => "conv2d_bwd_weight_tf32",
-        ConvAlgo::Bf16 => "conv2d_bwd_weight_bf16",
-        _ => return backward_weight_with_in(stream, Algo::ImplicitGemm, shape, x, dy, dw, beta, ws),
-    };
+    let algo = resolve_algo(stream, algo)?;
     Conv2dParams::new(shape)?;
     check_len(OP, "x", x.len(), shape.input_len())?;
     check_len(OP, "dy", dy.len(), shape.output_len())?;
     check_len(OP, "dw", dw.len(), shape.filter_len())?;
-    let splits = weight_splits(shape).0;
-    let launch = tc_cfg(shape.k(), shape.c(), shape.r() * shape.s() * splits)?;
-    weight_split_k(stream, name, launch, shape, x, dy, dw, beta, ws)
+    let (k, c, z) = (shape.k(), shape.c(), shape.r() * shape.s() * weight_splits(shape).0);
+    // The FP32 kernel's grid is (C tiles, K tiles), the tensor-core ones' (K tiles, C tiles).
+    let (base, launch) = match algo {
+        ConvAlgo::Tf32 => ("conv2d_bwd_weight_tf32", tc_cfg(k, c, z)?),
+        ConvAlgo::Bf16 => ("conv2d_bwd_weight_bf16", tc_cfg(k, c, z)?),
+        _ => ("conv2d_bwd_weight_f32", tiled_cfg(c, k, z)?),
+    };
+    weight_split_k(stream, &act_kernel::<A>(base), launch, shape, x, dy, dw, beta, ws)
 }
 
 /// The first `len` f32s of a workspace buffer (`len <= b.len()`, as `at_least` ensures).

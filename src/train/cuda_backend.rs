@@ -279,7 +279,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let x = view("conv", x, p.input_len())?;
         let mut y = view_mut("conv", y, p.output_len())?;
-        conv::cuda::forward_algo::<CudaSlice<f32>>(&self.stream, self.conv_algo, p, &x, w, None, &mut y)
+        conv::cuda::forward_algo::<f32, CudaSlice<f32>>(&self.stream, self.conv_algo, p, &x, w, None, &mut y)
     }
 
     fn conv_backward(
