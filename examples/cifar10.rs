@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 
 use clap::builder::PossibleValue;
 use clap::{Parser, ValueEnum};
-use evenclass::experiment::{self, CompareSpec, DataSpec, ExperimentSpec, RunOptions, RunOutcome};
+use evenclass::cuda::ActDtype;
+use evenclass::experiment::{self, CompareSpec, DataSpec, ExperimentError, ExperimentSpec, RunOptions, RunOutcome};
 use evenclass::methods::{Method, RecallSplit};
 use evenclass::train::{CpuBackend, CudaBackend};
 
@@ -51,6 +52,10 @@ struct Args {
     /// CUDA convolutions: fp32 (default, as the published runs), tf32, bf16, auto (tf32 on sm_80+)
     #[arg(long, value_name = "P", default_value = "fp32", value_parser = ["fp32", "tf32", "bf16", "auto"])]
     conv_precision: String,
+    /// Activations between layers: f32 (default), or bf16 (mixed precision: f32 weights, loss and
+    /// arithmetic; GPU only, the CPU path is f32)
+    #[arg(long, value_name = "P", default_value = "f32", value_parser = ["f32", "bf16"])]
+    precision: String,
     /// Epochs per stage, 1 to 10000 [default: 8 on the CPU, 30 on a GPU].
     #[arg(long, value_name = "N")]
     epochs: Option<usize>,
@@ -200,6 +205,25 @@ impl Args {
     }
 }
 
+/// The run on GPU 0 with activations of type `A`; `Err` is the exit status when the GPU cannot be
+/// opened or the convolution precision is refused (the message printed).
+fn run_cuda<A: ActDtype>(args: &Args, opts: &RunOptions) -> Result<Result<RunOutcome, ExperimentError>, ExitCode> {
+    let be = match CudaBackend::<A>::open(0) {
+        Ok(be) => be,
+        Err(e) => {
+            eprintln!("error: opening the GPU (try --device cpu): {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    match args.conv_precision.parse().and_then(|a| be.with_conv_algo(a)) {
+        Ok(be) => Ok(experiment::run(&be, &args.spec(), opts)),
+        Err(e) => {
+            eprintln!("error: --conv-precision {}: {e}", args.conv_precision);
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// Ctrl-C presses so far (the handler counts; the run reads [`STOP`]).
 static PRESSES: AtomicUsize = AtomicUsize::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -219,19 +243,23 @@ fn main() -> ExitCode {
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let opts = RunOptions { stop: Some(&STOP), quiet: args.quiet, silent: false, command };
-    let outcome = match evenclass::cuda::wants_gpu(&args.device).then(|| CudaBackend::new(0)) {
-        Some(Ok(be)) => match args.conv_precision.parse().and_then(|a| be.with_conv_algo(a)) {
-            Ok(be) => experiment::run(&be, &args.spec(), &opts),
-            Err(e) => {
-                eprintln!("error: --conv-precision {}: {e}", args.conv_precision);
-                return ExitCode::FAILURE;
-            }
-        },
-        Some(Err(e)) => {
-            eprintln!("error: opening the GPU (try --device cpu): {e}");
-            return ExitCode::FAILURE;
+    let gpu = evenclass::cuda::wants_gpu(&args.device);
+    if args.precision == "bf16" && !gpu {
+        eprintln!("error: --precision bf16 needs a GPU (the CPU path is f32); --device {} has none", args.device);
+        return ExitCode::from(2);
+    }
+    let outcome = if !gpu {
+        experiment::run(&CpuBackend::new(), &args.spec(), &opts)
+    } else if args.precision == "bf16" {
+        match run_cuda::<half::bf16>(&args, &opts) {
+            Ok(outcome) => outcome,
+            Err(code) => return code,
         }
-        None => experiment::run(&CpuBackend::new(), &args.spec(), &opts),
+    } else {
+        match run_cuda::<f32>(&args, &opts) {
+            Ok(outcome) => outcome,
+            Err(code) => return code,
+        }
     };
     match outcome {
         Ok(RunOutcome::Finished { .. }) => ExitCode::SUCCESS,

@@ -43,6 +43,9 @@ struct Args {
     /// The GPU's convolution arithmetic: fp32, tf32, bf16 or auto (the CPU has fp32 only).
     #[arg(long, default_value = "fp32")]
     conv_precision: String,
+    /// Activations between layers on the GPU: f32, or bf16 (mixed precision; the CPU has f32 only).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    precision: String,
     /// Channels of the stem (stages use 2x, 4x, 8x).
     #[arg(long, default_value_t = 16)]
     width: usize,
@@ -153,6 +156,7 @@ fn run<B: Backend>(be: B, args: &Args) -> Result<serde_json::Value> {
         "device": args.device,
         "backend": be.describe(),
         "conv_precision": args.conv_precision,
+        "precision": args.precision,
         "width": args.width,
         "depth": args.depth,
         "batch": batch,
@@ -186,12 +190,14 @@ fn main() -> Result<()> {
         match args.device.as_str() {
             "cpu" => {
                 anyhow::ensure!(
-                    algo == ConvAlgo::Fp32,
-                    "--conv-precision {}: the CPU runs fp32 only",
-                    args.conv_precision
+                    algo == ConvAlgo::Fp32 && args.precision == "f32",
+                    "--conv-precision {} --precision {}: the CPU runs fp32 only",
+                    args.conv_precision,
+                    args.precision
                 );
                 run(CpuBackend::new(), &args)
             }
+            "cuda" if args.precision == "bf16" => run(CudaBackend::<half::bf16>::open(0)?.with_conv_algo(algo)?, &args),
             "cuda" => run(CudaBackend::new(0)?.with_conv_algo(algo)?, &args),
             other => anyhow::bail!("--device {other}: expected cpu or cuda"),
         }

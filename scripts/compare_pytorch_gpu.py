@@ -257,13 +257,15 @@ def step_table(torch, path):
     lines += ["| network | batch | precision | ours | PyTorch eager CL | ours / PyTorch |", "|---|--:|---|--:|--:|--:|"]
     for o in ours:
         prec = o.get("conv_precision", "fp32")
+        # bf16 activations (ours) are what autocast stores too; PyTorch's side is the same run.
+        label = prec + (" + bf16 activations" if o.get("precision") == "bf16" else "")
         net = f"width {o['width']}, depth {o['depth']}"
         theirs = None
         if torch is not None:
             theirs, _ = torch_step(torch, o["width"], o["depth"], o["batch"], prec, o["steps"], o["repeats"])
         them = f"{theirs:.0f}" if theirs else "skipped"
         ratio = f"{o['train_images_per_s'] / theirs:.2f}x" if theirs else ""
-        lines.append(f"| {net} | {o['batch']} | {prec} | {o['train_images_per_s']:.0f} | {them} | {ratio} |")
+        lines.append(f"| {net} | {o['batch']} | {label} | {o['train_images_per_s']:.0f} | {them} | {ratio} |")
     return lines
 
 

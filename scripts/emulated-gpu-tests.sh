@@ -19,7 +19,7 @@
 # Prints one result line per part, e.g. `emulated GPU tests: 33 passed, 0 failed`, and exits
 # non-zero when a part fails. --asan builds the emulator and the kernels with AddressSanitizer and
 # preloads its runtime into the (uninstrumented) Rust binaries. --skip-slow leaves out the
-# trainer's two-epoch run (cuda_short_run_learns_like_cpu), the slowest GPU test by far, and the
+# trainer's two-epoch runs (f32 and bf16 activations), the slowest GPU tests by far, and the
 # spread of injected GPU faults (tests/gpu_faults.rs: faults_spread_over_a_run, 6 of its 19
 # faults unless EVENCLASS_FAULT_SAMPLE says otherwise; one fault still runs).
 # --tests-only stops after parts 1 and 2.
@@ -79,11 +79,13 @@ echo "=== emulator self-tests$tag ($(elapsed))"
 summary+=("emulator selftest$tag: $(sed -nE 's/^selftest total: //p' "$logs/selftest.log" | grep . || echo 'did not finish')")
 
 echo "=== GPU tests (cargo test --release -- --ignored)$tag ($(elapsed))"
-# The two slow tests (a two-epoch training, runs with injected faults) run apart, without the
-# init check, which makes kernels 2-4 times slower: the trainer's buffers and kernels are the
-# ones the other trainer tests already run under it.
-slow=(cuda_short_run_learns_like_cpu faults_spread_over_a_run)
-cargo test --release --no-fail-fast -- --ignored --skip "${slow[0]}" --skip "${slow[1]}" 2>&1 | tee "$logs/tests.log"
+# The slow tests (two-epoch trainings, runs with injected faults) run apart, without the init
+# check, which makes kernels 2-4 times slower: the trainer's buffers and kernels are the ones the
+# other trainer tests already run under it.
+slow=(cuda_short_run_learns_like_cpu cuda_bf16_short_run_learns_like_f32 faults_spread_over_a_run)
+skips=()
+for t in "${slow[@]}"; do skips+=(--skip "$t"); done
+cargo test --release --no-fail-fast -- --ignored "${skips[@]}" 2>&1 | tee "$logs/tests.log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 if [ "$skip_slow" = 0 ]; then
     echo "=== the slow GPU tests, init check off$tag ($(elapsed))"
@@ -98,7 +100,7 @@ read -r passed failed < <(grep -E '^test result:' "$logs/tests.log" |
     sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
 binaries=$(grep -cE '^test result:' "$logs/tests.log")
 if [ "$binaries" = 0 ]; then failed=$((failed + 1)); status=1; fi
-summary+=("emulated GPU tests$tag: $passed passed, $failed failed$([ "$skip_slow" = 1 ] && echo ' (2 slow tests skipped)')")
+summary+=("emulated GPU tests$tag: $passed passed, $failed failed$([ "$skip_slow" = 1 ] && echo " (${#slow[@]} slow tests skipped)")")
 
 if [ "$tests_only" = 1 ]; then
     echo "=== emulated GPU run$tag done ($(elapsed))"

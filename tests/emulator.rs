@@ -8,6 +8,7 @@
 //! That a dry run counts exactly what a real run does is checked here on a small network.
 use std::fmt;
 
+use evenclass::cuda::ActDtype;
 use evenclass::train::{self, CudaBackend, DeviceData, Model, ModelConfig, TrainConfig, TrainJob};
 
 /// Mirrors `evenclass_emu_counters_t` in tests/emulator/driver.cpp.
@@ -135,7 +136,7 @@ struct Net {
 }
 
 /// Random images and labels for `n` samples (the values do not matter for counting).
-fn data(be: &CudaBackend, n: usize) -> DeviceData<CudaBackend> {
+fn data<A: ActDtype>(be: &CudaBackend<A>, n: usize) -> DeviceData<CudaBackend<A>> {
     let mut s = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         s ^= s << 13;
@@ -150,7 +151,7 @@ fn data(be: &CudaBackend, n: usize) -> DeviceData<CudaBackend> {
 
 /// Counts of `train()` over `steps` full batches (its setup included), after a warm-up run that
 /// loads the modules.
-fn count_train(emu: &Emulator, be: &CudaBackend, net: &Net, steps: usize, dry: bool) -> Counters {
+fn count_train<A: ActDtype>(emu: &Emulator, be: &CudaBackend<A>, net: &Net, steps: usize, dry: bool) -> Counters {
     let cfg = TrainConfig {
         epochs: 1,
         batch_size: net.batch,
@@ -169,7 +170,7 @@ fn count_train(emu: &Emulator, be: &CudaBackend, net: &Net, steps: usize, dry: b
 }
 
 /// (train() with one step, one more step): the second is the steady state of the loop.
-fn per_step(emu: &Emulator, be: &CudaBackend, net: &Net, dry: bool) -> (Counters, Counters) {
+fn per_step<A: ActDtype>(emu: &Emulator, be: &CudaBackend<A>, net: &Net, dry: bool) -> (Counters, Counters) {
     count_train(emu, be, net, 1, dry); // warm-up: modules load, lazily created state exists
     let one = count_train(emu, be, net, 1, dry);
     let two = count_train(emu, be, net, 2, dry);
@@ -218,6 +219,9 @@ fn driver_calls_of_one_training_step() {
     // The default GPU network of examples/cifar10.rs.
     let default = Net { config: ModelConfig { width: 64, depth: 2, classes: 10 }, batch: 512 };
     let (one, step) = per_step(&emu, &be, &default, true);
+    // The same with bf16 activations (mixed precision): the same ops on other kernels.
+    let bf16 = CudaBackend::<half::bf16>::open(0).unwrap();
+    let (bf16_one, bf16_step) = per_step(&emu, &bf16, &default, true);
     println!("{}", markdown_table(&[real_one, real_step, one, step]));
     println!("small network (width 4, depth 1, batch 16), executed:");
     println!("  train() with one step: {real_one}");
@@ -228,7 +232,7 @@ fn driver_calls_of_one_training_step() {
 
     // A steady-state step (docs/emulator.md, "What one training step asks of the driver"; a change
     // in either direction shows here: update that section).
-    for (what, step, launches) in [("small", real_step, 64), ("default", step, 96)] {
+    for (what, step, launches) in [("small", real_step, 64), ("default", step, 96), ("default, bf16", bf16_step, 96)] {
         assert_eq!((step.allocs, step.frees), (0, 0), "{what}: a step after the first allocates and frees nothing");
         // The launches of the ops the step runs (batch, forward, loss, confusion counts, the two
         // class-sum launches, backward, SGD); no memset either.
@@ -246,12 +250,14 @@ fn driver_calls_of_one_training_step() {
     // train() with one step allocates, beyond the step, the class weights, the logits' gradient,
     // the step's labels, the epoch's losses and its tally (counts, sums, per-row scratch); the
     // backend's step buffers exist from the warm-up run on.
-    assert_eq!((real_one.allocs, one.allocs), (7, 7), "allocations of train() with one step");
+    assert_eq!((real_one.allocs, one.allocs, bf16_one.allocs), (7, 7, 7), "allocations of train() with one step");
     // Host waits of an epoch (the step adds none, above): 6 reads of the epoch's statistics (the
     // three deferred bad-input flags, the losses, the confusion counts, the class sums), then the
     // end-of-epoch check for non-finite values, one read per tensor of the model's state and
     // momentum.
-    for (what, net, one) in [("small", &small, real_one), ("default", &default, one)] {
+    for (what, net, one) in
+        [("small", &small, real_one), ("default", &default, one), ("default, bf16", &default, bf16_one)]
+    {
         let model = Model::new(&be, net.config, net.batch, 7).unwrap();
         let tensors = model.state(&be).unwrap().len() + model.optimizer_state(&be).unwrap().len();
         assert_eq!(one.host_syncs, 6 + tensors as u64, "{what}: host waits of an epoch ({tensors} tensors)");

@@ -70,8 +70,13 @@ pub struct SgdStep {
 }
 
 pub trait Backend {
-    /// f32 buffer.
+    /// f32 buffer: parameters, their gradients and optimizer state, the pooled features and the
+    /// logits (the loss is always computed in f32).
     type Buf;
+    /// Activations and their gradients between layers, from the input batch to the last feature
+    /// map (the global average pool's input): f32 on the CPU; on a GPU f32, or bf16 in mixed
+    /// precision ([`super::CudaBackend`]'s type parameter).
+    type Act;
     /// i32 labels of a batch.
     type Labels;
     /// The dataset's u8 images, resident where the batches are built.
@@ -102,6 +107,10 @@ pub trait Backend {
     }
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn to_host(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;
+    /// `len` activations that every use writes before reading them (see [`Backend::scratch`]).
+    fn act_scratch(&self, len: usize) -> Result<Self::Act>;
+    /// The first `len` activations, widened to f32 on the host.
+    fn act_to_host(&self, buf: &Self::Act, len: usize) -> Result<Vec<f32>>;
     fn labels(&self, data: &[i32]) -> Result<Self::Labels>;
     /// Copies `data` into the first `data.len()` labels of `out` (a buffer made by
     /// [`Backend::labels`]), without allocating; an error when `out` is shorter.
@@ -117,7 +126,7 @@ pub trait Backend {
         plan: &BatchPlan,
         pad: usize,
         norm: &Normalize,
-        out: &mut Self::Buf,
+        out: &mut Self::Act,
     ) -> Result<()>;
 
     /// [`Backend::build_batch`] without waiting for the device: a bad index or crop offset
@@ -128,20 +137,20 @@ pub trait Backend {
         plan: &BatchPlan,
         pad: usize,
         norm: &Normalize,
-        out: &mut Self::Buf,
+        out: &mut Self::Act,
     ) -> Result<()> {
         self.build_batch(images, plan, pad, norm, out)
     }
 
-    fn conv_forward(&self, p: &Conv2dShape, x: &Self::Buf, w: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    fn conv_forward(&self, p: &Conv2dShape, x: &Self::Act, w: &Self::Buf, y: &mut Self::Act) -> Result<()>;
     /// Gradients of the filters (overwritten) and, when `dx` is given, of the input (overwritten).
     fn conv_backward(
         &self,
         p: &Conv2dShape,
-        x: &Self::Buf,
+        x: &Self::Act,
         w: &Self::Buf,
-        dy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
+        dy: &Self::Act,
+        dx: Option<&mut Self::Act>,
         dw: &mut Self::Buf,
     ) -> Result<()>;
 
@@ -150,8 +159,8 @@ pub trait Backend {
         &self,
         n: usize,
         g: Chw,
-        x: &Self::Buf,
-        y: &mut Self::Buf,
+        x: &Self::Act,
+        y: &mut Self::Act,
         argmax: &mut Self::Argmax,
     ) -> Result<()>;
     /// Routes each output gradient to its window's argmax (`dx` overwritten).
@@ -160,8 +169,8 @@ pub trait Backend {
         n: usize,
         g: Chw,
         argmax: &Self::Argmax,
-        dy: &Self::Buf,
-        dx: &mut Self::Buf,
+        dy: &Self::Act,
+        dx: &mut Self::Act,
     ) -> Result<()>;
 
     /// Training-mode batch norm followed by ReLU; saves the batch statistics for backward and
@@ -170,17 +179,17 @@ pub trait Backend {
         &self,
         n: usize,
         g: Chw,
-        x: &Self::Buf,
+        x: &Self::Act,
         bn: &mut BnState<Self::Buf>,
-        y: &mut Self::Buf,
+        y: &mut Self::Act,
     ) -> Result<()>;
     fn bn_relu_forward_eval(
         &self,
         n: usize,
         g: Chw,
-        x: &Self::Buf,
+        x: &Self::Act,
         bn: &BnState<Self::Buf>,
-        y: &mut Self::Buf,
+        y: &mut Self::Act,
     ) -> Result<()>;
     /// `dx` overwritten; `bn.dgamma`, `bn.dbeta` overwritten. `saved`: the forward pass's input
     /// and output.
@@ -188,14 +197,15 @@ pub trait Backend {
         &self,
         n: usize,
         g: Chw,
-        saved: Saved<'_, Self::Buf>,
+        saved: Saved<'_, Self::Act>,
         bn: &mut BnState<Self::Buf>,
-        dy: &Self::Buf,
-        dx: &mut Self::Buf,
+        dy: &Self::Act,
+        dx: &mut Self::Act,
     ) -> Result<()>;
 
-    fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
-    fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+    /// The last feature map (activations) averaged to f32 features, `n x g.c`.
+    fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &Self::Act, y: &mut Self::Buf) -> Result<()>;
+    fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &Self::Buf, dx: &mut Self::Act) -> Result<()>;
 
     /// `y = x W^T + b`, x: batch x in_features, W: out_features x in_features.
     fn linear_forward(

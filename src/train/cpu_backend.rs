@@ -21,11 +21,32 @@ const CONV_ALGO: conv::cpu::CpuAlgo = conv::cpu::CpuAlgo::Direct;
 
 /// The CPU: buffers are `Vec`s, every op is the crate's CPU reference.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    /// Round every activation an op writes to bf16 ([`CpuBackend::bf16_reference`]).
+    bf16_acts: bool,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend { bf16_acts: false }
+    }
+
+    /// The CPU reference of mixed precision ([`super::CudaBackend`] with bf16 activations): every
+    /// op computes in f32 as [`CpuBackend::new`]'s, then rounds the activations it writes (the
+    /// batch, convolution, pooling and batch-norm outputs and their input gradients) to bf16,
+    /// nearest even, as the bf16 kernels store them. For checking those kernels end to end: it is
+    /// no faster than f32, and the trainer's CPU path stays f32.
+    pub fn bf16_reference() -> Self {
+        CpuBackend { bf16_acts: true }
+    }
+
+    /// What an activation buffer holds after a write of `v`: `v`, or `v` rounded to bf16.
+    fn store(&self, v: &mut [f32]) {
+        if self.bf16_acts {
+            for x in v {
+                *x = half::bf16::from_f32(*x).to_f32();
+            }
+        }
     }
 }
 
@@ -40,13 +61,16 @@ fn prefix_mut<'a>(op: &'static str, v: &'a mut [f32], len: usize) -> Result<&'a 
 
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
+    /// The CPU path stays f32 throughout.
+    type Act = Vec<f32>;
     type Labels = Vec<i32>;
     type Images = Vec<u8>;
     type Argmax = Vec<u8>;
     type Tally = (ConfusionMatrix, Vec<f64>);
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let acts = if self.bf16_acts { ", bf16-rounded activations" } else { "" };
+        format!("cpu ({} threads){acts}", rayon::current_num_threads())
     }
     fn memory_available(&self) -> Option<u64> {
         // Linux: MemAvailable of /proc/meminfo (kB); elsewhere unknown.
@@ -63,6 +87,12 @@ impl Backend for CpuBackend {
     }
     fn to_host(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
         Ok(prefix("to_host", buf, len)?.to_vec())
+    }
+    fn act_scratch(&self, len: usize) -> Result<Vec<f32>> {
+        self.scratch(len)
+    }
+    fn act_to_host(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+        self.to_host(buf, len)
     }
     fn labels(&self, data: &[i32]) -> Result<Vec<i32>> {
         Ok(data.to_vec())
@@ -92,12 +122,16 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let (crops, flips) = plan_bytes(plan);
         let out = prefix_mut("build_batch", out, plan.len() * 3 * 32 * 32)?;
-        augment::cpu::train_batch_into(images, &plan.indices, &crops, &flips, out, &augment_spec(pad, norm))
+        augment::cpu::train_batch_into(images, &plan.indices, &crops, &flips, out, &augment_spec(pad, norm))?;
+        self.store(out);
+        Ok(())
     }
 
     fn conv_forward(&self, p: &Conv2dShape, x: &Vec<f32>, w: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        let x = prefix("conv", x, p.input_len())?;
-        conv::cpu::forward_into_with(CONV_ALGO, p, x, w, None, prefix_mut("conv", y, p.output_len())?)
+        let (x, y) = (prefix("conv", x, p.input_len())?, prefix_mut("conv", y, p.output_len())?);
+        conv::cpu::forward_into_with(CONV_ALGO, p, x, w, None, y)?;
+        self.store(y);
+        Ok(())
     }
 
     fn conv_backward(
@@ -112,7 +146,9 @@ impl Backend for CpuBackend {
         let dy = prefix("conv", dy, p.output_len())?;
         conv::cpu::backward_weight_into_with(CONV_ALGO, p, prefix("conv", x, p.input_len())?, dy, dw, 0.0)?;
         if let Some(dx) = dx {
-            conv::cpu::backward_data_into_with(CONV_ALGO, p, dy, w, prefix_mut("conv", dx, p.input_len())?)?;
+            let dx = prefix_mut("conv", dx, p.input_len())?;
+            conv::cpu::backward_data_into_with(CONV_ALGO, p, dy, w, dx)?;
+            self.store(dx);
         }
         Ok(())
     }
@@ -121,14 +157,20 @@ impl Backend for CpuBackend {
         let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
         let out = s.pooled_len();
         let am = argmax.get_mut(..out).ok_or_else(|| Error::shape("max_pool", "argmax buffer too small"))?;
-        pool::cpu::max_pool_forward_into(prefix("max_pool", x, s.len())?, prefix_mut("max_pool", y, out)?, am, s)
+        let y = prefix_mut("max_pool", y, out)?;
+        pool::cpu::max_pool_forward_into(prefix("max_pool", x, s.len())?, y, am, s)?;
+        self.store(y);
+        Ok(())
     }
 
     fn max_pool_backward(&self, n: usize, g: Chw, argmax: &Vec<u8>, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
         let out = s.pooled_len();
         let am = argmax.get(..out).ok_or_else(|| Error::shape("max_pool", "argmax buffer too small"))?;
-        pool::cpu::max_pool_backward_into(prefix("max_pool", dy, out)?, am, prefix_mut("max_pool", dx, s.len())?, s)
+        let dx = prefix_mut("max_pool", dx, s.len())?;
+        pool::cpu::max_pool_backward_into(prefix("max_pool", dy, out)?, am, dx, s)?;
+        self.store(dx);
+        Ok(())
     }
 
     fn bn_relu_forward_train(
@@ -141,18 +183,21 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let (shape, cfg) = bn_parts(n, g, bn);
         let len = n * g.len();
+        let y = prefix_mut("batchnorm", y, len)?;
         batchnorm::cpu::relu_forward_train_into(
             prefix("batchnorm", x, len)?,
             &bn.gamma,
             &bn.beta,
             &mut bn.running_mean,
             &mut bn.running_var,
-            prefix_mut("batchnorm", y, len)?,
+            y,
             &mut bn.save_mean,
             &mut bn.save_invstd,
             shape,
             cfg,
-        )
+        )?;
+        self.store(y);
+        Ok(())
     }
 
     fn bn_relu_forward_eval(
@@ -165,16 +210,19 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let (shape, cfg) = bn_parts(n, g, bn);
         let len = n * g.len();
+        let y = prefix_mut("batchnorm", y, len)?;
         batchnorm::cpu::relu_forward_eval_into(
             prefix("batchnorm", x, len)?,
             &bn.gamma,
             &bn.beta,
             &bn.running_mean,
             &bn.running_var,
-            prefix_mut("batchnorm", y, len)?,
+            y,
             shape,
             cfg,
-        )
+        )?;
+        self.store(y);
+        Ok(())
     }
 
     fn bn_relu_backward(
@@ -189,6 +237,7 @@ impl Backend for CpuBackend {
         let (x, y) = (saved.input, saved.output);
         let (shape, _) = bn_parts(n, g, bn);
         let len = n * g.len();
+        let dx = prefix_mut("batchnorm", dx, len)?;
         batchnorm::cpu::relu_backward_into(
             prefix("batchnorm", x, len)?,
             prefix("batchnorm", y, len)?,
@@ -196,11 +245,13 @@ impl Backend for CpuBackend {
             &bn.gamma,
             &bn.save_mean,
             &bn.save_invstd,
-            prefix_mut("batchnorm", dx, len)?,
+            dx,
             &mut bn.dgamma,
             &mut bn.dbeta,
             shape,
-        )
+        )?;
+        self.store(dx);
+        Ok(())
     }
 
     fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
@@ -210,7 +261,10 @@ impl Backend for CpuBackend {
 
     fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
-        pool::cpu::global_avg_pool_backward_into(prefix("gap", dy, n * g.c)?, prefix_mut("gap", dx, s.len())?, s)
+        let dx = prefix_mut("gap", dx, s.len())?;
+        pool::cpu::global_avg_pool_backward_into(prefix("gap", dy, n * g.c)?, dx, s)?;
+        self.store(dx);
+        Ok(())
     }
 
     fn linear_forward(&self, s: LinearShape, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {

@@ -7,6 +7,7 @@
 //! a batch, the convolutions' weight-gradient workspace, the batch norms' partial sums) are the backend's [`StepBuffers`], each
 //! grown once, the first time a larger size is asked for.
 use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
@@ -18,14 +19,19 @@ use super::backend::{
 use crate::confusion::ConfusionMatrix;
 use crate::conv::{Conv2dShape, ConvAlgo};
 use crate::cross_entropy::{self, Options, Reduction};
-use crate::cuda::BadIndexFlag;
+use crate::cuda::{ActDtype, BadIndexFlag};
 use crate::error::DriverContext;
 use crate::linear::LinearShape;
 use crate::pool::PoolShape;
 use crate::{augment, batchnorm, confusion, conv, linear, optim, pool, Error, Result};
 
 /// A CUDA device and a stream of its own; every op is one of the crate's kernels.
-pub struct CudaBackend {
+///
+/// `A` is the activations' element type ([`Backend::Act`]): `f32` ([`CudaBackend::new`]), or
+/// `half::bf16` for mixed-precision training ([`CudaBackend::open`]): bf16 activations and
+/// gradients between layers, f32 weights, optimizer state, features, logits and loss, f32
+/// arithmetic in every kernel.
+pub struct CudaBackend<A: ActDtype = f32> {
     stream: Arc<CudaStream>,
     name: String,
     ws: RefCell<cross_entropy::cuda::Workspace>,
@@ -36,6 +42,7 @@ pub struct CudaBackend {
     step: RefCell<StepBuffers>,
     /// The convolutions' arithmetic, resolved for this device (never `Auto`).
     conv_algo: ConvAlgo,
+    act: PhantomData<A>,
 }
 
 /// Device buffers that the ops of a training step reuse from step to step instead of
@@ -76,10 +83,18 @@ fn grown<'a, T: DeviceRepr>(
     Ok(b.slice_mut(..len))
 }
 
-impl CudaBackend {
-    /// Opens device `ordinal` (an error, never a panic, without a driver or device) and checks
-    /// that the kernels were compiled into this build.
+impl CudaBackend<f32> {
+    /// Opens device `ordinal` with f32 activations (an error, never a panic, without a driver or
+    /// device) and checks that the kernels were compiled into this build.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::open(ordinal)
+    }
+}
+
+impl<A: ActDtype> CudaBackend<A> {
+    /// Opens device `ordinal` with activations of type `A` (`CudaBackend::<half::bf16>::open(0)`
+    /// for mixed precision); otherwise as [`CudaBackend::new`].
+    pub fn open(ordinal: usize) -> Result<Self> {
         if let Some(why) = crate::cuda::kernels_not_compiled() {
             return Err(Error::KernelsNotCompiled(why.to_string()));
         }
@@ -120,6 +135,7 @@ impl CudaBackend {
             loss: RefCell::new(loss),
             step: RefCell::new(step),
             conv_algo,
+            act: PhantomData,
         })
     }
 
@@ -156,7 +172,7 @@ impl CudaBackend {
         plan: &BatchPlan,
         pad: usize,
         norm: &Normalize,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<A>,
         wait: bool,
     ) -> Result<()> {
         let s = &self.stream;
@@ -197,8 +213,9 @@ fn view_mut<'a, T>(op: &'static str, b: &'a mut CudaSlice<T>, len: usize) -> Res
     b.try_slice_mut(..len).ok_or_else(|| Error::shape(op, format!("buffer of {have} values, need {len}")))
 }
 
-impl Backend for CudaBackend {
+impl<A: ActDtype> Backend for CudaBackend<A> {
     type Buf = CudaSlice<f32>;
+    type Act = CudaSlice<A>;
     type Labels = CudaSlice<i32>;
     type Images = CudaSlice<u8>;
     type Argmax = CudaSlice<u8>;
@@ -207,8 +224,9 @@ impl Backend for CudaBackend {
     type Tally = (CudaSlice<u64>, CudaSlice<f64>, CudaSlice<f64>);
 
     fn describe(&self) -> String {
-        // The report records it: a run's convolution precision is part of its result.
-        format!("{}, {} convolutions", self.name, self.conv_algo.name())
+        // The report records it: a run's precision is part of its result.
+        let acts = if A::ACT_SUFFIX.is_empty() { "" } else { ", bf16 activations" };
+        format!("{}, {} convolutions{acts}", self.name, self.conv_algo.name())
     }
     fn memory_available(&self) -> Option<u64> {
         self.stream.context().mem_get_info().ok().map(|(free, _total)| free as u64)
@@ -230,6 +248,16 @@ impl Backend for CudaBackend {
             return Ok(Vec::new());
         }
         self.stream.clone_dtoh(&view("to_host", buf, len)?).during("downloading")
+    }
+    fn act_scratch(&self, len: usize) -> Result<CudaSlice<A>> {
+        self.alloc_unfilled(len)
+    }
+    fn act_to_host(&self, buf: &CudaSlice<A>, len: usize) -> Result<Vec<f32>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let host = self.stream.clone_dtoh(&view("act_to_host", buf, len)?).during("downloading")?;
+        Ok(host.into_iter().map(A::to_f32).collect())
     }
     fn labels(&self, data: &[i32]) -> Result<CudaSlice<i32>> {
         self.stream.clone_htod(data).during("uploading labels")
@@ -255,7 +283,7 @@ impl Backend for CudaBackend {
         plan: &BatchPlan,
         pad: usize,
         norm: &Normalize,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<A>,
     ) -> Result<()> {
         self.batch(images, plan, pad, norm, out, true)
     }
@@ -265,30 +293,24 @@ impl Backend for CudaBackend {
         plan: &BatchPlan,
         pad: usize,
         norm: &Normalize,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<A>,
     ) -> Result<()> {
         self.batch(images, plan, pad, norm, out, false)
     }
 
-    fn conv_forward(
-        &self,
-        p: &Conv2dShape,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
-    ) -> Result<()> {
+    fn conv_forward(&self, p: &Conv2dShape, x: &CudaSlice<A>, w: &CudaSlice<f32>, y: &mut CudaSlice<A>) -> Result<()> {
         let x = view("conv", x, p.input_len())?;
         let mut y = view_mut("conv", y, p.output_len())?;
-        conv::cuda::forward_algo::<f32, CudaSlice<f32>>(&self.stream, self.conv_algo, p, &x, w, None, &mut y)
+        conv::cuda::forward_algo(&self.stream, self.conv_algo, p, &x, w, conv::cuda::NO_BIAS, &mut y)
     }
 
     fn conv_backward(
         &self,
         p: &Conv2dShape,
-        x: &CudaSlice<f32>,
+        x: &CudaSlice<A>,
         w: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        dx: Option<&mut CudaSlice<f32>>,
+        dy: &CudaSlice<A>,
+        dx: Option<&mut CudaSlice<A>>,
         dw: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let dyv = view("conv", dy, p.output_len())?;
@@ -307,8 +329,8 @@ impl Backend for CudaBackend {
         &self,
         n: usize,
         g: Chw,
-        x: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
+        x: &CudaSlice<A>,
+        y: &mut CudaSlice<A>,
         argmax: &mut CudaSlice<u8>,
     ) -> Result<()> {
         let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
@@ -327,8 +349,8 @@ impl Backend for CudaBackend {
         n: usize,
         g: Chw,
         argmax: &CudaSlice<u8>,
-        dy: &CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
+        dy: &CudaSlice<A>,
+        dx: &mut CudaSlice<A>,
     ) -> Result<()> {
         let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
         let out = s.pooled_len();
@@ -345,9 +367,9 @@ impl Backend for CudaBackend {
         &self,
         n: usize,
         g: Chw,
-        x: &CudaSlice<f32>,
+        x: &CudaSlice<A>,
         bn: &mut BnState<CudaSlice<f32>>,
-        y: &mut CudaSlice<f32>,
+        y: &mut CudaSlice<A>,
     ) -> Result<()> {
         let (shape, cfg) = bn_parts(n, g, bn);
         let len = n * g.len();
@@ -372,9 +394,9 @@ impl Backend for CudaBackend {
         &self,
         n: usize,
         g: Chw,
-        x: &CudaSlice<f32>,
+        x: &CudaSlice<A>,
         bn: &BnState<CudaSlice<f32>>,
-        y: &mut CudaSlice<f32>,
+        y: &mut CudaSlice<A>,
     ) -> Result<()> {
         let (shape, cfg) = bn_parts(n, g, bn);
         let len = n * g.len();
@@ -395,10 +417,10 @@ impl Backend for CudaBackend {
         &self,
         n: usize,
         g: Chw,
-        saved: Saved<'_, CudaSlice<f32>>,
+        saved: Saved<'_, CudaSlice<A>>,
         bn: &mut BnState<CudaSlice<f32>>,
-        dy: &CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
+        dy: &CudaSlice<A>,
+        dx: &mut CudaSlice<A>,
     ) -> Result<()> {
         let (x, y) = (saved.input, saved.output);
         let (shape, _) = bn_parts(n, g, bn);
@@ -420,7 +442,7 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>) -> Result<()> {
+    fn global_avg_pool_forward(&self, n: usize, g: Chw, x: &CudaSlice<A>, y: &mut CudaSlice<f32>) -> Result<()> {
         let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
         pool::cuda::global_avg_pool_forward(
             &self.stream,
@@ -430,7 +452,7 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &CudaSlice<f32>, dx: &mut CudaSlice<f32>) -> Result<()> {
+    fn global_avg_pool_backward(&self, n: usize, g: Chw, dy: &CudaSlice<f32>, dx: &mut CudaSlice<A>) -> Result<()> {
         let s = PoolShape { n, c: g.c, h: g.h, w: g.w };
         pool::cuda::global_avg_pool_backward(
             &self.stream,

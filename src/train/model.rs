@@ -70,14 +70,26 @@ enum Op<B: Backend> {
 }
 
 /// The network, its parameters and its activation buffers for batches of up to `max_batch`.
+///
+/// `ops` is the convolutional body (convolutions, batch norms, max-pools: activations in, activations
+/// out, [`Backend::Act`]), then the global average pool and the linear head, whose features and
+/// logits are f32 ([`Backend::Buf`]).
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
     ops: Vec<Op<B>>,
-    /// acts[0] is the input batch, acts[i + 1] the output of ops[i].
-    acts: Vec<B::Buf>,
+    /// acts[0] is the input batch, acts[i + 1] the output of body op ops[i]; the last is the
+    /// global average pool's input.
+    acts: Vec<B::Act>,
+    /// The pooled features (the linear head's input) and the logits.
+    features: B::Buf,
+    logits: B::Buf,
+    /// Sizes per image of acts, then of the features and the logits.
     sizes: Vec<usize>,
-    grad_a: B::Buf,
-    grad_b: B::Buf,
+    /// Gradients of the body's activations (ping-pong: a pass reads one, writes the other), and
+    /// of the features.
+    grad_a: B::Act,
+    grad_b: B::Act,
+    grad_features: B::Buf,
     max_batch: usize,
     /// Batch size of the last training-mode forward, which `backward` needs (its activations and
     /// batch statistics); `None` after an eval-mode forward.
@@ -157,15 +169,20 @@ impl<B: Backend> Model<B> {
 
         debug_assert_eq!(sizes, activation_sizes(config));
         // Activations and their gradients: each pass writes them before the next reads them.
-        let acts = sizes.iter().map(|&s| be.scratch(s * max_batch)).collect::<Result<Vec<_>>>()?;
-        let max_act = sizes.iter().copied().max().unwrap_or(1) * max_batch;
+        let body = &sizes[..sizes.len() - 2];
+        let acts = body.iter().map(|&s| be.act_scratch(s * max_batch)).collect::<Result<Vec<_>>>()?;
+        let max_act = body.iter().copied().max().unwrap_or(1) * max_batch;
+        let feature_len = sizes[sizes.len() - 2];
         Ok(Model {
             config,
             ops,
             acts,
+            features: be.scratch(feature_len * max_batch)?,
+            logits: be.scratch(config.classes * max_batch)?,
             sizes,
-            grad_a: be.scratch(max_act)?,
-            grad_b: be.scratch(max_act)?,
+            grad_a: be.act_scratch(max_act)?,
+            grad_b: be.act_scratch(max_act)?,
+            grad_features: be.scratch(feature_len * max_batch)?,
             max_batch,
             trained_batch: None,
         })
@@ -201,13 +218,13 @@ impl<B: Backend> Model<B> {
     }
 
     /// The input buffer of the next forward pass (n x 3 x 32 x 32).
-    pub fn input_mut(&mut self) -> &mut B::Buf {
+    pub fn input_mut(&mut self) -> &mut B::Act {
         &mut self.acts[0]
     }
 
     /// The logits of the last forward pass (n x classes).
     pub fn logits(&self) -> &B::Buf {
-        self.acts.last().expect("model has layers")
+        &self.logits
     }
 
     /// Forward pass of `n` images already in [`Model::input_mut`]; `train` selects batch
@@ -216,24 +233,33 @@ impl<B: Backend> Model<B> {
         self.check_batch(n)?;
         self.trained_batch = None;
         for (i, op) in self.ops.iter_mut().enumerate() {
-            let (before, after) = self.acts.split_at_mut(i + 1);
-            let (x, y) = (&before[i], &mut after[0]);
+            // The body's ops read acts[i] and write acts[i + 1]; the head (the last two ops) has
+            // buffers of its own.
             match op {
                 Op::Conv { cin, cout, h, w, weight } => {
+                    let (x, y) = input_output(&mut self.acts, i);
                     be.conv_forward(&conv_params(n, *cin, *cout, *h, *w)?, x, &weight.value, y)?
                 }
-                Op::MaxPool { g, idx } => be.max_pool_forward(n, *g, x, y, idx)?,
+                Op::MaxPool { g, idx } => {
+                    let (x, y) = input_output(&mut self.acts, i);
+                    be.max_pool_forward(n, *g, x, y, idx)?
+                }
                 Op::BnRelu { g, bn, .. } => {
+                    let (x, y) = input_output(&mut self.acts, i);
                     if train {
                         be.bn_relu_forward_train(n, *g, x, bn, y)?
                     } else {
                         be.bn_relu_forward_eval(n, *g, x, bn, y)?
                     }
                 }
-                Op::Gap { g } => be.global_avg_pool_forward(n, *g, x, y)?,
-                Op::Linear { inp, out, weight, bias } => {
-                    be.linear_forward(linear_shape(n, *inp, *out), x, &weight.value, &bias.value, y)?
-                }
+                Op::Gap { g } => be.global_avg_pool_forward(n, *g, &self.acts[i], &mut self.features)?,
+                Op::Linear { inp, out, weight, bias } => be.linear_forward(
+                    linear_shape(n, *inp, *out),
+                    &self.features,
+                    &weight.value,
+                    &bias.value,
+                    &mut self.logits,
+                )?,
             }
         }
         if train {
@@ -252,25 +278,30 @@ impl<B: Backend> Model<B> {
                 format!("backward of a batch of {n} needs a training-mode forward of that batch first"),
             ));
         }
-        let last = self.ops.len() - 1;
         for i in (0..self.ops.len()).rev() {
-            // Gradient of acts[i + 1] is in `dy`; write that of acts[i] into `dx` (not needed for
-            // the input, i == 0).
-            let dy: &B::Buf = if i == last { dlogits } else { &self.grad_a };
-            let dx = &mut self.grad_b;
-            let x = &self.acts[i];
-            let y = &self.acts[i + 1];
+            // The head: the logits' gradient gives the features' (grad_features), which gives the
+            // last feature map's (grad_a). Then each body op reads its output's gradient from
+            // grad_a and writes its input's into grad_b (not needed for the input batch, i == 0),
+            // and the two swap.
+            let (dy, dx) = (&self.grad_a, &mut self.grad_b);
             match &mut self.ops[i] {
+                Op::Linear { inp, out, weight, bias } => {
+                    let grads = LinearGrads { dx: &mut self.grad_features, dw: &mut weight.grad, db: &mut bias.grad };
+                    be.linear_backward(linear_shape(n, *inp, *out), &self.features, &weight.value, dlogits, grads)?;
+                    continue;
+                }
+                Op::Gap { g } => {
+                    be.global_avg_pool_backward(n, *g, &self.grad_features, &mut self.grad_a)?;
+                    continue;
+                }
                 Op::Conv { cin, cout, h, w, weight } => {
                     let p = conv_params(n, *cin, *cout, *h, *w)?;
-                    be.conv_backward(&p, x, &weight.value, dy, (i > 0).then_some(dx), &mut weight.grad)?
+                    be.conv_backward(&p, &self.acts[i], &weight.value, dy, (i > 0).then_some(dx), &mut weight.grad)?
                 }
                 Op::MaxPool { g, idx } => be.max_pool_backward(n, *g, idx, dy, dx)?,
-                Op::BnRelu { g, bn, .. } => be.bn_relu_backward(n, *g, Saved { input: x, output: y }, bn, dy, dx)?,
-                Op::Gap { g } => be.global_avg_pool_backward(n, *g, dy, dx)?,
-                Op::Linear { inp, out, weight, bias } => {
-                    let grads = LinearGrads { dx, dw: &mut weight.grad, db: &mut bias.grad };
-                    be.linear_backward(linear_shape(n, *inp, *out), x, &weight.value, dy, grads)?
+                Op::BnRelu { g, bn, .. } => {
+                    let saved = Saved { input: &self.acts[i], output: &self.acts[i + 1] };
+                    be.bn_relu_backward(n, *g, saved, bn, dy, dx)?
                 }
             }
             std::mem::swap(&mut self.grad_a, &mut self.grad_b);
@@ -397,7 +428,7 @@ impl<B: Backend> Model<B> {
     /// The features of the last forward pass: the input of the final linear layer, after the
     /// global average pool (n x [`Model::feature_len`]).
     pub fn features(&self) -> &B::Buf {
-        &self.acts[self.acts.len() - 2]
+        &self.features
     }
 
     /// Features per image: the final linear layer's input size.
@@ -537,6 +568,12 @@ fn check_config(config: ModelConfig, max_batch: usize) -> Result<()> {
 
 /// Floats per image of every activation buffer of [`Model::new`] (input first, logits last);
 /// saturating, so absurd configurations give huge numbers, not an overflow.
+/// `acts[i]` and `acts[i + 1]`: a body op's input and output.
+fn input_output<T>(acts: &mut [T], i: usize) -> (&T, &mut T) {
+    let (before, after) = acts.split_at_mut(i + 1);
+    (&before[i], &mut after[0])
+}
+
 fn activation_sizes(config: ModelConfig) -> Vec<usize> {
     let w0 = config.width;
     let plane = |c: usize, hw: usize| c.saturating_mul(hw * hw);
