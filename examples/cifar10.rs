@@ -245,7 +245,11 @@ fn main() -> ExitCode {
     let opts = RunOptions { stop: Some(&STOP), quiet: args.quiet, silent: false, command };
     let gpu = evenclass::cuda::wants_gpu(&args.device);
     if args.precision == "bf16" && !gpu {
-        eprintln!("error: --precision bf16 needs a GPU (the CPU path is f32); --device {} has none", args.device);
+        let why = match args.device.as_str() {
+            "cpu" => "--device cpu runs on the CPU".to_string(),
+            _ => evenclass::cuda::why_not_usable().unwrap_or_else(|| "no usable GPU".to_string()),
+        };
+        eprintln!("error: --precision bf16 is for the GPU (the CPU path is f32 only): {why}");
         return ExitCode::from(2);
     }
     let outcome = if !gpu {
