@@ -8,6 +8,8 @@
 //! - `EVENCLASS_REQUIRE_NVCC=1`: a missing nvcc or a kernel that fails to compile fails the build
 //!   (CI sets it). Without it the build succeeds with a warning and the CUDA path reports at run
 //!   time that the kernels were not compiled.
+//! - `EVENCLASS_KERNEL_CACHE=0`: compile even when `target/evenclass-kernel-cache` has the fatbins
+//!   of the same sources, flags, architectures and nvcc (see `compile_cached`).
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -53,7 +55,7 @@ fn main() {
 
     let outcome: Result<Vec<(String, PathBuf)>, String> = match &nvcc {
         None => Err("nvcc was not found (set NVCC or CUDA_HOME, or put nvcc on PATH)".into()),
-        Some(nvcc) => compile_all(nvcc, &sources, &kernel_dir, &out_dir, &archs),
+        Some(nvcc) => compile_cached(nvcc, &sources, &kernel_dir, &out_dir, &archs),
     };
 
     let generated = match outcome {
@@ -168,6 +170,94 @@ fn find_nvcc() -> Option<PathBuf> {
         .map(|p| fs::canonicalize(&p).unwrap_or(p))
 }
 
+/// Flags of every kernel compile (with the `-gencode` pairs of `archs`); part of the cache key.
+const NVCC_FLAGS: [&str; 4] = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"];
+
+/// `compile_all` through a cache shared by every profile and feature set of one target folder:
+/// cargo runs this script once per profile and feature set (check, release, bench, `--features
+/// candle`, ...), and each run would otherwise spend the same minute or two in nvcc. The key
+/// hashes every file of `kernels/`, the flags, the architectures and nvcc's `--version`, so any
+/// change misses the cache. Entries are written to a temporary folder and renamed into
+/// place, so concurrent builds never see half an entry. `EVENCLASS_KERNEL_CACHE=0` turns it off.
+fn compile_cached(
+    nvcc: &Path,
+    sources: &[PathBuf],
+    kernel_dir: &Path,
+    out_dir: &Path,
+    archs: &[String],
+) -> Result<Vec<(String, PathBuf)>, String> {
+    println!("cargo:rerun-if-env-changed=EVENCLASS_KERNEL_CACHE");
+    let enabled = env::var("EVENCLASS_KERNEL_CACHE").map_or(true, |v| v != "0");
+    let Some(cache_root) = target_dir(out_dir).filter(|_| enabled).map(|t| t.join("evenclass-kernel-cache")) else {
+        return compile_all(nvcc, sources, kernel_dir, out_dir, archs);
+    };
+    let Some(key) = cache_key(nvcc, kernel_dir, archs) else {
+        return compile_all(nvcc, sources, kernel_dir, out_dir, archs);
+    };
+    let entry = cache_root.join(&key);
+    let names: Vec<String> = sources.iter().map(|s| s.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    let cached = |dir: &Path| names.iter().all(|n| dir.join(format!("{n}.fatbin")).is_file());
+    if !cached(&entry) {
+        let tmp = cache_root.join(format!("{key}.tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        let built = compile_all(nvcc, sources, kernel_dir, &tmp, archs);
+        if built.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+            return built;
+        }
+        // Another build may have renamed the same entry in first: theirs is identical.
+        if fs::rename(&tmp, &entry).is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        if !cached(&entry) {
+            return compile_all(nvcc, sources, kernel_dir, out_dir, archs);
+        }
+    }
+    // Copied, not linked, into OUT_DIR: `include_bytes!` paths must stay valid when the cache is
+    // cleaned.
+    names
+        .into_iter()
+        .map(|n| {
+            let file = format!("{n}.fatbin");
+            let dst = out_dir.join(&file);
+            fs::copy(entry.join(&file), &dst).map_err(|e| format!("copying cached {file}: {e}"))?;
+            Ok((n, dst))
+        })
+        .collect()
+}
+
+/// The target folder above `OUT_DIR` (`target/<profile>/build/<pkg>/out`): the first ancestor
+/// holding cargo's `CACHEDIR.TAG`.
+fn target_dir(out_dir: &Path) -> Option<PathBuf> {
+    out_dir.ancestors().find(|d| d.join("CACHEDIR.TAG").is_file()).map(Path::to_path_buf)
+}
+
+/// Hex key over every file of `kernels/` (names and bytes), the flags, the architectures and
+/// nvcc's `--version` output. `None` when nvcc cannot report its version.
+fn cache_key(nvcc: &Path, kernel_dir: &Path, archs: &[String]) -> Option<String> {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+    let version = Command::new(nvcc).arg("--version").output().ok().filter(|o| o.status.success())?.stdout;
+    let mut files: Vec<PathBuf> = fs::read_dir(kernel_dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    // Two differently seeded SipHash states: a 128-bit key.
+    let mut hashers = [DefaultHasher::new(), DefaultHasher::new()];
+    1u8.hash(&mut hashers[1]);
+    for h in &mut hashers {
+        // nvcc's path is left out: a wrapper that forwards to the same nvcc (scripts/
+        // check-candle-cuda.sh) reports the same version and builds the same fatbins.
+        version.hash(h);
+        NVCC_FLAGS.hash(h);
+        archs.hash(h);
+        for f in &files {
+            f.file_name().hash(h);
+            fs::read(f).ok()?.hash(h);
+        }
+    }
+    Some(format!("{:016x}{:016x}", hashers[0].finish(), hashers[1].finish()))
+}
+
 fn compile_all(
     nvcc: &Path,
     sources: &[PathBuf],
@@ -199,7 +289,7 @@ fn compile_one(
     let name = src.file_stem().unwrap().to_string_lossy().into_owned();
     let out = out_dir.join(format!("{name}.fatbin"));
     let mut cmd = Command::new(nvcc);
-    cmd.arg("--fatbin").args(["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]).arg("-I").arg(kernel_dir);
+    cmd.arg("--fatbin").args(NVCC_FLAGS).arg("-I").arg(kernel_dir);
     for a in archs {
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }
