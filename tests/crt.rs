@@ -9,7 +9,12 @@ use evenclass::train::{self, Backend, CpuBackend, CudaBackend, DeviceData, Model
 const CONFIG: ModelConfig = ModelConfig { width: 8, depth: 1, classes: 10 };
 
 fn data<B: Backend>(be: &B) -> (DeviceData<B>, DeviceData<B>) {
-    let (tr, te) = synthetic(3, 1024, 500);
+    sized_data(be, 1024)
+}
+
+/// `train` training images (and 500 test images) of the synthetic set.
+fn sized_data<B: Backend>(be: &B, train: usize) -> (DeviceData<B>, DeviceData<B>) {
+    let (tr, te) = synthetic(3, train, 500);
     (DeviceData::new(be, &tr.images, &tr.labels).unwrap(), DeviceData::new(be, &te.images, &te.labels).unwrap())
 }
 
@@ -133,15 +138,18 @@ fn bad_input_is_an_error_and_changes_nothing() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_retraining_matches_cpu() {
+    // 320 images (five batches, the last one short): the emulated driver runs the frozen body's
+    // forward passes at a few hundred images a second with its checks on.
+    const TRAIN: usize = 320;
     let cpu = CpuBackend::new();
-    let (tr, _) = data(&cpu);
+    let (tr, _) = sized_data(&cpu, TRAIN);
     let base = stage1(&cpu, &tr).state(&cpu).unwrap();
     let w = [1.5f32, 0.5, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.5];
     let mut c = Model::new(&cpu, CONFIG, 64, 5).unwrap();
     c.load_state(&cpu, &base).unwrap();
     let lc = train::retrain_classifier(&cpu, &mut c, &tr, &w, &config(3)).unwrap();
     let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("GPU test without a usable device: {e}"));
-    let (tg, _) = data(&gpu);
+    let (tg, _) = sized_data(&gpu, TRAIN);
     let mut g = Model::new(&gpu, CONFIG, 64, 5).unwrap();
     g.load_state(&gpu, &base).unwrap();
     let lg = train::retrain_classifier(&gpu, &mut g, &tg, &w, &config(3)).unwrap();
