@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Type-checks (clippy, -D warnings) the candle CUDA path: `--features candle-cuda`, i.e. candle's
-# CUDA backend plus src/candle/cuda.rs and the CUDA tests of tests/candle.rs.
+# Type-checks (clippy, -D warnings) every target with `--features candle-cuda`, i.e. candle's CPU
+# and CUDA backends, src/candle/ and tests/candle.rs, the candle example and bench (candle-cuda
+# includes the candle feature, so this one check covers both).
 #
 # A real build of candle's CUDA backend compiles candle's own kernels with nvcc (dozens of heavy
 # .cu files, many CPU-minutes) and links cuBLAS, cuRAND, NVRTC and the driver, which the pip nvcc
@@ -36,5 +37,5 @@ chmod +x "$wrap/nvcc"
 export REAL_NVCC="$NVCC" NVCC="$wrap/nvcc"
 # candle-kernels asks nvidia-smi for the GPU's compute capability unless told.
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-cargo clippy --features candle-cuda --lib --test candle --example candle_weighted --bench candle -- -D warnings
-echo "candle-cuda: type-check and clippy clean (not linked, not run)"
+cargo clippy --all-targets --features candle-cuda -- -D warnings
+echo "candle, candle-cuda: every target type-checked and clippy clean (not linked, not run)"
