@@ -339,6 +339,24 @@ fn interrupted_run_leaves_the_finished_run_untouched_and_resumes() {
     }
 }
 
+/// A run resumes only in the precision it started in: the mixed-precision reference
+/// (`CpuBackend::bf16_reference`, what `--precision bf16` computes) refuses an f32 run's
+/// checkpoint, naming the field, and the f32 backend still resumes it.
+#[test]
+fn resume_in_another_precision_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    assert_eq!(run_interrupted(&out, &["--synthetic"]).unwrap(), Ended::Stopped);
+    let opts = RunOptions { quiet: true, ..Default::default() };
+    let resume = spec(&out, &["--synthetic", "--resume"]);
+    let e = experiment::run(&CpuBackend::bf16_reference(), &resume, &opts).map(|_| ()).unwrap_err();
+    assert!(is_usage(&e), "{e}");
+    assert!(format!("{e}").contains("precision"), "{e}");
+    assert!(t.path().join(".out.partial/checkpoints/stage1.ckpt").is_file(), "the refusal touched the checkpoint");
+    assert_eq!(run(&out, &["--synthetic", "--resume"]).unwrap(), Ended::Finished);
+    assert_one_run(&out);
+}
+
 #[test]
 fn resume_without_an_interrupted_run_is_an_error() {
     let t = tempfile::tempdir().unwrap();

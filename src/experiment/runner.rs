@@ -215,7 +215,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
         )));
     }
     let val_images = val_set.as_ref().map_or(0, Dataset::len);
-    let config = config_json(spec, &plan, train_set.len(), test_set.len(), val_images);
+    let config = config_json(spec, &plan, train_set.len(), test_set.len(), val_images, &be.precision());
     say!(opts, "device: {}", be.describe());
     say!(
         opts,
@@ -671,7 +671,14 @@ fn val_size_error(val_size: usize, e: &data::DataError, train: usize, classes: u
 
 /// The run's configuration as report.json and the run folder record it (a resumed run must
 /// have the same).
-fn config_json(spec: &ExperimentSpec, plan: &Plan, train: usize, test: usize, val: usize) -> serde_json::Value {
+fn config_json(
+    spec: &ExperimentSpec,
+    plan: &Plan,
+    train: usize,
+    test: usize,
+    val: usize,
+    precision: &str,
+) -> serde_json::Value {
     let c = &spec.comparison;
     let mut config = serde_json::json!({
         "model": plan.model,
@@ -696,6 +703,9 @@ fn config_json(spec: &ExperimentSpec, plan: &Plan, train: usize, test: usize, va
     });
     // Settings added later enter only the runs that use them, so that earlier runs (and their
     // report.json) keep the configuration they were written with and still resume and merge.
+    if precision != "f32" {
+        config["precision"] = precision.into();
+    }
     if let Some(cmp) = config.get_mut("compare").and_then(serde_json::Value::as_object_mut) {
         if c.methods().contains(&Method::Drw) {
             let k = c.drw_epochs.unwrap_or_else(|| drw_default_epochs(plan.train.epochs));

@@ -90,6 +90,13 @@ pub trait Backend {
 
     /// "cpu (2 threads)" or "cuda: NVIDIA H200 (sm_90), fp32 convolutions".
     fn describe(&self) -> String;
+    /// The step's arithmetic where it is not f32 throughout: "tf32 convolutions, f32
+    /// activations", "bf16 convolutions, bf16 activations"; `"f32"` when it is (the default). Runs
+    /// in different precisions are different experiments: an interrupted run resumes only in its
+    /// own, whatever the device.
+    fn precision(&self) -> String {
+        "f32".into()
+    }
     /// Bytes that can still be allocated where the buffers live (host RAM or device memory), if
     /// known; checked against [`MemoryEstimate`](super::MemoryEstimate) before a run allocates.
     fn memory_available(&self) -> Option<u64> {

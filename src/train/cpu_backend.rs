@@ -72,6 +72,15 @@ impl Backend for CpuBackend {
         let acts = if self.bf16_acts { ", bf16-rounded activations" } else { "" };
         format!("cpu ({} threads){acts}", rayon::current_num_threads())
     }
+    fn precision(&self) -> String {
+        // The reference of the GPU's mixed precision: what CudaBackend<bf16> says with FP32
+        // convolutions.
+        if self.bf16_acts {
+            "fp32 convolutions, bf16 activations".into()
+        } else {
+            "f32".into()
+        }
+    }
     fn memory_available(&self) -> Option<u64> {
         // Linux: MemAvailable of /proc/meminfo (kB); elsewhere unknown.
         let info = std::fs::read_to_string("/proc/meminfo").ok()?;

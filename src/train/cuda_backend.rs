@@ -228,6 +228,13 @@ impl<A: ActDtype> Backend for CudaBackend<A> {
         let acts = if A::ACT_SUFFIX.is_empty() { "" } else { ", bf16 activations" };
         format!("{}, {} convolutions{acts}", self.name, self.conv_algo.name())
     }
+    fn precision(&self) -> String {
+        let acts = if A::ACT_SUFFIX.is_empty() { "f32" } else { "bf16" };
+        match (self.conv_algo.name(), acts) {
+            ("fp32", "f32") => "f32".into(),
+            (conv, acts) => format!("{conv} convolutions, {acts} activations"),
+        }
+    }
     fn memory_available(&self) -> Option<u64> {
         self.stream.context().mem_get_info().ok().map(|(free, _total)| free as u64)
     }
