@@ -561,6 +561,20 @@ fn cuda_step_matches_cpu() {
     assert!((losses[0] - losses[1]).abs() > 1e-2 * losses[0].abs(), "{losses:?}");
 }
 
+/// Mixed precision halves the activations' bytes in the memory estimate, and nothing else: the
+/// max-pool argmax (one byte per pooled output: 896 x width per image over the three stages)
+/// stays, as do the parameters and the images.
+#[test]
+fn memory_estimate_counts_bf16_activations_at_two_bytes() {
+    use evenclass::train::MemoryEstimate;
+    let config = ModelConfig { width: 24, depth: 2, classes: 10 };
+    let f32 = MemoryEstimate::new(config, 300, 1000).unwrap();
+    let bf16 = MemoryEstimate::with_activation_bytes(config, 300, 1000, 2).unwrap();
+    assert_eq!((bf16.parameters, bf16.data), (f32.parameters, f32.data));
+    assert_eq!(2 * bf16.activations - f32.activations, 300 * 896 * 24);
+    assert_eq!(CpuBackend::new().activation_bytes(), 4);
+}
+
 /// Test accuracy and the last epoch's training loss after two epochs on a tiny synthetic set.
 fn short_run_accuracy<B: Backend>(be: &B) -> (f64, f64) {
     let (tr, te) = synthetic_data(be, 3, 1024, 500);
@@ -603,6 +617,8 @@ fn cuda_short_run_learns_like_cpu() {
 fn cuda_bf16_step_matches_its_cpu_reference() {
     let gpu = CudaBackend::<half::bf16>::open(0).unwrap_or_else(|e| panic!("GPU test without a usable device: {e}"));
     assert!(gpu.describe().ends_with("bf16 activations"), "{}", gpu.describe());
+    assert_eq!(gpu.activation_bytes(), 2);
+    assert_eq!(gpu.precision(), "fp32 convolutions, bf16 activations");
     let config = ModelConfig { width: 4, depth: 2, classes: 10 };
     let n = 13;
     let (data, _) = synthetic(4, 40, 1);

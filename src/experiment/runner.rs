@@ -227,7 +227,7 @@ pub fn run<B: Backend>(be: &B, spec: &ExperimentSpec, opts: &RunOptions<'_>) -> 
     // ---- memory, before allocating ----
     let max_batch = plan.train.batch_size.max(plan.train.eval_batch_size);
     let images = train_set.len() + test_set.len() + val_images;
-    let need = MemoryEstimate::new(plan.model, max_batch, images)?;
+    let need = MemoryEstimate::with_activation_bytes(plan.model, max_batch, images, be.activation_bytes())?;
     if let Some(free) = be.memory_available() {
         if need.total() > free {
             return Err(ExperimentError::Refused(format!(

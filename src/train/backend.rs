@@ -97,6 +97,11 @@ pub trait Backend {
     fn precision(&self) -> String {
         "f32".into()
     }
+    /// Bytes of one element of [`Backend::Act`] (4, or 2 for bf16), for
+    /// [`MemoryEstimate::with_activation_bytes`](super::MemoryEstimate::with_activation_bytes).
+    fn activation_bytes(&self) -> usize {
+        4
+    }
     /// Bytes that can still be allocated where the buffers live (host RAM or device memory), if
     /// known; checked against [`MemoryEstimate`](super::MemoryEstimate) before a run allocates.
     fn memory_available(&self) -> Option<u64> {

@@ -228,6 +228,9 @@ impl<A: ActDtype> Backend for CudaBackend<A> {
         let acts = if A::ACT_SUFFIX.is_empty() { "" } else { ", bf16 activations" };
         format!("{}, {} convolutions{acts}", self.name, self.conv_algo.name())
     }
+    fn activation_bytes(&self) -> usize {
+        std::mem::size_of::<A>()
+    }
     fn precision(&self) -> String {
         let acts = if A::ACT_SUFFIX.is_empty() { "f32" } else { "bf16" };
         match (self.conv_algo.name(), acts) {

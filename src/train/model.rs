@@ -617,8 +617,15 @@ impl MemoryEstimate {
     /// (train and test together). Saturates instead of overflowing; errors like [`Model::new`]
     /// on a config that is not a network.
     pub fn new(config: ModelConfig, max_batch: usize, images: usize) -> Result<Self> {
+        Self::with_activation_bytes(config, max_batch, images, 4)
+    }
+
+    /// [`MemoryEstimate::new`] with activations (and their gradients) of `bytes` each: 2 in
+    /// mixed precision ([`Backend::activation_bytes`]). Parameters stay f32.
+    pub fn with_activation_bytes(config: ModelConfig, max_batch: usize, images: usize, bytes: usize) -> Result<Self> {
         check_config(config, max_batch)?;
-        let f = 4u64; // bytes per f32 (and per i32 index)
+        let f = 4u64; // bytes per f32 parameter, gradient or momentum
+        let a = bytes as u64;
         let b = max_batch as u64;
         let sizes = activation_sizes(config);
         let acts: u64 = sizes.iter().map(|&s| s as u64).fold(0u64, u64::saturating_add);
@@ -631,7 +638,7 @@ impl MemoryEstimate {
             pooled = pooled.saturating_add(c.saturating_mul(hw * hw));
         }
         // Argmax indices are one byte each.
-        let activations = f
+        let activations = a
             .saturating_mul(b)
             .saturating_mul(acts.saturating_add(max_act.saturating_mul(2)))
             .saturating_add(b.saturating_mul(pooled));
