@@ -249,7 +249,8 @@ fn main() -> ExitCode {
             "cpu" => "--device cpu runs on the CPU".to_string(),
             _ => evenclass::cuda::why_not_usable().unwrap_or_else(|| "no usable GPU".to_string()),
         };
-        eprintln!("error: --precision bf16 is for the GPU (the CPU path is f32 only): {why}");
+        // Two lines: the reason (a driver message) can be long; the first line fits 80 columns.
+        eprintln!("error: --precision bf16 is for the GPU; the CPU path is f32 only\n  ({why})");
         return ExitCode::from(2);
     }
     let outcome = if !gpu {

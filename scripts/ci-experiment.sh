@@ -175,6 +175,17 @@ if [ "$rc" != 2 ] || ! grep -q -- "--overwrite" "$logs/refused.log"; then
     exit 1
 fi
 
+echo "ci-experiment: --precision bf16 on the CPU must be refused (exit 2), in lines of at most 80 columns"
+set +e
+run "${args[@]}" --overwrite --precision bf16 > "$logs/bf16.log" 2>&1
+rc=$?
+set -e
+if [ "$rc" != 2 ] || ! grep -q "is for the GPU" "$logs/bf16.log" || awk 'length > 80 {bad = 1} END {exit !bad}' "$logs/bf16.log"; then
+    echo "ci-experiment: --precision bf16 --device cpu exited $rc:" >&2
+    cat "$logs/bf16.log" >&2
+    exit 1
+fi
+
 echo "ci-experiment: --stage2-only"
 # It replaces the finished run, so without --overwrite it is refused (exit status 2).
 set +e
