@@ -10,10 +10,11 @@
 #   tests     every ignored GPU test (`cargo test --release -- --ignored`: the kernel families
 #             against their CPU references, the trainer's CUDA-vs-CPU tests, tests/emulator.rs's
 #             counters, one injected GPU fault);
-#   slow      the slowest GPU tests by far: the trainer's two-epoch runs (f32 and bf16
-#             activations) and the spread of injected GPU faults (tests/gpu_faults.rs:
-#             faults_spread_over_a_run, 6 of its 19 faults unless EVENCLASS_FAULT_SAMPLE says
-#             otherwise);
+#   train-f32, train-bf16, faults
+#             the slowest GPU tests by far (`slow` names all three): the trainer's two-epoch runs
+#             with f32 and with bf16 activations (7-8 minutes each on 2 cores), and the spread of
+#             injected GPU faults (tests/gpu_faults.rs: faults_spread_over_a_run, 6 of its 19
+#             faults unless EVENCLASS_FAULT_SAMPLE says otherwise);
 #   playbook  the prepared GPU run rehearsed (scripts/gpu-playbook-dry-run.sh: scripts/run-gpu.sh
 #             with DRY_RUN=1 from an unpacked bundle), whose last part is a tiny `cifar10 --device
 #             cuda` run (synthetic data, 256 images, one epoch a stage) that must write its report;
@@ -32,20 +33,22 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 asan=0
-parts=selftest,tests,slow,playbook,benches
-usage="usage: scripts/emulated-gpu-tests.sh [--asan] [--only selftest,tests,slow,playbook,benches]"
+all_parts=selftest,tests,train-f32,train-bf16,faults,playbook,benches
+parts=$all_parts
+usage="usage: scripts/emulated-gpu-tests.sh [--asan] [--only PART,...]; parts: $all_parts (slow = train-f32,train-bf16,faults)"
 while [ $# -gt 0 ]; do
     case "$1" in
     --asan) asan=1 ;;
     --only) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; parts=$2; shift ;;
-    --skip-slow) parts=${parts//slow,/} ;;
+    --skip-slow) parts=${parts//train-f32,train-bf16,faults,/} ;;
     --tests-only) parts=${parts//playbook,benches/}; parts=${parts%,} ;;
     *) echo "$usage" >&2; exit 2 ;;
     esac
     shift
 done
+parts=${parts//slow/train-f32,train-bf16,faults}
 for p in ${parts//,/ }; do
-    case "$p" in selftest | tests | slow | playbook | benches) ;; *) echo "unknown part $p; $usage" >&2; exit 2 ;; esac
+    case ",$all_parts," in *",$p,"*) ;; *) echo "unknown part $p; $usage" >&2; exit 2 ;; esac
 done
 # wants PART: whether PARTS names it.
 wants() { [[ ",$parts," == *",$1,"* ]]; }
@@ -96,6 +99,7 @@ fi
 # other trainer tests already run under it. The one injected fault of the tests part runs
 # without it too: it checks that a run survives the fault, not the kernels.
 slow=(cuda_short_run_learns_like_cpu cuda_bf16_short_run_learns_like_f32 faults_spread_over_a_run)
+slow_parts=(train-f32 train-bf16 faults)
 unchecked=(a_sync_fault_mid_run_is_survived)
 : > "$logs/tests.log"
 if wants tests; then
@@ -107,7 +111,10 @@ if wants tests; then
 fi
 offcheck=()
 wants tests && offcheck+=("${unchecked[@]}")
-wants slow && offcheck+=("${slow[@]}")
+chosen_slow=0
+for i in "${!slow[@]}"; do
+    if wants "${slow_parts[$i]}"; then offcheck+=("${slow[$i]}"); chosen_slow=$((chosen_slow + 1)); fi
+done
 if [ "${#offcheck[@]}" -gt 0 ]; then
     echo "=== GPU tests with the init check off: ${offcheck[*]}$tag ($(elapsed))"
     # The fault sweep injects 6 of its 19 faults, a new draw each day (named in the output of a
@@ -117,13 +124,15 @@ if [ "${#offcheck[@]}" -gt 0 ]; then
         tee -a "$logs/tests.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
-if wants tests || wants slow; then
+if wants tests || [ "$chosen_slow" -gt 0 ]; then
     read -r passed failed < <(grep -E '^test result:' "$logs/tests.log" |
         sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
     binaries=$(grep -cE '^test result:' "$logs/tests.log")
     if [ "$binaries" = 0 ]; then failed=$((failed + 1)); status=1; fi
-    which=$(wants tests && echo "" || echo " (the slow ones only)")
-    wants tests && ! wants slow && which=" (${#slow[@]} slow tests skipped)"
+    which=""
+    wants tests || which=" (slow tests only)"
+    skipped=$((${#slow[@]} - chosen_slow))
+    wants tests && [ "$skipped" -gt 0 ] && which=" ($skipped of the ${#slow[@]} slow tests skipped)"
     summary+=("emulated GPU tests$tag: $passed passed, $failed failed$which")
 fi
 
