@@ -43,20 +43,33 @@ fn values(len: usize, seed: u32) -> Vec<f32> {
 
 const CPU_BATCH: usize = 16;
 
-/// The convolutions of the trainer's default CPU network (width 16, depth 1; `src/train/model.rs`)
-/// at its batch, so `cargo bench --bench conv -- cpu_net` times what a training step runs.
-const NET_LAYERS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
-    ("net_stem_3to16_32x32", 3, 16, 32, 3, 1, 1),
-    ("net_16to32_32x32", 16, 32, 32, 3, 1, 1),
-    ("net_32to64_16x16", 32, 64, 16, 3, 1, 1),
-    ("net_64to128_8x8", 64, 128, 8, 3, 1, 1),
-];
+/// The convolutions of the trainer's CPU network (depth 1; `src/train/model.rs`) at its batch, so
+/// `cargo bench --bench conv -- cpu_net` times what a training step runs: width 16 (the default),
+/// or `EVENCLASS_BENCH_WIDTH` (e.g. 64: the layers 3->64 .. 256->512 of the capacity runs).
+fn net_layers() -> Vec<(String, usize, usize, usize, usize, usize, usize)> {
+    let width = match std::env::var("EVENCLASS_BENCH_WIDTH") {
+        Err(_) => 16,
+        Ok(v) => v.trim().parse().ok().filter(|&w| w > 0).unwrap_or_else(|| {
+            eprintln!("EVENCLASS_BENCH_WIDTH={v:?} is not a positive width; using 16");
+            16
+        }),
+    };
+    let stage = |c: usize, hw: usize| (format!("net_{c}to{}_{hw}x{hw}", 2 * c), c, 2 * c, hw, 3, 1, 1);
+    vec![
+        (format!("net_stem_3to{width}_32x32"), 3, width, 32, 3, 1, 1),
+        stage(width, 32),
+        stage(2 * width, 16),
+        stage(4 * width, 8),
+    ]
+}
 const NET_BATCH: usize = 256;
 const GPU_BATCH: usize = 128;
 
 fn bench_cpu(c: &mut Criterion) {
     bench_cpu_layers(c, "cpu", LAYERS, CPU_BATCH);
-    bench_cpu_layers(c, "cpu_net", NET_LAYERS, NET_BATCH);
+    let net = net_layers();
+    let net: Vec<_> = net.iter().map(|(n, c, k, hw, f, st, p)| (n.as_str(), *c, *k, *hw, *f, *st, *p)).collect();
+    bench_cpu_layers(c, "cpu_net", &net, NET_BATCH);
 }
 
 fn bench_cpu_layers(

@@ -17,13 +17,14 @@
 //!   29-31% on 8x8 ones, `docs/performance.md`).
 //! - data gradient: the forward pass of the output gradient with the filters flipped and
 //!   transposed, padded by `2 - pad` (the same kernel).
-//! - weight gradient: per 4 filters, input channel and filter row, 4 x 3 (filter, tap column)
-//!   accumulators over every output vector of a tile of images, summed horizontally once per tile.
-//!   Threads split the filters (never the images), so each weight's sum runs in one fixed order:
-//!   the result does not depend on the thread count. With AVX-512 on planes at most 16 wide and
-//!   at least 32 filters, the filters go in the lanes instead ([`lanes_wgrad`]): per output
-//!   pixel, one load of 16 or 32 filters' (transposed) output gradient and one broadcast per
-//!   input (channel, tap); threads split the (channel, tap) pairs.
+//! - weight gradient: with AVX-512 and at least 8 input channels, a GEMM with the filters in the
+//!   lanes ([`lanes_wgrad`]): the output gradient transposed into panels of 32 filters, per pixel
+//!   2 panel loads, 12 broadcasts of input pixels straight from the padded planes and 24 FMAs
+//!   into register accumulators; threads split the (channel, tap) pairs. Otherwise (AVX2, or a
+//!   network's first layer) per 4 filters, input channel and filter row, 4 x 3 (filter, tap
+//!   column) accumulators over every output vector of a tile of images, summed horizontally once
+//!   per tile; threads split the filters. Never the images or pixels: each weight's sum runs in
+//!   one fixed order, and the result does not depend on the thread count.
 //!
 //! The vector width is the widest the CPU has whose vectors tile the output plane (the input
 //! plane for the data gradient): a 32- or 16-wide layer runs on AVX-512 where there is one, an
@@ -357,10 +358,10 @@ pub(crate) fn backward_weight_into(sh: &Conv2dShape, x: &[f32], dy: &[f32], dw: 
 fn backward_weight_with(isa: Isa, sh: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], beta: f32) {
     assert!(is_3x3_same_family(sh) && isa.fits(sh.oh, sh.ow) && isa.cpu_has());
     let d = Dims::new(sh.c, sh.k, sh.h, sh.w, sh.opts.pad[0], sh.opts.pad[1], isa);
-    // Filters in the lanes where that measured faster: 16- and 8-wide planes with at least 32
-    // filters (22-28% less time on the default network's 16x16 and 8x8 layers); the same on
-    // its 32x32 layer, and 2.8x slower on the 16-filter stem (`docs/performance.md`).
-    if matches!(isa, Isa::Avx512 | Isa::Avx512Rows2) && d.cout >= 32 && d.ow <= 16 {
+    // Filters in the lanes with AVX-512 from 8 input channels on: 1.2x to 3.5x faster than the
+    // pixel-lane kernel below on the width-16 and width-64 networks' layers, slower on their
+    // first layers (3 channels; `docs/performance.md`).
+    if lanes_wgrad::applies(&d) {
         return lanes_wgrad::run(&d, sh.n, x, dy, dw, beta);
     }
     // 8 filters per block with AVX-512 (24 accumulators) measured 1.3x to 1.6x slower than 4.
@@ -400,83 +401,146 @@ fn backward_weight_with(isa: Isa, sh: &Conv2dShape, x: &[f32], dy: &[f32], dw: &
     });
 }
 
-/// The weight gradient with 16 filters in the lanes of a vector (AVX-512): for each output pixel,
-/// one load of the output gradient of 16 (or 32) filters, transposed once per image so that they
-/// are contiguous, and one broadcast of an input pixel per (channel, tap), into `KV x T`
-/// accumulators that sum over the pixels without any horizontal sum.
+/// The weight gradient as a GEMM with the filters in the lanes (AVX-512). `dw[k][j]`, `j` a
+/// (channel, tap) pair, is the sum over output pixels of `dy[k][pix]` times the input pixel that
+/// tap reads. Per tile of output pixels (whole images, or rows of one image):
+/// - the output gradient is transposed, 16 x 16 blocks in registers, into panels of 32 filters,
+///   `A[pix][32]` (filters past `cout` zero), so one panel load per pixel feeds 32 filters;
+/// - the tile's input channels are zero-padded, as for the forward pass;
+/// - for each chunk of `R` (channel, filter row) pairs, `3 R` (channel, tap) pairs, the
+///   micro-kernel runs over the tile's pixels with `KV x 3 R` accumulators (`KV` filter vectors)
+///   in registers: per pixel `KV` panel loads, `3 R` broadcasts of input pixels and `3 KV R`
+///   FMAs. The broadcasts address `R` row pointers with one shared index and the tap as a
+///   constant displacement, so nothing like im2col is ever built, and there are no horizontal
+///   sums; the chunk's sums are added to the thread's accumulators once per tile.
+///
+/// Threads split the chunks (never the pixels), so each weight's sum runs over the tiles in order
+/// and over a tile's pixels in order: the result does not depend on the thread count. Each thread
+/// transposes every tile's gradient and pads its own channels itself; a barrier per tile to share
+/// the transposes would cost more than they do at these sizes.
 mod lanes_wgrad {
     use super::*;
 
-    /// Filter vectors (of 16) and (channel, tap) pairs per micro-kernel: `KV * T` = 24
-    /// accumulators, `KV` loads and `T` broadcasts per pixel.
-    const T2: usize = 12;
-    const T1: usize = 24;
-    /// Output pixels per tile (rounded up to whole rows): the transposed gradient of a tile (32 KB
-    /// at 32 filters) stays in L1. 64, 128 and 1,024 measured no faster.
-    const TILE_PIXELS: usize = 256;
+    /// (channel, filter row) pairs per micro-kernel with 2 filter vectors (4 x 3 x 2 = 24
+    /// accumulators) and with 1 (8 x 3 = 24).
+    const R2: usize = 4;
+    const R1: usize = 8;
+    /// Most output pixels per tile: whole images where a plane has at most this many, else rows of
+    /// one image.
+    const TILE_MAX: usize = 1024;
+    /// Floats of transposed gradient per tile (1 MiB: half this CPU's L2 per core), which bounds
+    /// the tile's pixels for many filters. 1/8 to 4x this measured no faster on the width-16 and
+    /// width-64 networks' layers.
+    const PANEL_FLOATS: usize = 1 << 18;
+
+    /// Output rows `p0..p0 + rows` of images `img0..img0 + imgs` (all rows where `imgs > 1`).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Tile {
+        img0: usize,
+        imgs: usize,
+        p0: usize,
+        rows: usize,
+    }
+
+    impl Tile {
+        fn pixels(&self, ow: usize) -> usize {
+            self.imgs * self.rows * ow
+        }
+    }
+
+    /// Whether this kernel runs the layer: AVX-512, at least 8 input channels (with 3, a
+    /// network's first layer, there are 3 chunks of pairs for 2 threads, and the pixel-lane
+    /// kernel measured 1.6x faster), a tile holds at least one output row.
+    pub(super) fn applies(d: &Dims) -> bool {
+        matches!(d.isa, Isa::Avx512 | Isa::Avx512Rows2) && d.isa.cpu_has() && d.cin >= 8 && d.ow <= TILE_MAX
+    }
+
+    /// The tiles of `n` images, in the order every weight's sum runs.
+    fn tiles(d: &Dims, n: usize) -> Vec<Tile> {
+        let pq = d.oh * d.ow;
+        let tile_max = (PANEL_FLOATS / (d.cout.div_ceil(32) * 32)).clamp(d.ow, TILE_MAX);
+        let mut out = Vec::new();
+        if pq <= tile_max {
+            let per = tile_max / pq;
+            for img0 in (0..n).step_by(per) {
+                out.push(Tile { img0, imgs: per.min(n - img0), p0: 0, rows: d.oh });
+            }
+        } else {
+            let rows = tile_max / d.ow;
+            for img0 in 0..n {
+                for p0 in (0..d.oh).step_by(rows) {
+                    out.push(Tile { img0, imgs: 1, p0, rows: rows.min(d.oh - p0) });
+                }
+            }
+        }
+        out
+    }
+
+    /// A 64-byte aligned window of `len` floats in `buf` (so the panel's 128-byte rows never
+    /// straddle cache lines).
+    fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+        buf.resize(len + 16, 0.0);
+        let skip = buf.as_ptr().align_offset(64).min(16);
+        &mut buf[skip..][..len]
+    }
 
     pub(super) fn run(d: &Dims, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32], beta: f32) {
-        let (pq, ct) = (d.oh * d.ow, d.cin * 9);
+        let ct = d.cin * 9;
+        assert!(applies(d) && x.len() >= n * d.in_len() && dy.len() >= n * d.out_len());
+        assert!(dw.len() >= d.cout * ct);
         let kvecs = d.cout.div_ceil(16);
-        // Blocks of 2 filter vectors (the last may have 1). Threads split the (channel, tap)
-        // pairs in chunks (never the images or pixels), so each weight's sum runs in one fixed
-        // order whatever the thread count; every thread pads each image and transposes its
-        // gradient (cheap next to the FMAs: 1 / (2 ct / threads) of them).
         let blocks = kvecs.div_ceil(2);
-        let chunk = if kvecs >= 2 { T2 } else { T1 };
-        let chunks = ct.div_ceil(chunk);
+        let r_per = if kvecs >= 2 { R2 } else { R1 };
+        let rows_total = d.cin * 3; // (channel, filter row) pairs
+        let chunks = rows_total.div_ceil(r_per);
         let runs = rayon::current_num_threads().max(1).min(chunks);
-        let tile_rows = TILE_PIXELS.div_ceil(d.ow).min(d.oh);
-        // Per run: its chunks' sums, acc[block][j - j0][32 lanes] for pairs j0..j1.
+        let tiles = tiles(d, n);
+        let panel_len = tiles.iter().map(|t| t.pixels(d.ow)).max().unwrap_or(0) * 32;
+        // Per run: acc[block][j - j0][32 lanes] for its pairs j0..j1 = 3 g0..3 g1.
         let sums: Vec<(usize, usize, Vec<f32>)> = (0..runs)
             .into_par_iter()
-            .map(|t| {
-                let (j0, j1) = (t * chunks / runs * chunk, ((t + 1) * chunks / runs * chunk).min(ct));
-                let width = j1 - j0;
+            .map(|run| {
+                let (g0, g1) = (run * chunks / runs * r_per, ((run + 1) * chunks / runs * r_per).min(rows_total));
+                let width = 3 * (g1 - g0);
+                let (c_lo, c_hi) = (g0 / 3, g1.div_ceil(3));
+                let geo_stride = (c_hi - c_lo) * d.plane();
                 let mut acc = vec![0.0f32; blocks * width * 32];
+                let mut a_buf = Vec::new();
+                let a = aligned(&mut a_buf, blocks * panel_len);
                 let mut xpad = Vec::new();
-                let mut dyt = vec![0.0f32; tile_rows * d.ow * 32];
-                for b in 0..n {
-                    pad_images(d, &x[b * d.in_len()..][..d.in_len()], 1, &mut xpad);
-                    let dyb = &dy[b * d.out_len()..][..d.out_len()];
+                for tile in &tiles {
+                    let npix = tile.pixels(d.ow);
                     for blk in 0..blocks {
-                        let (k0, kv) = (blk * 32, (kvecs - blk * 2).min(2));
-                        let a = &mut acc[blk * width * 32..][..width * 32];
-                        for p0 in (0..d.oh).step_by(tile_rows) {
-                            let rows = tile_rows.min(d.oh - p0);
-                            // dyt[pix][kv * 16]: filters past cout are zero.
-                            for (i, pix) in (p0 * d.ow..(p0 + rows) * d.ow).enumerate() {
-                                for l in 0..kv * 16 {
-                                    let k = k0 + l;
-                                    dyt[i * kv * 16 + l] = if k < d.cout { dyb[k * pq + pix] } else { 0.0 };
-                                }
-                            }
-                            let t_max = if kv == 2 { T2 } else { T1 };
-                            for c0 in (j0..j1).step_by(t_max) {
-                                // Offsets of the chunk's (channel, tap) pairs in xpad; a short last
-                                // chunk repeats its last pair (computed, never stored).
-                                let mut offs = [0usize; T1];
-                                for (i, o) in offs.iter_mut().enumerate().take(t_max) {
-                                    let j = (c0 + i).min(j1 - 1);
-                                    let (c, t) = (j / 9, j % 9);
-                                    *o = c * d.plane() + (t / 3) * d.wp + t % 3;
-                                }
-                                let live = t_max.min(j1 - c0);
-                                let dst = &mut a[(c0 - j0) * 32..];
-                                // SAFETY: the caller checked AVX-512F (`isa.cpu_has()`); `tile`
-                                // asserts its bounds.
-                                unsafe {
-                                    if kv == 2 {
-                                        tile::<2, T2>(d, &xpad, &dyt, p0, rows, &offs, dst, live);
-                                    } else {
-                                        tile::<1, T1>(d, &xpad, &dyt, p0, rows, &offs, dst, live);
-                                    }
+                        let kv = (kvecs - 2 * blk).min(2);
+                        transpose_panel(d, dy, tile, blk * 32, kv, &mut a[blk * panel_len..][..npix * kv * 16]);
+                    }
+                    pad_channels(d, x, tile, c_lo, c_hi, &mut xpad);
+                    let geo = RowGeo { imgs: tile.imgs, img_stride: geo_stride, rows: tile.rows, ow: d.ow, wp: d.wp };
+                    for r0 in (g0..g1).step_by(r_per) {
+                        let live = r_per.min(g1 - r0);
+                        // Offsets of the chunk's rows in `xpad`; a short last chunk repeats its
+                        // last row (computed, never stored).
+                        let mut rows = [0usize; R1];
+                        for (i, o) in rows.iter_mut().enumerate().take(r_per) {
+                            let g = (r0 + i).min(r0 + live - 1);
+                            *o = (g / 3 - c_lo) * d.plane() + (tile.p0 + g % 3) * d.wp;
+                        }
+                        for blk in 0..blocks {
+                            let kv = (kvecs - 2 * blk).min(2);
+                            let panel = &a[blk * panel_len..][..npix * kv * 16];
+                            let dst = &mut acc[(blk * width + 3 * (r0 - g0)) * 32..];
+                            // SAFETY: `applies` checked AVX-512F; `micro` asserts its bounds.
+                            unsafe {
+                                match (kv, r_per) {
+                                    (2, _) => micro::<2, R2, { 3 * R2 }>(panel, &xpad, &rows, geo, dst, live),
+                                    (_, R2) => micro::<1, R2, { 3 * R2 }>(panel, &xpad, &rows, geo, dst, live),
+                                    _ => micro::<1, R1, { 3 * R1 }>(panel, &xpad, &rows, geo, dst, live),
                                 }
                             }
                         }
                     }
                 }
-                (j0, j1, acc)
+                (3 * g0, 3 * g1, acc)
             })
             .collect();
         // dw is [k][ct].
@@ -492,53 +556,181 @@ mod lanes_wgrad {
         }
     }
 
-    /// Adds to `acc[i][..KV * 16]` (i < live; stride 32) the sums over the tile's pixels of
-    /// `dyt[pix][..KV * 16] * xpad[pixel's tap 0 + offs[i]]`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F. `xpad` holds `cin` padded planes, every `offs[i]` is
-    /// `c * plane + r * wp + s` with `c < cin`, `r, s < 3`; `dyt` holds `rows * ow * KV * 16`
-    /// values; `acc` at least `(live - 1) * 32 + KV * 16`.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const KV: usize, const T: usize>(
-        d: &Dims,
-        xpad: &[f32],
-        dyt: &[f32],
-        p0: usize,
-        rows: usize,
-        offs: &[usize; T1],
-        acc: &mut [f32],
-        live: usize,
-    ) {
-        assert!(xpad.len() >= d.cin * d.plane() && dyt.len() >= rows * d.ow * KV * 16);
-        assert!(live <= T && acc.len() >= (live - 1) * 32 + KV * 16 && p0 + rows <= d.oh);
-        assert!(offs.iter().take(T).all(|&o| o <= (d.cin - 1) * d.plane() + 2 * d.wp + 2));
-        // SAFETY: the asserts above; the pixel (p, q) with p < oh, q < ow reads xpad at
-        // p * wp + q + off <= (oh - 1) * wp + ow - 1 + (cin - 1) * plane + 2 * wp + 2
-        // = cin * plane - 1 (hp = oh + 2, wp = ow + 2).
-        unsafe {
-            let mut v: [[__m512; T]; KV] = [[_mm512_setzero_ps(); T]; KV];
-            let xp = xpad.as_ptr();
-            let mut g_ptr = dyt.as_ptr();
-            for p in p0..p0 + rows {
-                let row = xp.add(p * d.wp);
-                for q in 0..d.ow {
-                    let g: [__m512; KV] = std::array::from_fn(|k| _mm512_loadu_ps(g_ptr.add(k * 16)));
-                    g_ptr = g_ptr.add(KV * 16);
-                    let px = row.add(q);
-                    for i in 0..T {
-                        let xb = _mm512_set1_ps(*px.add(offs[i]));
-                        for k in 0..KV {
-                            v[k][i] = _mm512_fmadd_ps(g[k], xb, v[k][i]);
-                        }
+    /// `panel[pix][kv * 16]` = the output gradient of filters `k0..k0 + kv * 16` (zero past
+    /// `cout`) at the tile's pixels, in tile order.
+    fn transpose_panel(d: &Dims, dy: &[f32], tile: &Tile, k0: usize, kv: usize, panel: &mut [f32]) {
+        let (pq, ow) = (d.oh * d.ow, d.ow);
+        let seg = tile.rows * ow; // pixels of one image in the tile
+        let stride = kv * 16;
+        assert!(panel.len() >= tile.imgs * seg * stride && (tile.img0 + tile.imgs) * d.cout * pq <= dy.len());
+        assert!(tile.p0 + tile.rows <= d.oh && k0 + (kv - 1) * 16 < d.cout && d.isa.cpu_has());
+        assert!(matches!(d.isa, Isa::Avx512 | Isa::Avx512Rows2));
+        let full = seg / 16 * 16;
+        for i in 0..tile.imgs {
+            let base = (tile.img0 + i) * d.cout * pq + tile.p0 * ow; // filter 0's first pixel
+            for g in 0..kv {
+                let kg = k0 + g * 16;
+                let live = (d.cout - kg).min(16);
+                let out0 = i * seg * stride + g * 16;
+                for u in (0..full).step_by(16) {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX-512F (asserted); filter `kg + f`, `f < live`, is below `cout`
+                    // and reads `dy[base + (kg + f) * pq + u..][..16]`, inside its plane's
+                    // segment (`u + 16 <= seg`); the 16 stores of 16 go to
+                    // `panel[out0 + (u + r) * stride..][..16]`, `u + r < seg`,
+                    // `g * 16 + 16 <= stride` (the assert on `panel.len()`).
+                    unsafe {
+                        transpose16(
+                            dy.as_ptr().add(base + kg * pq + u),
+                            pq,
+                            live,
+                            panel.as_mut_ptr().add(out0 + u * stride),
+                            stride,
+                        );
+                    }
+                }
+                for u in full..seg {
+                    for f in 0..16 {
+                        panel[out0 + u * stride + f] = if f < live { dy[base + (kg + f) * pq + u] } else { 0.0 };
                     }
                 }
             }
-            for i in 0..live {
+        }
+    }
+
+    /// Transposes 16 rows of 16 floats (`src + f * src_stride`, rows `live..16` taken as zero)
+    /// into 16 rows of 16 (`dst + r * dst_stride`): `dst[r][f] = src[f][r]`.
+    ///
+    /// # Safety
+    /// AVX-512F is present; `src[f * src_stride..][..16]` is readable for `f < live`,
+    /// `dst[r * dst_stride..][..16]` writable for `r < 16`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(src: *const f32, src_stride: usize, live: usize, dst: *mut f32, dst_stride: usize) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let r: [__m512; 16] = if live == 16 {
+                std::array::from_fn(|f| _mm512_loadu_ps(src.add(f * src_stride)))
+            } else {
+                std::array::from_fn(|f| {
+                    if f < live {
+                        _mm512_loadu_ps(src.add(f * src_stride))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                })
+            };
+            // Pairs of rows interleaved by 32 bits, then by 64: 128-bit lane l of u[4 i + m] holds
+            // rows 4 i .. 4 i + 3 of column 4 l + m.
+            let t: [__m512; 16] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            let u: [__m512; 16] = std::array::from_fn(|i| {
+                let (q, m) = (i / 4 * 4, i % 4);
+                let (a, b) = (_mm512_castps_pd(t[q + m / 2]), _mm512_castps_pd(t[q + m / 2 + 2]));
+                _mm512_castpd_ps(if m % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+            });
+            // Then the 4 x 4 transpose of 128-bit lanes across u[m], u[4 + m], u[8 + m], u[12 + m]:
+            // column 4 l + m is lane l of each.
+            for m in 0..4 {
+                let v0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+                let v1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+                let v2 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+                let v3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+                _mm512_storeu_ps(dst.add(m * dst_stride), _mm512_shuffle_f32x4::<0x88>(v0, v2));
+                _mm512_storeu_ps(dst.add((4 + m) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(v0, v2));
+                _mm512_storeu_ps(dst.add((8 + m) * dst_stride), _mm512_shuffle_f32x4::<0x88>(v1, v3));
+                _mm512_storeu_ps(dst.add((12 + m) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(v1, v3));
+            }
+        }
+    }
+
+    /// `xpad[m][c - c_lo]` = channel `c` of the tile's image `m`, zero-padded to `hp x wp`. Only
+    /// the interior is written when `xpad` is long enough already: every tile has the same
+    /// geometry, so the zero border of the previous tile is still there.
+    fn pad_channels(d: &Dims, x: &[f32], tile: &Tile, c_lo: usize, c_hi: usize, xpad: &mut Vec<f32>) {
+        let (nch, plane, hw) = (c_hi - c_lo, d.plane(), d.h * d.w);
+        let len = tile.imgs * nch * plane;
+        if xpad.len() < len {
+            xpad.clear();
+            xpad.resize(len, 0.0);
+        }
+        for m in 0..tile.imgs {
+            let src = &x[(tile.img0 + m) * d.in_len() + c_lo * hw..][..nch * hw];
+            for (ci, s) in src.chunks_exact(hw).enumerate() {
+                let dst = &mut xpad[(m * nch + ci) * plane..][..plane];
+                for (row, line) in s.chunks_exact(d.w).enumerate() {
+                    dst[(row + d.ph) * d.wp + d.pw..][..d.w].copy_from_slice(line);
+                }
+            }
+        }
+    }
+
+    /// Where a tile's pixels lie in the padded input: `imgs` images `img_stride` apart, `rows`
+    /// output rows of `ow` pixels, padded rows `wp` apart.
+    #[derive(Clone, Copy)]
+    struct RowGeo {
+        imgs: usize,
+        img_stride: usize,
+        rows: usize,
+        ow: usize,
+        wp: usize,
+    }
+
+    /// Adds to `acc[i * 32..][..KV * 16]` (`i < 3 live`) the sums over the tile's pixels of
+    /// `panel[pix][..KV * 16]` times the input that tap `i % 3` of row `rows[i / 3]` reads:
+    /// `xpad[rows[i / 3] + m * img_stride + p * wp + q + i % 3]` at image `m`, row `p`, column `q`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F (the slices' bounds are asserted).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn micro<const KV: usize, const R: usize, const T: usize>(
+        panel: &[f32],
+        xpad: &[f32],
+        rows: &[usize; R1],
+        geo: RowGeo,
+        acc: &mut [f32],
+        live: usize,
+    ) {
+        assert!(T == 3 * R && R <= R1 && (1..=R).contains(&live) && geo.ow + 2 <= geo.wp);
+        let npix = geo.imgs * geo.rows * geo.ow;
+        assert!(panel.len() >= npix * KV * 16 && acc.len() >= (3 * live - 1) * 32 + KV * 16);
+        let last = (geo.imgs - 1) * geo.img_stride + (geo.rows - 1) * geo.wp + geo.ow + 1;
+        assert!(rows.iter().take(R).all(|&r| r + last < xpad.len()));
+        // SAFETY: the asserts above: pixel (m, p, q) reads `panel` below `npix * KV * 16` and
+        // `xpad[rows[i] + m * img_stride + p * wp + q + s]`, `s <= 2`, at most `rows[i] + last`;
+        // the sums go to `acc[i * 32 + k * 16..][..16]`, `i < 3 live`, `k < KV`.
+        unsafe {
+            let bases: [*const f32; R] = std::array::from_fn(|i| xpad.as_ptr().add(rows[i]));
+            let mut v = [[_mm512_setzero_ps(); T]; KV];
+            let mut ap = panel.as_ptr();
+            for m in 0..geo.imgs {
+                for p in 0..geo.rows {
+                    let off0 = m * geo.img_stride + p * geo.wp;
+                    for off in off0..off0 + geo.ow {
+                        let g: [__m512; KV] = std::array::from_fn(|k| _mm512_loadu_ps(ap.add(k * 16)));
+                        for (i, b) in bases.iter().enumerate() {
+                            for s in 0..3 {
+                                let xb = _mm512_set1_ps(*b.add(off + s));
+                                for k in 0..KV {
+                                    v[k][3 * i + s] = _mm512_fmadd_ps(g[k], xb, v[k][3 * i + s]);
+                                }
+                            }
+                        }
+                        ap = ap.add(KV * 16);
+                    }
+                }
+            }
+            for i in 0..3 * live {
                 for (k, vk) in v.iter().enumerate() {
-                    let a = acc.as_mut_ptr().add(i * 32 + k * 16);
-                    _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), vk[i]));
+                    let p = acc.as_mut_ptr().add(i * 32 + k * 16);
+                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), vk[i]));
                 }
             }
         }
@@ -842,7 +1034,20 @@ mod tests {
             // More than 32 filters, not a multiple of 16: two filter vectors per block, then one.
             (2, 3, 37, 5, 16, 1),
             (1, 2, 33, 4, 8, 1),
+            // At least 8 input channels: the filters-in-lanes weight gradient with AVX-512. One
+            // filter vector (8 rows per chunk); three (blocks of 2, then 1) with a short last
+            // chunk of rows (27 = 6 x 4 + 3); pads 0 and 2; two rows of 8 per vector; a plane of
+            // 1,440 pixels in tiles of rows (21 + 9); and 900 filters, whose tiles of 35 rows of
+            // 8 leave 8 pixels past the last 16 (the transpose's scalar tail).
+            (2, 8, 16, 16, 16, 1),
+            (2, 9, 37, 5, 16, 1),
+            (1, 10, 33, 6, 18, 0),
+            (1, 8, 20, 4, 14, 2),
+            (2, 12, 40, 6, 8, 1),
+            (1, 8, 24, 30, 48, 1),
+            (1, 8, 900, 36, 8, 1),
         ];
+        let mut lanes = 0;
         for (i, &(n, c, k, h, w, pad)) in shapes.iter().enumerate() {
             let sh = Conv2dShape::new([n, c, h, w], [k, c, 3, 3], Conv2dOpts::square(1, pad)).unwrap();
             let seed = 10 * i as u64;
@@ -858,6 +1063,8 @@ mod tests {
             for &isa in &isas {
                 let tag = format!("{isa:?} shape {i}");
                 if isa.fits(sh.oh, sh.ow) {
+                    let d = Dims::new(sh.c, sh.k, sh.h, sh.w, pad, pad, isa);
+                    lanes += usize::from(lanes_wgrad::applies(&d));
                     let mut y = vec![f32::NAN; sh.output_len()];
                     forward_with(isa, &sh, &x, &wt, Some(&b), &mut y);
                     close(&format!("{tag} y"), &y, &y_ref);
@@ -865,6 +1072,14 @@ mod tests {
                     let want: Vec<f32> = dw.iter().zip(&dw_ref).map(|(o, g)| 0.5 * o + g).collect();
                     backward_weight_with(isa, &sh, &x, &dy, &mut dw, 0.5);
                     close(&format!("{tag} dw"), &dw, &want);
+                    // The same bits on 1 and 3 threads: no sum is split between threads.
+                    let on = |threads: usize| {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        let mut dw = vec![f32::NAN; sh.filter_len()];
+                        pool.install(|| backward_weight_with(isa, &sh, &x, &dy, &mut dw, 0.0));
+                        dw
+                    };
+                    assert_eq!(on(1), on(3), "{tag} dw on 1 and 3 threads");
                 }
                 if isa.fits(sh.h, sh.w) {
                     let mut dx = vec![f32::NAN; sh.input_len()];
@@ -872,6 +1087,10 @@ mod tests {
                     close(&format!("{tag} dx"), &dx, &dx_ref);
                 }
             }
+        }
+        // The filters-in-lanes weight gradient ran on the 7 shapes meant for it (some twice).
+        if Isa::Avx512.cpu_has() {
+            assert!(lanes >= 7, "the filters-in-lanes kernel ran on {lanes} shapes");
         }
     }
 }
