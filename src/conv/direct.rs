@@ -401,11 +401,13 @@ fn backward_weight_with(isa: Isa, sh: &Conv2dShape, x: &[f32], dy: &[f32], dw: &
     });
 }
 
-/// The weight gradient as a GEMM with the filters in the lanes (AVX-512). `dw[k][j]`, `j` a
-/// (channel, tap) pair, is the sum over output pixels of `dy[k][pix]` times the input pixel that
-/// tap reads. Per tile of output pixels (whole images, or rows of one image):
-/// - the output gradient is transposed, 16 x 16 blocks in registers, into panels of 32 filters,
-///   `A[pix][32]` (filters past `cout` zero), so one panel load per pixel feeds 32 filters;
+/// The weight gradient as a GEMM with the filters in the lanes (AVX-512, or AVX2 at half the
+/// width). `dw[k][j]`, `j` a (channel, tap) pair, is the sum over output pixels of `dy[k][pix]`
+/// times the input pixel that tap reads. Per tile of output pixels (whole images, or rows of one
+/// image):
+/// - the output gradient is transposed, `L x L` blocks in registers (`L` lanes: 16, or 8), into
+///   panels of `2 L` filters, `A[pix][2 L]` (filters past `cout` zero), so a panel load per pixel
+///   feeds `L` filters;
 /// - the tile's input channels are zero-padded, as for the forward pass;
 /// - for each chunk of `R` (channel, filter row) pairs, `3 R` (channel, tap) pairs, the
 ///   micro-kernel runs over the tile's pixels with `KV x 3 R` accumulators (`KV` filter vectors)
@@ -421,10 +423,13 @@ fn backward_weight_with(isa: Isa, sh: &Conv2dShape, x: &[f32], dy: &[f32], dw: &
 mod lanes_wgrad {
     use super::*;
 
-    /// (channel, filter row) pairs per micro-kernel with 2 filter vectors (4 x 3 x 2 = 24
-    /// accumulators) and with 1 (8 x 3 = 24).
+    /// (channel, filter row) pairs per micro-kernel with 2 filter vectors and with 1: AVX-512
+    /// (32 registers) 4 x 3 x 2 = 24 accumulators, and 8 x 3 = 24; AVX2 (16) 2 x 3 x 2 = 12, and
+    /// 4 x 3 = 12.
     const R2: usize = 4;
     const R1: usize = 8;
+    const R2_AVX2: usize = 2;
+    const R1_AVX2: usize = 4;
     /// Most output pixels per tile: whole images where a plane has at most this many, else rows of
     /// one image.
     const TILE_MAX: usize = 1024;
@@ -448,17 +453,18 @@ mod lanes_wgrad {
         }
     }
 
-    /// Whether this kernel runs the layer: AVX-512, at least 8 input channels (with 3, a
-    /// network's first layer, there are 3 chunks of pairs for 2 threads, and the pixel-lane
-    /// kernel measured 1.6x faster), a tile holds at least one output row.
+    /// Whether this kernel runs the layer: at least 8 input channels (with 3, a network's first
+    /// layer, there are 3 chunks of pairs for 2 threads, and the pixel-lane kernel measured 1.6x
+    /// faster), a tile holds at least one output row.
     pub(super) fn applies(d: &Dims) -> bool {
-        matches!(d.isa, Isa::Avx512 | Isa::Avx512Rows2) && d.isa.cpu_has() && d.cin >= 8 && d.ow <= TILE_MAX
+        d.isa.cpu_has() && d.cin >= 8 && d.ow <= TILE_MAX
     }
 
     /// The tiles of `n` images, in the order every weight's sum runs.
     fn tiles(d: &Dims, n: usize) -> Vec<Tile> {
         let pq = d.oh * d.ow;
-        let tile_max = (PANEL_FLOATS / (d.cout.div_ceil(32) * 32)).clamp(d.ow, TILE_MAX);
+        let pw = 2 * d.lanes();
+        let tile_max = (PANEL_FLOATS / (d.cout.div_ceil(pw) * pw)).clamp(d.ow, TILE_MAX);
         let mut out = Vec::new();
         if pq <= tile_max {
             let per = tile_max / pq;
@@ -488,15 +494,22 @@ mod lanes_wgrad {
         let ct = d.cin * 9;
         assert!(applies(d) && x.len() >= n * d.in_len() && dy.len() >= n * d.out_len());
         assert!(dw.len() >= d.cout * ct);
-        let kvecs = d.cout.div_ceil(16);
+        let (l, avx2) = (d.lanes(), d.isa == Isa::Avx2);
+        let pw = 2 * l; // filters per panel
+        let kvecs = d.cout.div_ceil(l);
         let blocks = kvecs.div_ceil(2);
-        let r_per = if kvecs >= 2 { R2 } else { R1 };
+        let r_per = match (kvecs >= 2, avx2) {
+            (true, false) => R2,
+            (false, false) => R1,
+            (true, true) => R2_AVX2,
+            (false, true) => R1_AVX2,
+        };
         let rows_total = d.cin * 3; // (channel, filter row) pairs
         let chunks = rows_total.div_ceil(r_per);
         let runs = rayon::current_num_threads().max(1).min(chunks);
         let tiles = tiles(d, n);
-        let panel_len = tiles.iter().map(|t| t.pixels(d.ow)).max().unwrap_or(0) * 32;
-        // Per run: acc[block][j - j0][32 lanes] for its pairs j0..j1 = 3 g0..3 g1.
+        let panel_len = tiles.iter().map(|t| t.pixels(d.ow)).max().unwrap_or(0) * pw;
+        // Per run: acc[block][j - j0][pw lanes] for its pairs j0..j1 = 3 g0..3 g1.
         let sums: Vec<(usize, usize, Vec<f32>)> = (0..runs)
             .into_par_iter()
             .map(|run| {
@@ -504,7 +517,7 @@ mod lanes_wgrad {
                 let width = 3 * (g1 - g0);
                 let (c_lo, c_hi) = (g0 / 3, g1.div_ceil(3));
                 let geo_stride = (c_hi - c_lo) * d.plane();
-                let mut acc = vec![0.0f32; blocks * width * 32];
+                let mut acc = vec![0.0f32; blocks * width * pw];
                 let mut a_buf = Vec::new();
                 let a = aligned(&mut a_buf, blocks * panel_len);
                 let mut xpad = Vec::new();
@@ -512,7 +525,7 @@ mod lanes_wgrad {
                     let npix = tile.pixels(d.ow);
                     for blk in 0..blocks {
                         let kv = (kvecs - 2 * blk).min(2);
-                        transpose_panel(d, dy, tile, blk * 32, kv, &mut a[blk * panel_len..][..npix * kv * 16]);
+                        transpose_panel(d, dy, tile, blk * pw, kv, &mut a[blk * panel_len..][..npix * kv * l]);
                     }
                     pad_channels(d, x, tile, c_lo, c_hi, &mut xpad);
                     let geo = RowGeo { imgs: tile.imgs, img_stride: geo_stride, rows: tile.rows, ow: d.ow, wp: d.wp };
@@ -527,14 +540,31 @@ mod lanes_wgrad {
                         }
                         for blk in 0..blocks {
                             let kv = (kvecs - 2 * blk).min(2);
-                            let panel = &a[blk * panel_len..][..npix * kv * 16];
-                            let dst = &mut acc[(blk * width + 3 * (r0 - g0)) * 32..];
-                            // SAFETY: `applies` checked AVX-512F; `micro` asserts its bounds.
+                            let panel = &a[blk * panel_len..][..npix * kv * l];
+                            let dst = &mut acc[(blk * width + 3 * (r0 - g0)) * pw..];
+                            #[cfg(target_arch = "x86_64")]
+                            // SAFETY: `applies` checked the CPU has `d.isa`'s instructions; the
+                            // micro-kernels assert their bounds.
                             unsafe {
-                                match (kv, r_per) {
-                                    (2, _) => micro::<2, R2, { 3 * R2 }>(panel, &xpad, &rows, geo, dst, live),
-                                    (_, R2) => micro::<1, R2, { 3 * R2 }>(panel, &xpad, &rows, geo, dst, live),
-                                    _ => micro::<1, R1, { 3 * R1 }>(panel, &xpad, &rows, geo, dst, live),
+                                match (avx2, kv, r_per) {
+                                    (false, 2, _) => {
+                                        m512::micro::<2, R2, { 3 * R2 }>(panel, &xpad, &rows, geo, dst, live)
+                                    }
+                                    (false, _, R2) => {
+                                        m512::micro::<1, R2, { 3 * R2 }>(panel, &xpad, &rows, geo, dst, live)
+                                    }
+                                    (false, _, _) => {
+                                        m512::micro::<1, R1, { 3 * R1 }>(panel, &xpad, &rows, geo, dst, live)
+                                    }
+                                    (true, 2, _) => {
+                                        m256::micro::<2, R2_AVX2, { 3 * R2_AVX2 }>(panel, &xpad, &rows, geo, dst, live)
+                                    }
+                                    (true, _, R2_AVX2) => {
+                                        m256::micro::<1, R2_AVX2, { 3 * R2_AVX2 }>(panel, &xpad, &rows, geo, dst, live)
+                                    }
+                                    (true, _, _) => {
+                                        m256::micro::<1, R1_AVX2, { 3 * R1_AVX2 }>(panel, &xpad, &rows, geo, dst, live)
+                                    }
                                 }
                             }
                         }
@@ -547,105 +577,51 @@ mod lanes_wgrad {
         for (j0, j1, acc) in sums {
             let width = j1 - j0;
             for (k, row) in dw.chunks_exact_mut(ct).enumerate().take(d.cout) {
-                let (blk, lane) = (k / 32, k % 32);
+                let (blk, lane) = (k / pw, k % pw);
                 for (j, o) in row[j0..j1].iter_mut().enumerate() {
-                    let g = acc[(blk * width + j) * 32 + lane];
+                    let g = acc[(blk * width + j) * pw + lane];
                     *o = if beta == 0.0 { g } else { beta * *o + g };
                 }
             }
         }
     }
 
-    /// `panel[pix][kv * 16]` = the output gradient of filters `k0..k0 + kv * 16` (zero past
-    /// `cout`) at the tile's pixels, in tile order.
+    /// `panel[pix][kv * L]` = the output gradient of filters `k0..k0 + kv * L` (zero past `cout`)
+    /// at the tile's pixels, in tile order.
     fn transpose_panel(d: &Dims, dy: &[f32], tile: &Tile, k0: usize, kv: usize, panel: &mut [f32]) {
-        let (pq, ow) = (d.oh * d.ow, d.ow);
+        let (pq, ow, l) = (d.oh * d.ow, d.ow, d.lanes());
         let seg = tile.rows * ow; // pixels of one image in the tile
-        let stride = kv * 16;
+        let stride = kv * l;
         assert!(panel.len() >= tile.imgs * seg * stride && (tile.img0 + tile.imgs) * d.cout * pq <= dy.len());
-        assert!(tile.p0 + tile.rows <= d.oh && k0 + (kv - 1) * 16 < d.cout && d.isa.cpu_has());
-        assert!(matches!(d.isa, Isa::Avx512 | Isa::Avx512Rows2));
-        let full = seg / 16 * 16;
+        assert!(tile.p0 + tile.rows <= d.oh && k0 + (kv - 1) * l < d.cout && d.isa.cpu_has());
+        let full = seg / l * l;
         for i in 0..tile.imgs {
             let base = (tile.img0 + i) * d.cout * pq + tile.p0 * ow; // filter 0's first pixel
             for g in 0..kv {
-                let kg = k0 + g * 16;
-                let live = (d.cout - kg).min(16);
-                let out0 = i * seg * stride + g * 16;
-                for u in (0..full).step_by(16) {
+                let kg = k0 + g * l;
+                let live = (d.cout - kg).min(l);
+                let out0 = i * seg * stride + g * l;
+                for u in (0..full).step_by(l) {
+                    let (src, dst) = (base + kg * pq + u, out0 + u * stride);
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX-512F (asserted); filter `kg + f`, `f < live`, is below `cout`
-                    // and reads `dy[base + (kg + f) * pq + u..][..16]`, inside its plane's
-                    // segment (`u + 16 <= seg`); the 16 stores of 16 go to
-                    // `panel[out0 + (u + r) * stride..][..16]`, `u + r < seg`,
-                    // `g * 16 + 16 <= stride` (the assert on `panel.len()`).
+                    // SAFETY: the CPU has the instructions (asserted); filter `kg + f`, `f < live`,
+                    // is below `cout` and reads `dy[src + f * pq..][..l]`, inside its plane's
+                    // segment (`u + l <= seg`); the `l` stores of `l` go to
+                    // `panel[dst + r * stride..][..l]`, `u + r < seg`, `g * l + l <= stride` (the
+                    // assert on `panel.len()`).
                     unsafe {
-                        transpose16(
-                            dy.as_ptr().add(base + kg * pq + u),
-                            pq,
-                            live,
-                            panel.as_mut_ptr().add(out0 + u * stride),
-                            stride,
-                        );
+                        if d.isa == Isa::Avx2 {
+                            m256::transpose(dy.as_ptr().add(src), pq, live, panel.as_mut_ptr().add(dst), stride);
+                        } else {
+                            m512::transpose(dy.as_ptr().add(src), pq, live, panel.as_mut_ptr().add(dst), stride);
+                        }
                     }
                 }
                 for u in full..seg {
-                    for f in 0..16 {
+                    for f in 0..l {
                         panel[out0 + u * stride + f] = if f < live { dy[base + (kg + f) * pq + u] } else { 0.0 };
                     }
                 }
-            }
-        }
-    }
-
-    /// Transposes 16 rows of 16 floats (`src + f * src_stride`, rows `live..16` taken as zero)
-    /// into 16 rows of 16 (`dst + r * dst_stride`): `dst[r][f] = src[f][r]`.
-    ///
-    /// # Safety
-    /// AVX-512F is present; `src[f * src_stride..][..16]` is readable for `f < live`,
-    /// `dst[r * dst_stride..][..16]` writable for `r < 16`.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transpose16(src: *const f32, src_stride: usize, live: usize, dst: *mut f32, dst_stride: usize) {
-        // SAFETY: the caller's contract.
-        unsafe {
-            let r: [__m512; 16] = if live == 16 {
-                std::array::from_fn(|f| _mm512_loadu_ps(src.add(f * src_stride)))
-            } else {
-                std::array::from_fn(|f| {
-                    if f < live {
-                        _mm512_loadu_ps(src.add(f * src_stride))
-                    } else {
-                        _mm512_setzero_ps()
-                    }
-                })
-            };
-            // Pairs of rows interleaved by 32 bits, then by 64: 128-bit lane l of u[4 i + m] holds
-            // rows 4 i .. 4 i + 3 of column 4 l + m.
-            let t: [__m512; 16] = std::array::from_fn(|i| {
-                let (a, b) = (r[i & !1], r[i | 1]);
-                if i % 2 == 0 {
-                    _mm512_unpacklo_ps(a, b)
-                } else {
-                    _mm512_unpackhi_ps(a, b)
-                }
-            });
-            let u: [__m512; 16] = std::array::from_fn(|i| {
-                let (q, m) = (i / 4 * 4, i % 4);
-                let (a, b) = (_mm512_castps_pd(t[q + m / 2]), _mm512_castps_pd(t[q + m / 2 + 2]));
-                _mm512_castpd_ps(if m % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
-            });
-            // Then the 4 x 4 transpose of 128-bit lanes across u[m], u[4 + m], u[8 + m], u[12 + m]:
-            // column 4 l + m is lane l of each.
-            for m in 0..4 {
-                let v0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
-                let v1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
-                let v2 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
-                let v3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
-                _mm512_storeu_ps(dst.add(m * dst_stride), _mm512_shuffle_f32x4::<0x88>(v0, v2));
-                _mm512_storeu_ps(dst.add((4 + m) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(v0, v2));
-                _mm512_storeu_ps(dst.add((8 + m) * dst_stride), _mm512_shuffle_f32x4::<0x88>(v1, v3));
-                _mm512_storeu_ps(dst.add((12 + m) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(v1, v3));
             }
         }
     }
@@ -682,55 +658,200 @@ mod lanes_wgrad {
         wp: usize,
     }
 
-    /// Adds to `acc[i * 32..][..KV * 16]` (`i < 3 live`) the sums over the tile's pixels of
-    /// `panel[pix][..KV * 16]` times the input that tap `i % 3` of row `rows[i / 3]` reads:
-    /// `xpad[rows[i / 3] + m * img_stride + p * wp + q + i % 3]` at image `m`, row `p`, column `q`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F (the slices' bounds are asserted).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn micro<const KV: usize, const R: usize, const T: usize>(
-        panel: &[f32],
-        xpad: &[f32],
-        rows: &[usize; R1],
-        geo: RowGeo,
-        acc: &mut [f32],
-        live: usize,
-    ) {
-        assert!(T == 3 * R && R <= R1 && (1..=R).contains(&live) && geo.ow + 2 <= geo.wp);
-        let npix = geo.imgs * geo.rows * geo.ow;
-        assert!(panel.len() >= npix * KV * 16 && acc.len() >= (3 * live - 1) * 32 + KV * 16);
-        let last = (geo.imgs - 1) * geo.img_stride + (geo.rows - 1) * geo.wp + geo.ow + 1;
-        assert!(rows.iter().take(R).all(|&r| r + last < xpad.len()));
-        // SAFETY: the asserts above: pixel (m, p, q) reads `panel` below `npix * KV * 16` and
-        // `xpad[rows[i] + m * img_stride + p * wp + q + s]`, `s <= 2`, at most `rows[i] + last`;
-        // the sums go to `acc[i * 32 + k * 16..][..16]`, `i < 3 live`, `k < KV`.
-        unsafe {
-            let bases: [*const f32; R] = std::array::from_fn(|i| xpad.as_ptr().add(rows[i]));
-            let mut v = [[_mm512_setzero_ps(); T]; KV];
-            let mut ap = panel.as_ptr();
-            for m in 0..geo.imgs {
-                for p in 0..geo.rows {
-                    let off0 = m * geo.img_stride + p * geo.wp;
-                    for off in off0..off0 + geo.ow {
-                        let g: [__m512; KV] = std::array::from_fn(|k| _mm512_loadu_ps(ap.add(k * 16)));
-                        for (i, b) in bases.iter().enumerate() {
-                            for s in 0..3 {
-                                let xb = _mm512_set1_ps(*b.add(off + s));
-                                for k in 0..KV {
-                                    v[k][3 * i + s] = _mm512_fmadd_ps(g[k], xb, v[k][3 * i + s]);
+    /// The micro-kernel of one instruction set (`$lanes` floats a vector, panels of `2 $lanes`).
+    macro_rules! lanes_micro {
+        ($feature:literal, $lanes:literal, $vec:ty, $zero:ident, $load:ident, $store:ident, $set1:ident,
+         $fmadd:ident, $add:ident) => {
+            /// Adds to `acc[i * 2 L..][..KV * L]` (`i < 3 live`, `L` lanes) the sums over the
+            /// tile's pixels of `panel[pix][..KV * L]` times the input that tap `i % 3` of row
+            /// `rows[i / 3]` reads: `xpad[rows[i / 3] + m * img_stride + p * wp + q + i % 3]` at
+            /// image `m`, row `p`, column `q`. The `R` row offsets are base registers with one
+            /// shared index, the tap a constant displacement.
+            ///
+            /// # Safety
+            /// The CPU has the instructions of `$feature` (the slices' bounds are asserted).
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn micro<const KV: usize, const R: usize, const T: usize>(
+                panel: &[f32],
+                xpad: &[f32],
+                rows: &[usize; R1],
+                geo: RowGeo,
+                acc: &mut [f32],
+                live: usize,
+            ) {
+                const L: usize = $lanes;
+                assert!(T == 3 * R && R <= R1 && (1..=R).contains(&live) && geo.ow + 2 <= geo.wp);
+                let npix = geo.imgs * geo.rows * geo.ow;
+                assert!(panel.len() >= npix * KV * L && acc.len() >= (3 * live - 1) * 2 * L + KV * L);
+                let last = (geo.imgs - 1) * geo.img_stride + (geo.rows - 1) * geo.wp + geo.ow + 1;
+                assert!(rows.iter().take(R).all(|&r| r + last < xpad.len()));
+                // SAFETY: the asserts above: pixel (m, p, q) reads `panel` below `npix * KV * L`
+                // and `xpad[rows[i] + m * img_stride + p * wp + q + s]`, `s <= 2`, at most
+                // `rows[i] + last`; the sums go to `acc[i * 2 L + k * L..][..L]`, `i < 3 live`,
+                // `k < KV`.
+                unsafe {
+                    let bases: [*const f32; R] = std::array::from_fn(|i| xpad.as_ptr().add(rows[i]));
+                    let mut v: [[$vec; T]; KV] = [[$zero(); T]; KV];
+                    let mut ap = panel.as_ptr();
+                    for m in 0..geo.imgs {
+                        for p in 0..geo.rows {
+                            let off0 = m * geo.img_stride + p * geo.wp;
+                            for off in off0..off0 + geo.ow {
+                                let g: [$vec; KV] = std::array::from_fn(|k| $load(ap.add(k * L)));
+                                for (i, b) in bases.iter().enumerate() {
+                                    for s in 0..3 {
+                                        let xb = $set1(*b.add(off + s));
+                                        for k in 0..KV {
+                                            v[k][3 * i + s] = $fmadd(g[k], xb, v[k][3 * i + s]);
+                                        }
+                                    }
                                 }
+                                ap = ap.add(KV * L);
                             }
                         }
-                        ap = ap.add(KV * 16);
+                    }
+                    for i in 0..3 * live {
+                        for (k, vk) in v.iter().enumerate() {
+                            let p = acc.as_mut_ptr().add(i * 2 * L + k * L);
+                            $store(p, $add($load(p), vk[i]));
+                        }
                     }
                 }
             }
-            for i in 0..3 * live {
-                for (k, vk) in v.iter().enumerate() {
-                    let p = acc.as_mut_ptr().add(i * 32 + k * 16);
-                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), vk[i]));
+        };
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod m512 {
+        use super::*;
+
+        lanes_micro!(
+            "avx512f",
+            16,
+            __m512,
+            _mm512_setzero_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps,
+            _mm512_add_ps
+        );
+
+        /// Transposes 16 rows of 16 floats (`src + f * src_stride`, rows `live..16` taken as
+        /// zero) into 16 rows of 16 (`dst + r * dst_stride`): `dst[r][f] = src[f][r]`.
+        ///
+        /// # Safety
+        /// AVX-512F is present; `src[f * src_stride..][..16]` is readable for `f < live`,
+        /// `dst[r * dst_stride..][..16]` writable for `r < 16`.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn transpose(
+            src: *const f32,
+            src_stride: usize,
+            live: usize,
+            dst: *mut f32,
+            dst_stride: usize,
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe {
+                let r: [__m512; 16] = if live == 16 {
+                    std::array::from_fn(|f| _mm512_loadu_ps(src.add(f * src_stride)))
+                } else {
+                    std::array::from_fn(|f| {
+                        if f < live {
+                            _mm512_loadu_ps(src.add(f * src_stride))
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    })
+                };
+                // Pairs of rows interleaved by 32 bits, then by 64: 128-bit lane l of u[4 i + m]
+                // holds rows 4 i .. 4 i + 3 of column 4 l + m.
+                let t: [__m512; 16] = std::array::from_fn(|i| {
+                    let (a, b) = (r[i & !1], r[i | 1]);
+                    if i % 2 == 0 {
+                        _mm512_unpacklo_ps(a, b)
+                    } else {
+                        _mm512_unpackhi_ps(a, b)
+                    }
+                });
+                let u: [__m512; 16] = std::array::from_fn(|i| {
+                    let (q, m) = (i / 4 * 4, i % 4);
+                    let (a, b) = (_mm512_castps_pd(t[q + m / 2]), _mm512_castps_pd(t[q + m / 2 + 2]));
+                    _mm512_castpd_ps(if m % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+                });
+                // Then the 4 x 4 transpose of 128-bit lanes across u[m], u[4 + m], u[8 + m],
+                // u[12 + m]: column 4 l + m is lane l of each.
+                for m in 0..4 {
+                    let v0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+                    let v1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+                    let v2 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+                    let v3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+                    _mm512_storeu_ps(dst.add(m * dst_stride), _mm512_shuffle_f32x4::<0x88>(v0, v2));
+                    _mm512_storeu_ps(dst.add((4 + m) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(v0, v2));
+                    _mm512_storeu_ps(dst.add((8 + m) * dst_stride), _mm512_shuffle_f32x4::<0x88>(v1, v3));
+                    _mm512_storeu_ps(dst.add((12 + m) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(v1, v3));
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod m256 {
+        use super::*;
+
+        lanes_micro!(
+            "avx2,fma",
+            8,
+            __m256,
+            _mm256_setzero_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_set1_ps,
+            _mm256_fmadd_ps,
+            _mm256_add_ps
+        );
+
+        /// Transposes 8 rows of 8 floats (`src + f * src_stride`, rows `live..8` taken as zero)
+        /// into 8 rows of 8 (`dst + r * dst_stride`): `dst[r][f] = src[f][r]`.
+        ///
+        /// # Safety
+        /// AVX2 is present; `src[f * src_stride..][..8]` is readable for `f < live`,
+        /// `dst[r * dst_stride..][..8]` writable for `r < 8`.
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn transpose(
+            src: *const f32,
+            src_stride: usize,
+            live: usize,
+            dst: *mut f32,
+            dst_stride: usize,
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe {
+                let r: [__m256; 8] = std::array::from_fn(|f| {
+                    if f < live {
+                        _mm256_loadu_ps(src.add(f * src_stride))
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
+                // As the 16-lane transpose: 128-bit lane l of u[4 i + m] holds rows 4 i .. 4 i + 3
+                // of column 4 l + m.
+                let t: [__m256; 8] = std::array::from_fn(|i| {
+                    let (a, b) = (r[i & !1], r[i | 1]);
+                    if i % 2 == 0 {
+                        _mm256_unpacklo_ps(a, b)
+                    } else {
+                        _mm256_unpackhi_ps(a, b)
+                    }
+                });
+                let u: [__m256; 8] = std::array::from_fn(|i| {
+                    let (q, m) = (i / 4 * 4, i % 4);
+                    let (a, b) = (_mm256_castps_pd(t[q + m / 2]), _mm256_castps_pd(t[q + m / 2 + 2]));
+                    _mm256_castpd_ps(if m % 2 == 0 { _mm256_unpacklo_pd(a, b) } else { _mm256_unpackhi_pd(a, b) })
+                });
+                for m in 0..4 {
+                    _mm256_storeu_ps(dst.add(m * dst_stride), _mm256_permute2f128_ps::<0x20>(u[m], u[4 + m]));
+                    _mm256_storeu_ps(dst.add((4 + m) * dst_stride), _mm256_permute2f128_ps::<0x31>(u[m], u[4 + m]));
                 }
             }
         }
