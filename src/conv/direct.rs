@@ -721,6 +721,30 @@ mod lanes_wgrad {
         };
     }
 
+    /// The first two stages of a register transpose of `$n` rows: pairs of rows interleaved by 32
+    /// bits, then by 64, so that 128-bit lane `l` of `u[4 i + m]` holds rows `4 i .. 4 i + 3` of
+    /// column `4 l + m`. The last stage (moving 128-bit lanes) differs with the vector width.
+    macro_rules! interleave {
+        ($r:expr, $n:literal, $vec:ty, $lo_ps:ident, $hi_ps:ident, $to_pd:ident, $lo_pd:ident, $hi_pd:ident,
+         $to_ps:ident) => {{
+            let r = $r;
+            let t: [$vec; $n] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    $lo_ps(a, b)
+                } else {
+                    $hi_ps(a, b)
+                }
+            });
+            let u: [$vec; $n] = std::array::from_fn(|i| {
+                let (q, m) = (i / 4 * 4, i % 4);
+                let (a, b) = ($to_pd(t[q + m / 2]), $to_pd(t[q + m / 2 + 2]));
+                $to_ps(if m % 2 == 0 { $lo_pd(a, b) } else { $hi_pd(a, b) })
+            });
+            u
+        }};
+    }
+
     #[cfg(target_arch = "x86_64")]
     mod m512 {
         use super::*;
@@ -764,21 +788,17 @@ mod lanes_wgrad {
                         }
                     })
                 };
-                // Pairs of rows interleaved by 32 bits, then by 64: 128-bit lane l of u[4 i + m]
-                // holds rows 4 i .. 4 i + 3 of column 4 l + m.
-                let t: [__m512; 16] = std::array::from_fn(|i| {
-                    let (a, b) = (r[i & !1], r[i | 1]);
-                    if i % 2 == 0 {
-                        _mm512_unpacklo_ps(a, b)
-                    } else {
-                        _mm512_unpackhi_ps(a, b)
-                    }
-                });
-                let u: [__m512; 16] = std::array::from_fn(|i| {
-                    let (q, m) = (i / 4 * 4, i % 4);
-                    let (a, b) = (_mm512_castps_pd(t[q + m / 2]), _mm512_castps_pd(t[q + m / 2 + 2]));
-                    _mm512_castpd_ps(if m % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
-                });
+                let u = interleave!(
+                    r,
+                    16,
+                    __m512,
+                    _mm512_unpacklo_ps,
+                    _mm512_unpackhi_ps,
+                    _mm512_castps_pd,
+                    _mm512_unpacklo_pd,
+                    _mm512_unpackhi_pd,
+                    _mm512_castpd_ps
+                );
                 // Then the 4 x 4 transpose of 128-bit lanes across u[m], u[4 + m], u[8 + m],
                 // u[12 + m]: column 4 l + m is lane l of each.
                 for m in 0..4 {
@@ -834,21 +854,17 @@ mod lanes_wgrad {
                         _mm256_setzero_ps()
                     }
                 });
-                // As the 16-lane transpose: 128-bit lane l of u[4 i + m] holds rows 4 i .. 4 i + 3
-                // of column 4 l + m.
-                let t: [__m256; 8] = std::array::from_fn(|i| {
-                    let (a, b) = (r[i & !1], r[i | 1]);
-                    if i % 2 == 0 {
-                        _mm256_unpacklo_ps(a, b)
-                    } else {
-                        _mm256_unpackhi_ps(a, b)
-                    }
-                });
-                let u: [__m256; 8] = std::array::from_fn(|i| {
-                    let (q, m) = (i / 4 * 4, i % 4);
-                    let (a, b) = (_mm256_castps_pd(t[q + m / 2]), _mm256_castps_pd(t[q + m / 2 + 2]));
-                    _mm256_castpd_ps(if m % 2 == 0 { _mm256_unpacklo_pd(a, b) } else { _mm256_unpackhi_pd(a, b) })
-                });
+                let u = interleave!(
+                    r,
+                    8,
+                    __m256,
+                    _mm256_unpacklo_ps,
+                    _mm256_unpackhi_ps,
+                    _mm256_castps_pd,
+                    _mm256_unpacklo_pd,
+                    _mm256_unpackhi_pd,
+                    _mm256_castpd_ps
+                );
                 for m in 0..4 {
                     _mm256_storeu_ps(dst.add(m * dst_stride), _mm256_permute2f128_ps::<0x20>(u[m], u[4 + m]));
                     _mm256_storeu_ps(dst.add((4 + m) * dst_stride), _mm256_permute2f128_ps::<0x31>(u[m], u[4 + m]));
