@@ -126,52 +126,6 @@ fn bench_cpu_layers(
     g.finish();
 }
 
-/// Independent FMA chains in registers: enough to cover the FMA latency (4 cycles) times the units
-/// (up to 2, or 3 on some cores), and within the register file (16 with AVX2, 32 with AVX-512).
-#[cfg(target_arch = "x86_64")]
-mod peak {
-    use std::arch::x86_64::*;
-
-    pub const CHAINS_256: usize = 12;
-    pub const CHAINS_512: usize = 24;
-
-    /// `iters` rounds of `CHAINS_256` FMAs on 8 lanes: `2 * 8 * CHAINS_256 * iters` FLOP.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn fma256(iters: usize, seed: f32) -> f32 {
-        let (a, b) = (_mm256_set1_ps(0.999), _mm256_set1_ps(seed * 1e-3));
-        let mut acc = [_mm256_set1_ps(seed); CHAINS_256];
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm256_fmadd_ps(*x, a, b);
-            }
-        }
-        let s = acc.iter().fold(_mm256_setzero_ps(), |s, x| _mm256_add_ps(s, *x));
-        let mut out = [0.0f32; 8];
-        // SAFETY: `out` holds 8 floats.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
-        out.iter().sum()
-    }
-
-    /// `iters` rounds of `CHAINS_512` FMAs on 16 lanes: `2 * 16 * CHAINS_512 * iters` FLOP.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn fma512(iters: usize, seed: f32) -> f32 {
-        let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(seed * 1e-3));
-        let mut acc = [_mm512_set1_ps(seed); CHAINS_512];
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm512_fmadd_ps(*x, a, b);
-            }
-        }
-        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, x| _mm512_add_ps(s, *x)))
-    }
-}
-
 fn bench_cpu_peak(c: &mut Criterion) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -184,11 +138,15 @@ fn bench_cpu_peak(c: &mut Criterion) {
         let mut kernels: Vec<(&str, u64, Kernel)> = Vec::new();
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            kernels.push(("fma256", 2 * 8 * peak::CHAINS_256 as u64, |n, s| unsafe { peak::fma256(n, s) }));
+            kernels.push(("fma256", 2 * 8 * common::peak::CHAINS_256 as u64, |n, s| unsafe {
+                common::peak::fma256(n, s)
+            }));
         }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
-            kernels.push(("fma512", 2 * 16 * peak::CHAINS_512 as u64, |n, s| unsafe { peak::fma512(n, s) }));
+            kernels.push(("fma512", 2 * 16 * common::peak::CHAINS_512 as u64, |n, s| unsafe {
+                common::peak::fma512(n, s)
+            }));
         }
         for (name, flop_per_iter, f) in kernels {
             // One id per thread count (criterion refuses a repeated id).

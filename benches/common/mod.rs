@@ -78,3 +78,49 @@ pub fn gpu_iter(b: &mut Bencher<'_, WallTime>, stream: &Arc<CudaStream>, mut lau
 pub fn nxc(n: usize, c: usize) -> String {
     format!("{n}x{c}")
 }
+
+/// Independent FMA chains in registers: enough to cover the FMA latency (4 cycles) times the units
+/// (up to 2, or 3 on some cores), and within the register file (16 with AVX2, 32 with AVX-512).
+#[cfg(target_arch = "x86_64")]
+pub mod peak {
+    use std::arch::x86_64::*;
+
+    pub const CHAINS_256: usize = 12;
+    pub const CHAINS_512: usize = 24;
+
+    /// `iters` rounds of `CHAINS_256` FMAs on 8 lanes: `2 * 8 * CHAINS_256 * iters` FLOP.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(iters: usize, seed: f32) -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999), _mm256_set1_ps(seed * 1e-3));
+        let mut acc = [_mm256_set1_ps(seed); CHAINS_256];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let s = acc.iter().fold(_mm256_setzero_ps(), |s, x| _mm256_add_ps(s, *x));
+        let mut out = [0.0f32; 8];
+        // SAFETY: `out` holds 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+        out.iter().sum()
+    }
+
+    /// `iters` rounds of `CHAINS_512` FMAs on 16 lanes: `2 * 16 * CHAINS_512 * iters` FLOP.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(iters: usize, seed: f32) -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(seed * 1e-3));
+        let mut acc = [_mm512_set1_ps(seed); CHAINS_512];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, x| _mm512_add_ps(s, *x)))
+    }
+}
