@@ -219,15 +219,81 @@ impl Dims {
     /// 20-23% -> 55-58% of the FMA peak on two threads, `benches/roofline.rs`; on wide layers it
     /// was no faster.)
     fn forward_filters_outer(&self) -> bool {
-        self.cin * self.plane() * size_of::<f32>() <= 16 << 10
+        self.cin * self.forward_channel() * size_of::<f32>() <= 16 << 10
+    }
+    /// Whether the forward pass reads each input channel as three shifted copies of its padded
+    /// plane (`[s][hp][ow]`, copy `s` starting at padded column `s`) rather than the padded plane:
+    /// on planes 8 wide, two rows per AVX-512 vector, a tap's two rows are then one contiguous
+    /// load, where the padded plane needs two loads and a shuffle, and the shuffle competes with
+    /// the FMAs for the same port (the micro-kernel alone measured 12-14% faster at 8x8).
+    fn forward_shifted(&self) -> bool {
+        self.isa.rows() > 1
+    }
+    /// Floats per input channel in the forward pass's padded input.
+    fn forward_channel(&self) -> usize {
+        if self.forward_shifted() {
+            3 * self.hp * self.ow
+        } else {
+            self.plane()
+        }
+    }
+    /// Strides of a filter row and a filter column in the forward pass's padded input: tap
+    /// `(r, s)` of an output vector is at `r * row + s * col` from its tap `(0, 0)`.
+    fn forward_strides(&self) -> (usize, usize) {
+        if self.forward_shifted() {
+            (self.ow, self.hp * self.ow)
+        } else {
+            (self.wp, 1)
+        }
     }
     /// Offset of output vector `v` (row-major; `lanes` pixels of one row, or of two rows of 8)
-    /// in an output plane, and of its tap (0, 0) in a padded input plane.
+    /// in an output plane, and of its tap (0, 0) in the forward pass's padded input channel.
     fn vector(&self, v: usize) -> (usize, usize) {
         let (rows, cols) = (self.isa.rows(), self.lanes() / self.isa.rows());
         let per_row = self.ow / cols;
         let (p, q0) = (v / per_row * rows, v % per_row * cols);
-        (p * self.ow + q0, p * self.wp + q0)
+        (p * self.ow + q0, p * self.forward_strides().0 + q0)
+    }
+}
+
+/// Copies one image's `d.cin` planes into `dst` as the forward pass reads them: zero-padded
+/// `hp x wp` planes, or ([`Dims::forward_shifted`]) per channel three `hp x ow` copies of the
+/// padded plane, copy `s` from padded column `s` on.
+fn pad_forward(d: &Dims, src: &[f32], dst: &mut Vec<f32>) {
+    if !d.forward_shifted() {
+        return pad_images(d, src, 1, dst);
+    }
+    dst.clear();
+    dst.resize(d.cin * d.forward_channel(), 0.0);
+    let copy_len = d.hp * d.ow;
+    for (chan, x) in dst.chunks_exact_mut(d.forward_channel()).zip(src.chunks_exact(d.h * d.w)) {
+        if d.w == 8 && d.pw == 1 {
+            // The network's case (8 wide, padding 1), in fixed-size copies: a row padded to 10,
+            // then its three windows of 8. (Per-row `memcpy` calls of 8 floats made the data
+            // gradient at 8x8 3-4% slower than with the plain padded planes.)
+            let (c0, rest) = chan.split_at_mut(copy_len);
+            let (c1, c2) = rest.split_at_mut(copy_len);
+            for (row, line) in x.chunks_exact(8).enumerate() {
+                let mut padded = [0.0f32; 10];
+                padded[1..9].copy_from_slice(line);
+                let at = (row + d.ph) * 8;
+                c0[at..at + 8].copy_from_slice(&padded[0..8]);
+                c1[at..at + 8].copy_from_slice(&padded[1..9]);
+                c2[at..at + 8].copy_from_slice(&padded[2..10]);
+            }
+            continue;
+        }
+        for (s, copy) in chan.chunks_exact_mut(copy_len).enumerate() {
+            // Padded column `q + s` is input column `q + s - pw`: the columns `q` that land inside.
+            let (q_lo, q_hi) = (d.pw.saturating_sub(s), (d.w + d.pw).saturating_sub(s).min(d.ow));
+            if q_lo >= q_hi {
+                continue;
+            }
+            for (row, line) in x.chunks_exact(d.w).enumerate() {
+                let from = q_lo + s - d.pw;
+                copy[(row + d.ph) * d.ow + q_lo..][..q_hi - q_lo].copy_from_slice(&line[from..][..q_hi - q_lo]);
+            }
+        }
     }
 }
 
@@ -297,17 +363,18 @@ fn run(sh: &Conv2dShape, d: &Dims, src: &[f32], wk: &[f32], bias: Option<&[f32]>
     plan.groups_of(dst, out_len).into_par_iter().for_each(|(lo, group)| {
         let mut xpad = Vec::new();
         for (i, out) in group.chunks_exact_mut(out_len).enumerate() {
-            pad_images(d, &src[(lo + i) * in_len..][..in_len], 1, &mut xpad);
+            pad_forward(d, &src[(lo + i) * in_len..][..in_len], &mut xpad);
             conv_image(d, &xpad, wk, bias, out);
         }
     });
 }
 
-/// One image: `xpad` (`cin` padded planes) into `out` (`cout` planes).
+/// One image: `xpad` (`cin` channels as [`pad_forward`] lays them out) into `out` (`cout` planes).
 fn conv_image(d: &Dims, xpad: &[f32], wk: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let (k, max_nv) = d.forward_block();
     let kblocks = d.cout.div_ceil(k);
-    assert!(xpad.len() >= d.cin * d.plane() && out.len() >= d.out_len() && wk.len() >= kblocks * d.cin * 9 * k);
+    assert!(xpad.len() >= d.cin * d.forward_channel() && out.len() >= d.out_len());
+    assert!(wk.len() >= kblocks * d.cin * 9 * k);
     assert!(bias.is_none_or(|b| b.len() >= d.cout));
     assert!(d.isa.fits(d.oh, d.ow) && d.isa.cpu_has() && max_nv <= NV_MAX);
     let nvec = d.oh * d.ow / d.lanes();
@@ -337,9 +404,13 @@ fn conv_image(d: &Dims, xpad: &[f32], wk: &[f32], bias: Option<&[f32]>, out: &mu
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the assert above checked that the CPU has `d.isa`'s instructions. Every load
         // and store is in bounds: the asserts give the buffer lengths; vector `v`'s tap
-        // `(r, s)` on channel `c` reads `c * plane + xoff + r * wp + s + 0..lanes`, whose
-        // largest index is `cin * plane - 1` because output vectors lie inside `oh x ow`
-        // (`ow` is a multiple of the lanes) and `hp = oh + 2`, `wp = ow + 2`; stores go to
+        // `(r, s)` on channel `c` reads `c * chan + xoff + r * row + s * col + 0..lanes`
+        // (`chan`, `row`, `col` from `forward_channel` and `forward_strides`), whose largest
+        // index is `cin * chan - 1` because output vectors lie inside `oh x ow` (`ow` a multiple
+        // of the lanes, or 8 with two rows per vector) and `hp = oh + 2`, `wp = ow + 2`: in a
+        // padded plane the last vector's tap (2, 2) ends at `(oh + 1) * wp + ow + 1 = hp * wp - 1`;
+        // in the shifted copies (two rows of `ow` per vector, the last at row `oh - 2`) it ends at
+        // `2 * hp * ow + (oh + 2) * ow - 1 = 3 * hp * ow - 1`; stores go to
         // `(kb * K + j) * oh * ow + yoff + 0..lanes` only for filters `kb * K + j < cout`;
         // weights are read below `kblocks * cin * 9 * K`, the length `pack` wrote for this
         // `K` (the same `forward_block`); `nv <= max_nv <= NV_MAX` offsets are set.
@@ -923,11 +994,12 @@ fn wgrad_tile(d: &Dims, xpad: &[f32], dy: &[f32], nb: usize, kb: usize, acc: &mu
 /// The micro-kernels of one instruction set: the same code for every vector width, only the
 /// vector type and the intrinsics change (`$lanes` floats per vector, covering `$rows` output
 /// rows). `$loadx(p, wp)` loads the input vector at `p` (its second row, if any, at `p + wp`);
+/// `$loadfwd(p)` loads the forward pass's input vector at `p` (contiguous: [`pad_forward`]);
 /// output and output-gradient vectors are contiguous (`$rows` > 1 only where the width is
 /// `$lanes / $rows`).
 macro_rules! isa_kernels {
     ($isa:ident, $feature:literal, $lanes:literal, $rows:literal, $vec:ty, $zero:ident, $load:ident,
-     $loadx:path, $store:ident, $set1:ident, $fmadd:ident, $add:ident, $hsum:path) => {
+     $loadx:path, $loadfwd:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident, $hsum:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use super::*;
@@ -956,16 +1028,16 @@ macro_rules! isa_kernels {
                 debug_assert_eq!(d.lanes(), LANES);
                 // SAFETY: the caller's contract: the instructions are there, every offset in bounds.
                 unsafe {
-                    let plane = d.plane();
+                    let (chan, (row_step, col_step)) = (d.forward_channel(), d.forward_strides());
                     let xp = xpad.as_ptr();
                     let mut wp = wk.as_ptr().add(kb * d.cin * 9 * K);
                     let mut acc: [[$vec; V]; K] = [[$zero(); V]; K];
                     for c in 0..d.cin {
-                        let xc = xp.add(c * plane);
+                        let xc = xp.add(c * chan);
                         for r in 0..3 {
                             for s in 0..3 {
-                                let tap = r * d.wp + s;
-                                let xv: [$vec; V] = std::array::from_fn(|v| $loadx(xc.add(xoff[v] + tap), d.wp));
+                                let tap = r * row_step + s * col_step;
+                                let xv: [$vec; V] = std::array::from_fn(|v| $loadfwd(xc.add(xoff[v] + tap)));
                                 for (j, row) in acc.iter_mut().enumerate() {
                                     let a = $set1(*wp.add(j));
                                     for (a_v, x_v) in row.iter_mut().zip(&xv) {
@@ -1050,6 +1122,7 @@ isa_kernels!(
     _mm256_setzero_ps,
     _mm256_loadu_ps,
     row256,
+    _mm256_loadu_ps,
     _mm256_storeu_ps,
     _mm256_set1_ps,
     _mm256_fmadd_ps,
@@ -1065,6 +1138,7 @@ isa_kernels!(
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     row512,
+    _mm512_loadu_ps,
     _mm512_storeu_ps,
     _mm512_set1_ps,
     _mm512_fmadd_ps,
@@ -1080,6 +1154,7 @@ isa_kernels!(
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     rows2_512,
+    _mm512_loadu_ps,
     _mm512_storeu_ps,
     _mm512_set1_ps,
     _mm512_fmadd_ps,
