@@ -8,6 +8,11 @@
 //! `cargo bench --bench roofline` (widths 16, 32, 64, 128; one thread and every rayon thread)
 //! `cargo bench --bench roofline -- --widths 64 --threads 2 --rounds 7 --csv out.csv`
 //!
+//! It takes criterion's command line where the project's scripts pass one to every benchmark
+//! binary: `--list` lists the one benchmark id, `roofline/cpu`; a filter that the id does not
+//! contain (such as `gpu`) runs nothing; `--test` runs one round of width 16 on one thread at
+//! batch 8 (a smoke check); criterion's timing options are accepted and ignored.
+//!
 //! The table reports, per pass, the median GFLOP/s over the rounds and the median of the rounds'
 //! pass/peak ratios; the total row is the network's conv FLOPs over the sum of the median times.
 //! FLOPs are direct-convolution FLOPs (`2 * outputs * cin * 9`), whatever the kernel does.
@@ -21,6 +26,9 @@ mod common;
 
 /// Each timed piece (the peak loop, or repeats of one pass) runs at least this long.
 const MIN_SECONDS: f64 = 0.04;
+
+/// The one benchmark id, for criterion-style `--list` and filters.
+const ID: &str = "roofline/cpu";
 
 struct Args {
     widths: Vec<usize>,
@@ -57,6 +65,16 @@ fn parse() -> Args {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
+            "--list" => {
+                println!("{ID}: benchmark");
+                std::process::exit(0)
+            }
+            "--test" => (a.widths, a.threads, a.rounds, a.batch) = (vec![16], vec![1], 1, 8),
+            // criterion's options, passed by scripts that run every benchmark binary alike.
+            "--warm-up-time" | "--measurement-time" | "--sample-size" | "--save-baseline" | "--baseline" => {
+                it.next();
+            }
+            "--noplot" | "--exact" | "--quiet" => {}
             "--widths" => a.widths = list("--widths", it.next()),
             "--threads" => a.threads = list("--threads", it.next()),
             "--rounds" => a.rounds = list("--rounds", it.next())[0],
@@ -64,6 +82,12 @@ fn parse() -> Args {
             "--csv" => a.csv = Some(it.next().unwrap_or_else(|| usage("--csv needs a file"))),
             // cargo passes `--bench` to every benchmark binary.
             "--bench" => {}
+            filter if !filter.starts_with('-') => {
+                if !ID.contains(filter) {
+                    eprintln!("roofline: {ID} does not match the filter {filter:?}; nothing to run");
+                    std::process::exit(0)
+                }
+            }
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
