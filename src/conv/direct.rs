@@ -14,7 +14,9 @@
 //!   each filter tap is `V` vector loads, `K` broadcasts and `K V` FMAs. AVX2 (16 registers) runs
 //!   K = 4, V = 2; AVX-512 (32 registers) K = 8, V = 3, or K = 4, V = 4 when there are at most 4
 //!   output channels (K = 8 over K = 4, V = 4 measured 8-13% faster on 32x32 and 16x16 planes and
-//!   29-31% on 8x8 ones, `docs/performance.md`).
+//!   29-31% on 8x8 ones, `docs/performance.md`). On 8-wide planes (two rows per AVX-512 vector)
+//!   the input is laid out as three shifted copies of each padded plane, so a tap is one load;
+//!   on a network's first layer the filter blocks go outermost ([`Dims::forward_filters_outer`]).
 //! - data gradient: the forward pass of the output gradient with the filters flipped and
 //!   transposed, padded by `2 - pad` (the same kernel).
 //! - weight gradient: with AVX-512 and at least 8 input channels, a GEMM with the filters in the
