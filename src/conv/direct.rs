@@ -380,14 +380,19 @@ fn conv_image(d: &Dims, xpad: &[f32], wk: &[f32], bias: Option<&[f32]>, out: &mu
     assert!(bias.is_none_or(|b| b.len() >= d.cout));
     assert!(d.isa.fits(d.oh, d.ow) && d.isa.cpu_has() && max_nv <= NV_MAX);
     let nvec = d.oh * d.ow / d.lanes();
-    // Blocks of output vectors: (first vector, count).
-    let blocks = (0..nvec.div_ceil(max_nv)).map(|b| (b * max_nv, (nvec - b * max_nv).min(max_nv)));
-    let mut block = |kb: usize, v0: usize, nv: usize| {
-        let mut yoff = [0usize; NV_MAX];
-        let mut xoff = [0usize; NV_MAX];
+    // Blocks of output vectors, each with its vectors' output and input offsets. (Splitting a
+    // last `max_nv + 1` vectors into halves rather than `max_nv + 1` measured slower: 22.6
+    // against 20.1 ms on the 8x8 layer, 3 + 1 vectors.)
+    let blocks = (0..nvec.div_ceil(max_nv)).map(|b| {
+        let (v0, nv) = (b * max_nv, (nvec - b * max_nv).min(max_nv));
+        let (mut yoff, mut xoff) = ([0usize; NV_MAX], [0usize; NV_MAX]);
         for i in 0..nv {
             (yoff[i], xoff[i]) = d.vector(v0 + i);
         }
+        (nv, yoff, xoff)
+    });
+    let mut block = |kb: usize, (nv, yoff, xoff): &(usize, [usize; NV_MAX], [usize; NV_MAX])| {
+        let nv = *nv;
         /// `$isa::fwd::<K, V>` for the block's `(k, nv)`.
         macro_rules! fwd {
             ($isa:ident) => {{
@@ -426,11 +431,11 @@ fn conv_image(d: &Dims, xpad: &[f32], wk: &[f32], bias: Option<&[f32]>, out: &mu
     };
     if d.forward_filters_outer() {
         for kb in 0..kblocks {
-            blocks.clone().for_each(|(v0, nv)| block(kb, v0, nv));
+            blocks.clone().for_each(|b| block(kb, &b));
         }
     } else {
-        for (v0, nv) in blocks {
-            (0..kblocks).for_each(|kb| block(kb, v0, nv));
+        for b in blocks {
+            (0..kblocks).for_each(|kb| block(kb, &b));
         }
     }
 }
