@@ -163,6 +163,104 @@ fn into_forms_match_allocating_forms() {
     assert_eq!((g.dx, g.dgamma, g.dbeta), (dx, dg, db));
 }
 
+/// The backward in f64 from its definition, with PyTorch's ReLU mask (`y <= 0` drops the
+/// gradient; a NaN output keeps it): `(dx, dgamma, dbeta)`.
+fn backward_f64(
+    x: &[f32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    s: BnShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let m = s.per_channel() as f64;
+    let at = |i: usize, ch: usize, k: usize| (i * s.c + ch) * s.hw + k;
+    let g = |j: usize| match y {
+        Some(y) if y[j] <= 0.0 => 0.0,
+        _ => dy[j] as f64,
+    };
+    let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; s.c], vec![0.0; s.c]);
+    for ch in 0..s.c {
+        let (mu, is) = (mean[ch] as f64, invstd[ch] as f64);
+        let (mut sg, mut sgx) = (0.0, 0.0);
+        for i in 0..s.n {
+            for k in 0..s.hw {
+                let j = at(i, ch, k);
+                sg += g(j);
+                sgx += g(j) * (x[j] as f64 - mu);
+            }
+        }
+        db[ch] = sg as f32;
+        dg[ch] = (sgx * is) as f32;
+        for i in 0..s.n {
+            for k in 0..s.hw {
+                let j = at(i, ch, k);
+                let xhat = (x[j] as f64 - mu) * is;
+                dx[j] = (gamma[ch] as f64 * is * (g(j) - sg / m - xhat * sgx * is / m)) as f32;
+            }
+        }
+    }
+    (dx, dg, db)
+}
+
+#[test]
+fn backward_matches_the_definition_at_planes_of_8_and_a_rest() {
+    // Planes of 16 and 21 values: whole groups of 8 (the vector path of the sums) and a rest of 5
+    // (the scalar one). The ReLU outputs include zeros, negative values and NaNs.
+    for hw in [16, 21, 3] {
+        let shape = BnShape { n: 3, c: 2, hw };
+        let mut r = rng(40 + hw as u64);
+        let x = uniform(&mut r, shape.len(), -2.0, 2.0);
+        let dy = uniform(&mut r, shape.len(), -1.0, 1.0);
+        let (gamma, beta) = (uniform(&mut r, 2, 0.5, 1.5), uniform(&mut r, 2, -0.5, 0.5));
+        let out = cpu::relu_forward_train(&x, &gamma, &beta, &mut [0.0; 2], &mut [1.0; 2], shape, CFG).unwrap();
+        let mut y = out.y.clone();
+        y[1] = -0.5;
+        y[hw + 2] = f32::NAN;
+        y[2 * hw - 1] = f32::NAN;
+        assert!(y.contains(&0.0), "some outputs must be clamped");
+        for relu in [true, false] {
+            let yy = relu.then_some(&y[..]);
+            let g = match yy {
+                Some(y) => cpu::relu_backward(&x, y, &dy, &gamma, &out.save_mean, &out.save_invstd, shape),
+                None => cpu::backward(&x, &dy, &gamma, &out.save_mean, &out.save_invstd, shape),
+            }
+            .unwrap();
+            let (dx, dg, db) = backward_f64(&x, yy, &dy, &gamma, &out.save_mean, &out.save_invstd, shape);
+            // f32 sums of 48-63 terms of size <= 2 (errors near 1e-6 observed); 1e-4 allows
+            // the worst case of such sums and still catches one dropped or unmasked term (>= 1e-3).
+            let what = format!("hw {hw}, relu {relu}");
+            assert_close(&format!("{what} dbeta"), &g.dbeta, &db, 1e-4, 1e-5);
+            assert_close(&format!("{what} dgamma"), &g.dgamma, &dg, 1e-4, 1e-5);
+            assert_close(&format!("{what} dx"), &g.dx, &dx, 1e-4, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn results_are_the_same_bits_with_any_thread_count() {
+    // Per-plane partial sums added in image order: the split over threads must not matter.
+    let shape = BnShape { n: 37, c: 5, hw: 29 };
+    let mut r = rng(9);
+    let x = uniform(&mut r, shape.len(), -3.0, 5.0);
+    let dy = uniform(&mut r, shape.len(), -1.0, 1.0);
+    let (gamma, beta) = (uniform(&mut r, 5, 0.5, 1.5), uniform(&mut r, 5, -0.5, 0.5));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let (mut rm, mut rv) = (vec![0.1; 5], vec![0.9; 5]);
+            let out = cpu::relu_forward_train(&x, &gamma, &beta, &mut rm, &mut rv, shape, CFG).unwrap();
+            let g = cpu::relu_backward(&x, &out.y, &dy, &gamma, &out.save_mean, &out.save_invstd, shape).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            [out.y, out.save_mean, out.save_invstd, rm, rv, g.dx, g.dgamma, g.dbeta].map(|v| bits(&v))
+        })
+    };
+    let one = run(1);
+    assert_eq!(run(3), one);
+    assert_eq!(run(8), one);
+}
+
 #[track_caller]
 fn shape_err<T>(r: Result<T, Error>) {
     assert!(matches!(r, Err(Error::Shape { .. })), "expected a shape error");

@@ -1,7 +1,11 @@
 //! CPU version of `kernels/batchnorm.cu`: the reference for the GPU tests and the trainer's CPU
-//! path. Slices in NCHW order; statistics run in parallel over channels, the elementwise passes in
-//! parallel over (image, channel) planes, with contiguous inner loops and no allocation beyond the
-//! returned buffers of the allocating forms.
+//! path. Slices in NCHW order; every pass over the tensor runs in parallel over (image, channel)
+//! planes in memory order, with contiguous inner loops; the reductions keep one partial sum per
+//! plane and add each channel's in image order, so results do not depend on the thread count.
+//! Nothing is allocated beyond the returned buffers of the allocating forms and a per-thread
+//! buffer of partial sums kept between calls.
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::{BnConfig, BnShape, Grads, TrainOutput};
@@ -262,26 +266,35 @@ fn train<const RELU: bool>(
     let m = shape.per_channel();
     let (mf, mf1) = (m as f32, (m - 1) as f32);
     let BnConfig { eps, momentum } = cfg;
-    save_mean
-        .par_iter_mut()
-        .zip(save_invstd.par_iter_mut())
-        .zip(running_mean.par_iter_mut().zip(running_var.par_iter_mut()))
-        .enumerate()
-        .for_each(|(ch, ((sm, si), (rm, rv)))| {
-            let mut s = 0.0f32;
-            for plane in channel_planes(x, shape, ch) {
-                s += sum_map(plane, |v| v);
-            }
-            let mean = s / mf;
-            let mut q = 0.0f32;
-            for plane in channel_planes(x, shape, ch) {
-                q += sum_map(plane, |v| (v - mean) * (v - mean));
-            }
-            *sm = mean;
-            *si = 1.0 / (q / mf + eps).sqrt();
-            *rm = (1.0 - momentum) * *rm + momentum * mean;
-            *rv = (1.0 - momentum) * *rv + momentum * (q / mf1);
+    // Two-pass statistics: each pass sums every plane in parallel over the planes in memory order
+    // (the reads stream), then adds each channel's plane sums in image order, so the result does
+    // not depend on how rayon splits the work.
+    let hw = shape.hw;
+    let per_task = planes_per_task(hw);
+    with_partials(shape.n * c, |parts| {
+        parts.par_iter_mut().zip(x.par_chunks(hw)).with_min_len(per_task).for_each(|(pt, plane)| {
+            pt[0] = sum_map(plane, |v| v);
         });
+        save_mean.par_iter_mut().enumerate().for_each(|(ch, sm)| {
+            *sm = parts[ch..].iter().step_by(c).fold(0.0f32, |s, p| s + p[0]) / mf;
+        });
+        let mean = &*save_mean;
+        parts.par_iter_mut().zip(x.par_chunks(hw)).enumerate().with_min_len(per_task).for_each(|(p, (pt, plane))| {
+            let mu = mean[p % c];
+            pt[1] = sum_map(plane, |v| (v - mu) * (v - mu));
+        });
+        let parts = &*parts;
+        save_invstd
+            .par_iter_mut()
+            .zip(running_mean.par_iter_mut().zip(running_var.par_iter_mut()))
+            .enumerate()
+            .for_each(|(ch, (si, (rm, rv)))| {
+                let q = parts[ch..].iter().step_by(c).fold(0.0f32, |s, p| s + p[1]);
+                *si = 1.0 / (q / mf + eps).sqrt();
+                *rm = (1.0 - momentum) * *rm + momentum * mean[ch];
+                *rv = (1.0 - momentum) * *rv + momentum * (q / mf1);
+            });
+    });
     apply::<RELU>(x, y, shape, |ch| affine(gamma[ch], beta[ch], save_mean[ch], save_invstd[ch]));
     Ok(())
 }
@@ -369,22 +382,27 @@ fn bwd(
         return Ok(());
     }
     let hw = shape.hw;
-    // Per-channel sums: dbeta = sum g, dgamma = invstd * sum g (x - mean).
-    dgamma.par_iter_mut().zip(dbeta.par_iter_mut()).enumerate().for_each(|(ch, (dg, db))| {
-        let mu = save_mean[ch];
-        let (mut sg, mut sgx) = (0.0f32, 0.0f32);
-        for i in 0..shape.n {
-            let off = (i * shape.c + ch) * hw;
-            let (xp, dyp) = (&x[off..off + hw], &dy[off..off + hw]);
+    let c = shape.c;
+    // Per-channel sums: dbeta = sum g, dgamma = invstd * sum g (x - mean); each plane's share in
+    // parallel over the planes in memory order (the reads stream), then per channel in image order
+    // (the result does not depend on how rayon splits the work).
+    with_partials(shape.n * c, |parts| {
+        let chunks = x.par_chunks(hw).zip(dy.par_chunks(hw));
+        let parts_iter = parts.par_iter_mut().enumerate().zip(chunks).with_min_len(planes_per_task(hw));
+        parts_iter.for_each(|((p, pt), (xp, dyp))| {
+            let mu = save_mean[p % c];
             let (a, b) = match y {
-                Some(y) => grad_sums::<true>(xp, &y[off..off + hw], dyp, mu),
+                Some(y) => grad_sums::<true>(xp, &y[p * hw..][..hw], dyp, mu),
                 None => grad_sums::<false>(xp, xp, dyp, mu),
             };
-            sg += a;
-            sgx += b;
-        }
-        *db = sg;
-        *dg = sgx * save_invstd[ch];
+            *pt = [a, b];
+        });
+        let parts = &*parts;
+        dgamma.par_iter_mut().zip(dbeta.par_iter_mut()).enumerate().for_each(|(ch, (dg, db))| {
+            let (sg, sgx) = parts[ch..].iter().step_by(c).fold((0.0f32, 0.0f32), |(a, b), p| (a + p[0], b + p[1]));
+            *db = sg;
+            *dg = sgx * save_invstd[ch];
+        });
     });
     // dx plane by plane, with the kernel's operation order.
     let inv_m = 1.0 / shape.per_channel() as f32;
@@ -415,25 +433,87 @@ fn bwd(
     Ok(())
 }
 
+thread_local! {
+    /// Per-plane partial sums of the statistics and the backward's reductions, kept between calls
+    /// on this thread (it grows to the largest `n * c` seen) so that a step allocates nothing.
+    static PARTIALS: RefCell<Vec<[f32; 2]>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` partial-sum slots: this thread's kept buffer, or a fresh one if that is in use
+/// (a batch norm called from inside another's parallel section on the same thread).
+fn with_partials<R>(len: usize, f: impl FnOnce(&mut [[f32; 2]]) -> R) -> R {
+    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            if kept.len() < len {
+                kept.resize(len, [0.0; 2]);
+            }
+            f(&mut kept[..len])
+        }
+        Err(_) => f(&mut vec![[0.0; 2]; len]),
+    })
+}
+
 /// `(sum g, sum g (x - mu))` over one plane, `g = dy` masked by `y > 0` when `MASK`.
 fn grad_sums<const MASK: bool>(x: &[f32], y: &[f32], dy: &[f32], mu: f32) -> (f32, f32) {
+    let len = x.len().min(y.len()).min(dy.len());
+    let body = len / 8 * 8;
+    let (a, b) = grad_lanes::<MASK>(&x[..body], &y[..body], &dy[..body], mu);
+    let (mut sa, mut sb) = (fold8(a), fold8(b));
+    for ((&xv, &yv), &g) in x[body..len].iter().zip(&y[body..len]).zip(&dy[body..len]) {
+        let g = if MASK { relu_mask(g, yv) } else { g };
+        sa += g;
+        sb += g * (xv - mu);
+    }
+    (sa, sb)
+}
+
+/// [`grad_sums`] over a multiple of 8 values, element `i` added into lane `i % 8`: SSE on x86-64
+/// (part of the base instruction set). Written with intrinsics because the compiler turns the
+/// masked two-sum loop of the portable form into scalar code with a branch per element, 10x slower
+/// (measured); both forms add the same values in the same order, so the results are the same bits.
+#[cfg(target_arch = "x86_64")]
+fn grad_lanes<const MASK: bool>(x: &[f32], y: &[f32], dy: &[f32], mu: f32) -> ([f32; 8], [f32; 8]) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(y.len()).min(dy.len()) / 8 * 8;
     let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
-    let (xc, yc, dc) = (x.chunks_exact(8), y.chunks_exact(8), dy.chunks_exact(8));
-    let (xr, yr, dr) = (xc.remainder(), yc.remainder(), dc.remainder());
-    for ((xs, ys), ds) in xc.zip(yc).zip(dc) {
+    // SAFETY: SSE is in every x86-64 CPU; every load reads 4 values at `i` or `i + 4` with
+    // `i + 8 <= n`, inside all three slices; the stores write the two 8-value local arrays.
+    unsafe {
+        let (zero, m) = (_mm_setzero_ps(), _mm_set1_ps(mu));
+        let (mut a0, mut a1, mut b0, mut b1) = (zero, zero, zero, zero);
+        for i in (0..n).step_by(8) {
+            let (px, py, pd) = (x.as_ptr().add(i), y.as_ptr().add(i), dy.as_ptr().add(i));
+            let (mut g0, mut g1) = (_mm_loadu_ps(pd), _mm_loadu_ps(pd.add(4)));
+            if MASK {
+                // `y <= 0` is false for NaN, so NaN outputs keep their gradient.
+                g0 = _mm_andnot_ps(_mm_cmple_ps(_mm_loadu_ps(py), zero), g0);
+                g1 = _mm_andnot_ps(_mm_cmple_ps(_mm_loadu_ps(py.add(4)), zero), g1);
+            }
+            a0 = _mm_add_ps(a0, g0);
+            a1 = _mm_add_ps(a1, g1);
+            b0 = _mm_add_ps(b0, _mm_mul_ps(g0, _mm_sub_ps(_mm_loadu_ps(px), m)));
+            b1 = _mm_add_ps(b1, _mm_mul_ps(g1, _mm_sub_ps(_mm_loadu_ps(px.add(4)), m)));
+        }
+        _mm_storeu_ps(a.as_mut_ptr(), a0);
+        _mm_storeu_ps(a.as_mut_ptr().add(4), a1);
+        _mm_storeu_ps(b.as_mut_ptr(), b0);
+        _mm_storeu_ps(b.as_mut_ptr().add(4), b1);
+    }
+    (a, b)
+}
+
+/// Portable [`grad_lanes`].
+#[cfg(not(target_arch = "x86_64"))]
+fn grad_lanes<const MASK: bool>(x: &[f32], y: &[f32], dy: &[f32], mu: f32) -> ([f32; 8], [f32; 8]) {
+    let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+    for ((xs, ys), ds) in x.chunks_exact(8).zip(y.chunks_exact(8)).zip(dy.chunks_exact(8)) {
         for k in 0..8 {
             let g = if MASK { relu_mask(ds[k], ys[k]) } else { ds[k] };
             a[k] += g;
             b[k] += g * (xs[k] - mu);
         }
     }
-    let (mut sa, mut sb) = (fold8(a), fold8(b));
-    for ((&xv, &yv), &g) in xr.iter().zip(yr).zip(dr) {
-        let g = if MASK { relu_mask(g, yv) } else { g };
-        sa += g;
-        sb += g * (xv - mu);
-    }
-    (sa, sb)
+    (a, b)
 }
 
 /// Sum of `f(v)` over `v` with 8 independent accumulators: vectorizes, and rounds less than a
@@ -470,17 +550,16 @@ fn relu(v: f32) -> f32 {
     }
 }
 
-/// `g` where the ReLU output `y` is positive (or NaN), else 0: PyTorch's `y <= 0 ? 0 : g`, as a
-/// bit mask rather than a branch, which the compiler vectorizes (random signs defeat prediction).
+/// `g` where the ReLU output `y` is positive (or NaN), else 0: PyTorch's `y <= 0 ? 0 : g`. Written
+/// as a select, which the compiler vectorizes into a compare and a mask in every loop here (random
+/// signs would defeat a branch).
 #[inline(always)]
 fn relu_mask(g: f32, y: f32) -> f32 {
-    let drop = (y <= 0.0) as u32; // 1 -> mask 0, 0 -> mask all ones
-    f32::from_bits(g.to_bits() & drop.wrapping_sub(1))
-}
-
-/// The `n` planes (each `hw` contiguous values) of channel `ch`.
-fn channel_planes(x: &[f32], s: BnShape, ch: usize) -> impl Iterator<Item = &[f32]> {
-    (0..s.n).map(move |i| &x[(i * s.c + ch) * s.hw..][..s.hw])
+    if y <= 0.0 {
+        0.0
+    } else {
+        g
+    }
 }
 
 fn planes_per_task(hw: usize) -> usize {
