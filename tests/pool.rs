@@ -48,6 +48,46 @@ fn naive_max_pool(x: &[f32], s: PoolShape) -> (Vec<f32>, Vec<u8>) {
     (y, am)
 }
 
+/// PyTorch's rule, written out: the first of equal maxima, and the last NaN if there is one.
+fn naive_max_pool_nan(x: &[f32], s: PoolShape) -> (Vec<f32>, Vec<u8>) {
+    let (oh, ow) = (s.h / 2, s.w / 2);
+    let (mut y, mut am) = (vec![], vec![]);
+    for p in 0..s.n * s.c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let at = |k: usize| x[p * s.h * s.w + (2 * oy + k / 2) * s.w + 2 * ox + k % 2];
+                let k = match (0..4).rev().find(|&k| at(k).is_nan()) {
+                    Some(k) => k,
+                    None => (0..4).fold(0, |best, k| if at(k) > at(best) { k } else { best }),
+                };
+                y.push(at(k));
+                am.push(k as u8);
+            }
+        }
+    }
+    (y, am)
+}
+
+#[test]
+fn max_pool_ties_nans_and_widths_that_split_into_fours_and_a_rest() {
+    // Values from a small set so that ties (0.0 against -0.0 included), NaNs and infinities are
+    // common in every window; widths whose rows are whole groups of 4 windows, groups and a
+    // rest, and an odd width with a dropped column, so both the 4-window path and the one-window
+    // path run.
+    let pick = [-1.0, -0.0, 0.0, 0.5, 1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0, 0.5];
+    let mut r = rng(11);
+    for (h, w) in [(4, 16), (5, 18), (6, 19), (2, 8), (3, 9), (2, 2)] {
+        let shape = PoolShape { n: 2, c: 3, h, w };
+        let idx = uniform(&mut r, shape.len(), 0.0, pick.len() as f32);
+        let x: Vec<f32> = idx.iter().map(|&v| pick[(v as usize).min(pick.len() - 1)]).collect();
+        let (y, am) = cpu::max_pool_forward(&x, shape).unwrap();
+        let (want_y, want_am) = naive_max_pool_nan(&x, shape);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(am, want_am, "argmax, {h} x {w}");
+        assert_eq!(bits(&y), bits(&want_y), "values, {h} x {w}");
+    }
+}
+
 #[test]
 fn max_pool_odd_sizes_drop_the_last_row_and_column() {
     let mut r = rng(5);

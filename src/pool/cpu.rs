@@ -37,21 +37,71 @@ pub fn max_pool_forward_into(x: &[f32], y: &mut [f32], argmax: &mut [u8], shape:
         .for_each(|((yp, ap), xp)| {
             for ((yr, ar), rows) in yp.chunks_exact_mut(ow).zip(ap.chunks_exact_mut(ow)).zip(xp.chunks_exact(2 * w)) {
                 let (r0, r1) = rows.split_at(w);
-                for (((o, a), t), b) in yr.iter_mut().zip(ar.iter_mut()).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2))
-                {
-                    let (mut m, mut k) = (t[0], 0u8);
-                    for (q, v) in [(1u8, t[1]), (2, b[0]), (3, b[1])] {
-                        if v > m || v.is_nan() {
-                            m = v;
-                            k = q;
-                        }
-                    }
-                    *o = m;
-                    *a = k;
+                let done = max_pool_row_lanes(r0, r1, yr, ar);
+                let (t, b) = (r0[2 * done..].chunks_exact(2), r1[2 * done..].chunks_exact(2));
+                for (((o, a), t), b) in yr[done..].iter_mut().zip(&mut ar[done..]).zip(t).zip(b) {
+                    (*o, *a) = window_max(t[0], t[1], b[0], b[1]);
                 }
             }
         });
     Ok(())
+}
+
+/// The maximum of a 2x2 window `(top-left, top-right, bottom-left, bottom-right)` and its index 0-3:
+/// the first of equal maxima, the last NaN if any is NaN (PyTorch's CPU and CUDA rule).
+#[inline(always)]
+fn window_max(t0: f32, t1: f32, b0: f32, b1: f32) -> (f32, u8) {
+    let (mut m, mut k) = (t0, 0u8);
+    for (q, v) in [(1u8, t1), (2, b0), (3, b1)] {
+        if v > m || v.is_nan() {
+            m = v;
+            k = q;
+        }
+    }
+    (m, k)
+}
+
+/// The first windows of one output row, 4 at a time, with [`window_max`]'s rule: `r0` and `r1` are
+/// the two input rows, `y` and `argmax` the output row. Returns how many windows it wrote (a
+/// multiple of 4); the caller does the rest. SSE on x86-64 (part of the base instruction set): the
+/// portable loop compiles to a compare and a conditional move per value.
+#[cfg(target_arch = "x86_64")]
+fn max_pool_row_lanes(r0: &[f32], r1: &[f32], y: &mut [f32], argmax: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let groups = y.len().min(argmax.len()).min(r0.len() / 2).min(r1.len() / 2) / 4;
+    for gi in 0..groups {
+        let (j, o) = (8 * gi, 4 * gi);
+        // SAFETY: SSE is in every x86-64 CPU; the loads read r0[j..j + 8] and r1[j..j + 8] with
+        // j + 8 <= 2 * 4 * groups <= both lengths; the store writes y[o..o + 4], o + 4 <= y.len().
+        let k = unsafe {
+            let (u0, u1) = (_mm_loadu_ps(r0.as_ptr().add(j)), _mm_loadu_ps(r0.as_ptr().add(j + 4)));
+            let (l0, l1) = (_mm_loadu_ps(r1.as_ptr().add(j)), _mm_loadu_ps(r1.as_ptr().add(j + 4)));
+            // Even lanes are each window's left column, odd lanes its right one.
+            let candidates = [
+                (1, _mm_shuffle_ps::<0b11_01_11_01>(u0, u1)),
+                (2, _mm_shuffle_ps::<0b10_00_10_00>(l0, l1)),
+                (3, _mm_shuffle_ps::<0b11_01_11_01>(l0, l1)),
+            ];
+            let mut m = _mm_shuffle_ps::<0b10_00_10_00>(u0, u1);
+            let mut k = _mm_setzero_si128();
+            for (q, v) in candidates {
+                let take = _mm_or_ps(_mm_cmpgt_ps(v, m), _mm_cmpunord_ps(v, v));
+                m = _mm_or_ps(_mm_and_ps(take, v), _mm_andnot_ps(take, m));
+                let take = _mm_castps_si128(take);
+                k = _mm_or_si128(_mm_and_si128(take, _mm_set1_epi32(q)), _mm_andnot_si128(take, k));
+            }
+            _mm_storeu_ps(y.as_mut_ptr().add(o), m);
+            _mm_cvtsi128_si32(_mm_packus_epi16(_mm_packs_epi32(k, k), k)) as u32
+        };
+        argmax[o..o + 4].copy_from_slice(&k.to_le_bytes());
+    }
+    4 * groups
+}
+
+/// Portable [`max_pool_row_lanes`]: leaves every window to the caller.
+#[cfg(not(target_arch = "x86_64"))]
+fn max_pool_row_lanes(_r0: &[f32], _r1: &[f32], _y: &mut [f32], _argmax: &mut [u8]) -> usize {
+    0
 }
 
 /// Backward of the max-pool: `dx` (`shape.len()`) from `dy` and the forward's `argmax`.
