@@ -31,25 +31,9 @@ fn max_pool_hand_worked() {
     assert_eq!(dx, want);
 }
 
-/// Straightforward max-pool (floor mode) for comparison.
+/// Straightforward max-pool (floor mode) for comparison, with PyTorch's rule written out: the first
+/// of equal maxima, and the last NaN if there is one.
 fn naive_max_pool(x: &[f32], s: PoolShape) -> (Vec<f32>, Vec<u8>) {
-    let (oh, ow) = (s.h / 2, s.w / 2);
-    let (mut y, mut am) = (vec![], vec![]);
-    for p in 0..s.n * s.c {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let at = |k: usize| x[p * s.h * s.w + (2 * oy + k / 2) * s.w + 2 * ox + k % 2];
-                let k = (0..4).fold(0, |best, k| if at(k) > at(best) { k } else { best });
-                y.push(at(k));
-                am.push(k as u8);
-            }
-        }
-    }
-    (y, am)
-}
-
-/// PyTorch's rule, written out: the first of equal maxima, and the last NaN if there is one.
-fn naive_max_pool_nan(x: &[f32], s: PoolShape) -> (Vec<f32>, Vec<u8>) {
     let (oh, ow) = (s.h / 2, s.w / 2);
     let (mut y, mut am) = (vec![], vec![]);
     for p in 0..s.n * s.c {
@@ -81,7 +65,7 @@ fn max_pool_ties_nans_and_widths_that_split_into_fours_and_a_rest() {
         let idx = uniform(&mut r, shape.len(), 0.0, pick.len() as f32);
         let x: Vec<f32> = idx.iter().map(|&v| pick[(v as usize).min(pick.len() - 1)]).collect();
         let (y, am) = cpu::max_pool_forward(&x, shape).unwrap();
-        let (want_y, want_am) = naive_max_pool_nan(&x, shape);
+        let (want_y, want_am) = naive_max_pool(&x, shape);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(am, want_am, "argmax, {h} x {w}");
         assert_eq!(bits(&y), bits(&want_y), "values, {h} x {w}");
