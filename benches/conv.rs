@@ -103,6 +103,9 @@ fn bench_cpu_layers(
             g.bench_function(BenchmarkId::new("backward_data_winograd", layer.0), |bn| {
                 bn.iter(|| cpu::backward_data_into_with(cpu::CpuAlgo::Winograd, &sh, &dy, &w, &mut dx).unwrap())
             });
+            g.bench_function(BenchmarkId::new("backward_weight_winograd", layer.0), |bn| {
+                bn.iter(|| cpu::backward_weight_into_with(cpu::CpuAlgo::Winograd, &sh, &x, &dy, &mut dw, 0.0).unwrap())
+            });
         }
         g.bench_function(BenchmarkId::new("backward_weight", layer.0), |bn| {
             bn.iter(|| cpu::backward_weight_into(&sh, &x, &dy, &mut dw, 0.0).unwrap())

@@ -220,6 +220,10 @@ const WINOGRAD_GRID: &[Case] = &[
     ([1, 3, 4, 4], [2, 3, 3], [1, 1], [3, 3], [1, 1]),
     ([4, 6, 1, 1], [5, 3, 3], [1, 1], [1, 1], [1, 1]),
     ([3, 16, 32, 32], [16, 3, 3], [1, 1], [1, 1], [1, 1]),
+    // 9 blocks an image: chunks of 8 images and a short last one of 3.
+    ([11, 9, 6, 6], [5, 3, 3], [1, 1], [1, 1], [1, 1]),
+    // The width of the layers the trainer sends to Winograd, several chunks.
+    ([9, 64, 8, 8], [72, 3, 3], [1, 1], [1, 1], [1, 1]),
 ];
 
 #[test]
@@ -244,6 +248,18 @@ fn winograd_path_matches_direct_loops() {
                 cpu::backward_data_into_with(Winograd, &sh, &d.dy, &d.w, &mut dx).unwrap();
                 let want = cpu::naive::backward_data(&sh, &d.dy, &d.w).unwrap();
                 assert_close(&what("backward_data"), &dx, &want, atol(4 * sh.k() * 9), 1e-5);
+                // The weight gradient sums over every output pixel of the batch, each term through
+                // the transforms of a 4x4 input tile and a 2x2 gradient block.
+                let npq = sh.n() * sh.oh() * sh.ow();
+                let want = cpu::naive::backward_weight(&sh, &d.x, &d.dy).unwrap();
+                let mut dw = vec![POISON; sh.filter_len()];
+                cpu::backward_weight_into_with(Winograd, &sh, &d.x, &d.dy, &mut dw, 0.0).unwrap();
+                assert_close(&what("backward_weight"), &dw, &want, atol(16 * npq), 1e-5);
+                let old = uniform(&mut rng(9), sh.filter_len(), -1.0, 1.0);
+                let mut dw = old.clone();
+                cpu::backward_weight_into_with(Winograd, &sh, &d.x, &d.dy, &mut dw, 0.5).unwrap();
+                let want_acc: Vec<f32> = want.iter().zip(&old).map(|(g, o)| g + 0.5 * o).collect();
+                assert_close(&what("backward_weight beta"), &dw, &want_acc, atol(16 * npq), 1e-5);
             }
         });
     }
@@ -261,6 +277,70 @@ fn winograd_path_matches_direct_loops() {
     assert!(matches!(cpu::forward_into_with(Winograd, &sh, &d.x, &d.w, None, &mut y), Err(Error::Shape { .. })));
     let mut dx = vec![0.0; sh.input_len()];
     assert!(matches!(cpu::backward_data_into_with(Winograd, &sh, &d.dy[1..], &d.w, &mut dx), Err(Error::Shape { .. })));
+}
+
+/// The Winograd path gives the same bits on any thread count: chunks of images are the unit of
+/// parallel work, and the weight gradient adds its runs of images in order (the trainer's results
+/// rely on that as they do for the direct kernels).
+#[test]
+fn winograd_results_do_not_depend_on_the_thread_count() {
+    use cpu::CpuAlgo::Winograd;
+    let sh = shape_of(([11, 64, 8, 8], [40, 3, 3], [1, 1], [1, 1], [1, 1]));
+    let d = data(&sh, 12);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let (mut y, mut dx) = (vec![POISON; sh.output_len()], vec![POISON; sh.input_len()]);
+        let mut dw = vec![POISON; sh.filter_len()];
+        pool.install(|| {
+            cpu::forward_into_with(Winograd, &sh, &d.x, &d.w, Some(&d.b), &mut y).unwrap();
+            cpu::backward_data_into_with(Winograd, &sh, &d.dy, &d.w, &mut dx).unwrap();
+            cpu::backward_weight_into_with(Winograd, &sh, &d.x, &d.dy, &mut dw, 0.0).unwrap();
+        });
+        (y, dx, dw)
+    };
+    let one = run(1);
+    assert!(one.0.iter().chain(&one.1).chain(&one.2).all(|v| v.is_finite()), "every output written");
+    for threads in [2, 3, 7] {
+        let other = run(threads);
+        assert!(one.0 == other.0, "forward differs on {threads} threads");
+        assert!(one.1 == other.1, "data gradient differs on {threads} threads");
+        assert!(one.2 == other.2, "weight gradient differs on {threads} threads");
+    }
+}
+
+/// What the trainer's `Auto` runs: Winograd for wide layers only (a stricter bound for the weight
+/// gradient), the direct kernels (or im2col) elsewhere.
+#[test]
+fn auto_sends_only_wide_layers_to_winograd() {
+    use cpu::CpuAlgo::{Auto, Direct, Winograd};
+    use cpu::Pass::{BackwardData, BackwardWeight, Forward};
+    let layer = |c: usize, k: usize, hw: usize| shape_of(([256, c, hw, hw], [k, 3, 3], [1, 1], [1, 1], [1, 1]));
+    let wide = [(64, 128, 32), (64, 128, 16), (128, 256, 8), (256, 512, 16), (512, 1024, 8), (128, 128, 8)];
+    let narrow = [(3, 64, 32), (16, 32, 32), (32, 64, 16), (64, 128, 8), (128, 64, 8), (63, 256, 32)];
+    for (c, k, hw) in wide {
+        let sh = layer(c, k, hw);
+        assert_eq!(Auto.resolve(&sh, Forward), Winograd, "{c}->{k} {hw}x{hw} forward");
+        assert_eq!(Auto.resolve(&sh, BackwardData), Winograd, "{c}->{k} {hw}x{hw} data gradient");
+        // The weight gradient only from 128 channels on both sides.
+        let weight = if c.min(k) >= 128 { Winograd } else { Direct.resolve(&sh, BackwardWeight) };
+        assert_eq!(Auto.resolve(&sh, BackwardWeight), weight, "{c}->{k} {hw}x{hw} weight gradient");
+    }
+    for (c, k, hw) in narrow {
+        let sh = layer(c, k, hw);
+        for pass in [Forward, BackwardData, BackwardWeight] {
+            assert_eq!(Auto.resolve(&sh, pass), Direct.resolve(&sh, pass), "{c}->{k} {hw}x{hw} {pass:?}");
+        }
+    }
+    // Stride 2: Winograd does not apply, whatever the width.
+    let sh = shape_of(([4, 128, 16, 16], [128, 3, 3], [2, 2], [1, 1], [1, 1]));
+    assert_ne!(Auto.resolve(&sh, Forward), Winograd);
+    // Results through `Auto` are those of the algorithm it names.
+    let sh = Conv2dShape::new([3, 64, 16, 16], [64, 64, 3, 3], Conv2dOpts::square(1, 1)).unwrap();
+    let d = data(&sh, 13);
+    let (mut a, mut b) = (vec![POISON; sh.output_len()], vec![POISON; sh.output_len()]);
+    cpu::forward_into_with(Auto, &sh, &d.x, &d.w, None, &mut a).unwrap();
+    cpu::forward_into_with(Winograd, &sh, &d.x, &d.w, None, &mut b).unwrap();
+    assert_eq!(a, b);
 }
 
 /// 3x3 stride-1 cases for the direct path: output widths 8, 16 and 24 (1, 2 and 3 vectors a row,

@@ -1,6 +1,7 @@
 //! CPU path of `kernels/conv.cu`: im2col + GEMM (the `gemm` crate), multi-threaded with rayon: the
-//! reference the CUDA kernels are tested against, and the trainer's path for every shape the direct
-//! 3x3 kernels (`direct.rs`, [`CpuAlgo::Direct`]) do not take. The `*_into_with` functions choose
+//! reference the CUDA kernels are tested against, and the trainer's path for every shape that
+//! neither the direct 3x3 kernels (`direct.rs`) nor Winograd (`winograd.rs`) take
+//! ([`CpuAlgo::Auto`]). The `*_into_with` functions choose
 //! the algorithm.
 //!
 //! Work split: the batch is cut into `G = min(n, threads)` contiguous groups of images, one rayon
@@ -81,28 +82,48 @@ pub enum CpuAlgo {
     /// im2col + GEMM, any shape. The default of the `*_into` functions.
     #[default]
     Im2col,
-    /// Winograd F(2x2, 3x3) (2.25x fewer multiplies) for the forward pass and the data gradient of
-    /// 3x3 filters with stride 1 and no dilation (and padding <= 2 for the data gradient); the
-    /// weight gradient stays on im2col.
+    /// Winograd F(2x2, 3x3) (2.25x fewer multiplies) for all three passes of 3x3 filters with
+    /// stride 1 and no dilation (and padding <= 2 for the data gradient).
     Winograd,
     /// Register-blocked direct convolution (AVX-512 or AVX2 + FMA, detected at run time;
     /// `EVENCLASS_CPU_SIMD=avx2` caps it at AVX2, `=none` turns it off) for 3x3 filters with
     /// stride 1, no dilation and padding <= 2, all three passes, when the output width (the input
-    /// width, for the data gradient) is a multiple of 8. The trainer's CPU algorithm.
+    /// width, for the data gradient) is a multiple of 8.
     Direct,
+    /// The trainer's choice per pass and shape: `Winograd` for wide layers (the forward pass and
+    /// the data gradient when both channel counts are at least 128, or at least 64 on maps of
+    /// 16x16 and more; the weight gradient when both are at least 128), `Direct` for the rest,
+    /// im2col where neither applies. On the 2-core Xeon where it was measured
+    /// (`docs/performance.md`), Winograd took 1.2x-2.3x less time than `Direct` on those passes
+    /// and was slower or level on narrower ones.
+    Auto,
 }
 
 impl CpuAlgo {
     /// The algorithm that actually runs for `pass` of `shape` (this one, or `Im2col` where it does
     /// not apply or the CPU lacks the instructions).
     pub fn resolve(self, shape: &Conv2dShape, pass: Pass) -> CpuAlgo {
+        if self == CpuAlgo::Auto {
+            let narrow = shape.c.min(shape.k);
+            let (rows, cols) = match pass {
+                Pass::Forward => (shape.oh, shape.ow),
+                _ => (shape.h, shape.w),
+            };
+            let wide = match pass {
+                Pass::BackwardWeight => narrow >= 128,
+                _ => narrow >= 128 || (narrow >= 64 && rows.min(cols) >= 16),
+            };
+            let winograd = CpuAlgo::Winograd.resolve(shape, pass);
+            return if wide && winograd == CpuAlgo::Winograd { winograd } else { CpuAlgo::Direct.resolve(shape, pass) };
+        }
         let applies = match (self, pass) {
             (CpuAlgo::Im2col, _) => true,
             (CpuAlgo::Winograd, Pass::Forward) => super::winograd::applies(shape),
             (CpuAlgo::Winograd, Pass::BackwardData) => super::winograd::applies_backward_data(shape),
-            (CpuAlgo::Winograd, Pass::BackwardWeight) => false,
+            (CpuAlgo::Winograd, Pass::BackwardWeight) => super::winograd::applies(shape),
             (CpuAlgo::Direct, Pass::Forward | Pass::BackwardWeight) => super::direct::applies(shape),
             (CpuAlgo::Direct, Pass::BackwardData) => super::direct::applies_backward_data(shape),
+            (CpuAlgo::Auto, _) => unreachable!("resolved above"),
         };
         if applies {
             self
@@ -168,7 +189,7 @@ pub fn backward_data_into_with(
     Ok(())
 }
 
-/// [`backward_weight_into`] with a chosen [`CpuAlgo`] (only `Direct` differs from im2col here).
+/// [`backward_weight_into`] with a chosen [`CpuAlgo`].
 pub fn backward_weight_into_with(
     algo: CpuAlgo,
     shape: &Conv2dShape,
@@ -177,13 +198,17 @@ pub fn backward_weight_into_with(
     dw: &mut [f32],
     beta: f32,
 ) -> Result<()> {
-    if algo.resolve(shape, Pass::BackwardWeight) != CpuAlgo::Direct {
+    let algo = algo.resolve(shape, Pass::BackwardWeight);
+    if algo == CpuAlgo::Im2col {
         return backward_weight_into(shape, x, dy, dw, beta);
     }
     check_len("x", x.len(), shape.input_len())?;
     check_len("dy", dy.len(), shape.output_len())?;
     check_len("dw", dw.len(), shape.filter_len())?;
-    super::direct::backward_weight_into(shape, x, dy, dw, beta);
+    match algo {
+        CpuAlgo::Winograd => super::winograd::backward_weight_into(shape, x, dy, dw, beta),
+        _ => super::direct::backward_weight_into(shape, x, dy, dw, beta),
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The CPU convolutions' shared pieces: how a call splits its batch over threads ([`Plan`]) and
 //! the single GEMM call ([`sgemm`], on the `gemm` crate) that the im2col path (`cpu.rs`) and the
-//! Winograd path (`winograd.rs`) run; the direct kernels (`direct.rs`) split work the same way.
+//! Winograd path (`winograd.rs`) run; the direct kernels (`direct.rs`) split work as [`Plan`] does.
 //! A leaf: it imports none of the algorithm files.
 use gemm::Parallelism;
 

@@ -5,8 +5,9 @@
 //! - kernels: `kernels/conv.cu` (`conv2d_fwd_f32`, `conv2d_bwd_data_f32`, `conv2d_bwd_weight_f32`,
 //!   `conv2d_bias_grad_f32`, and the direct `*_naive_f32` variants)
 //! - CUDA wrapper: [`cuda`]; CPU path (im2col + GEMM, multi-threaded): [`cpu`], with the direct-loop
-//!   oracle [`cpu::naive`], the register-blocked direct 3x3 path (`direct.rs`, [`cpu::CpuAlgo::Direct`],
-//!   the trainer's) and Winograd (`winograd.rs`); tests: `tests/conv.rs`; bench: `benches/conv.rs`
+//!   oracle [`cpu::naive`], the register-blocked direct 3x3 path (`direct.rs`, [`cpu::CpuAlgo::Direct`])
+//!   and Winograd F(2x2, 3x3) (`winograd.rs`), which the trainer picks between per layer
+//!   ([`cpu::CpuAlgo::Auto`]); tests: `tests/conv.rs`; bench: `benches/conv.rs`
 //!
 //! Every entry point takes a [`Conv2dShape`], which can only be built through
 //! [`Conv2dShape::new`], so its dimensions are consistent and its sizes do not overflow.

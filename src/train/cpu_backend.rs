@@ -15,9 +15,10 @@ use crate::optim;
 use crate::pool::{self, PoolShape};
 use crate::{Error, Result};
 
-/// The convolution algorithm of the CPU trainer: the direct 3x3 kernels where they apply (every
-/// convolution of the default network on an AVX2 + FMA CPU), im2col + GEMM elsewhere.
-const CONV_ALGO: conv::cpu::CpuAlgo = conv::cpu::CpuAlgo::Direct;
+/// The convolution algorithm of the CPU trainer: Winograd on the wide layers (from width 32 on),
+/// the direct 3x3 kernels elsewhere (every convolution of the default network on an AVX2 + FMA
+/// CPU), im2col + GEMM where neither applies.
+const CONV_ALGO: conv::cpu::CpuAlgo = conv::cpu::CpuAlgo::Auto;
 
 /// The CPU: buffers are `Vec`s, every op is the crate's CPU reference.
 #[derive(Clone, Copy, Debug, Default)]
