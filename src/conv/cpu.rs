@@ -94,8 +94,9 @@ pub enum CpuAlgo {
     /// the data gradient when both channel counts are at least 128, or at least 64 on maps of
     /// 16x16 and more; the weight gradient when both are at least 128), `Direct` for the rest,
     /// im2col where neither applies. On the 2-core Xeon where it was measured
-    /// (`docs/performance.md`), Winograd took 1.2x-2.3x less time than `Direct` on those passes
-    /// and was slower or level on narrower ones.
+    /// (`docs/performance.md`), Winograd took 1.1x-2.3x less time than `Direct` on those passes
+    /// and was slower or level on narrower ones. `EVENCLASS_CPU_SIMD` caps only the direct
+    /// kernels; Winograd's GEMMs (the `gemm` crate) pick their own instructions.
     Auto,
 }
 

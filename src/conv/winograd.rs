@@ -23,10 +23,11 @@ use super::Conv2dShape;
 
 /// Transform positions of a 4x4 tile.
 const T16: usize = 16;
-/// A chunk aims for about this many 2x2 output blocks (GEMM columns). Measured on the 2-core
-/// Xeon (2 MiB L2 a core) at 64 to 1,024 channels: 64 was as fast as or faster than 16, 32, 128,
-/// 256 and 512 (`docs/performance.md`); the chunk's transforms `16 (C + K)` floats a column then
-/// stay within L2 up to about 512 channels.
+/// A chunk aims for about this many 2x2 output blocks (GEMM columns). Tried on the 2-core Xeon
+/// (2 MiB of L2 a core) on the trainer's layers of 32 to 1,024 channels: 16, 32, 64, 128, 256,
+/// 512 and 1,024; 64 was the fastest or within noise of it on all but one (128->256 at 8x8, where
+/// 128 was faster), 512 and more up to 1.7x slower. A chunk's transformed input and output,
+/// `16 (C + K)` floats a column, then fit in L2 while `C + K` is at most about 512.
 const TARGET_TILES: usize = 64;
 
 /// Whether [`forward_into`] applies: 3x3 filters, stride 1, dilation 1.
