@@ -8,16 +8,18 @@ profile with call graphs, as in docs/performance.md:
     perf script > profile.txt && scripts/profile_shares.py profile.txt
 
 Each sample goes to the innermost frame of its stack (inlined frames included) that names a module
-of the crate, so a page fault or a copy counts for the part that caused it. The GEMMs of
-`conv::gemm_plan` count as Winograd: the trainer calls them from Winograd only."""
+of the crate, so a page fault or a copy counts for the part that caused it. `conv::gemm_plan`
+names no part: its GEMMs count for their caller (Winograd, or im2col on CPUs where the direct
+kernels do not apply)."""
 import collections
 import re
 import sys
 
+# The GEMM wrapper every convolution algorithm calls: skipped, so its caller decides.
+SHARED = "evenclass::conv::gemm_plan"
 MODULES = [
-    ("evenclass::conv::gemm_plan", "convolutions: Winograd"),
     ("evenclass::conv::winograd", "convolutions: Winograd"),
-    ("evenclass::conv::", "convolutions: direct kernels, padding, dispatch"),
+    ("evenclass::conv::", "convolutions: direct kernels, im2col, padding, dispatch"),
     ("evenclass::batchnorm", "batch norm (+ReLU)"),
     ("evenclass::pool", "pooling"),
     ("evenclass::data::synthetic", "synthetic data (speed example only)"),
@@ -34,12 +36,12 @@ FRAME = re.compile(r"\t\s*[0-9a-f]+ (.*?)(\+0x[0-9a-f]+)? \(")
 
 def part(frames):
     for f in frames:
+        if SHARED in f:
+            continue
         for module, name in MODULES:
             if module in f:
                 return name
     leaf = frames[0]
-    if leaf.startswith("gemm"):
-        return "convolutions: Winograd"
     if KERNEL.match(leaf):
         return "kernel (page faults, scheduling)"
     if any("rayon" in f for f in frames) or "crossbeam" in leaf:
